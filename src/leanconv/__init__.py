@@ -1,0 +1,9 @@
+"""leanconv: exact convolution costs, fast convolution algorithms, compression of trained CNNs."""
+
+from . import errors
+from .cost import Convention, CostReport, conv_cost, count
+from .spec import ConvSpec
+
+__version__ = "0.1.0"
+
+__all__ = ["ConvSpec", "Convention", "CostReport", "conv_cost", "count", "errors", "__version__"]

@@ -1,0 +1,35 @@
+"""Errors raised by leanconv.
+
+Every error names the problem and where it is (a layer name, an argument). The command line turns
+any :class:`LeanconvError` into a one-line message and exit code 2.
+"""
+
+from __future__ import annotations
+
+
+class LeanconvError(Exception):
+    """Base class of every error leanconv raises on purpose."""
+
+
+class InvalidSpecError(LeanconvError, ValueError):
+    """A convolution (or other operation) whose geometry PyTorch would reject."""
+
+
+class InputShapeError(LeanconvError, ValueError):
+    """An input shape that cannot be parsed or does not fit the model."""
+
+
+class ModelLoadError(LeanconvError):
+    """A model that does not exist, cannot be loaded, or whose factory raised."""
+
+
+class ForwardError(LeanconvError):
+    """A model whose forward pass fails on the given input."""
+
+
+class UnsafeFileError(LeanconvError):
+    """A file that would need an untrusted pickle to load."""
+
+
+class OutputExistsError(LeanconvError):
+    """An output path that exists and would be overwritten without ``--force``."""
