@@ -32,7 +32,9 @@ def _tuple(value: IntOrTuple, ndim: int, arg: str, where: str) -> tuple[int, ...
     if len(out) == 1:
         return out * ndim
     if len(out) != ndim:
-        raise InvalidSpecError(f"{where}{arg}={tuple(value)} has {len(out)} entries, expected {ndim}")
+        raise InvalidSpecError(
+            f"{where}{arg}={tuple(value)} has {len(out)} entries, expected {ndim}"
+        )
     return out
 
 
@@ -60,7 +62,9 @@ def _padding(
     if items and all(isinstance(v, Sequence) for v in items):
         pairs = tuple((int(a), int(b)) for a, b in items)
         if len(pairs) != ndim:
-            raise InvalidSpecError(f"{where}padding={value} has {len(pairs)} pairs, expected {ndim}")
+            raise InvalidSpecError(
+                f"{where}padding={value} has {len(pairs)} pairs, expected {ndim}"
+            )
         return pairs
     flat = _tuple(tuple(items), ndim, "padding", where)
     return tuple((p, p) for p in flat)
@@ -128,7 +132,10 @@ class ConvSpec:
         positive("input_size", self.input_size)
         if any(p < 0 for pair in self.padding for p in pair):
             raise InvalidSpecError(f"{where}padding={self.padding} must not be negative")
-        for arg, channels in (("in_channels", self.in_channels), ("out_channels", self.out_channels)):
+        for arg, channels in (
+            ("in_channels", self.in_channels),
+            ("out_channels", self.out_channels),
+        ):
             if channels % self.groups:
                 raise InvalidSpecError(
                     f"{where}{arg}={channels} is not divisible by groups={self.groups}"

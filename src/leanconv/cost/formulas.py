@@ -54,9 +54,7 @@ def conv_params(spec: ConvSpec) -> int:
     return weights + (spec.out_channels if spec.bias else 0)
 
 
-def _valid_taps_1d(
-    length: int, out: int, k: int, s: int, d: int, lo: int, transposed: bool
-) -> int:
+def _valid_taps_1d(length: int, out: int, k: int, s: int, d: int, lo: int, transposed: bool) -> int:
     """Number of (position, tap) pairs whose tap lands inside the real signal.
 
     Direct: output ``o`` reads input ``o*s - lo + j*d`` for taps ``j``; count those in
@@ -125,7 +123,9 @@ def linear_cost(
     """``y = x W^T + b``: ``prod(batch) * in * out`` MACs."""
     rows = math.prod(batch_shape)
     macs = rows * in_features * out_features
-    flops = convention.flops_per_mac * macs + (rows * out_features if bias and convention.count_bias else 0)
+    flops = convention.flops_per_mac * macs + (
+        rows * out_features if bias and convention.count_bias else 0
+    )
     params = in_features * out_features + (out_features if bias else 0)
     moved = (params + rows * in_features + rows * out_features) * dtype_bytes(dtype)
     return OpCost(params, macs, flops, moved, (*batch_shape, out_features))
@@ -156,7 +156,9 @@ def einsum_macs(equation: str, *shapes: Sequence[int]) -> int:
     sizes: dict[str, int] = {}
     for term, shape in zip(lhs.split(","), shapes, strict=True):
         if "..." in term or len(term) != len(shape):
-            raise InvalidSpecError(f"einsum {equation!r}: term {term!r} does not fit {tuple(shape)}")
+            raise InvalidSpecError(
+                f"einsum {equation!r}: term {term!r} does not fit {tuple(shape)}"
+            )
         for letter, size in zip(term, shape, strict=True):
             if sizes.setdefault(letter, size) != size and size != 1:
                 sizes[letter] = max(sizes[letter], size)
@@ -196,7 +198,13 @@ def batchnorm_cost(
     """Inference batch norm folds to ``y = a x + b`` per channel: 2 FLOPs per element, 4C params."""
     channels = shape[1] if len(shape) > 1 else 1
     cost = elementwise_cost(shape, 1, 2, convention.count_norm, dtype)
-    return OpCost(4 * channels, 0, cost.flops, cost.bytes + 4 * channels * dtype_bytes(dtype), cost.output_shape)
+    return OpCost(
+        4 * channels,
+        0,
+        cost.flops,
+        cost.bytes + 4 * channels * dtype_bytes(dtype),
+        cost.output_shape,
+    )
 
 
 def deform_conv_cost(

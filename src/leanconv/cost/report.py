@@ -11,6 +11,19 @@ from dataclasses import asdict, dataclass, field, replace
 from .convention import DEFAULT, Convention
 
 
+def human(n: int, binary: bool = False) -> str:
+    """``1814073344`` -> ``"1.814 G"``; bytes in KiB/MiB/GiB with ``binary``."""
+    if binary:
+        for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+            if n >= size:
+                return f"{n / size:.2f} {unit}"
+        return f"{n} B"
+    for unit, size in (("T", 10**12), ("G", 10**9), ("M", 10**6), ("k", 10**3)):
+        if n >= size:
+            return f"{n / size:.4g} {unit}"
+    return str(n)
+
+
 @dataclass(frozen=True)
 class LayerCost:
     """The cost of one operation call, attributed to the module that ran it.
@@ -87,7 +100,9 @@ class CostReport:
         for r in self.rows:
             groups.setdefault(r.kind, []).append(r)
         return {
-            k: Totals(*(sum(getattr(r, f) for r in rs) for f in ("params", "macs", "flops", "bytes")))
+            k: Totals(
+                *(sum(getattr(r, f) for r in rs) for f in ("params", "macs", "flops", "bytes"))
+            )
             for k, rs in groups.items()
         }
 
@@ -106,7 +121,7 @@ class CostReport:
             rows.append(
                 LayerCost(
                     name=key,
-                    kind=kinds[0] if len(kinds) == 1 else "+".join(kinds[:3]) + ("..." if len(kinds) > 3 else ""),
+                    kind=kinds[0] if len(kinds) == 1 else "block",
                     input_shape=rs[0].input_shape,
                     output_shape=rs[-1].output_shape,
                     params=sum(r.params for r in rs),
@@ -114,7 +129,7 @@ class CostReport:
                     flops=sum(r.flops for r in rs),
                     bytes=sum(r.bytes for r in rs),
                     counted=all(r.counted for r in rs),
-                    detail=f"{len(rs)} ops",
+                    detail=", ".join(f"{k} x{sum(r.kind == k for r in rs)}" for k in kinds),
                 )
             )
         return replace(self, rows=rows)
@@ -160,13 +175,17 @@ class CostReport:
             show_footer=True,
         )
         t = self.total
+        table.caption = (
+            f"{self.convention.describe()}\nexact totals: {t.params:,} params, {t.macs:,} MACs, "
+            f"{t.flops:,} FLOPs, {t.bytes:,} bytes"
+        )
         table.add_column("layer", footer="total")
         table.add_column("kind")
         table.add_column("output", justify="right")
-        table.add_column("params", justify="right", footer=f"{t.params:,}")
-        table.add_column("MACs", justify="right", footer=f"{t.macs:,}")
-        table.add_column("FLOPs", justify="right", footer=f"{t.flops:,}")
-        table.add_column("bytes", justify="right", footer=f"{t.bytes:,}")
+        table.add_column("params", justify="right", footer=human(t.params))
+        table.add_column("MACs", justify="right", footer=human(t.macs))
+        table.add_column("FLOPs", justify="right", footer=human(t.flops))
+        table.add_column("bytes", justify="right", footer=human(t.bytes, binary=True))
         table.add_column("FLOP/B", justify="right", footer=f"{t.intensity:.1f}")
         for r in self.rows:
             style = None if r.counted else "bold red"
@@ -174,10 +193,10 @@ class CostReport:
                 r.name or "(model)",
                 r.kind if r.counted else f"uncounted: {r.detail}",
                 "x".join(map(str, r.output_shape)),
-                f"{r.params:,}",
-                f"{r.macs:,}" if r.counted else "?",
-                f"{r.flops:,}" if r.counted else "?",
-                f"{r.bytes:,}",
+                human(r.params),
+                human(r.macs) if r.counted else "?",
+                human(r.flops) if r.counted else "?",
+                human(r.bytes, binary=True),
                 f"{r.intensity:.1f}" if r.counted else "?",
                 style=style,
             )

@@ -11,6 +11,7 @@ define :data:`MODULE_RULES` entries (e.g. deformable convolution) are counted by
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 
@@ -110,14 +111,33 @@ class _CountingMode(TorchDispatchMode):
             cost = unknown_cost(args, out)
             op = str(func.overloadpacket.__name__)
             self.rows.append(
-                LayerCost(name, "uncounted", first_shape(args), cost.output_shape, 0, 0, 0,
-                          cost.bytes, counted=False, detail=op)  # fmt: skip
+                LayerCost(
+                    name,
+                    "uncounted",
+                    first_shape(args),
+                    cost.output_shape,
+                    0,
+                    0,
+                    0,
+                    cost.bytes,
+                    counted=False,
+                    detail=op,
+                )  # fmt: skip
             )
             return out
         kind, cost = rule(args, kwargs, out, self.convention)
         self.rows.append(
-            LayerCost(name, kind, first_shape(args), cost.output_shape, 0, cost.macs, cost.flops,
-                      cost.bytes, detail=str(func.overloadpacket.__name__))  # fmt: skip
+            LayerCost(
+                name,
+                kind,
+                first_shape(args),
+                cost.output_shape,
+                0,
+                cost.macs,
+                cost.flops,
+                cost.bytes,
+                detail=str(func.overloadpacket.__name__),
+            )  # fmt: skip
         )
         return out
 
@@ -127,13 +147,10 @@ def parse_shape(text: str | Sequence[int]) -> tuple[int, ...]:
     if not isinstance(text, str):
         shape = tuple(int(v) for v in text)
     else:
-        parts = [p for p in text.replace("x", ",").replace(" ", "").split(",") if p != ""]
-        try:
-            shape = tuple(int(p) for p in parts)
-        except ValueError:
-            raise InputShapeError(
-                f"--input {text!r} is not a list of integers such as 1,3,224,224"
-            ) from None
+        compact = text.replace(" ", "")
+        if not re.fullmatch(r"\d+([,x]\d+)*", compact):
+            raise InputShapeError(f"--input {text!r} is not a list of integers such as 1,3,224,224")
+        shape = tuple(int(p) for p in re.split(r"[,x]", compact))
     if not shape or any(d < 1 for d in shape):
         raise InputShapeError(f"input shape {text!r} must be positive integers, e.g. 1,3,224,224")
     return shape
@@ -173,12 +190,24 @@ def count(
     def on_opaque_exit(module, args, output):
         kind, cost = MODULE_RULES[type(module)](module, args, output, convention)
         rows.append(
-            LayerCost(names.get(id(module), ""), kind, first_shape(args), first_shape(output), 0,
-                      cost.macs, cost.flops, cost.bytes)  # fmt: skip
+            LayerCost(
+                names.get(id(module), ""),
+                kind,
+                first_shape(args),
+                first_shape(output),
+                0,
+                cost.macs,
+                cost.flops,
+                cost.bytes,
+            )  # fmt: skip
         )
 
     try:
-        with tracker.hooks(on_opaque_exit), _CountingMode(tracker, convention, rows), torch.no_grad():
+        with (
+            tracker.hooks(on_opaque_exit),
+            _CountingMode(tracker, convention, rows),
+            torch.no_grad(),
+        ):
             meta_model(x)
     except LeanconvError:
         raise

@@ -39,7 +39,9 @@ class BasicBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(self, in_channels: int, channels: int, stride: int = 1, attention: Attention = None):
+    def __init__(
+        self, in_channels: int, channels: int, stride: int = 1, attention: Attention = None
+    ):
         super().__init__()
         for arg, v in (("in_channels", in_channels), ("channels", channels), ("stride", stride)):
             if v < 1:
@@ -94,9 +96,8 @@ class BottleneckBlock(nn.Module):
 
     def extra_repr(self) -> str:
         where = "1x1" if self.stride_in_1x1 else "3x3"
-        return (
-            f"{self.in_channels}->{self.channels * self.expansion}, stride={self.stride} (in {where})"
-        )
+        out = self.channels * self.expansion
+        return f"{self.in_channels}->{out}, stride={self.stride} (in {where})"
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.relu(self.conv1(x))

@@ -1,0 +1,63 @@
+"""How long ``leanconv.count`` takes on the reference models, and how much memory it holds.
+
+Target (issue 2): ResNet-50 at 224x224 analysed in under 1 s on the 2-core CPU, memory flat.
+Prints the median of several runs per model, and the ratio against a real forward pass measured in
+the same run (what a counter that materialises tensors would cost at least).
+
+    .venv/bin/python benchmarks/bench_cost.py
+"""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import time
+
+import torch
+
+import leanconv
+from leanconv import zoo
+
+REPEATS = 7
+
+
+def median_seconds(fn, repeats: int = REPEATS) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main() -> None:
+    torch.set_num_threads(2)
+    print(
+        f"{'model':<16}{'input':>18}{'count (s)':>12}{'forward (s)':>13}{'ratio':>8}"
+        f"{'RSS +MiB':>10}"
+    )
+    for name in ["resnet18", "resnet50", "vgg16", *[n for n in zoo.names() if n.endswith("cifar")]]:
+        shape = zoo.default_input(name)
+        with torch.device("meta"):
+            meta_model = zoo.create(name)
+        rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        t_count = median_seconds(lambda m=meta_model, s=shape: leanconv.count(m, s))
+        rss = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
+        real = zoo.create(name).eval()
+        x = torch.randn(shape)
+        with torch.no_grad():
+            t_fwd = median_seconds(lambda m=real, x=x: m(x), repeats=3)
+        print(f"{name:<16}{str(shape):>18}{t_count:>12.3f}{t_fwd:>13.3f}{t_fwd / t_count:>7.1f}x"
+              f"{rss:>10.1f}")  # fmt: skip
+    with torch.device("meta"):
+        big = zoo.create("resnet50")
+    t_big = median_seconds(lambda: leanconv.count(big, (256, 3, 224, 224)))
+    print(f"resnet50 at batch 256 (activations would need ~77 GiB): {t_big:.3f} s")
+    t50 = median_seconds(lambda: leanconv.count(big, (1, 3, 224, 224)))
+    verdict = "met" if t50 < 1.0 else "NOT met"
+    print(f"target: resnet50 at 1x3x224x224 under 1 s -> {t50:.3f} s ({verdict})")
+
+
+if __name__ == "__main__":
+    main()

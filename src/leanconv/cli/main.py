@@ -1,0 +1,27 @@
+"""Entry point of the ``leanconv`` command. Each command lives in its own module and registers
+itself on the app with ``register(app)``."""
+
+from __future__ import annotations
+
+import typer
+
+from . import cost, whatif
+
+app = typer.Typer(
+    name="leanconv",
+    help="Exact convolution costs, fast convolution algorithms and compression of trained CNNs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+for _command in (cost, whatif):
+    _command.register(app)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

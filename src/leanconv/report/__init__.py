@@ -1,0 +1,1 @@
+"""Reports and artefacts: markdown, JSON, CSV and plots, written atomically."""
