@@ -316,8 +316,9 @@ def whatif(
                 base.macs,
             )  # fmt: skip
         )
-    if depth > 1 and spec.in_channels == spec.out_channels and spec.groups == 1:
-        wide = max(1, round(spec.in_channels * math.sqrt(depth)))
+    wide = max(1, round(spec.in_channels * math.sqrt(depth)))
+    square = spec.in_channels == spec.out_channels and spec.groups == 1
+    if depth > 1 and square and wide > spec.in_channels:
         layer = spec.with_(in_channels=wide, out_channels=wide)
         cost = conv_cost(layer, convention)
         rows.append(
