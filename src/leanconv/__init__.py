@@ -2,8 +2,18 @@
 
 from . import errors
 from .cost import Convention, CostReport, conv_cost, count
+from .cost.whatif import whatif
 from .spec import ConvSpec
 
 __version__ = "0.1.0"
 
-__all__ = ["ConvSpec", "Convention", "CostReport", "conv_cost", "count", "errors", "__version__"]
+__all__ = [
+    "ConvSpec",
+    "Convention",
+    "CostReport",
+    "conv_cost",
+    "count",
+    "errors",
+    "whatif",
+    "__version__",
+]

@@ -1,3 +1,3 @@
 """Each module here registers its models on import."""
 
-from . import resnet, vgg  # noqa: F401
+from . import inception, mobilenet, resnet, shufflenet, vgg  # noqa: F401

@@ -1,0 +1,120 @@
+"""Private helpers shared by the blocks: argument checks, conv-norm-activation, analytic costs.
+
+Every block of this package can list its convolutions analytically, from its own attributes and
+the input shape, without running: ``block.conv_specs(input_shape)`` returns one
+:class:`~leanconv.spec.ConvSpec` per convolution call, ``block.output_shape(input_shape)`` the shape
+it returns and ``block.cost(input_shape)`` the sum of their closed forms
+(:func:`leanconv.cost.conv_cost`). Normalisation, activations, pooling and concatenation cost no
+MACs under the default convention, so ``cost(...).macs`` equals ``leanconv.count(block, ...)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from torch import nn
+
+from ..cost.convention import DEFAULT, Convention
+from ..cost.formulas import OpCost, conv_cost
+from ..spec import ConvSpec
+
+Norm = Callable[[int], nn.Module] | None
+Activation = Callable[[], nn.Module] | None
+Shape = tuple[int, ...]
+
+
+def check_positive(where: str, **values: int | float) -> None:
+    """``ValueError`` naming the first argument that is not positive."""
+    for arg, v in values.items():
+        if v is None or v <= 0:
+            raise ValueError(f"{where}: {arg}={v} must be positive")
+
+
+def same_padding(where: str, kernel_size: int, dilation: int = 1) -> int:
+    """``d (k - 1) / 2``, the padding that keeps the size at stride 1; odd ``k`` only."""
+    if kernel_size % 2 == 0:
+        raise ValueError(
+            f"{where}: kernel_size={kernel_size} is even, 'same' padding needs an odd kernel "
+            "(pass padding= explicitly)"
+        )
+    return dilation * (kernel_size - 1) // 2
+
+
+def make_divisible(value: float, divisor: int, min_value: int | None = None) -> int:
+    """Round ``value`` to the nearest multiple of ``divisor``, never below 90% of it (MobileNet v2,
+    as in the TensorFlow reference implementation)."""
+    min_value = min_value or divisor
+    out = max(min_value, int(value + divisor / 2) // divisor * divisor)
+    if out < 0.9 * value:
+        out += divisor
+    return out
+
+
+def norm_act(channels: int, norm: Norm, activation: Activation) -> list[nn.Module]:
+    """``[norm(channels), activation()]``, leaving out the ones that are None."""
+    out: list[nn.Module] = []
+    if norm is not None:
+        out.append(norm(channels))
+    if activation is not None:
+        out.append(activation())
+    return out
+
+
+def shape4(where: str, input_shape: Sequence[int]) -> Shape:
+    shape = tuple(int(v) for v in input_shape)
+    if len(shape) != 4:
+        raise ValueError(f"{where}: input_shape={shape} must be (N, C, H, W)")
+    return shape
+
+
+def spec_of(conv: nn.Conv2d, shape: Shape, name: str = "") -> ConvSpec:
+    """The spec of ``conv`` applied to ``shape`` (from the module's attributes, nothing runs)."""
+    return ConvSpec.from_module(conv, shape, name)
+
+
+def pool_shape(shape: Shape, kernel: int, stride: int, padding: int = 0) -> Shape:
+    """Output of a (max or average) pool, floor mode: ``floor((L + 2p - k) / s) + 1``."""
+    n, c, h, w = shape
+    return (
+        n,
+        c,
+        (h + 2 * padding - kernel) // stride + 1,
+        (w + 2 * padding - kernel) // stride + 1,
+    )
+
+
+def sum_costs(specs: Sequence[ConvSpec], output_shape: Shape, convention: Convention) -> OpCost:
+    """The closed-form costs of ``specs`` added up, with the block's ``output_shape``."""
+    costs = [conv_cost(s, convention) for s in specs]
+    return OpCost(
+        params=sum(c.params for c in costs),
+        macs=sum(c.macs for c in costs),
+        flops=sum(c.flops for c in costs),
+        bytes=sum(c.bytes for c in costs),
+        output_shape=output_shape,
+    )
+
+
+class AnalyticCost:
+    """Mixin: a block defines ``_walk(shape) -> (specs, output_shape)``; this adds the public API.
+
+    The walk follows the block's structure from its attributes (not a trace), so comparing
+    :meth:`cost` with :func:`leanconv.count` checks the dispatcher counter and the block against
+    each other.
+    """
+
+    def _walk(self, shape: Shape) -> tuple[list[ConvSpec], Shape]:  # pragma: no cover
+        raise NotImplementedError
+
+    def conv_specs(self, input_shape: Sequence[int]) -> list[ConvSpec]:
+        """One :class:`ConvSpec` per convolution the block runs on ``input_shape``, in order."""
+        return self._walk(shape4(type(self).__name__, input_shape))[0]
+
+    def output_shape(self, input_shape: Sequence[int]) -> Shape:
+        """The shape the block returns for ``input_shape`` = (N, C, H, W)."""
+        return self._walk(shape4(type(self).__name__, input_shape))[1]
+
+    def cost(self, input_shape: Sequence[int], convention: Convention = DEFAULT) -> OpCost:
+        """Closed-form cost of the block's convolutions (params are the convolutions' only)."""
+        specs, out = self._walk(shape4(type(self).__name__, input_shape))
+        return sum_costs(specs, out, convention)
