@@ -1,0 +1,108 @@
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from leanconv.data import Augment, cifar, digits, image_folder, load_data
+from leanconv.data.bundle import DataError
+
+
+def test_digits_split_is_fixed_stratified_and_standardised():
+    a, b = digits(), digits()
+    assert len(a.train) + len(a.test) == 1797
+    assert torch.equal(a.test.tensors[1], b.test.tensors[1])
+    counts = torch.bincount(a.test.tensors[1], minlength=10)
+    assert counts.min() >= 40 and counts.max() <= 48  # ~25% of each class (174..183 images)
+    x = a.train.tensors[0]
+    assert x.shape[1:] == (3, 32, 32)
+    assert x.mean().abs() < 1e-5 and (x.std() - 1).abs() < 1e-2
+
+
+def _png(path, colour):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (10, 12), colour).save(path)
+
+
+def test_image_folder_reads_classes_and_splits(tmp_path):
+    for i in range(5):
+        _png(tmp_path / "cat" / f"{i}.png", (255, 0, 0))
+        _png(tmp_path / "dog" / f"{i}.png", (0, 0, 255))
+    bundle = image_folder(tmp_path, size=8)
+    assert bundle.num_classes == 2 and len(bundle.train) + len(bundle.test) == 10
+    x, y = bundle.train.tensors
+    assert x.shape[1:] == (3, 8, 8)
+    red = x[y == 0][:, 0].mean() > x[y == 1][:, 0].mean()  # cat images are red
+    assert red
+
+
+def test_image_folder_with_train_and_test(tmp_path):
+    for split, n in (("train", 3), ("test", 2)):
+        for cls in ("a", "b"):
+            for i in range(n):
+                _png(tmp_path / split / cls / f"{i}.png", (i * 40, 0, 0))
+    bundle = load_data(f"folder:{tmp_path}", size=6)
+    assert (len(bundle.train), len(bundle.test)) == (6, 4)
+
+
+def test_image_folder_errors_name_the_path(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        image_folder(tmp_path / "missing")
+    (tmp_path / "empty" / "cls").mkdir(parents=True)
+    with pytest.raises(DataError, match="holds no images"):
+        image_folder(tmp_path / "empty")
+    _png(tmp_path / "bad" / "cls" / "ok.png", (1, 2, 3))
+    (tmp_path / "bad" / "cls" / "broken.png").write_bytes(b"not an image")
+    with pytest.raises(DataError, match="broken.png"):
+        image_folder(tmp_path / "bad")
+
+
+def _cifar_batch(path, n, seed):
+    rng = np.random.default_rng(seed)
+    batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+             b"labels": rng.integers(0, 10, n).tolist()}  # fmt: skip
+    with open(path, "wb") as f:
+        pickle.dump(batch, f)
+    return batch
+
+
+def test_cifar_batches(tmp_path):
+    first = _cifar_batch(tmp_path / "data_batch_1", 7, 0)
+    _cifar_batch(tmp_path / "data_batch_2", 5, 1)
+    _cifar_batch(tmp_path / "test_batch", 4, 2)
+    bundle = cifar(tmp_path)
+    assert (len(bundle.train), len(bundle.test)) == (12, 4)
+    assert bundle.train.tensors[1][:7].tolist() == first[b"labels"]
+    raw = torch.from_numpy(first[b"data"][0].reshape(3, 32, 32)).float()
+    x0 = bundle.train.tensors[0][0]
+    # standardisation is affine per channel: correlation with the raw pixels is 1
+    corr = torch.corrcoef(torch.stack([raw[0].flatten(), x0[0].flatten()]))[0, 1]
+    assert corr > 0.9999
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def test_cifar_refuses_a_malicious_pickle(tmp_path):
+    with open(tmp_path / "data_batch_1", "wb") as f:
+        pickle.dump({b"data": _Evil(), b"labels": [0]}, f)
+    _cifar_batch(tmp_path / "test_batch", 2, 0)
+    with pytest.raises(DataError, match="refusing to unpickle"):
+        cifar(tmp_path)
+
+
+def test_augment_is_deterministic_and_keeps_shape():
+    x = torch.arange(2 * 3 * 6 * 6, dtype=torch.float32).view(2, 3, 6, 6)
+    a = Augment(pad=2, flip=True)(x, torch.Generator().manual_seed(1))
+    b = Augment(pad=2, flip=True)(x, torch.Generator().manual_seed(1))
+    assert torch.equal(a, b) and a.shape == x.shape
+    assert torch.equal(Augment(pad=0)(x), x)
+
+
+def test_bad_data_spec():
+    with pytest.raises(DataError, match="digits, folder:PATH"):
+        load_data("imagenet")
