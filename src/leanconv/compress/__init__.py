@@ -1,0 +1,1 @@
+"""Compressing trained models: planning, surgery, verification, fine-tuning."""
