@@ -178,3 +178,36 @@ def test_json_and_csv_renderings():
     assert all(isinstance(v, int) for v in data["total"].values())
     lines = report.to_csv().strip().splitlines()
     assert lines[0].startswith("name,kind") and len(lines) == 1 + len(report.rows)
+
+
+class WithParameterList(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.kernels = nn.ParameterList([nn.Parameter(torch.randn(4, 3, 3, 3))])
+
+    def forward(self, x):
+        return F.conv2d(x, self.kernels[0])
+
+
+def test_parameter_list_belongs_to_its_module():
+    report = leanconv.count(WithParameterList(), (1, 3, 8, 8))
+    assert [r.kind for r in report.rows] == ["conv2d"]
+    assert report.rows[0].params == 4 * 3 * 9 == report.total.params
+
+
+def test_module_rules_apply_to_subclasses():
+    from leanconv.cost.formulas import OpCost
+    from leanconv.cost.trace import MODULE_RULES, register_module_rule
+
+    class Opaque(nn.Module):
+        def forward(self, x):
+            return x * 2
+
+    class Child(Opaque):
+        pass
+
+    register_module_rule(Opaque)(lambda m, a, o, c: ("opaque", OpCost(0, 7, 14, 0)))
+    try:
+        assert leanconv.count(Child(), (1, 2)).total.macs == 7
+    finally:
+        MODULE_RULES.pop(Opaque)

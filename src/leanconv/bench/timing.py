@@ -27,6 +27,7 @@ class Timing:
     p10: float
     p90: float
     runs: int
+    best: float = 0.0
 
     @property
     def ms(self) -> float:
@@ -59,7 +60,7 @@ def _summary(samples: list[float]) -> Timing:
         p10, p90 = deciles[0], deciles[-1]
     else:
         p10, p90 = samples[0], samples[-1]
-    return Timing(statistics.median(samples), p10, p90, len(samples))
+    return Timing(statistics.median(samples), p10, p90, len(samples), samples[0])
 
 
 def measure(

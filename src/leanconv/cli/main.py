@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from . import cost, whatif
+from . import cost, profile, whatif
 
 app = typer.Typer(
     name="leanconv",
@@ -15,7 +15,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for _command in (cost, whatif):
+for _command in (cost, whatif, profile):
     _command.register(app)
 
 

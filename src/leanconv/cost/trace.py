@@ -30,6 +30,14 @@ from .rules import first_shape, is_free, rule_for, unknown_cost
 MODULE_RULES: dict[type, Callable[..., tuple[str, OpCost]]] = {}
 
 
+def module_rule(module: nn.Module):
+    """The closed-form rule of ``module``'s class or of its nearest registered base class."""
+    for cls in type(module).__mro__:
+        if cls in MODULE_RULES:
+            return MODULE_RULES[cls]
+    return None
+
+
 def register_module_rule(cls: type):
     """Decorator: count modules of type ``cls`` by a closed form instead of their ops."""
 
@@ -67,13 +75,13 @@ class _Tracker:
     def hooks(self, on_opaque_exit):
         def pre(module, args):
             self.stack.append(module)
-            if type(module) in MODULE_RULES:
+            if module_rule(module) is not None:
                 self.opaque_depth += 1
 
         def post(module, args, output):
             if self.stack and self.stack[-1] is module:
                 self.stack.pop()
-            if type(module) in MODULE_RULES:
+            if module_rule(module) is not None:
                 self.opaque_depth -= 1
                 if self.opaque_depth == 0:
                     on_opaque_exit(module, args, output)
@@ -188,7 +196,7 @@ def count(
     tracker = _Tracker(names)
 
     def on_opaque_exit(module, args, output):
-        kind, cost = MODULE_RULES[type(module)](module, args, output, convention)
+        kind, cost = module_rule(module)(module, args, output, convention)
         rows.append(
             LayerCost(
                 names.get(id(module), ""),
@@ -235,6 +243,11 @@ def _attach_params(model: nn.Module, rows: list[LayerCost]) -> list[LayerCost]:
                 n += p.numel()
         if n:
             own[mname] = n
+    # parameter containers never run: their parameters belong to the module that uses them
+    for mname, module in model.named_modules():
+        if isinstance(module, (nn.ParameterList, nn.ParameterDict)) and mname in own:
+            parent = mname.rpartition(".")[0]
+            own[parent] = own.get(parent, 0) + own.pop(mname)
     out = []
     for r in rows:
         if r.name in own:

@@ -1,7 +1,18 @@
 """Building blocks for efficient convolutions: thin ``nn.Module`` shells over functional cores."""
 
 from .bottleneck import Bottleneck1x1, InvertedResidual
+from .deform import DeformConv2d, DeformConv2dOp, ModulatedDeformConv2d, deform_conv2d
 from .dense import DenseBlock, DenseLayer, Transition
+from .dilated import (
+    ASPP,
+    ASPPPooling,
+    dilated_conv_bn,
+    effective_kernel_size,
+    has_gridding,
+    reachable_offsets,
+    receptive_field,
+)
+from .factorised import CPConv2d, TTConv2d, TuckerConv2d, cp_conv2d, tt_conv2d, tucker2_conv2d
 from .grouped import (
     ChannelShuffle,
     GroupedConv2d,
@@ -25,6 +36,23 @@ from .separable import DepthwiseSeparableConv2d, SpatiallySeparableConv2d
 from .stacked import StackedConv2d
 
 __all__ = [
+    "ASPP",
+    "ASPPPooling",
+    "CPConv2d",
+    "DeformConv2d",
+    "DeformConv2dOp",
+    "ModulatedDeformConv2d",
+    "TTConv2d",
+    "TuckerConv2d",
+    "cp_conv2d",
+    "deform_conv2d",
+    "dilated_conv_bn",
+    "effective_kernel_size",
+    "has_gridding",
+    "reachable_offsets",
+    "receptive_field",
+    "tt_conv2d",
+    "tucker2_conv2d",
     "BasicBlock",
     "Bottleneck1x1",
     "BottleneckBlock",

@@ -1,0 +1,547 @@
+"""Factorised convolutions that run in factorised form: a chain of small convolutions, never the
+rebuilt ``(K, C, kh, kw)`` kernel.
+
+Every chain is linear with no bias until its last factor, so zero padding commutes with the
+channel maps and each layer equals one dense convolution (:meth:`to_dense`, :meth:`to_conv2d`).
+Stride, padding (per side, so asymmetric padding too) and dilation of a height (width) dimension
+go to the factor that convolves along it. At output size ``Ho x Wo`` from ``H x W``:
+
+- :class:`CPConv2d` (Lebedev et al. 2015, "Speeding-up Convolutional Neural Networks Using
+  Fine-tuned CP-Decomposition"): 1x1 ``C -> R``, depthwise ``kh x 1``, depthwise ``1 x kw``, 1x1
+  ``R -> K``::
+
+      MACs = N (H W C R + Ho W' R kh + Ho Wo R kw + Ho Wo R K)
+
+  (``W'``: the width after the height factor, ``W``, as its width padding is left to the next).
+- :class:`TuckerConv2d` (Kim et al. 2016, "Compression of Deep Convolutional Neural Networks for
+  Fast and Low Power Mobile Applications"): 1x1 ``C -> R_in``, ``kh x kw`` core ``R_in -> R_out``,
+  1x1 ``R_out -> K``::
+
+      MACs = N (H W C R_in + Ho Wo R_in R_out kh kw + Ho Wo R_out K)
+
+- :class:`TTConv2d`: the tensor train of the kernel in mode order ``(C, kh, kw, K)`` (see
+  :class:`~leanconv.decompose.factors.TTFactors`): 1x1 ``C -> r1``, ``kh x 1`` ``r1 -> r2``,
+  ``1 x kw`` ``r2 -> r3``, 1x1 ``r3 -> K``::
+
+      MACs = N (H W C r1 + Ho W r1 r2 kh + Ho Wo r2 r3 kw + Ho Wo r3 K)
+
+Functions (:func:`cp_conv2d`, :func:`tucker2_conv2d`, :func:`tt_conv2d`) do the work on factor
+containers; modules hold the factors as parameters (in the containers' layout) and are built at
+random or from factors (``from_factors(factors, like=conv)`` copies the geometry and bias of an
+``nn.Conv2d``). Only ungrouped kernels (``groups=1``) are factorised here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..decompose.factors import CPFactors, TTFactors, Tucker2Factors
+from ..spec import ConvSpec, PaddingArg, _padding, _tuple
+from ._common import AnalyticCost, Shape
+
+Pairs = tuple[tuple[int, int], tuple[int, int]]
+
+
+def _geometry(
+    where: str,
+    kernel: tuple[int, int],
+    stride: int | Sequence[int],
+    padding: PaddingArg,
+    dilation: int | Sequence[int],
+) -> tuple[tuple[int, int], Pairs, tuple[int, int]]:
+    """Checked ``(stride, ((top, bottom), (left, right)), dilation)``; padding as in ConvSpec."""
+    s = _tuple(stride, 2, "stride", where)
+    d = _tuple(dilation, 2, "dilation", where)
+    if min(s) < 1 or min(d) < 1:
+        raise ValueError(f"{where}stride={s} and dilation={d} must be positive")
+    p = _padding(padding, 2, kernel, d, s, where)
+    if any(v < 0 for pair in p for v in pair):
+        raise ValueError(f"{where}padding={p} must not be negative")
+    return s, p, d  # type: ignore[return-value]
+
+
+def _conv(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride: tuple[int, int] = (1, 1),
+    padding: Pairs = ((0, 0), (0, 0)),
+    dilation: tuple[int, int] = (1, 1),
+    groups: int = 1,
+) -> Tensor:
+    """``F.conv2d`` with per-side padding (an explicit zero pad when the sides differ)."""
+    (t, b), (l, r) = padding
+    if t == b and l == r:
+        return F.conv2d(x, weight, bias, stride, (t, l), dilation, groups)
+    return F.conv2d(F.pad(x, (l, r, t, b)), weight, bias, stride, 0, dilation, groups)
+
+
+def _split(stride, padding, dilation):
+    """The height-only and width-only parts of a 2-D geometry."""
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    return ((sh, 1), (ph, (0, 0)), (dh, 1)), ((1, sw), ((0, 0), pw), (1, dw))
+
+
+def _pointwise(matrix: Tensor) -> Tensor:
+    """A ``(out, in)`` matrix as a 1x1 convolution weight."""
+    return matrix[:, :, None, None]
+
+
+def cp_conv2d(
+    x: Tensor,
+    factors: CPFactors,
+    bias: Tensor | None = None,
+    stride: int | Sequence[int] = 1,
+    padding: PaddingArg = 0,
+    dilation: int | Sequence[int] = 1,
+) -> Tensor:
+    """The CP chain: 1x1 ``C -> R``, depthwise ``kh x 1``, depthwise ``1 x kw``, 1x1 ``R -> K``."""
+    s, p, d = _geometry("cp_conv2d: ", factors.shape[2:], stride, padding, dilation)
+    rank = factors.rank
+    (s1, p1, d1), (s2, p2, d2) = _split(s, p, d)
+    y = F.conv2d(x, _pointwise(factors.input.t()))
+    y = _conv(y, factors.height.t()[:, None, :, None], None, s1, p1, d1, groups=rank)
+    y = _conv(y, factors.width.t()[:, None, None, :], None, s2, p2, d2, groups=rank)
+    return F.conv2d(y, _pointwise(factors.scaled_output()), bias)
+
+
+def tucker2_conv2d(
+    x: Tensor,
+    factors: Tucker2Factors,
+    bias: Tensor | None = None,
+    stride: int | Sequence[int] = 1,
+    padding: PaddingArg = 0,
+    dilation: int | Sequence[int] = 1,
+) -> Tensor:
+    """The Tucker-2 chain: 1x1 ``C -> R_in``, ``kh x kw`` core, 1x1 ``R_out -> K``."""
+    s, p, d = _geometry("tucker2_conv2d: ", factors.shape[2:], stride, padding, dilation)
+    y = F.conv2d(x, _pointwise(factors.input.t()))
+    y = _conv(y, factors.core, None, s, p, d)
+    return F.conv2d(y, _pointwise(factors.output), bias)
+
+
+def tt_conv2d(
+    x: Tensor,
+    factors: TTFactors,
+    bias: Tensor | None = None,
+    stride: int | Sequence[int] = 1,
+    padding: PaddingArg = 0,
+    dilation: int | Sequence[int] = 1,
+) -> Tensor:
+    """The tensor-train chain: 1x1 ``C -> r1``, ``kh x 1``, ``1 x kw``, 1x1 ``r3 -> K``."""
+    s, p, d = _geometry("tt_conv2d: ", factors.shape[2:], stride, padding, dilation)
+    g1, g2, g3, g4 = factors.cores
+    (s1, p1, d1), (s2, p2, d2) = _split(s, p, d)
+    y = F.conv2d(x, _pointwise(g1[0].t()))
+    y = _conv(y, g2.permute(2, 0, 1)[:, :, :, None], None, s1, p1, d1)
+    y = _conv(y, g3.permute(2, 0, 1)[:, :, None, :], None, s2, p2, d2)
+    return F.conv2d(y, _pointwise(g4[:, :, 0].t()), bias)
+
+
+def _uniform(shape: Sequence[int], fan_in: int, device, dtype) -> nn.Parameter:
+    """``nn.Conv2d``'s default initialisation of a factor seen as a convolution of ``fan_in``."""
+    bound = 1 / math.sqrt(fan_in)
+    return nn.Parameter(torch.empty(*shape, device=device, dtype=dtype).uniform_(-bound, bound))
+
+
+def _copy(t: Tensor) -> nn.Parameter:
+    return nn.Parameter(t.detach().clone())
+
+
+class _Factorised(AnalyticCost, nn.Module):
+    """Geometry, bias, dense view and analytic cost shared by the factorised layers."""
+
+    def _setup(
+        self,
+        shape: tuple[int, int, int, int],
+        stride: int | Sequence[int],
+        padding: PaddingArg,
+        dilation: int | Sequence[int],
+        bias: bool | Tensor | None,
+        device=None,
+        dtype=None,
+    ) -> None:
+        where = f"{type(self).__name__}: "
+        k, c, kh, kw = shape
+        for arg, v in (("out_channels", k), ("in_channels", c), ("kernel_size", min(kh, kw))):
+            if v < 1:
+                raise ValueError(f"{where}{arg}={v} must be positive")
+        self.out_channels, self.in_channels, self.kernel_size = k, c, (kh, kw)
+        self.stride, self.padding, self.dilation = _geometry(
+            where, (kh, kw), stride, padding, dilation
+        )
+        if isinstance(bias, Tensor):
+            if tuple(bias.shape) != (k,):
+                raise ValueError(f"{where}bias shape {tuple(bias.shape)} != ({k},)")
+            self.bias = _copy(bias)
+        elif bias:
+            self.bias = _uniform((k,), self._last_fan_in(), device, dtype)
+        else:
+            self.register_parameter("bias", None)
+
+    def _last_fan_in(self) -> int:  # pragma: no cover - defined by each layer
+        raise NotImplementedError
+
+    @property
+    def factors(self):  # pragma: no cover - defined by each layer
+        raise NotImplementedError
+
+    @staticmethod
+    def _like(like: nn.Conv2d | None, factors, stride, padding, dilation, bias, where: str):
+        """Geometry and bias from ``like`` (an ``nn.Conv2d`` of the same kernel shape)."""
+        if like is None:
+            return stride, padding, dilation, bias
+        if not isinstance(like, nn.Conv2d):
+            raise ValueError(f"{where}: like={type(like).__name__} is not an nn.Conv2d")
+        if like.groups != 1 or like.padding_mode != "zeros":
+            raise ValueError(
+                f"{where}: like has groups={like.groups}, padding_mode={like.padding_mode!r}; "
+                "only groups=1 with zero padding is factorised"
+            )
+        if tuple(like.weight.shape) != tuple(factors.shape):
+            raise ValueError(
+                f"{where}: like's weight {tuple(like.weight.shape)} != factors' kernel "
+                f"{tuple(factors.shape)}"
+            )
+        if bias is None and like.bias is not None:
+            bias = like.bias
+        return like.stride, like.padding, like.dilation, bias
+
+    def to_dense(self) -> Tensor:
+        """The equivalent dense kernel ``(K, C, kh, kw)``, for checks (the layer never uses it)."""
+        return self.factors.to_dense()
+
+    def to_conv2d(self) -> nn.Module:
+        """An equivalent ``nn.Conv2d`` (behind an ``nn.ZeroPad2d`` when padding is asymmetric)."""
+        w = self.to_dense().detach()
+        (t, b), (l, r) = self.padding
+        symmetric = t == b and l == r
+        conv = nn.Conv2d(
+            self.in_channels, self.out_channels, self.kernel_size, self.stride,
+            (t, l) if symmetric else 0, self.dilation, bias=self.bias is not None,
+            device=w.device, dtype=w.dtype,
+        )  # fmt: skip
+        with torch.no_grad():
+            conv.weight.copy_(w)
+            if self.bias is not None:
+                conv.bias.copy_(self.bias)
+        return conv if symmetric else nn.Sequential(nn.ZeroPad2d((l, r, t, b)), conv)
+
+    def _ranks_repr(self) -> str:  # pragma: no cover - defined by each layer
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        kh, kw = self.kernel_size
+        out = f"{self.in_channels}->{self.out_channels}, k={kh}x{kw}, {self._ranks_repr()}"
+        if self.stride != (1, 1):
+            out += f", stride={self.stride}"
+        if any(v for pair in self.padding for v in pair):
+            (t, b), (l, r) = self.padding
+            out += f", padding={(t, l) if (t, l) == (b, r) else self.padding}"
+        if self.dilation != (1, 1):
+            out += f", dilation={self.dilation}"
+        return out + f", bias={self.bias is not None}"
+
+    # ------------------------------------------------------------------ analytic cost
+    def _spec(self, shape: Shape, c_in: int, c_out: int, kernel, part: str, groups: int = 1,
+              bias: bool = False) -> ConvSpec:  # fmt: skip
+        """A factor convolution of ``part`` (``"full"``, ``"h"``, ``"w"`` or ``"1x1"``)."""
+        n, _, h, w = shape
+        (sh, sw), ((t, b), (l, r)), (dh, dw) = self.stride, self.padding, self.dilation
+        geo = {
+            "1x1": ((1, 1), 0, (1, 1)),
+            "full": ((sh, sw), ((t, b), (l, r)), (dh, dw)),
+            "h": ((sh, 1), ((t, b), (0, 0)), (dh, 1)),
+            "w": ((1, sw), ((0, 0), (l, r)), (1, dw)),
+        }[part]
+        return ConvSpec(
+            c_in, c_out, kernel, (h, w), *geo, groups=groups, bias=bias, batch=n,
+            dtype=next(self.parameters()).dtype,
+        )  # fmt: skip
+
+    @staticmethod
+    def _next(spec: ConvSpec) -> Shape:
+        return spec.output_shape
+
+
+class CPConv2d(_Factorised):
+    """Rank-``R`` CP convolution: 1x1 ``C -> R``, depthwise ``kh x 1`` and ``1 x kw``, 1x1
+    ``R -> K`` (Lebedev et al. 2015). Parameters in :class:`CPFactors` layout, ``lambda`` folded
+    into ``output``."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | Sequence[int],
+        rank: int,
+        stride: int | Sequence[int] = 1,
+        padding: PaddingArg = 0,
+        dilation: int | Sequence[int] = 1,
+        bias: bool | Tensor | None = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        factors: CPFactors | None = None,
+    ):
+        super().__init__()
+        kh, kw = _tuple(kernel_size, 2, "kernel_size", f"{type(self).__name__}: ")
+        if rank < 1:
+            raise ValueError(f"CPConv2d: rank={rank} must be positive")
+        self.rank = rank
+        self._setup((out_channels, in_channels, kh, kw), stride, padding, dilation, bias,
+                    device, dtype)  # fmt: skip
+        if factors is not None:
+            if factors.shape != (out_channels, in_channels, kh, kw) or factors.rank != rank:
+                raise ValueError(
+                    f"CPConv2d: factors of kernel {factors.shape}, rank {factors.rank} != "
+                    f"{(out_channels, in_channels, kh, kw)}, rank {rank}"
+                )
+            self.output = _copy(factors.scaled_output())
+            self.input, self.height = _copy(factors.input), _copy(factors.height)
+            self.width = _copy(factors.width)
+        else:
+            kw_ = {"device": device, "dtype": dtype}
+            self.output = _uniform((out_channels, rank), rank, **kw_)
+            self.input = _uniform((in_channels, rank), in_channels, **kw_)
+            self.height = _uniform((kh, rank), kh, **kw_)
+            self.width = _uniform((kw, rank), kw, **kw_)
+
+    @classmethod
+    def from_factors(
+        cls,
+        factors: CPFactors,
+        bias: Tensor | None = None,
+        stride: int | Sequence[int] = 1,
+        padding: PaddingArg = 0,
+        dilation: int | Sequence[int] = 1,
+        *,
+        like: nn.Conv2d | None = None,
+    ) -> CPConv2d:
+        """A layer holding copies of ``factors``; geometry and bias from ``like`` when given."""
+        stride, padding, dilation, bias = cls._like(
+            like, factors, stride, padding, dilation, bias, cls.__name__
+        )
+        k, c, kh, kw = factors.shape
+        return cls(c, k, (kh, kw), factors.rank, stride, padding, dilation,
+                   bias if bias is not None else False, factors=factors)  # fmt: skip
+
+    @property
+    def factors(self) -> CPFactors:
+        return CPFactors(self.output, self.input, self.height, self.width)
+
+    def _last_fan_in(self) -> int:
+        return self.rank
+
+    def _ranks_repr(self) -> str:
+        return f"rank={self.rank}"
+
+    def forward(self, x: Tensor) -> Tensor:
+        return cp_conv2d(x, self.factors, self.bias, self.stride, self.padding, self.dilation)
+
+    def _walk(self, shape: Shape) -> tuple[list, Shape]:
+        r, (kh, kw) = self.rank, self.kernel_size
+        specs = [self._spec(shape, self.in_channels, r, 1, "1x1")]
+        specs.append(self._spec(self._next(specs[-1]), r, r, (kh, 1), "h", groups=r))
+        specs.append(self._spec(self._next(specs[-1]), r, r, (1, kw), "w", groups=r))
+        specs.append(
+            self._spec(
+                self._next(specs[-1]), r, self.out_channels, 1, "1x1", bias=self.bias is not None
+            )  # fmt: skip
+        )
+        return specs, specs[-1].output_shape
+
+
+class TuckerConv2d(_Factorised):
+    """Tucker-2 convolution: 1x1 ``C -> R_in``, ``kh x kw`` core ``R_in -> R_out``, 1x1
+    ``R_out -> K`` (Kim et al. 2016). Parameters in :class:`Tucker2Factors` layout."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | Sequence[int],
+        in_rank: int,
+        out_rank: int,
+        stride: int | Sequence[int] = 1,
+        padding: PaddingArg = 0,
+        dilation: int | Sequence[int] = 1,
+        bias: bool | Tensor | None = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        factors: Tucker2Factors | None = None,
+    ):
+        super().__init__()
+        kh, kw = _tuple(kernel_size, 2, "kernel_size", f"{type(self).__name__}: ")
+        for arg, v in (("in_rank", in_rank), ("out_rank", out_rank)):
+            if v < 1:
+                raise ValueError(f"TuckerConv2d: {arg}={v} must be positive")
+        self.in_rank, self.out_rank = in_rank, out_rank
+        self._setup((out_channels, in_channels, kh, kw), stride, padding, dilation, bias,
+                    device, dtype)  # fmt: skip
+        if factors is not None:
+            if factors.shape != (out_channels, in_channels, kh, kw) or factors.ranks != (
+                out_rank,
+                in_rank,
+            ):
+                raise ValueError(
+                    f"TuckerConv2d: factors of kernel {factors.shape}, ranks (out, in) "
+                    f"{factors.ranks} != {(out_channels, in_channels, kh, kw)}, "
+                    f"{(out_rank, in_rank)}"
+                )
+            self.core, self.output = _copy(factors.core), _copy(factors.output)
+            self.input = _copy(factors.input)
+        else:
+            kw_ = {"device": device, "dtype": dtype}
+            self.core = _uniform((out_rank, in_rank, kh, kw), in_rank * kh * kw, **kw_)
+            self.output = _uniform((out_channels, out_rank), out_rank, **kw_)
+            self.input = _uniform((in_channels, in_rank), in_channels, **kw_)
+
+    @classmethod
+    def from_factors(
+        cls,
+        factors: Tucker2Factors,
+        bias: Tensor | None = None,
+        stride: int | Sequence[int] = 1,
+        padding: PaddingArg = 0,
+        dilation: int | Sequence[int] = 1,
+        *,
+        like: nn.Conv2d | None = None,
+    ) -> TuckerConv2d:
+        """A layer holding copies of ``factors``; geometry and bias from ``like`` when given."""
+        stride, padding, dilation, bias = cls._like(
+            like, factors, stride, padding, dilation, bias, cls.__name__
+        )
+        k, c, kh, kw = factors.shape
+        r_out, r_in = factors.ranks
+        return cls(c, k, (kh, kw), r_in, r_out, stride, padding, dilation,
+                   bias if bias is not None else False, factors=factors)  # fmt: skip
+
+    @property
+    def factors(self) -> Tucker2Factors:
+        return Tucker2Factors(self.core, self.output, self.input)
+
+    def _last_fan_in(self) -> int:
+        return self.out_rank
+
+    def _ranks_repr(self) -> str:
+        return f"in_rank={self.in_rank}, out_rank={self.out_rank}"
+
+    def forward(self, x: Tensor) -> Tensor:
+        return tucker2_conv2d(x, self.factors, self.bias, self.stride, self.padding, self.dilation)
+
+    def _walk(self, shape: Shape) -> tuple[list, Shape]:
+        r_in, r_out = self.in_rank, self.out_rank
+        specs = [self._spec(shape, self.in_channels, r_in, 1, "1x1")]
+        specs.append(self._spec(self._next(specs[-1]), r_in, r_out, self.kernel_size, "full"))
+        specs.append(
+            self._spec(
+                self._next(specs[-1]),
+                r_out,
+                self.out_channels,
+                1,
+                "1x1",
+                bias=self.bias is not None,
+            )  # fmt: skip
+        )
+        return specs, specs[-1].output_shape
+
+
+class TTConv2d(_Factorised):
+    """Tensor-train convolution, ranks ``(r1, r2, r3)``: 1x1 ``C -> r1``, ``kh x 1`` ``r1 -> r2``,
+    ``1 x kw`` ``r2 -> r3``, 1x1 ``r3 -> K``. Parameters: the cores of :class:`TTFactors`
+    (``core0`` ... ``core3``), the train of the kernel in mode order ``(C, kh, kw, K)``."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | Sequence[int],
+        ranks: Sequence[int],
+        stride: int | Sequence[int] = 1,
+        padding: PaddingArg = 0,
+        dilation: int | Sequence[int] = 1,
+        bias: bool | Tensor | None = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        factors: TTFactors | None = None,
+    ):
+        super().__init__()
+        kh, kw = _tuple(kernel_size, 2, "kernel_size", f"{type(self).__name__}: ")
+        ranks = tuple(int(r) for r in ranks)
+        if len(ranks) != 3 or min(ranks) < 1:
+            raise ValueError(f"TTConv2d: ranks={ranks} must be three positive integers")
+        self.ranks = ranks
+        self._setup((out_channels, in_channels, kh, kw), stride, padding, dilation, bias,
+                    device, dtype)  # fmt: skip
+        if factors is not None:
+            if factors.shape != (out_channels, in_channels, kh, kw) or factors.ranks != ranks:
+                raise ValueError(
+                    f"TTConv2d: factors of kernel {factors.shape}, ranks {factors.ranks} != "
+                    f"{(out_channels, in_channels, kh, kw)}, {ranks}"
+                )
+            cores = [_copy(g) for g in factors.cores]
+        else:
+            r1, r2, r3 = ranks
+            kw_ = {"device": device, "dtype": dtype}
+            cores = [
+                _uniform((1, in_channels, r1), in_channels, **kw_),
+                _uniform((r1, kh, r2), r1 * kh, **kw_),
+                _uniform((r2, kw, r3), r2 * kw, **kw_),
+                _uniform((r3, out_channels, 1), r3, **kw_),
+            ]
+        self.core0, self.core1, self.core2, self.core3 = cores
+
+    @classmethod
+    def from_factors(
+        cls,
+        factors: TTFactors,
+        bias: Tensor | None = None,
+        stride: int | Sequence[int] = 1,
+        padding: PaddingArg = 0,
+        dilation: int | Sequence[int] = 1,
+        *,
+        like: nn.Conv2d | None = None,
+    ) -> TTConv2d:
+        """A layer holding copies of ``factors``; geometry and bias from ``like`` when given."""
+        stride, padding, dilation, bias = cls._like(
+            like, factors, stride, padding, dilation, bias, cls.__name__
+        )
+        k, c, kh, kw = factors.shape
+        return cls(c, k, (kh, kw), factors.ranks, stride, padding, dilation,
+                   bias if bias is not None else False, factors=factors)  # fmt: skip
+
+    @property
+    def factors(self) -> TTFactors:
+        return TTFactors((self.core0, self.core1, self.core2, self.core3))
+
+    def _last_fan_in(self) -> int:
+        return self.ranks[2]
+
+    def _ranks_repr(self) -> str:
+        return f"ranks={self.ranks}"
+
+    def forward(self, x: Tensor) -> Tensor:
+        return tt_conv2d(x, self.factors, self.bias, self.stride, self.padding, self.dilation)
+
+    def _walk(self, shape: Shape) -> tuple[list, Shape]:
+        (r1, r2, r3), (kh, kw) = self.ranks, self.kernel_size
+        specs = [self._spec(shape, self.in_channels, r1, 1, "1x1")]
+        specs.append(self._spec(self._next(specs[-1]), r1, r2, (kh, 1), "h"))
+        specs.append(self._spec(self._next(specs[-1]), r2, r3, (1, kw), "w"))
+        specs.append(
+            self._spec(
+                self._next(specs[-1]), r3, self.out_channels, 1, "1x1", bias=self.bias is not None
+            )  # fmt: skip
+        )
+        return specs, specs[-1].output_shape
+
+
+__all__ = ["CPConv2d", "TTConv2d", "TuckerConv2d", "cp_conv2d", "tt_conv2d", "tucker2_conv2d"]
