@@ -1,6 +1,6 @@
 """leanconv: exact convolution costs, fast convolution algorithms, compression of trained CNNs."""
 
-from . import errors
+from . import decompose, errors
 from .cost import Convention, CostReport, conv_cost, count
 from .cost.whatif import whatif
 from .spec import ConvSpec
@@ -13,6 +13,7 @@ __all__ = [
     "CostReport",
     "conv_cost",
     "count",
+    "decompose",
     "errors",
     "whatif",
     "__version__",
