@@ -33,3 +33,24 @@ class UnsafeFileError(LeanconvError):
 
 class OutputExistsError(LeanconvError):
     """An output path that exists and would be overwritten without ``--force``."""
+
+
+class DecompositionError(LeanconvError):
+    """A decomposition that cannot be computed or whose result cannot be trusted."""
+
+
+class InvalidRankError(DecompositionError, ValueError):
+    """A rank (or ranks, multiplier, fraction, target ratio) that is not a valid choice."""
+
+
+class InvalidWeightError(DecompositionError, ValueError):
+    """A weight of the wrong shape, all zero, or holding NaN or infinity."""
+
+
+class DegenerateDecompositionError(DecompositionError):
+    """CP-ALS diverged into cancelling components (Phan et al. 2020); ``result`` holds the
+    diagnostics (:class:`leanconv.decompose.cp.CPResult`)."""
+
+    def __init__(self, message: str, result=None):
+        super().__init__(message)
+        self.result = result

@@ -15,24 +15,16 @@ device and torch version, so a second call re-checks errors but times nothing.
 from __future__ import annotations
 
 import copy
-import json
-import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import torch
 from torch import nn
 
+from .. import cache as cache_store
 from ..bench.timing import compare
-from ..report.files import write_text_atomic
 
-CACHE_ENV = "LEANCONV_CACHE_DIR"
-
-
-def cache_path() -> Path:
-    root = os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "leanconv"
-    return Path(root) / "tuner.json"
+CACHE_FILE = "tuner.json"
 
 
 @dataclass
@@ -165,13 +157,7 @@ def accelerate(
     model = copy.deepcopy(model).eval()
     original = copy.deepcopy(model)
     inputs = _capture_inputs(model, example_input)
-    path = cache_path()
-    cache: dict = {}
-    if use_cache and path.exists():
-        try:
-            cache = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            cache = {}
+    cache = cache_store.load(CACHE_FILE) if use_cache else {}
     report = TuneReport([])
     device = example_input.device
     for name, x in inputs.items():
@@ -213,10 +199,7 @@ def accelerate(
             choice.chosen = best
             _set(model, name, modules[best])
     if use_cache:
-        try:
-            write_text_atomic(path, json.dumps(cache, indent=1), force=True)
-        except OSError as exc:
-            report.notes.append(f"tuner cache not written: {exc}")
+        cache_store.save(CACHE_FILE, cache)
     if any(layer.chosen != "native" for layer in report.layers):
         timings = compare(
             {"native": lambda: original(example_input), "fast": lambda: model(example_input)},

@@ -10,17 +10,15 @@ point ``peak_flops / bandwidth`` it is memory-bound.
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
 import platform
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 
-from ..report.files import write_text_atomic
+from .. import cache as cache_store
 from .timing import measure
+
+CACHE_FILE = "peak.json"
 
 
 @dataclass(frozen=True)
@@ -45,11 +43,6 @@ class Roofline:
     bound: str  # "compute" or "memory"
 
 
-def _cache_file() -> Path:
-    root = os.environ.get("LEANCONV_CACHE_DIR") or Path.home() / ".cache" / "leanconv"
-    return Path(root) / "peak.json"
-
-
 def _key(device: torch.device, dtype: torch.dtype) -> str:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
     return f"{device.type}|{name}|{dtype}|{torch.get_num_threads()}|{torch.__version__}"
@@ -64,15 +57,9 @@ def measure_peak(
     """GEMM and copy peaks of ``device`` at the current thread count (cached on disk)."""
     device = torch.device(device)
     key = _key(device, dtype)
-    path = _cache_file()
-    cache = {}
-    if use_cache and path.exists():
-        try:
-            cache = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            cache = {}
-        if key in cache:
-            return Peak(**cache[key])
+    cache = cache_store.load(CACHE_FILE) if use_cache else {}
+    if key in cache:
+        return Peak(**cache[key])
     n = n or (4096 if device.type == "cuda" else 1024)
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
@@ -89,8 +76,7 @@ def measure_peak(
     )
     if use_cache:
         cache[key] = asdict(peak)
-        with contextlib.suppress(OSError):  # a read-only cache only costs a re-measurement
-            write_text_atomic(path, json.dumps(cache, indent=1), force=True)
+        cache_store.save(CACHE_FILE, cache)
     return peak
 
 

@@ -9,6 +9,14 @@ itself is left untouched.
 import sys
 import types
 
+from ..errors import (
+    DecompositionError,
+    DegenerateDecompositionError,
+    InvalidRankError,
+    InvalidWeightError,
+)
+from .cp import CPResult, cp_als, max_cp_rank
+from .depthwise import DepthwiseSeparableFactors, depthwise_separable
 from .factors import (
     CPFactors,
     TTFactors,
@@ -17,14 +25,55 @@ from .factors import (
     tt_to_dense,
     tucker2_to_dense,
 )
+from .grouped import GroupedFactors
+from .rank import (
+    METHODS,
+    VBMFResult,
+    budget_rank,
+    energy_rank,
+    factor_specs,
+    output_error,
+    vbmf,
+    vbmf_rank,
+)
+from .svd import LowRankFactors, SpatialSVDFactors, low_rank, spatial_svd
+from .tt import max_tt_ranks, tensor_train
+from .tucker import tucker2
 
+# ``cp`` stays the submodule (``leanconv.decompose.cp.cp`` is the function); ``cp_als`` returns
+# the diagnostics as well.
 __all__ = [
     "CPFactors",
+    "CPResult",
+    "DecompositionError",
+    "DegenerateDecompositionError",
+    "DepthwiseSeparableFactors",
+    "GroupedFactors",
+    "InvalidRankError",
+    "InvalidWeightError",
+    "LowRankFactors",
+    "METHODS",
+    "SpatialSVDFactors",
     "TTFactors",
     "Tucker2Factors",
+    "VBMFResult",
+    "budget_rank",
+    "cp_als",
     "cp_to_dense",
+    "depthwise_separable",
+    "energy_rank",
+    "factor_specs",
+    "low_rank",
+    "max_cp_rank",
+    "max_tt_ranks",
+    "output_error",
+    "spatial_svd",
+    "tensor_train",
     "tt_to_dense",
+    "tucker2",
     "tucker2_to_dense",
+    "vbmf",
+    "vbmf_rank",
 ]
 
 

@@ -44,7 +44,7 @@ def _need(cond: bool, where: str, message: str) -> None:
         raise ValueError(f"{where}: {message}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class CPFactors:
     """Rank-``R`` CP factors of a ``(K, C, kh, kw)`` kernel; ``weights`` (R,) optional."""
 
@@ -90,7 +90,7 @@ class CPFactors:
         return cp_to_dense(self)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Tucker2Factors:
     """Tucker-2 factors of a ``(K, C, kh, kw)`` kernel: ``core (R_out, R_in, kh, kw)``."""
 
@@ -127,7 +127,7 @@ class Tucker2Factors:
         return tucker2_to_dense(self)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class TTFactors:
     """Tensor-train cores of a ``(K, C, kh, kw)`` kernel in mode order ``(C, kh, kw, K)``."""
 

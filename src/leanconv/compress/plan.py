@@ -1,0 +1,311 @@
+"""Hardware-aware planning: one rewrite per layer, chosen globally to meet a target.
+
+For every convolution the planner builds candidates — each decomposition method at several ranks
+(ranks from MACs budgets of the layer, :func:`leanconv.decompose.rank.budget_rank`) plus "keep" —
+and gives each
+- its **measured latency** on this machine, on the layer's real input at the deployment batch
+  (interleaved medians; cached on disk by geometry, rank, batch, threads and device),
+- its **sensitivity**: the KL divergence of the whole model's predictions on a calibration set when
+  only that layer is rewritten (Kim et al. 2016 and later work rank layers this way),
+- its MACs and parameters.
+
+The allocation minimises the summed sensitivity subject to a latency (``speedup``), MACs
+(``macs_ratio``) or accuracy-proxy budget, by Lagrangian relaxation: for a multiplier ``lam`` each
+layer independently takes ``argmin(sensitivity + lam * cost)``; bisection on ``lam`` finds the
+cheapest-in-sensitivity plan that meets the budget (Everett 1963; the standard
+rate-distortion allocation). Latency that no candidate changes (pooling, activations, the
+classifier) is measured once and added as a constant, so the predicted speedup is
+``total_before / (fixed + sum of chosen layer latencies)``. If the target cannot be met, the best
+plan found is returned with ``met = False``.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import cache as cache_store
+from ..bench.timing import compare
+from ..cost import count
+from ..decompose.rank import budget_rank
+from ..errors import LeanconvError
+from .replace import _SPEC_METHOD, decompose_layer
+from .surgery import conv_layers, replace_modules
+from .verify import capture_inputs
+
+DEFAULT_RATIOS = (0.08, 0.15, 0.25, 0.4, 0.6)
+CACHE_FILE = "latency.json"
+
+
+@dataclass
+class Candidate:
+    layer: str
+    method: str  # "keep" for the original layer
+    rank: object
+    macs: int
+    params: int
+    latency_ms: float
+    sensitivity: float  # KL(original || rewritten) on the calibration set, in nats
+    weight_error: float = 0.0
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["rank"] = list(self.rank) if isinstance(self.rank, tuple) else self.rank
+        return d
+
+
+@dataclass
+class Plan:
+    choices: dict[str, Candidate]
+    candidates: dict[str, list[Candidate]]
+    fixed_ms: float  # latency of everything no candidate changes
+    total_before_ms: float
+    macs_before: int
+    target: str
+    met: bool
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def predicted_ms(self) -> float:
+        return self.fixed_ms + sum(c.latency_ms for c in self.choices.values())
+
+    @property
+    def predicted_speedup(self) -> float:
+        return self.total_before_ms / self.predicted_ms if self.predicted_ms else 1.0
+
+    @property
+    def macs_after(self) -> int:
+        keep = {n: c for n, c in self.choices.items()}
+        changed = sum(c.macs - self.candidates[n][0].macs for n, c in keep.items())
+        return self.macs_before + changed
+
+    def rewrites(self) -> dict[str, tuple[str, object]]:
+        return {n: (c.method, c.rank) for n, c in self.choices.items() if c.method != "keep"}
+
+    def as_dict(self) -> dict:
+        return {
+            "target": self.target,
+            "met": self.met,
+            "fixed_ms": self.fixed_ms,
+            "total_before_ms": self.total_before_ms,
+            "predicted_ms": self.predicted_ms,
+            "predicted_speedup": self.predicted_speedup,
+            "macs_before": self.macs_before,
+            "macs_after": self.macs_after,
+            "notes": self.notes,
+            "layers": {n: c.as_dict() for n, c in self.choices.items()},
+            "candidates": {n: [c.as_dict() for c in cs] for n, cs in self.candidates.items()},
+        }
+
+
+# ---------------------------------------------------------------------- candidates
+def _latency_key(layer: nn.Module, method: str, rank, shape, threads: int) -> str:
+    text = repr((type(layer).__name__, getattr(layer, "weight", torch.empty(0)).shape,
+                 getattr(layer, "stride", None), getattr(layer, "padding", None),
+                 getattr(layer, "dilation", None), getattr(layer, "groups", None),
+                 method, rank, tuple(shape), threads, torch.__version__))  # fmt: skip
+    return hashlib.sha1(text.encode()).hexdigest()
+
+
+def _kl(logits: torch.Tensor, reference_log_probs: torch.Tensor) -> float:
+    return float(
+        F.kl_div(
+            F.log_softmax(logits.double(), 1),
+            reference_log_probs,
+            reduction="batchmean",
+            log_target=True,
+        )  # fmt: skip
+    )
+
+
+def _layer_input_at_batch(x: torch.Tensor, batch: int) -> torch.Tensor:
+    """The captured activation repeated or cut to the deployment batch size."""
+    reps = math.ceil(batch / x.shape[0])
+    return x.repeat(reps, *([1] * (x.dim() - 1)))[:batch].contiguous()
+
+
+def build_candidates(
+    model: nn.Module,
+    calibration: torch.Tensor,
+    layers: list[str] | None = None,
+    methods: tuple[str, ...] = ("tucker2", "svd"),
+    ratios: tuple[float, ...] = DEFAULT_RATIOS,
+    batch: int = 64,
+    repeats: int = 5,
+    use_cache: bool = True,
+    log=None,
+) -> tuple[dict[str, list[Candidate]], float, float]:
+    """Candidates per layer (the first is "keep"), the fixed latency and the total latency."""
+    model = copy.deepcopy(model).eval()
+    layers = layers if layers is not None else conv_layers(model)
+    inputs = capture_inputs(model, layers, calibration)
+    with torch.no_grad():
+        reference = F.log_softmax(model(calibration).double(), 1)
+    cache = cache_store.load(CACHE_FILE) if use_cache else {}
+    threads = torch.get_num_threads()
+    out: dict[str, list[Candidate]] = {}
+    for i, name in enumerate(layers):
+        layer = model.get_submodule(name)
+        x = inputs[name]
+        xb = _layer_input_at_batch(x, batch)
+        base = count(layer, xb)
+        modules: dict[tuple, nn.Module] = {("keep", None): layer}
+        errors: dict[tuple, float] = {("keep", None): 0.0}
+        for method in methods:
+            spec_method = _SPEC_METHOD.get(method, method)
+            seen = set()
+            for ratio in ratios:
+                try:
+                    from ..spec import ConvSpec
+
+                    spec = ConvSpec.from_module(layer, tuple(x.shape), name)
+                    rank = budget_rank(spec, spec_method, ratio)
+                except (LeanconvError, ValueError):
+                    continue
+                if rank in seen:
+                    continue
+                seen.add(rank)
+                try:
+                    d = decompose_layer(layer, method, rank, name=name,
+                                        input_size=tuple(x.shape[2:]))  # fmt: skip
+                except (LeanconvError, ValueError):
+                    continue
+                modules[(d.method, d.rank)] = d.module.eval()
+                errors[(d.method, d.rank)] = d.weight_error
+        # latency: measured or cached, interleaved with the original
+        timings: dict[tuple, float] = {}
+        todo = {}
+        for key, mod in modules.items():
+            ck = _latency_key(layer, key[0], key[1], xb.shape, threads)
+            if use_cache and ck in cache:
+                timings[key] = cache[ck]
+            else:
+                todo[key] = (ck, mod)
+        if todo:
+            measured = compare({str(k): (lambda m=m, xb=xb: m(xb)) for k, (_, m) in todo.items()},
+                               warmup=1, repeats=repeats)  # fmt: skip
+            for key, (ck, _) in todo.items():
+                timings[key] = cache[ck] = measured[str(key)].ms
+        cands = []
+        for key, mod in modules.items():
+            method, rank = key
+            if method == "keep":
+                sens = 0.0
+            else:
+                trial = replace_modules(model, {name: mod}, inplace=False)
+                with torch.no_grad():
+                    sens = _kl(trial(calibration), reference)
+            c = count(mod, x[:1])  # MACs and params per image, as the model totals
+            cands.append(Candidate(name, method, rank, c.total.macs, c.total.params,
+                                   timings[key], sens, errors[key]))  # fmt: skip
+        out[name] = cands
+        if log:
+            log(f"  planned {i + 1}/{len(layers)} {name}: {len(cands) - 1} candidates, "
+                f"{base.total.macs / 1e6:.1f} MMACs, {timings[('keep', None)]:.2f} ms")  # fmt: skip
+    if use_cache:
+        cache_store.save(CACHE_FILE, cache)
+    xb_model = _layer_input_at_batch(calibration, batch)
+    total = compare({"m": lambda: model(xb_model)}, warmup=1, repeats=repeats)["m"].ms
+    conv_total = sum(cs[0].latency_ms for cs in out.values())
+    fixed = max(0.0, total - conv_total)
+    return out, fixed, total
+
+
+# ---------------------------------------------------------------------- allocation
+def _pick(cands: dict[str, list[Candidate]], lam: float, cost) -> dict[str, Candidate]:
+    return {
+        n: min(cs, key=lambda c: (c.sensitivity + lam * cost(c), cost(c)))
+        for n, cs in cands.items()
+    }
+
+
+def allocate(
+    candidates: dict[str, list[Candidate]],
+    fixed_ms: float,
+    total_ms: float,
+    macs_before: int,
+    speedup: float | None = None,
+    macs_ratio: float | None = None,
+    max_sensitivity: float | None = None,
+) -> Plan:
+    """Choose one candidate per layer (see the module docstring)."""
+    given = [v is not None for v in (speedup, macs_ratio, max_sensitivity)]
+    if sum(given) != 1:
+        raise ValueError("give exactly one target: speedup, macs_ratio or max_sensitivity")
+    if speedup is not None:
+        if speedup <= 0:
+            raise ValueError(f"speedup={speedup} must be positive")
+        target = f"speedup {speedup:g}x"
+        budget = total_ms / speedup - fixed_ms
+        cost = lambda c: c.latency_ms  # noqa: E731
+
+        def total(plan):
+            return sum(c.latency_ms for c in plan.values())
+    elif macs_ratio is not None:
+        if not 0 < macs_ratio <= 1:
+            raise ValueError(f"macs_ratio={macs_ratio} must be in (0, 1]")
+        target = f"MACs ratio {macs_ratio:g}"
+        other = macs_before - sum(cs[0].macs for cs in candidates.values())
+        budget = macs_ratio * macs_before - other
+        cost = lambda c: c.macs  # noqa: E731
+
+        def total(plan):
+            return sum(c.macs for c in plan.values())
+    else:
+        target = f"sensitivity <= {max_sensitivity:g}"
+        # fastest plan whose summed sensitivity stays within the budget: swap roles
+        budget = max_sensitivity
+        cost = lambda c: c.sensitivity  # noqa: E731
+
+        def total(plan):
+            return sum(c.sensitivity for c in plan.values())
+
+    if max_sensitivity is not None:
+        lat = {n: [Candidate(**{**asdict(c), "sensitivity": c.latency_ms}) for c in cs]
+               for n, cs in candidates.items()}  # fmt: skip
+        objective = lat
+    else:
+        objective = candidates
+    lo, hi = 0.0, 1.0
+    best = _pick(objective, hi, cost)
+    for _ in range(60):  # grow the multiplier until the budget is met (or cannot be)
+        if total(best) <= budget:
+            break
+        hi *= 4
+        best = _pick(objective, hi, cost)
+    met = total(best) <= budget + 1e-12
+    if met:
+        for _ in range(60):  # bisection: the smallest multiplier that still meets the budget
+            mid = (lo + hi) / 2
+            trial = _pick(objective, mid, cost)
+            if total(trial) <= budget:
+                hi, best = mid, trial
+            else:
+                lo = mid
+    choices = {n: next(c for c in candidates[n] if (c.method, c.rank) == (b.method, b.rank))
+               for n, b in best.items()}  # fmt: skip
+    plan = Plan(choices, candidates, fixed_ms, total_ms, macs_before, target, met)
+    if not met:
+        plan.notes.append(f"the target ({target}) cannot be met with these candidates; "
+                          "this is the cheapest plan found")  # fmt: skip
+    return plan
+
+
+def make_plan(
+    model: nn.Module,
+    calibration: torch.Tensor,
+    speedup: float | None = None,
+    macs_ratio: float | None = None,
+    max_sensitivity: float | None = None,
+    **kwargs,
+) -> Plan:
+    """Candidates (measured) and allocation in one call."""
+    candidates, fixed, total = build_candidates(model, calibration, **kwargs)
+    macs_before = count(model, calibration[:1]).total.macs
+    return allocate(candidates, fixed, total, macs_before, speedup, macs_ratio, max_sensitivity)

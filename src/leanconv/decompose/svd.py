@@ -1,0 +1,151 @@
+"""Truncated-SVD factorisations: spatial (``kh x 1`` then ``1 x kw``) and channel (low rank).
+
+By Eckart-Young-Mirsky, the truncated SVD ``M_R = U_R S_R V_R^T`` is the best rank-``R``
+approximation of a matrix ``M`` in Frobenius (and spectral) norm, with error
+``||M - M_R||_F^2 = sum_{r > R} s_r^2``. Each factorisation below is a rank constraint on one
+reshaping of the kernel, so each is optimal for its structure.
+
+- :func:`spatial_svd` (Jaderberg, Vedaldi, Zisserman, "Speeding up Convolutional Neural Networks
+  with Low Rank Expansions", BMVC 2014, scheme 2): a ``kh x 1`` convolution ``C -> R`` followed
+  by a ``1 x kw`` convolution ``R -> K``::
+
+      W[k, c, i, j] ~ sum_r H[k, r, 0, j] V[r, c, i, 0]
+      M[(c, i), (k, j)] = W[k, c, i, j],  M ~ U_R S_R V_R^T,
+      V[r, c, i, 0] = U_R[(c, i), r] sqrt(s_r),  H[k, r, 0, j] = V_R[(k, j), r] sqrt(s_r)
+
+  (rank at most ``min(C kh, K kw)``). Cost per output position ``R (C kh + K kw)`` against
+  ``K C kh kw``.
+- :func:`low_rank` (Denton et al. 2014; Zhang, Zou, He, Sun, "Accelerating Very Deep
+  Convolutional Networks for Classification and Detection", TPAMI 2016, without their
+  data-driven correction): the ``(K, C kh kw)`` matrix of the kernel, or a ``Linear``'s
+  ``(out, in)`` weight, at rank ``R``: a ``kh x kw`` convolution ``C -> R`` (for a 1x1 or a
+  Linear, a pointwise map) followed by a 1x1 ``R -> K``::
+
+      W[k, :] ~ sum_r second[k, r] first[r, :]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ._common import check_int, check_weight, out, svd
+from .grouped import GroupedFactors, per_group
+
+
+def _shape(t: Tensor) -> tuple[int, ...]:
+    return tuple(t.shape)
+
+
+@dataclass(frozen=True, eq=False)
+class SpatialSVDFactors:
+    """``vertical (R, C, kh, 1)`` then ``horizontal (K, R, 1, kw)``: conv weights, in order."""
+
+    vertical: Tensor  # (R, C, kh, 1)
+    horizontal: Tensor  # (K, R, 1, kw)
+
+    def __post_init__(self) -> None:
+        v, h = _shape(self.vertical), _shape(self.horizontal)
+        if len(v) != 4 or len(h) != 4 or v[3] != 1 or h[2] != 1 or v[0] != h[1]:
+            raise ValueError(
+                f"SpatialSVDFactors: vertical {v} must be (R, C, kh, 1) and horizontal {h} "
+                "(K, R, 1, kw) with the same R"
+            )
+
+    @property
+    def rank(self) -> int:
+        return self.vertical.shape[0]
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """The kernel's shape ``(K, C, kh, kw)``."""
+        return (self.horizontal.shape[0], self.vertical.shape[1], self.vertical.shape[2],
+                self.horizontal.shape[3])  # fmt: skip
+
+    def to_dense(self) -> Tensor:
+        """``W[k, c, i, j] = sum_r H[k, r, 0, j] V[r, c, i, 0]``."""
+        return torch.einsum("krj,rci->kcij", self.horizontal[:, :, 0], self.vertical[..., 0])
+
+
+@dataclass(frozen=True, eq=False)
+class LowRankFactors:
+    """``first`` then ``second``, in the layout of the layer they replace: for a Linear
+    ``(R, in)`` and ``(out, R)``; for a convolution ``(R, C, kh, kw)`` and ``(K, R, 1, 1)``."""
+
+    first: Tensor
+    second: Tensor
+
+    def __post_init__(self) -> None:
+        f, s = _shape(self.first), _shape(self.second)
+        ok = len(f) == len(s) and len(f) in (2, 4) and f[0] == s[1]
+        if ok and len(f) == 4:
+            ok = s[2:] == (1, 1)
+        if not ok:
+            raise ValueError(
+                f"LowRankFactors: first {f} and second {s} must be (R, in), (out, R) or "
+                "(R, C, kh, kw), (K, R, 1, 1)"
+            )
+
+    @property
+    def rank(self) -> int:
+        return self.first.shape[0]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The replaced weight's shape: ``(out, in)`` or ``(K, C, kh, kw)``."""
+        return (self.second.shape[0], *self.first.shape[1:])
+
+    def to_dense(self) -> Tensor:
+        """``W = second @ first`` (on the flattened trailing dimensions)."""
+        dense = self.second.flatten(1) @ self.first.flatten(1)
+        return dense.reshape(self.shape)
+
+
+def spatial_svd(
+    weight: Tensor, rank: int, *, groups: int = 1, name: str | None = None
+) -> SpatialSVDFactors | GroupedFactors:
+    """Jaderberg scheme-2 factors of ``weight (K, C, kh, kw)`` at ``rank`` (optimal in Frobenius
+    norm for the structure; see the module). ``groups > 1``: per group, see
+    :mod:`~leanconv.decompose.grouped`."""
+
+    def one(w: Tensor, label: str | None) -> SpatialSVDFactors:
+        x = check_weight(w, label)
+        k, c, kh, kw = x.shape
+        limit = min(c * kh, k * kw)
+        r = check_int(rank, "rank", label, maximum=limit, why=f"min(C*kh, K*kw) = {limit}")
+        matrix = x.permute(1, 2, 0, 3).reshape(c * kh, k * kw)
+        u, s, vh = svd(matrix)
+        root = s[:r].sqrt()
+        vertical = (u[:, :r] * root).T.reshape(r, c, kh, 1)
+        horizontal = (vh[:r].T * root).reshape(k, kw, r).permute(0, 2, 1)[:, :, None, :]
+        return SpatialSVDFactors(out(vertical, w), out(horizontal, w))
+
+    return per_group(weight, groups, name, one)
+
+
+def low_rank(
+    weight: Tensor, rank: int, *, groups: int = 1, name: str | None = None
+) -> LowRankFactors | GroupedFactors:
+    """Truncated SVD of a Linear weight ``(out, in)`` or of a conv kernel ``(K, C, kh, kw)``
+    seen as ``(K, C kh kw)``; the best rank-``rank`` approximation (Eckart-Young)."""
+
+    def one(w: Tensor, label: str | None) -> LowRankFactors:
+        x = check_weight(w, label, ndims=(2, 4))
+        matrix = x.reshape(x.shape[0], -1)
+        limit = min(matrix.shape)
+        r = check_int(rank, "rank", label, maximum=limit,
+                      why=f"min of the weight matrix {tuple(matrix.shape)}")  # fmt: skip
+        u, s, vh = svd(matrix)
+        root = s[:r].sqrt()
+        first = (vh[:r] * root[:, None]).reshape(r, *x.shape[1:])
+        second = u[:, :r] * root
+        if x.dim() == 4:
+            second = second[:, :, None, None]
+        return LowRankFactors(out(first, w), out(second, w))
+
+    return per_group(weight, groups, name, one)
+
+
+__all__ = ["LowRankFactors", "SpatialSVDFactors", "low_rank", "spatial_svd"]
