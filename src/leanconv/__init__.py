@@ -1,6 +1,8 @@
 """leanconv: exact convolution costs, fast convolution algorithms, compression of trained CNNs."""
 
 from . import decompose, errors
+from .algorithms.tuner import accelerate
+from .compress.serialize import load, save
 from .cost import Convention, CostReport, conv_cost, count
 from .cost.whatif import whatif
 from .spec import ConvSpec
@@ -10,11 +12,14 @@ __version__ = "0.1.0"
 __all__ = [
     "ConvSpec",
     "Convention",
+    "accelerate",
     "CostReport",
     "conv_cost",
     "count",
     "decompose",
     "errors",
+    "load",
+    "save",
     "whatif",
     "__version__",
 ]

@@ -22,7 +22,8 @@ class LoadedModel:
     default_input: tuple[int, ...] | None
 
 
-def _from_factory(path: Path, factory: str, kwargs: dict) -> nn.Module:
+def _factory(path: Path, factory: str):
+    """The callable ``factory`` of the Python file ``path`` (imported, not called)."""
     if not path.is_file():
         raise ModelLoadError(f"model file {str(path)!r} does not exist")
     module_name = f"_leanconv_user_{abs(hash(str(path.resolve())))}"
@@ -40,6 +41,11 @@ def _from_factory(path: Path, factory: str, kwargs: dict) -> nn.Module:
     fn = getattr(mod, factory, None)
     if fn is None or not callable(fn):
         raise ModelLoadError(f"{str(path)!r} has no callable {factory!r}")
+    return fn
+
+
+def _from_factory(path: Path, factory: str, kwargs: dict) -> nn.Module:
+    fn = _factory(path, factory)
     try:
         model = fn(**kwargs)
     except Exception as exc:
@@ -53,25 +59,29 @@ def _from_factory(path: Path, factory: str, kwargs: dict) -> nn.Module:
     return model
 
 
+def archive_kind(path: Path) -> str:
+    """``"torchscript"``, ``"export"`` (a ``torch.export`` .pt2) or ``"pickle"`` (anything else:
+    a plain pickle, or ``torch.save``'s zip holding ``data.pkl``), read from the file's entries."""
+    if not zipfile.is_zipfile(path):
+        return "pickle"
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+    if path.suffix == ".pt2" or any(n.endswith("serialized_exported_program.json") for n in names):
+        return "export"
+    if any(n.endswith("constants.pkl") or "/code/" in n for n in names):
+        return "torchscript"
+    return "pickle"
+
+
 def _from_archive(path: Path, device: str) -> nn.Module:
     if not path.is_file():
         raise ModelLoadError(f"model file {str(path)!r} does not exist")
-    if not zipfile.is_zipfile(path):
-        raise UnsafeFileError(
-            f"{str(path)!r} is not a TorchScript or torch.export archive (a plain pickle?); "
-            "leanconv does not unpickle model files"
-        )
-    with zipfile.ZipFile(path) as archive:
-        names = archive.namelist()
+    kind = archive_kind(path)
     try:
-        if any(
-            n.endswith("serialized_exported_program.json") or "/models/" in n for n in names
-        ) and (path.suffix == ".pt2"):
+        if kind == "export":
             return torch.export.load(str(path)).module()
-        if any(n.endswith("constants.pkl") or "/code/" in n for n in names):
+        if kind == "torchscript":
             return torch.jit.load(str(path), map_location=device)
-        if path.suffix == ".pt2":
-            return torch.export.load(str(path)).module()
     except Exception as exc:
         raise ModelLoadError(f"loading {str(path)!r} failed: {type(exc).__name__}: {exc}") from exc
     raise UnsafeFileError(
@@ -109,3 +119,88 @@ def load_model(spec: str, device: str = "cpu", **kwargs) -> LoadedModel:
         f"unknown model {text!r}: give a zoo name ({', '.join(zoo.names())}), "
         "path/to/file.py:factory, a TorchScript file or a torch.export .pt2 file"
     )
+
+
+def load_trainable(
+    spec: str,
+    num_classes: int,
+    weights: str | None = None,
+    trust_pickle: bool = False,
+    width: float | None = None,
+) -> tuple[nn.Module, dict]:
+    """A model that can be rewritten and fine-tuned, and how to rebuild it (for saving).
+
+    ``spec``: a zoo name (built with ``num_classes``; ``width`` if given), ``file.py:factory``, or —
+    only with ``trust_pickle`` — a pickled ``nn.Module`` file. ``weights``: a ``.safetensors``
+    state dict to load (strictly).
+    """
+    from . import zoo
+
+    text = spec.strip()
+    if text in zoo.names():
+        kwargs = {"num_classes": num_classes} | ({"width": width} if width else {})
+        model = load_model(text, **kwargs).module
+        base = {"zoo": text, "kwargs": kwargs}
+    elif ":" in text and text.rsplit(":", 1)[0].endswith(".py"):
+        file, name = text.rsplit(":", 1)
+        kwargs = {"num_classes": num_classes} if _accepts(_factory(Path(file), name)) else {}
+        model = load_model(text, **kwargs).module
+        base = {"factory": text, "kwargs": kwargs}
+    elif Path(text).suffix in (".pt", ".pth") and trust_pickle:
+        try:
+            model = torch.load(text, map_location="cpu", weights_only=False)
+        except Exception as exc:
+            raise ModelLoadError(f"loading {text!r} failed: {exc}") from exc
+        if not isinstance(model, nn.Module):
+            raise ModelLoadError(f"{text!r} holds a {type(model).__name__}, not an nn.Module")
+        base = {"pickle": text}
+    elif Path(text).suffix in (".pt", ".pth", ".ts", ".pt2", ".jit"):
+        if Path(text).is_file() and archive_kind(Path(text)) == "pickle":
+            raise UnsafeFileError(
+                f"{text!r} is a pickle; loading it runs code from the file. Pass --trust-pickle "
+                "if you trust it, or give a zoo name or file.py:factory with --weights "
+                "file.safetensors"
+            )
+        raise ModelLoadError(
+            f"{text!r}: compressing needs a trainable model, a zoo name or file.py:factory "
+            "(with --weights file.safetensors); TorchScript and torch.export files are frozen"
+        )
+    else:
+        model = load_model(text).module  # raises the usual clear error
+        base = {"factory": text, "kwargs": {}}
+    if weights:
+        load_weights(model, weights)
+    return model, base
+
+
+def _accepts(factory, arg: str = "num_classes") -> bool:
+    """Whether ``factory`` takes the keyword ``arg``."""
+    import inspect
+
+    try:
+        return arg in inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def load_weights(model: nn.Module, path: str | Path) -> None:
+    """Load a safetensors state dict into ``model``, naming what does not match."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"weights file {str(path)!r} does not exist")
+    if path.suffix != ".safetensors":
+        raise UnsafeFileError(f"--weights {str(path)!r}: give a .safetensors file (no pickles)")
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise ModelLoadError(f"weights file {str(path)!r} cannot be read: {exc}") from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        raise ModelLoadError(
+            f"weights {str(path)!r} do not fit the model: {' '.join(first[:3])[:400]}"
+        ) from None

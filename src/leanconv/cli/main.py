@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from . import cost, profile, whatif
+from . import bench, compress, cost, demo, profile, whatif, winograd
 
 app = typer.Typer(
     name="leanconv",
@@ -15,7 +15,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for _command in (cost, whatif, profile):
+for _command in (cost, whatif, winograd, profile, bench, compress, demo):
     _command.register(app)
 
 

@@ -39,10 +39,14 @@ def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
             conv.bias.copy_(new_bias)
 
 
-def fold_batchnorm(model: nn.Module, inplace: bool = False) -> tuple[nn.Module, list[str]]:
-    """Fold every foldable batch norm; returns the model and the names of the folded norms."""
+def fold_batchnorm(
+    model: nn.Module, inplace: bool = False
+) -> tuple[nn.Module, list[str], list[str]]:
+    """Fold every foldable batch norm; returns the model, the names of the folded norms (now
+    ``nn.Identity``) and the names of the convolutions that absorbed them."""
     model = model if inplace else copy.deepcopy(model)
-    folded = []
+    names = {id(m): n for n, m in model.named_modules()}
+    folded, convs = [], []
     for name, seq in list(model.named_modules()):
         if type(seq) is not nn.Sequential:
             continue
@@ -54,4 +58,5 @@ def fold_batchnorm(model: nn.Module, inplace: bool = False) -> tuple[nn.Module, 
                 fold_conv_bn(conv, bn)
                 seq[i] = nn.Identity()
                 folded.append(f"{name}.{i}" if name else str(i))
-    return model.eval(), folded
+                convs.append(names[id(conv)])
+    return model.eval(), folded, convs

@@ -1,0 +1,182 @@
+"""Fast convolution algorithms behind one entry point: :func:`conv2d`.
+
+``algorithm=`` picks the method: ``"direct"`` (``torch.nn.functional.conv2d``), ``"im2col"``
+(unfold + GEMM, the textbook reference), ``"winograd"`` (F(m x m, r x s) tiles with exact
+Toom-Cook transforms, :mod:`.toomcook`), ``"fft"`` (real FFTs, for large kernels) or ``"auto"``
+(:func:`choose`). Every method has ``F.conv2d`` semantics; bad arguments raise
+:class:`~leanconv.errors.InvalidSpecError` naming the argument, never a wrong result.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import InvalidSpecError
+from . import fft, im2col, toomcook, winograd
+from ._geometry import PaddingArg, all_finite, check_tensors, normalise, pad_input
+from .toomcook import (
+    WinogradTransform,
+    WinogradTransform2D,
+    default_points,
+    nest,
+    verify,
+    winograd_transform,
+    winograd_transform_2d,
+)
+
+ALGORITHMS = ("auto", "direct", "im2col", "winograd", "fft")
+
+# Thresholds of the "auto" policy, from benchmarks/bench_winograd.py and bench_fft.py on a 2-core
+# x86 CPU against oneDNN (docs/benchmarks.md, "Fast algorithms").
+WINOGRAD_MIN_CHANNELS = 256  # per group, input and output (128: on par with direct)
+WINOGRAD_MIN_TILES = 32  # 4x4 tiles in the batch (fewer: reading the 4x larger U dominates)
+WINOGRAD_TILE = 4  # F(4x4, 3x3): 4x fewer multiplications, error ~10x direct in float32
+FFT_MIN_KERNEL = 9  # both kernel sides (after dilation); 7x7 is on par, 9x9 2-4x faster
+
+__all__ = [
+    "ALGORITHMS",
+    "AlgorithmChoice",
+    "AlgorithmFallbackWarning",
+    "WinogradTransform",
+    "WinogradTransform2D",
+    "choose",
+    "conv2d",
+    "default_points",
+    "fft",
+    "im2col",
+    "nest",
+    "toomcook",
+    "verify",
+    "winograd",
+    "winograd_transform",
+    "winograd_transform_2d",
+]
+
+
+class AlgorithmFallbackWarning(UserWarning):
+    """``algorithm="auto"`` would have used a fast algorithm but fell back to direct."""
+
+
+@dataclass(frozen=True)
+class AlgorithmChoice:
+    """What ``algorithm="auto"`` runs for one call, and why."""
+
+    algorithm: str
+    tile: int | tuple[int, int] | str | None
+    reason: str
+
+
+def choose(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    stride: int | tuple[int, int] = 1,
+    padding: PaddingArg = 0,
+    dilation: int | tuple[int, int] = 1,
+    groups: int = 1,
+) -> AlgorithmChoice:
+    """The algorithm ``"auto"`` picks from shapes and dtype (values are checked by :func:`conv2d`).
+
+    - half precision, or a channel count below ``WINOGRAD_MIN_CHANNELS`` per group: direct;
+    - stride 1 and a kernel of ``FFT_MIN_KERNEL`` or more on both sides (dilation included): FFT;
+    - a 3x3 kernel, stride 1, dilation 1, at least ``WINOGRAD_MIN_CHANNELS`` channels per group
+      and at least ``WINOGRAD_MIN_TILES`` output tiles of 4x4 in the batch: Winograd F(4x4, 3x3);
+    - anything else: direct (oneDNN runs close to GEMM peak; only fewer multiplications win).
+    """
+    args = normalise(x, weight.shape, None, stride, padding, dilation, groups, "auto")
+    k_out, cg, r, s = weight.shape
+    kg = k_out // groups
+    if x.dtype not in (torch.float32, torch.float64):
+        return AlgorithmChoice("direct", None, f"{x.dtype}: fast algorithms lose accuracy")
+    eff = tuple(d * (k - 1) + 1 for k, d in zip((r, s), args.dilation, strict=True))
+    if args.stride == (1, 1) and min(eff) >= FFT_MIN_KERNEL:
+        return AlgorithmChoice("fft", None, f"kernel {eff[0]}x{eff[1]} >= {FFT_MIN_KERNEL}")
+    ho, wo = args.output_size(*x.shape[-2:])
+    batch = x.shape[0] if x.dim() == 4 else 1
+    tiles = batch * -(-ho // WINOGRAD_TILE) * -(-wo // WINOGRAD_TILE)
+    if (
+        (r, s) == (3, 3)
+        and args.stride == (1, 1)
+        and args.dilation == (1, 1)
+        and min(cg, kg) >= WINOGRAD_MIN_CHANNELS
+        and tiles >= WINOGRAD_MIN_TILES
+    ):
+        return AlgorithmChoice(
+            "winograd", WINOGRAD_TILE, f"3x3 stride 1 with {cg}->{kg} channels per group"
+        )
+    return AlgorithmChoice("direct", None, "no fast algorithm is expected to win here")
+
+
+def _direct(x, weight, bias, stride, padding, dilation, groups) -> torch.Tensor:
+    args = normalise(x, weight.shape, bias, stride, padding, dilation, groups, "direct")
+    top, bottom, left, right = args.padding
+    if top == bottom and left == right:
+        return F.conv2d(x, weight, bias, args.stride, (top, left), args.dilation, groups)
+    xb = pad_input(x if x.dim() == 4 else x.unsqueeze(0), args.padding)
+    y = F.conv2d(xb, weight, bias, args.stride, 0, args.dilation, groups)
+    return y if x.dim() == 4 else y.squeeze(0)
+
+
+def conv2d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    stride: int | tuple[int, int] = 1,
+    padding: PaddingArg = 0,
+    dilation: int | tuple[int, int] = 1,
+    groups: int = 1,
+    algorithm: str = "auto",
+    tile: int | tuple[int, int] | str | None = None,
+) -> torch.Tensor:
+    """``torch.nn.functional.conv2d`` by the chosen ``algorithm`` (see the module docstring).
+
+    ``padding``: an int, ``(ph, pw)``, ``((top, bottom), (left, right))``, ``(left, right, top,
+    bottom)``, ``"same"`` or ``"valid"``. ``tile``: the Winograd output tile (default 4) or the FFT
+    output tile (``"full"`` for the whole image; default from a cost model); not for direct or
+    im2col. Under ``"auto"`` an input holding NaN or infinity falls back to direct with an
+    :class:`AlgorithmFallbackWarning` (fast algorithms would spread it over whole tiles); asking
+    for ``"winograd"`` or ``"fft"`` explicitly raises instead.
+    """
+    where = f"conv2d(algorithm={algorithm!r})"
+    if algorithm not in ALGORITHMS:
+        raise InvalidSpecError(f"algorithm={algorithm!r} is not one of {', '.join(ALGORITHMS)}")
+    check_tensors(x, weight, where)
+    normalise(x, weight.shape, bias, stride, padding, dilation, groups, where)
+    if algorithm in ("direct", "im2col") and tile is not None:
+        raise InvalidSpecError(f"{where}: tile={tile!r} applies to 'winograd' and 'fft' only")
+    if algorithm == "auto":
+        choice = choose(x, weight, stride, padding, dilation, groups)
+        algorithm = choice.algorithm
+        if tile is None:
+            tile = choice.tile
+        if algorithm != "direct":
+            bad = [n for n, t in (("input", x), ("weight", weight)) if not all_finite(t)]
+            if bad:
+                warnings.warn(
+                    f"conv2d: {' and '.join(bad)} hold NaN or infinity; using direct "
+                    f"convolution instead of {algorithm} ({choice.reason})",
+                    AlgorithmFallbackWarning,
+                    stacklevel=2,
+                )
+                algorithm = "direct"
+    if algorithm == "direct":
+        return _direct(x, weight, bias, stride, padding, dilation, groups)
+    if algorithm == "im2col":
+        return im2col.conv2d(x, weight, bias, stride, padding, dilation, groups)
+    if algorithm == "winograd":
+        if isinstance(tile, str):
+            raise InvalidSpecError(f"{where}: tile={tile!r} must be an int or a pair for winograd")
+        return winograd.conv2d(
+            x,
+            weight,
+            bias,
+            stride,
+            padding,
+            dilation,
+            groups,
+            WINOGRAD_TILE if tile is None else tile,
+        )
+    return fft.conv2d(x, weight, bias, stride, padding, dilation, groups, tile)

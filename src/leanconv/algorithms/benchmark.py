@@ -1,0 +1,87 @@
+"""Every applicable algorithm against ``torch.nn.functional.conv2d`` on one convolution.
+
+For each algorithm (direct im2col, Winograd F(2x2), F(4x4), F(6x6) for small kernels at stride 1
+or 2, FFT at stride 1): the median latency measured interleaved with ``F.conv2d`` in the same run,
+the speedup against it, and the max and mean error relative to the largest output magnitude of a
+float64 direct convolution. Algorithms that do not apply are listed with the reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..bench.timing import compare
+from ..errors import InvalidSpecError
+from . import conv2d
+
+VARIANTS: tuple[tuple[str, str, object], ...] = (
+    ("direct", "direct", None),
+    ("im2col", "im2col", None),
+    ("winograd F(2x2)", "winograd", 2),
+    ("winograd F(4x4)", "winograd", 4),
+    ("winograd F(6x6)", "winograd", 6),
+    ("fft", "fft", None),
+)
+
+
+@dataclass(frozen=True)
+class AlgorithmResult:
+    name: str
+    ms: float | None
+    speedup: float | None  # F.conv2d time / this time
+    max_error: float | None
+    mean_error: float | None
+    skipped: str = ""
+
+
+def benchmark_conv(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups: int = 1,
+    repeats: int = 7,
+    variants=VARIANTS,
+) -> list[AlgorithmResult]:
+    """Time and check every variant on ``x`` against ``F.conv2d`` (see the module docstring)."""
+    with torch.no_grad():
+        reference = F.conv2d(x.double(), weight.double(), None if bias is None else bias.double(),
+                             stride, padding, dilation, groups)  # fmt: skip
+    scale = reference.abs().max().clamp_min(1e-30)
+    fns = {"F.conv2d": lambda: F.conv2d(x, weight, bias, stride, padding, dilation, groups)}
+    results: dict[str, AlgorithmResult] = {}
+    for name, algorithm, tile in variants:
+        if algorithm == "direct":
+            continue  # F.conv2d itself is the baseline
+
+        def run(a=algorithm, t=tile):  # noqa: E306
+            return conv2d(x, weight, bias, stride, padding, dilation, groups, algorithm=a, tile=t)
+
+        try:
+            with torch.no_grad():
+                y = run()
+        except (InvalidSpecError, ValueError, RuntimeError) as exc:
+            results[name] = AlgorithmResult(name, None, None, None, None,
+                                            str(exc).splitlines()[0])  # fmt: skip
+            continue
+        err = (y.double() - reference).abs() / scale
+        results[name] = AlgorithmResult(name, None, None, float(err.max()), float(err.mean()))
+        fns[name] = run
+    timings = compare(fns, warmup=2, repeats=repeats)
+    base = timings["F.conv2d"].ms
+    out = [AlgorithmResult("F.conv2d (direct)", base, 1.0, None, None)]
+    for name, _, _ in variants:
+        if name not in results:
+            continue
+        r = results[name]
+        if r.skipped:
+            out.append(r)
+            continue
+        ms = timings[name].ms
+        out.append(AlgorithmResult(name, ms, base / ms, r.max_error, r.mean_error))
+    return out

@@ -1,0 +1,415 @@
+"""2-D convolution by Winograd minimal filtering F(m x m, r x s) (Lavin & Gray 2016).
+
+Each ``m x m`` output tile of a stride-1 correlation is ``A^T [U ⊙ V] A`` with ``U = G g G^T`` (the
+filter, transformed once) and ``V = B^T d B`` (the ``(m + r - 1) x (m + s - 1)`` input tile). Summed
+over input channels the element-wise stage becomes ``T = (m + r - 1)(m + s - 1)`` independent
+matrix products, one per tile element ``t``::
+
+    M[t] = V[t] @ U[t]         V[t]: tiles x C,   U[t]: C x K,   M[t]: tiles x K
+
+so a layer takes ``T / (m^2 r s)`` of the multiplications of direct convolution (4x fewer for
+F(4x4, 3x3), 5.06x for F(6x6, 3x3)). Layout: tiles are gathered channels-last into
+``[a_h, a_w, tiles, C]`` so that both transforms are plain matrix products over the tile
+dimensions (``B^T`` on the first, then on the second) and the element-wise stage is one batched
+GEMM over contiguous ``[T, tiles, C]`` blocks.
+
+Any kernel size uses transforms from :mod:`.toomcook`; stride and dilation are reduced to stride-1
+sub-problems by polyphase decomposition (:func:`._geometry.reduce_to_stride1`). Half-precision
+inputs are computed in float32 (only F(2x2, 3x3) is safe in float16) and the result cast back.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import InvalidSpecError
+from ._geometry import (
+    PaddingArg,
+    check_finite,
+    check_tensors,
+    kernel_steps,
+    normalise,
+    phases,
+    reduce_to_stride1,
+    sub_kernel,
+)
+from .toomcook import winograd_transform
+
+MAX_ALPHA = 16  # m + r - 1 beyond this loses every digit, even in float64
+
+__all__ = ["WinogradFilter", "conv2d", "conv2d_transformed", "transform_filter"]
+
+
+def _tile_pair(tile, where: str) -> tuple[int, int]:
+    message = f"{where}: tile={tile!r} must be a positive integer or a pair of them"
+    if isinstance(tile, bool | str):
+        raise InvalidSpecError(message)
+    pair_ = (tile, tile) if isinstance(tile, int) else tile
+    try:
+        mh, mw = pair_
+    except (TypeError, ValueError):
+        raise InvalidSpecError(message) from None
+    for m in (mh, mw):
+        if isinstance(m, bool) or not isinstance(m, int) or m < 1:
+            raise InvalidSpecError(message)
+    return (mh, mw)
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+@functools.lru_cache(maxsize=256)
+def _matrices(m: int, r: int, dtype: torch.dtype, device: str):
+    return winograd_transform(m, r).to_tensor(dtype, torch.device(device))
+
+
+def _exact_dtype(device: torch.device) -> torch.dtype:
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+@dataclass(frozen=True)
+class WinogradFilter:
+    """A filter transformed for F(m x m, r x s): ``U = G g G^T`` as ``[T * groups, C/g, K/g]``.
+
+    ``phases`` maps each kernel phase ``(p_h, p_w)`` (one for stride 1, up to ``s_h s_w`` for a
+    strided layer) to its transformed sub-kernel; see :func:`transform_filter`.
+    """
+
+    phases: dict[tuple[int, int], torch.Tensor]
+    sub_kernels: dict[tuple[int, int], tuple[int, int]]
+    tile: tuple[int, int]
+    kernel_size: tuple[int, int]
+    in_channels: int
+    out_channels: int
+    groups: int
+    stride: tuple[int, int]
+    dilation: tuple[int, int]
+    dtype: torch.dtype
+
+
+def transform_filter(
+    weight: torch.Tensor,
+    tile: int | tuple[int, int] = 4,
+    stride: int | tuple[int, int] = 1,
+    dilation: int | tuple[int, int] = 1,
+    groups: int = 1,
+) -> WinogradFilter:
+    """``U = G g G^T`` for every kernel phase of ``weight`` (``(K, C/groups, r, s)``).
+
+    Computed in float64 (float32 on MPS) from the exact matrices and rounded once to the compute
+    dtype (float32 for half-precision weights).
+    """
+    where = "winograd.transform_filter"
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 4:
+        raise InvalidSpecError(f"{where}: weight must be a (K, C/groups, r, s) tensor")
+    mh, mw = _tile_pair(tile, where)
+    k_out, cg, r, s = weight.shape
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1 or k_out % groups:
+        raise InvalidSpecError(f"{where}: out_channels={k_out} and groups={groups} do not fit")
+    probe = weight.new_empty((cg * groups, 1, 1), device="meta").expand(-1, 2**20, 2**20)
+    args = normalise(probe, weight.shape, None, stride, 0, dilation, groups, where)
+    compute = _compute_dtype(weight.dtype)
+    exact = _exact_dtype(weight.device)
+    steps = kernel_steps(args)
+    out: dict[tuple[int, int], torch.Tensor] = {}
+    sizes: dict[tuple[int, int], tuple[int, int]] = {}
+    check_finite(where, weight=weight)
+    w64 = weight.to(exact)
+    for prow in phases(args.stride[0], args.dilation[0], r)[0]:
+        for pcol in phases(args.stride[1], args.dilation[1], s)[0]:
+            key = (prow.k_start, pcol.k_start)
+            w_sub = sub_kernel(w64, key, steps)
+            kr, ks = w_sub.shape[-2:]
+            for m, k in ((mh, kr), (mw, ks)):
+                if m + k - 1 > MAX_ALPHA:
+                    raise InvalidSpecError(
+                        f"{where}: tile {m} with a {k}-tap kernel needs F({m},{k}) with "
+                        f"m + r - 1 = {m + k - 1} > {MAX_ALPHA} points; no floating-point type "
+                        "keeps any accuracy there, use a smaller tile or algorithm='fft'"
+                    )
+            _, g_h, _ = _matrices(mh, kr, exact, str(weight.device))
+            _, g_w, _ = _matrices(mw, ks, exact, str(weight.device))
+            wg = w_sub.reshape(groups, k_out // groups, cg, kr, ks)
+            u = torch.einsum("ti,gkcij,uj->tugck", g_h, wg, g_w)
+            out[key] = u.reshape(-1, cg, k_out // groups).to(compute).contiguous()
+            sizes[key] = (kr, ks)
+    return WinogradFilter(
+        phases=out,
+        sub_kernels=sizes,
+        tile=(mh, mw),
+        kernel_size=(r, s),
+        in_channels=cg * groups,
+        out_channels=k_out,
+        groups=groups,
+        stride=args.stride,
+        dilation=args.dilation,
+        dtype=weight.dtype,
+    )
+
+
+@dataclass(frozen=True)
+class _Tiling:
+    """Geometry of one stride-1 Winograd problem on an input of ``height x width`` after padding
+    by ``pad = (top, bottom, left, right)``: ``nh x nw`` tiles of ``mh x mw`` outputs."""
+
+    n: int
+    c: int
+    height: int
+    width: int
+    tile: tuple[int, int]
+    kernel: tuple[int, int]
+    groups: int
+    pad: tuple[int, int, int, int] = (0, 0, 0, 0)
+
+    @property
+    def alpha(self) -> tuple[int, int]:
+        return (self.tile[0] + self.kernel[0] - 1, self.tile[1] + self.kernel[1] - 1)
+
+    @property
+    def out(self) -> tuple[int, int]:
+        top, bottom, left, right = self.pad
+        return (
+            self.height + top + bottom - self.kernel[0] + 1,
+            self.width + left + right - self.kernel[1] + 1,
+        )
+
+    @property
+    def tiles(self) -> tuple[int, int]:
+        (ho, wo), (mh, mw) = self.out, self.tile
+        return (-(-ho // mh), -(-wo // mw))
+
+
+#: Bytes of transformed input tiles processed at once. Chunks of this size keep the gathered tiles,
+#: their transforms and the GEMM results in cache and reuse one set of buffers: without chunking,
+#: every call pays page faults on fresh multi-megabyte buffers and runs the transforms at DRAM
+#: speed (docs/benchmarks.md, "Fast algorithms").
+CHUNK_BYTES = 8 << 20
+
+
+def _padded_channels_last(x: torch.Tensor, tiling: _Tiling) -> torch.Tensor:
+    """``x`` as ``[N, Hp, Wp, C]``, zero-padded (``tiling.pad``, then up to whole tiles)."""
+    n, c, height, width = x.shape
+    (mh, mw), (ah, aw), (nh, nw) = tiling.tile, tiling.alpha, tiling.tiles
+    top, _, left, _ = tiling.pad
+    hp, wp = nh * mh + ah - mh, nw * mw + aw - mw
+    xl = x.new_empty((n, hp, wp, c))
+    bottom, right = top + height, left + width
+    xl[:, top:bottom, left:right].copy_(x.permute(0, 2, 3, 1))
+    for rows, cols in (
+        (slice(0, top), slice(None)),
+        (slice(bottom, hp), slice(None)),
+        (slice(top, bottom), slice(0, left)),
+        (slice(top, bottom), slice(right, wp)),
+    ):
+        xl[:, rows, cols].zero_()
+    return xl
+
+
+def _chunks(tiling: _Tiling, bytes_per_tile: int) -> list[tuple[int, int, int, int]]:
+    """``(n0, n1, th0, th1)`` blocks of whole tile rows, about ``CHUNK_BYTES`` each: several
+    images per block when an image is small, part of one image when it is large."""
+    (nh, nw), n = tiling.tiles, tiling.n
+    rows = max(1, CHUNK_BYTES // max(1, bytes_per_tile * nw))
+    if rows >= nh:
+        images = max(1, rows // nh)
+        return [(i, min(n, i + images), 0, nh) for i in range(0, n, images)]
+    return [(i, i + 1, t, min(nh, t + rows)) for i in range(n) for t in range(0, nh, rows)]
+
+
+def _write_tiles(
+    y: torch.Tensor, out: torch.Tensor, tiling: _Tiling, n0: int, th0: int, th1: int
+) -> None:
+    """Copy output tiles ``y`` (N', g, K/g, rows, mh, nw, mw) to their place in ``out``."""
+    (mh, mw), g = tiling.tile, tiling.groups
+    ho, wo = tiling.out
+    nb, kg = y.shape[0], y.shape[2]
+    o = out[n0 : n0 + nb].view(nb, g, kg, ho, wo)[..., th0 * mh : min(ho, th1 * mh), :]
+    full_rows = min(th1 * mh, ho) // mh - th0  # tile rows not cut by the bottom edge
+    rh = o.shape[3] - full_rows * mh
+    fw = wo // mw
+    rw = wo - fw * mw
+    if full_rows and fw:
+        o[..., : full_rows * mh, : fw * mw].unflatten(3, (full_rows, mh)).unflatten(
+            5, (fw, mw)
+        ).copy_(y[:, :, :, :full_rows, :, :fw, :])
+    if rh and fw:
+        o[..., full_rows * mh :, : fw * mw].unflatten(4, (fw, mw)).copy_(
+            y[:, :, :, full_rows, :rh, :fw, :]
+        )
+    if rw and full_rows:
+        o[..., : full_rows * mh, fw * mw :].unflatten(3, (full_rows, mh)).copy_(
+            y[:, :, :, :full_rows, :, fw, :rw]
+        )
+    if rh and rw:
+        o[..., full_rows * mh :, fw * mw :].copy_(y[:, :, :, full_rows, :rh, fw, :rw])
+
+
+def _winograd_valid(
+    x: torch.Tensor,
+    u: torch.Tensor,
+    tile: tuple[int, int],
+    kernel: tuple[int, int],
+    groups: int,
+    pad: tuple[int, int, int, int] = (0, 0, 0, 0),
+    out: torch.Tensor | None = None,
+    timings: dict[str, float] | None = None,
+) -> torch.Tensor:
+    """Stride-1 correlation of ``x`` (N, C, H, W) padded by ``pad`` with a transformed filter
+    ``u`` (``[T * groups, C/g, K/g]``), written into ``out`` (N, K, H_o, W_o) or a new tensor.
+
+    Per chunk of tiles: gather ``d`` (channels last) -> ``V = B^T d B`` (two products over the
+    tile dimensions) -> ``M[t] = V[t] @ U[t]`` (one batched GEMM) -> ``A^T M A`` -> ``out``.
+    ``timings``, when given, accumulates seconds per stage (``input``, ``gemm``, ``output``).
+    """
+    n, c, height, width = x.shape
+    tiling = _Tiling(n, c, height, width, tile, kernel, groups, pad)
+    (mh, mw), (ah, aw), (_, nw), g = tiling.tile, tiling.alpha, tiling.tiles, groups
+    cg, kg = c // g, u.shape[-1]
+    t = ah * aw
+    dev = str(x.device)
+    at_h, _, bt_h = _matrices(mh, kernel[0], x.dtype, dev)
+    at_w, _, bt_w = _matrices(mw, kernel[1], x.dtype, dev)
+    ho, wo = tiling.out
+    if out is None:
+        out = x.new_empty((n, g * kg, ho, wo))
+    clock = time.perf_counter if timings is not None else None
+    t0 = clock() if clock else 0.0
+
+    xl = _padded_channels_last(x, tiling)
+    sn, sh, sw, _ = xl.stride()
+    chunks = _chunks(tiling, t * max(c, g * kg) * x.element_size())
+    most = max((n1 - n0) * (th1 - th0) * nw for n0, n1, th0, th1 in chunks)
+    # One set of buffers for every chunk (the last one may use a prefix); while autograd records,
+    # fresh tensors instead (buffers overwritten by the next chunk cannot be saved for backward).
+    reuse = not (torch.is_grad_enabled() and (x.requires_grad or u.requires_grad))
+    size_in, size_out = t * g * most * cg, t * g * most * kg
+    bufs = {
+        "d": size_in,
+        "v1": size_in,
+        "v": size_in,
+        "m": size_out,
+        "y1": mh * aw * g * most * kg,
+        "y": mh * mw * g * most * kg,
+    }
+    bufs = {k: x.new_empty(v) if reuse else None for k, v in bufs.items()}
+
+    def run(fn, *args, key: str, shape: tuple[int, ...]):
+        if not reuse:
+            return fn(*args).view(shape)
+        buf = bufs[key][: math.prod(shape)].view(shape)
+        return fn(*args, out=buf)
+
+    if clock:
+        timings["input"] = timings.get("input", 0.0) + clock() - t0
+    for n0, n1, th0, th1 in chunks:
+        nb, rows = n1 - n0, th1 - th0
+        p = nb * rows * nw
+        if clock:
+            t0 = clock()
+        # Overlapping tiles as a strided view, gathered into [a_h, a_w, g, tiles, C/g].
+        view = xl.as_strided(
+            (ah, aw, g, nb, rows, nw, cg),
+            (sh, sw, cg, sn, mh * sh, mw * sw, 1),
+            xl.storage_offset() + n0 * sn + th0 * mh * sh,
+        )
+        if reuse:
+            d = bufs["d"][: t * g * p * cg].view(ah, -1)
+            d.view(view.shape).copy_(view)
+        else:
+            d = view.reshape(ah, -1)
+        v1 = run(torch.mm, bt_h, d, key="v1", shape=(ah, aw * g * p * cg))
+        v = run(torch.matmul, bt_w, v1.view(ah, aw, -1), key="v", shape=(ah, aw, g * p * cg))
+        if clock:
+            t1 = clock()
+            timings["input"] += t1 - t0
+        mm = run(torch.bmm, v.view(t * g, p, cg), u, key="m", shape=(t * g, p, kg))
+        if clock:
+            t2 = clock()
+            timings["gemm"] = timings.get("gemm", 0.0) + t2 - t1
+        y1 = run(torch.mm, at_h, mm.view(ah, -1), key="y1", shape=(mh, aw * g * p * kg))
+        y = run(torch.matmul, at_w, y1.view(mh, aw, -1), key="y", shape=(mh, mw, g * p * kg))
+        y = y.view(mh, mw, g, nb, rows, nw, kg).permute(3, 2, 6, 4, 0, 5, 1)
+        _write_tiles(y, out, tiling, n0, th0, th1)
+        if clock:
+            timings["output"] = timings.get("output", 0.0) + clock() - t2
+    return out
+
+
+def conv2d_transformed(
+    x: torch.Tensor,
+    filt: WinogradFilter,
+    bias: torch.Tensor | None = None,
+    padding: PaddingArg = 0,
+    check_finite_input: bool = True,
+) -> torch.Tensor:
+    """Convolve with a filter from :func:`transform_filter` (what ``nn.WinogradConv2d`` calls)."""
+    where = f"winograd F({filt.tile[0]}x{filt.tile[1]})"
+    weight_shape = (filt.out_channels, filt.in_channels // filt.groups, *filt.kernel_size)
+    args = normalise(x, weight_shape, bias, filt.stride, padding, filt.dilation, filt.groups, where)
+    if x.dtype != filt.dtype:
+        raise InvalidSpecError(f"{where}: input dtype {x.dtype}, filter made for {filt.dtype}")
+    first = next(iter(filt.phases.values()))
+    if first.device != x.device:
+        raise InvalidSpecError(f"{where}: filter on {first.device}, input on {x.device}")
+    if check_finite_input:
+        check_finite(where, input=x)
+    compute = _compute_dtype(x.dtype)
+    xc = (x if x.dim() == 4 else x.unsqueeze(0)).to(compute)
+    k_out = filt.out_channels
+
+    def core(x_sub: torch.Tensor, key: tuple[int, int]) -> torch.Tensor:
+        return _winograd_valid(
+            x_sub, filt.phases[key], filt.tile, filt.sub_kernels[key], filt.groups
+        )
+
+    channels_last = (
+        x.dim() == 4
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and not x.is_contiguous()
+    )
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    if args.stride == (1, 1) and args.dilation == (1, 1):
+        # Padding is applied while gathering tiles, the result written in place: no extra pass.
+        ho, wo = args.output_size(*xc.shape[-2:])
+        shape = (xc.shape[0], k_out, ho, wo)
+        out = torch.empty(shape, dtype=xc.dtype, device=xc.device, memory_format=fmt)
+        y = _winograd_valid(
+            xc, filt.phases[(0, 0)], filt.tile, filt.kernel_size, filt.groups, args.padding, out
+        )
+    else:
+        y = reduce_to_stride1(xc, args, k_out, core).contiguous(memory_format=fmt)
+    if bias is not None:
+        y.add_(bias.to(compute).view(1, -1, 1, 1))
+    y = y.to(x.dtype)
+    return y if x.dim() == 4 else y.squeeze(0)
+
+
+def conv2d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    stride: int | tuple[int, int] = 1,
+    padding: PaddingArg = 0,
+    dilation: int | tuple[int, int] = 1,
+    groups: int = 1,
+    tile: int | tuple[int, int] = 4,
+    check_finite_input: bool = True,
+) -> torch.Tensor:
+    """``torch.nn.functional.conv2d`` computed with Winograd F(tile x tile, r x s) tiles.
+
+    Same semantics as ``F.conv2d`` (batched or unbatched input, groups, bias); ``padding`` may also
+    be asymmetric: ``(left, right, top, bottom)`` or ``((top, bottom), (left, right))``. Raises
+    ``InvalidSpecError`` for bad arguments and for inputs holding NaN or infinity (which tiles
+    would spread; ``check_finite_input=False`` skips the check).
+    """
+    where = "winograd.conv2d"
+    check_tensors(x, weight, where)
+    normalise(x, weight.shape, bias, stride, padding, dilation, groups, where)
+    filt = transform_filter(weight, tile, stride, dilation, groups)
+    return conv2d_transformed(x, filt, bias, padding, check_finite_input)

@@ -1,0 +1,23 @@
+"""Rich tables shared by the commands that report a before/after comparison."""
+
+from __future__ import annotations
+
+
+def before_after_table(result):
+    from rich.table import Table
+
+    b, a = result.before, result.after
+    table = Table(title="before / after (measured on this machine, medians)")
+    for col in ("", "before", "after", "change"):
+        table.add_column(col, justify="left" if not col else "right")
+    table.add_row("test accuracy", f"{b.accuracy:.2f}%", f"{a.accuracy:.2f}%",
+                  f"{a.accuracy - b.accuracy:+.2f} points")  # fmt: skip
+    table.add_row(
+        "parameters", f"{b.params:,}", f"{a.params:,}", f"{b.params / a.params:.2f}x fewer"
+    )
+    table.add_row("MACs / image", f"{b.macs:,}", f"{a.macs:,}", f"{b.macs / a.macs:.2f}x fewer")
+    for bs in sorted(a.latency_ms):
+        before, after = f"{b.latency_ms[bs]:.2f} ms", f"{a.latency_ms[bs]:.2f} ms"
+        table.add_row(f"latency, batch {bs}", before, after, f"{result.speedup[bs]:.2f}x faster")
+    table.add_row("predicted speedup", "", "", f"{result.plan.predicted_speedup:.2f}x")
+    return table

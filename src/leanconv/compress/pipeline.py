@@ -1,0 +1,222 @@
+"""The main job: plan, decompose, verify, fine-tune, measure, report.
+
+``compress(model, data, config, out_dir)`` works in a staging directory beside ``out_dir``
+(``<out>.partial``) and renames it to ``out_dir`` only when everything is written, so the output
+directory is either complete or absent. The staging directory holds the plan and the fine-tuning
+checkpoint; an interrupted run continues from there with ``resume=True`` and, because the plan is
+read back rather than re-measured and fine-tuning resumes exactly, ends where an uninterrupted run
+would have.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..data.bundle import DataBundle
+from ..errors import LeanconvError, OutputExistsError
+from ..report.files import write_text_atomic
+from .evaluate import batches, check_classes
+from .finetune import FinetuneConfig, finetune
+from .fold import fold_batchnorm
+from .measure import ModelFigures, measure_latency, static_figures
+from .plan import Candidate, Plan, allocate, build_candidates
+from .verify import SurgeryReport, decompose_model
+
+
+@dataclass
+class CompressConfig:
+    speedup: float | None = 3.0
+    macs_ratio: float | None = None
+    max_drop: float | None = None  # accuracy points
+    methods: tuple[str, ...] = ("tucker2", "svd")
+    ratios: tuple[float, ...] = (0.06, 0.1, 0.15, 0.25, 0.4, 0.6)
+    plan_batch: int = 64
+    batch_sizes: tuple[int, ...] = (1, 64)
+    calibration: int = 128
+    max_layer_error: float = 0.9  # relative output error above which a layer is rolled back
+    fold_bn: bool = True
+    repeats: int = 10
+    finetune: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(epochs=5))
+    seed: int = 0
+
+    def target_kwargs(self) -> dict:
+        if self.speedup is not None:
+            return {"speedup": self.speedup}
+        if self.macs_ratio is not None:
+            return {"macs_ratio": self.macs_ratio}
+        return {"speedup": 2.0}
+
+
+@dataclass
+class CompressResult:
+    before: ModelFigures
+    after: ModelFigures
+    plan: Plan
+    surgery: SurgeryReport
+    finetune_history: list = field(default_factory=list)
+    folded: list[str] = field(default_factory=list)
+    onnx_max_error: float | None = None
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def speedup(self) -> dict[int, float]:
+        return {
+            b: self.before.latency_ms[b] / self.after.latency_ms[b] for b in self.after.latency_ms
+        }
+
+    def as_dict(self) -> dict:
+        main = max(self.after.latency_ms) if self.after.latency_ms else None
+        return {
+            "before": self.before.as_dict(),
+            "after": self.after.as_dict(),
+            "speedup": self.speedup.get(main) if main else None,
+            "speedup_by_batch": {str(b): s for b, s in self.speedup.items()},
+            "predicted_speedup": self.plan.predicted_speedup,
+            "accuracy_drop": self.before.accuracy - self.after.accuracy,
+            "macs_ratio": self.after.macs / self.before.macs,
+            "plan": self.plan.as_dict(),
+            "surgery": self.surgery.as_dict(),
+            "finetune": self.finetune_history,
+            "folded_batchnorm": self.folded,
+            "onnx_max_abs_error": self.onnx_max_error,
+            "notes": self.notes,
+            "seconds": self.seconds,
+        }
+
+
+def _check_out(out_dir: Path, force: bool) -> None:
+    if out_dir.exists() and not force:
+        raise OutputExistsError(f"output directory {str(out_dir)!r} exists; pass --force")
+
+
+def _staging(out_dir: Path, resume: bool) -> Path:
+    staging = out_dir.with_name(out_dir.name + ".partial")
+    if resume:
+        if not (staging / "plan.json").exists():
+            raise LeanconvError(f"--resume: no interrupted run in {str(staging)!r}")
+    elif staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True, exist_ok=True)
+    return staging
+
+
+def _candidate(d: dict) -> Candidate:
+    d = dict(d)
+    if isinstance(d.get("rank"), list):
+        d["rank"] = tuple(d["rank"])
+    return Candidate(**d)
+
+
+def _plan_from_json(data: dict) -> Plan:
+    cands = {n: [_candidate(c) for c in cs] for n, cs in data["candidates"].items()}
+    choices = {n: _candidate(c) for n, c in data["layers"].items()}
+    return Plan(choices, cands, data["fixed_ms"], data["total_before_ms"], data["macs_before"],
+                data["target"], data["met"], data.get("notes", []))  # fmt: skip
+
+
+def compress(
+    model: nn.Module,
+    data: DataBundle,
+    config: CompressConfig,
+    out_dir: str | Path,
+    base: dict,
+    force: bool = False,
+    resume: bool = False,
+    log=print,
+) -> CompressResult:
+    """Compress ``model`` (trained on ``data``) and write the artefacts into ``out_dir``."""
+    from . import serialize
+    from .artefacts import write_artefacts
+
+    t_start = time.perf_counter()
+    say = log or (lambda _m: None)
+    out_dir = Path(out_dir)
+    _check_out(out_dir, force)
+    check_classes(model, data.test, data.num_classes)
+    staging = _staging(out_dir, resume)
+    original = copy.deepcopy(model).eval()
+    shape = tuple(data.input_shape)
+    torch.manual_seed(config.seed)
+    calibration = next(batches(data.train, config.calibration))[0]
+
+    say("[1/6] measuring the original model")
+    before = static_figures(original, data.test, shape)
+    say(f"      accuracy {before.accuracy:.2f}%, {before.params:,} params, "
+        f"{before.macs / 1e6:.1f} MMACs per image")  # fmt: skip
+
+    plan_file = staging / "plan.json"
+    if resume:
+        plan = _plan_from_json(json.loads(plan_file.read_text()))
+        say(f"[2/6] plan read back from {plan_file}")
+    else:
+        say(f"[2/6] planning: {len(config.methods)} methods x {len(config.ratios)} ranks per "
+            f"layer, latency at batch {config.plan_batch}, sensitivity on "
+            f"{len(calibration)} images")  # fmt: skip
+        candidates, fixed, total = build_candidates(
+            original, calibration, methods=config.methods, ratios=config.ratios,
+            batch=config.plan_batch, repeats=max(3, config.repeats // 2), log=say,
+        )  # fmt: skip
+        plan = allocate(candidates, fixed, total, before.macs, **config.target_kwargs())
+        write_text_atomic(plan_file, json.dumps(plan.as_dict()), force=True)
+    say(f"      {plan.target}: predicted {plan.predicted_speedup:.2f}x, "
+        f"{len(plan.rewrites())} of {len(plan.choices)} layers rewritten"
+        + ("" if plan.met else " (target not reachable: best plan found)"))  # fmt: skip
+
+    say("[3/6] decomposing and verifying each layer")
+    compressed, surgery = decompose_model(original, plan.rewrites(), calibration,
+                                          max_error=config.max_layer_error)  # fmt: skip
+    for o in surgery.layers:
+        if o.status != "replaced":
+            say(f"      {o.name}: {o.status} ({o.reason})")
+    say(f"      model output error before fine-tuning: {surgery.model_output_error:.3f}")
+
+    say(f"[4/6] fine-tuning with distillation ({config.finetune.epochs} epochs)")
+    ft_cfg = copy.copy(config.finetune)
+    ft_cfg.checkpoint = staging / "checkpoint.pt"
+    ft_cfg.resume = resume and ft_cfg.checkpoint.exists()
+    history = finetune(compressed, data, original, ft_cfg, log=lambda m: say("      " + m))
+    result_notes = list(plan.notes)
+
+    say("[5/6] measuring before and after in one harness")
+    folded: list[str] = []
+    folded_convs: list[str] = []
+    deploy = compressed
+    if config.fold_bn:
+        deploy, folded, folded_convs = fold_batchnorm(compressed)
+    after = static_figures(deploy, data.test, shape)
+    latency = measure_latency({"before": original, "after": deploy}, shape,
+                              config.batch_sizes, config.repeats)  # fmt: skip
+    before.latency_ms, after.latency_ms = latency["before"], latency["after"]
+    result = CompressResult(before, after, plan, surgery, [r.__dict__ for r in history.history],
+                            folded, notes=result_notes)  # fmt: skip
+    if config.max_drop is not None and before.accuracy - after.accuracy > config.max_drop:
+        result.notes.append(
+            f"accuracy dropped {before.accuracy - after.accuracy:.2f} points, more than "
+            f"--max-drop {config.max_drop}: use a smaller --speedup or more fine-tuning epochs"
+        )
+
+    say("[6/6] writing the report, the model (safetensors + JSON) and ONNX")
+    replaced: dict[str, nn.Module] = {n: deploy.get_submodule(n) for n in surgery.replaced}
+    for conv in folded_convs:  # a folded conv gained a bias: describe it too, unless in a chain
+        if not any(conv == r or conv.startswith(r + ".") for r in surgery.replaced):
+            replaced[conv] = deploy.get_submodule(conv)
+    replaced.update({n: nn.Identity() for n in folded})
+    serialize.save(deploy, staging / "model", base, replaced, extra={"folded_batchnorm": folded},
+                   force=True)  # fmt: skip
+    result.seconds = time.perf_counter() - t_start
+    write_artefacts(result, deploy, staging, shape, say)
+    for leftover in ("checkpoint.pt",):
+        (staging / leftover).unlink(missing_ok=True)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    staging.rename(out_dir)
+    return result

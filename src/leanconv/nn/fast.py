@@ -1,0 +1,254 @@
+"""Convolution layers computed by fast algorithms: thin modules over :mod:`leanconv.algorithms`.
+
+- :class:`WinogradConv2d`: Winograd F(m x m, r x s) (``algorithms.winograd``); the transformed
+  filter ``G g G^T`` is cached and rebuilt only when the weight changes.
+- :class:`FFTConv2d`: FFT convolution (``algorithms.fft``); the transformed filter is cached per
+  FFT size (which depends on the input size unless ``tile`` fixes it).
+
+Both hold ``weight`` and ``bias`` as ``nn.Conv2d`` does, so ``state_dict`` is interchangeable, and
+both are differentiable: while autograd records (training), the filter is transformed on every
+call so that gradients reach ``weight``; under ``torch.no_grad`` / eval the cache is used.
+``from_conv(conv)`` builds one from a trained ``nn.Conv2d`` (same outputs up to rounding).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from ..algorithms import fft as _fft
+from ..algorithms import winograd as _winograd
+from ..algorithms._geometry import normalise, pair
+from ..errors import InvalidSpecError
+
+__all__ = ["FFTConv2d", "WinogradConv2d"]
+
+
+class _FastConv2d(nn.Module):
+    """Parameters and argument checks shared by the fast layers (as in ``nn.Conv2d``)."""
+
+    _where = "FastConv2d"
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding=0,
+        dilation: int | tuple[int, int] = 1,
+        groups: int = 1,
+        bias: bool = True,
+        check_finite: bool = True,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        where = self._where
+        for arg, v in (("in_channels", in_channels), ("out_channels", out_channels)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise InvalidSpecError(f"{where}: {arg}={v!r} must be a positive integer")
+        if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+            raise InvalidSpecError(f"{where}: groups={groups!r} must be a positive integer")
+        if in_channels % groups or out_channels % groups:
+            raise InvalidSpecError(
+                f"{where}: in_channels={in_channels} and out_channels={out_channels} must be "
+                f"divisible by groups={groups}"
+            )
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.kernel_size = pair(kernel_size, "kernel_size", where)
+        self.stride = pair(stride, "stride", where)
+        self.dilation = pair(dilation, "dilation", where)
+        self.padding = padding
+        self.check_finite = check_finite
+        # Validate the geometry once on a meta input large enough for any kernel.
+        probe = torch.empty((in_channels, 2**20, 2**20), device="meta")
+        normalise(probe, self._weight_shape(), None, stride, padding, dilation, groups, where)
+        factory = {"device": device, "dtype": dtype}
+        self.weight = nn.Parameter(torch.empty(self._weight_shape(), **factory))
+        self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
+        self.reset_parameters()
+
+    def _weight_shape(self) -> tuple[int, int, int, int]:
+        return (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
+
+    def reset_parameters(self) -> None:
+        """The initialisation of ``nn.Conv2d``."""
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            fan_in = self.weight.shape[1] * self.kernel_size[0] * self.kernel_size[1]
+            bound = 1 / math.sqrt(fan_in) if fan_in else 0
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    @classmethod
+    def _from_conv_kwargs(cls, conv: nn.Conv2d) -> dict:
+        if not isinstance(conv, nn.Conv2d):
+            raise InvalidSpecError(f"{cls.__name__}.from_conv: {type(conv).__name__} is not Conv2d")
+        if conv.padding_mode != "zeros":
+            raise InvalidSpecError(
+                f"{cls.__name__}.from_conv: padding_mode={conv.padding_mode!r} is not supported "
+                "(only 'zeros')"
+            )
+        return dict(
+            in_channels=conv.in_channels,
+            out_channels=conv.out_channels,
+            kernel_size=conv.kernel_size,
+            stride=conv.stride,
+            padding=conv.padding,
+            dilation=conv.dilation,
+            groups=conv.groups,
+            bias=conv.bias is not None,
+            device=conv.weight.device,
+            dtype=conv.weight.dtype,
+        )
+
+    def _copy_from(self, conv: nn.Conv2d) -> None:
+        with torch.no_grad():
+            self.weight.copy_(conv.weight)
+            if self.bias is not None:
+                self.bias.copy_(conv.bias)
+
+    def _recording(self) -> bool:
+        return torch.is_grad_enabled() and self.weight.requires_grad
+
+    def _weight_key(self) -> tuple:
+        w = self.weight
+        return (w._version, w.data_ptr(), w.dtype, w.device)
+
+    def extra_repr(self) -> str:
+        s = (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, padding={self.padding}"
+        )
+        if self.dilation != (1, 1):
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        if self.bias is None:
+            s += ", bias=False"
+        return s
+
+
+class WinogradConv2d(_FastConv2d):
+    """``nn.Conv2d`` computed with Winograd F(tile x tile, r x s), filter transform cached."""
+
+    _where = "WinogradConv2d"
+
+    def __init__(self, *args, tile: int | tuple[int, int] = 4, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.tile = pair(tile, "tile", self._where)
+        if min(self.tile) < 1:
+            raise InvalidSpecError(f"{self._where}: tile={tile!r} must be positive")
+        self._cache: tuple[tuple, _winograd.WinogradFilter] | None = None
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, tile: int | tuple[int, int] = 4) -> WinogradConv2d:
+        """A Winograd layer computing what ``conv`` computes (weights copied, filter cached)."""
+        layer = cls(**cls._from_conv_kwargs(conv), tile=tile)
+        layer._copy_from(conv)
+        layer.transformed_filter()  # fail early (tile too large) and warm the cache
+        return layer
+
+    def transformed_filter(self) -> _winograd.WinogradFilter:
+        """``G g G^T`` of the current weight (cached while the weight does not change)."""
+        if self._recording():
+            return _winograd.transform_filter(
+                self.weight, self.tile, self.stride, self.dilation, self.groups
+            )
+        key = self._weight_key()
+        if self._cache is None or self._cache[0] != key:
+            with torch.no_grad():
+                filt = _winograd.transform_filter(
+                    self.weight, self.tile, self.stride, self.dilation, self.groups
+                )
+            self._cache = (key, filt)
+        return self._cache[1]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return _winograd.conv2d_transformed(
+            x, self.transformed_filter(), self.bias, self.padding, self.check_finite
+        )
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", tile={self.tile}"
+
+
+class FFTConv2d(_FastConv2d):
+    """``nn.Conv2d`` (stride 1) computed by real FFTs, transformed filter cached per FFT size.
+
+    ``tile``: output tile per side (FFT size ``tile + r - 1``), ``"full"`` (whole image) or None
+    (chosen per input size by :func:`leanconv.algorithms.fft.choose_fft_size`).
+    """
+
+    _where = "FFTConv2d"
+
+    def __init__(self, *args, tile: int | tuple[int, int] | str | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.stride != (1, 1):
+            raise InvalidSpecError(
+                f"{self._where}: stride={self.stride} is not supported by FFT convolution; "
+                "use WinogradConv2d or nn.Conv2d"
+            )
+        if tile is not None and tile != "full":
+            mh, mw = pair(tile, "tile", self._where)
+            if min(mh, mw) < 1:
+                raise InvalidSpecError(f"{self._where}: tile={tile!r} must be positive")
+            tile = (mh, mw)
+        self.tile = tile
+        self._cache: dict[tuple[int, int], tuple[tuple, _fft.FFTFilter]] = {}
+
+    @classmethod
+    def from_conv(
+        cls, conv: nn.Conv2d, tile: int | tuple[int, int] | str | None = None
+    ) -> FFTConv2d:
+        """An FFT layer computing what ``conv`` computes (weights copied)."""
+        layer = cls(**cls._from_conv_kwargs(conv), tile=tile)
+        layer._copy_from(conv)
+        return layer
+
+    def fft_size(self, height: int, width: int, batch: int = 1) -> tuple[int, int]:
+        """The FFT size used for an input of ``height x width``."""
+        probe = torch.empty((self.in_channels, height, width), device="meta")
+        args = normalise(
+            probe,
+            self._weight_shape(),
+            None,
+            1,
+            self.padding,
+            self.dilation,
+            self.groups,
+            self._where,
+        )
+        r, s = (d * (k - 1) + 1 for k, d in zip(self.kernel_size, self.dilation, strict=True))
+        ho, wo = args.output_size(height, width)
+        if self.tile is None:
+            return _fft.choose_fft_size(
+                (ho, wo), (r, s), self.in_channels, self.out_channels, batch, self.groups
+            )
+        if self.tile == "full":
+            return (_fft.smooth_size(ho + r - 1), _fft.smooth_size(wo + s - 1))
+        return (self.tile[0] + r - 1, self.tile[1] + s - 1)
+
+    def transformed_filter(self, size: tuple[int, int]) -> _fft.FFTFilter:
+        if self._recording():
+            return _fft.transform_filter(self.weight, size, self.groups, self.dilation)
+        key = self._weight_key()
+        hit = self._cache.get(size)
+        if hit is None or hit[0] != key:
+            with torch.no_grad():
+                hit = (key, _fft.transform_filter(self.weight, size, self.groups, self.dilation))
+            self._cache = {k: v for k, v in self._cache.items() if v[0] == key}
+            self._cache[size] = hit
+        return hit[1]
+
+    def forward(self, x: Tensor) -> Tensor:
+        batch = x.shape[0] if x.dim() == 4 else 1
+        size = self.fft_size(x.shape[-2], x.shape[-1], batch)
+        return _fft.conv2d_transformed(
+            x, self.transformed_filter(size), self.bias, self.padding, self.check_finite
+        )
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", tile={self.tile}"

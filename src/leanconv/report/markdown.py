@@ -1,0 +1,76 @@
+"""The markdown report of a compression run."""
+
+from __future__ import annotations
+
+
+def _ms(d: dict, b: int) -> str:
+    return f"{d[b]:.2f}" if b in d else "-"
+
+
+def compress_report(result, model_name: str, data_name: str) -> str:
+    b, a = result.before, result.after
+    batches = sorted(a.latency_ms)
+    lines = [
+        f"# leanconv compress: {model_name} on {data_name}",
+        "",
+        f"Target: {result.plan.target}. Predicted speedup {result.plan.predicted_speedup:.2f}x "
+        f"(batch {max(batches) if batches else '-'}); measured below, in one harness, medians.",
+        "",
+        "| | before | after | ratio |",
+        "|---|---:|---:|---:|",
+        f"| test accuracy (%) | {b.accuracy:.2f} | {a.accuracy:.2f} | "
+        f"{a.accuracy - b.accuracy:+.2f} points |",
+        f"| parameters | {b.params:,} | {a.params:,} | {a.params / b.params:.3f} |",
+        f"| MACs per image | {b.macs:,} | {a.macs:,} | {a.macs / b.macs:.3f} |",
+    ]
+    for bs in batches:
+        lines.append(
+            f"| latency, batch {bs} (ms) | {_ms(b.latency_ms, bs)} | {_ms(a.latency_ms, bs)} | "
+            f"{result.speedup[bs]:.2f}x faster |"
+        )
+    lines += [
+        "",
+        f"Measured speedup at batch {max(batches)}: {result.speedup[max(batches)]:.2f}x; "
+        f"MACs reduction {b.macs / a.macs:.2f}x; predicted {result.plan.predicted_speedup:.2f}x.",
+        "",
+        "## Per-layer plan",
+        "",
+        "| layer | method | rank | MACs kept | latency before (ms) | after (ms) | sensitivity | "
+        "output error | status |",
+        "|---|---|---|---:|---:|---:|---:|---:|---|",
+    ]
+    outcomes = {o.name: o for o in result.surgery.layers}
+    for name, c in result.plan.choices.items():
+        base = result.plan.candidates[name][0]
+        o = outcomes.get(name)
+        status = o.status if o else "kept"
+        err = f"{o.output_error:.3f}" if o and o.output_error == o.output_error else "-"
+        lines.append(
+            f"| {name} | {c.method} | {c.rank if c.rank is not None else '-'} | "
+            f"{c.macs / max(1, base.macs):.2f} | {base.latency_ms:.2f} | {c.latency_ms:.2f} | "
+            f"{c.sensitivity:.4f} | {err} | {status} |"
+        )
+    lines += [
+        "",
+        f"Whole-model output error after surgery, before fine-tuning: "
+        f"{result.surgery.model_output_error:.4f} (relative, Frobenius).",
+        f"Batch norms folded into convolutions: {len(result.folded)}.",
+    ]
+    if result.onnx_max_error is not None:
+        lines.append(f"ONNX Runtime vs PyTorch, max abs difference: {result.onnx_max_error:.2e}.")
+    if result.finetune_history:
+        lines += ["", "## Fine-tuning", "", "| epoch | loss | test accuracy | img/s |",
+                  "|---:|---:|---:|---:|"]  # fmt: skip
+        for r in result.finetune_history:
+            lines.append(f"| {r['epoch']} | {r['loss']:.4f} | {r['accuracy']:.2f} | "
+                         f"{r['images_per_second']:.0f} |")  # fmt: skip
+    if result.notes:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in result.notes]
+    lines += [
+        "",
+        "Plots: `candidates.png` (latency vs sensitivity of every candidate, chosen marked), "
+        "`layer_latency.png`, `ranks.png`. Model: `model/model.safetensors` + "
+        "`model/model.json` (`leanconv.load`), `model.onnx`.",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,128 @@
+"""The compress pipeline end to end on a tiny model: artefacts, report, resume, refusals."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from typer.testing import CliRunner
+
+from leanconv.cli.main import app
+from leanconv.compress import serialize
+from leanconv.compress.finetune import FinetuneConfig
+from leanconv.compress.pipeline import CompressConfig, compress
+from leanconv.errors import OutputExistsError
+
+from .test_finetune import tiny_data
+
+FACTORY = """
+import torch.nn as nn
+
+def make(num_classes=3):
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.Conv2d(32, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, num_classes),
+    )
+"""
+
+
+@pytest.fixture
+def factory(tmp_path):
+    path = tmp_path / "net.py"
+    path.write_text(FACTORY)
+    return path
+
+
+def _model(factory):
+    from leanconv.loading import load_model
+
+    torch.manual_seed(0)
+    return load_model(f"{factory}:make").module
+
+
+def _config(epochs=1):
+    return CompressConfig(speedup=1.5, ratios=(0.15, 0.4), calibration=32, repeats=2,
+                          plan_batch=8, batch_sizes=(1, 8),
+                          finetune=FinetuneConfig(epochs=epochs, batch_size=16, progress=False))  # fmt: skip
+
+
+def test_compress_writes_every_artefact(tmp_path, factory):
+    data = tiny_data(n=128)
+    out = tmp_path / "out"
+    result = compress(_model(factory), data, _config(), out, {"factory": f"{factory}:make"},
+                      log=None)  # fmt: skip
+    names = {p.name for p in out.iterdir()}
+    assert {"report.md", "report.json", "candidates.png", "layer_latency.png", "ranks.png",
+            "model.onnx", "model"} <= names  # fmt: skip
+    assert not (tmp_path / "out.partial").exists()
+    report = json.loads((out / "report.json").read_text())
+    for side in ("before", "after"):
+        assert {"accuracy", "params", "macs", "latency_ms"} <= set(report[side])
+        assert set(report[side]["latency_ms"]) == {"1", "8"}
+    assert report["predicted_speedup"] > 0 and report["speedup"] > 0
+    assert report["plan"]["layers"]
+    assert result.onnx_max_error < 1e-3
+    back = serialize.load(out / "model")
+    x = data.test.tensors[0][:4]
+    with torch.no_grad():
+        assert back(x).shape == (4, 3)
+    # the batch norms were folded into the convolutions: none is left in the saved model
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in back.modules())
+    with pytest.raises(OutputExistsError):
+        compress(_model(factory), data, _config(), out, {"factory": f"{factory}:make"}, log=None)
+
+
+def test_interrupted_run_resumes(tmp_path, factory):
+    data = tiny_data(n=128)
+    out = tmp_path / "out"
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first_epoch(msg):
+        if "epoch 1/" in msg:
+            raise Stop
+
+    with pytest.raises(Stop):
+        compress(_model(factory), data, _config(epochs=2), out, {"factory": f"{factory}:make"},
+                 log=stop_after_first_epoch)  # fmt: skip
+    staging = tmp_path / "out.partial"
+    assert not out.exists() and (staging / "plan.json").exists()
+    assert (staging / "checkpoint.pt").exists()
+    planned = json.loads((staging / "plan.json").read_text())["layers"]
+    result = compress(_model(factory), data, _config(epochs=2), out,
+                      {"factory": f"{factory}:make"}, resume=True, log=None)  # fmt: skip
+    assert out.exists() and not staging.exists()
+    assert result.finetune_history[0]["epoch"] == 1 and len(result.finetune_history) == 2
+    assert json.loads((out / "report.json").read_text())["plan"]["layers"] == planned
+
+
+def test_cli_refusals(tmp_path, factory):
+    runner = CliRunner()
+    empty = tmp_path / "empty"
+    (empty / "cls").mkdir(parents=True)
+    r = runner.invoke(app, ["compress", f"{factory}:make", "--data", f"folder:{empty}",
+                            "--out", str(tmp_path / "o")])  # fmt: skip
+    assert r.exit_code == 2 and "holds no images" in r.output
+    pickled = tmp_path / "m.pt"
+    torch.save(torch.nn.Conv2d(1, 1, 1), pickled)
+    r = runner.invoke(app, ["compress", str(pickled), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "--trust-pickle" in r.output
+    r = runner.invoke(app, ["compress", "resnet18_cifar", "--out", str(tmp_path / "o"),
+                            "--weights", str(pickled)])  # fmt: skip
+    assert r.exit_code == 2 and "safetensors" in r.output
+    bad = tmp_path / "w.safetensors"
+    save_file({"x": torch.zeros(1)}, str(bad))
+    r = runner.invoke(app, ["compress", "resnet18_cifar", "--out", str(tmp_path / "o"),
+                            "--weights", str(bad)])  # fmt: skip
+    assert r.exit_code == 2 and "do not fit" in r.output
+    existing = tmp_path / "exists"
+    existing.mkdir()
+    r = runner.invoke(app, ["compress", f"{factory}:make", "--out", str(existing)])
+    assert r.exit_code == 2 and "--force" in r.output
+    r = runner.invoke(app, ["compress", f"{factory}:make", "--out", str(tmp_path / "o"),
+                            "--speedup", "2", "--macs-ratio", "0.5"])  # fmt: skip
+    assert r.exit_code == 2 and "not both" in r.output
+    assert "Traceback" not in r.output
