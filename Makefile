@@ -16,8 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/leanconv cost resnet18 --input 1,3,224,224 --depth 2
-	$(VENV)/bin/leanconv whatif 256 256 3 --size 56,56
+	$(VENV)/bin/leanconv demo --out demo-out --force
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

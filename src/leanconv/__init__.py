@@ -1,6 +1,6 @@
 """leanconv: exact convolution costs, fast convolution algorithms, compression of trained CNNs."""
 
-from . import decompose, errors
+from . import algorithms, decompose, errors, nn, zoo
 from .algorithms.tuner import accelerate
 from .compress.serialize import load, save
 from .cost import Convention, CostReport, conv_cost, count
@@ -17,7 +17,10 @@ __all__ = [
     "conv_cost",
     "count",
     "decompose",
+    "algorithms",
     "errors",
+    "nn",
+    "zoo",
     "load",
     "save",
     "whatif",

@@ -19,14 +19,14 @@ from .data import digits
 from .errors import OutputExistsError
 
 MODEL = "resnet18_cifar"
-WIDTH = 0.25
+WIDTH = 0.5
 
 
 def run_demo(
     out: str | Path = "demo-out",
     force: bool = False,
-    train_epochs: int = 5,
-    finetune_epochs: int = 3,
+    train_epochs: int = 6,
+    finetune_epochs: int = 6,
     speedup: float = 2.5,
     seed: int = 0,
     log=print,
@@ -46,7 +46,7 @@ def run_demo(
              log=lambda m: log("      " + m))  # fmt: skip
     config = CompressConfig(
         speedup=speedup,
-        ratios=(0.1, 0.2, 0.35, 0.6),
+        ratios=(0.05, 0.1, 0.2, 0.35, 0.6),
         calibration=64,
         repeats=6,
         finetune=FinetuneConfig(epochs=finetune_epochs, lr=0.01, seed=seed),

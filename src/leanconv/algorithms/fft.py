@@ -9,7 +9,9 @@ Summed over channels, each frequency bin ``f`` is one complex matrix product::
 
     Y[f] = X[f] @ W[f]          X[f]: tiles x C,   W[f]: C x K   (t (t/2 + 1) bins)
 
-done as one batched complex GEMM. Depthwise layers (one input channel per group) need no
+done as one batched real GEMM on interleaved ``(re, im)`` values (``[[Re W, Im W], [-Im W, Re W]]``
+blocks: 4 real multiplications per complex one, as complex GEMM; PyTorch's complex ``bmm`` falls
+back to a loop over matrices). Depthwise layers (one input channel per group) need no
 reduction: ``Y = X · W`` per channel. Large images are cut into tiles (overlap-save: input tiles of
 ``t`` overlap by ``r - 1``, each gives ``t - r + 1`` outputs per side); the whole image is the case
 of one tile. Cost per tile and channel pair: ``4 t (t/2 + 1)`` real multiplications, against
@@ -88,9 +90,12 @@ def choose_fft_size(
 
 @dataclass(frozen=True)
 class FFTFilter:
-    """``conj(rfft2(w))`` zero-padded to ``size``, as ``[bins, groups, C/g, K/g]`` (complex).
+    """``W = conj(rfft2(w))`` zero-padded to ``size``.
 
-    For depthwise-style layers (``C/g == 1``) the layout is ``[groups, K/g, bins]`` instead.
+    Stored as the real ``[bins * groups, 2 C/g, 2 K/g]`` matrices that multiply interleaved
+    ``(re, im)`` rows, ``[[Re W, Im W], [-Im W, Re W]]`` per channel pair, so the channel reduction
+    is a real batched GEMM (4 real multiplications per complex one, as complex GEMM); for
+    depthwise-style layers (``C/g == 1``) as complex ``[groups, K/g, bins]``.
     """
 
     data: torch.Tensor
@@ -137,12 +142,19 @@ def transform_filter(
     if th < r or tw < s:
         raise InvalidSpecError(f"{where}: FFT size {(th, tw)} is smaller than the kernel {(r, s)}")
     compute = _compute_dtype(weight.dtype)
-    wf = torch.fft.rfft2(w.to(compute), s=(th, tw)).conj()  # (K, C/g, th, tw//2+1)
+    # conj_physical, not conj(): a lazily conjugated operand sends bmm to a per-matrix loop.
+    wf = torch.fft.rfft2(w.to(compute), s=(th, tw)).conj_physical()  # (K, C/g, th, tw//2+1)
     kg = k_out // groups
     if cg == 1:
         data = wf.reshape(groups, kg, -1).contiguous()
     else:
-        data = wf.reshape(groups, kg, cg, -1).permute(3, 0, 2, 1).contiguous()
+        wb = wf.reshape(groups, kg, cg, -1).permute(3, 0, 2, 1)  # (bins, g, C/g, K/g)
+        re, im = wb.real, wb.imag
+        # Row 2c + j (re, im of input channel c), column 2k + l (re, im of output channel k).
+        data = torch.stack(
+            (torch.stack((re, im), dim=-1), torch.stack((-im, re), dim=-1)), dim=-3
+        )  # (bins, g, C/g, 2, K/g, 2)
+        data = data.reshape(-1, 2 * cg, 2 * kg).contiguous()
     return FFTFilter(
         data=data,
         size=(th, tw),
@@ -180,10 +192,14 @@ def _fft_valid(xp: torch.Tensor, filt: FFTFilter) -> torch.Tensor:
         yf = yf.reshape(p, k_out, th, -1)
     else:
         cg = c // groups
-        xb = xf.reshape(p, groups * cg, bins).permute(2, 1, 0).reshape(bins, groups, cg, p)
-        xb = xb.transpose(-1, -2).reshape(bins * groups, p, cg)
-        yb = torch.bmm(xb, filt.data.reshape(bins * groups, cg, -1))  # (bins g, P, K/g)
-        yf = yb.view(bins, groups, p, -1).permute(2, 1, 3, 0).reshape(p, k_out, th, -1)
+        # Interleaved (re, im) rows [bins * g, P, 2 C/g] times the real [2 C/g, 2 K/g] blocks: a
+        # real batched GEMM (complex bmm takes a per-matrix loop that costs seconds when the
+        # CPU is shared).
+        xb = xf.reshape(p, groups, cg, bins).permute(3, 1, 0, 2).contiguous()
+        xb = torch.view_as_real(xb).reshape(bins * groups, p, 2 * cg)
+        yb = torch.bmm(xb, filt.data)  # (bins g, P, 2 K/g)
+        yb = torch.view_as_complex(yb.view(bins, groups, p, -1, 2))
+        yf = yb.permute(2, 1, 3, 0).reshape(p, k_out, th, -1)
     y = torch.fft.irfft2(yf, s=(th, tw))[..., :mh, :mw]  # (P, K, mh, mw)
     y = y.reshape(n, nh, nw, k_out, mh, mw).permute(0, 3, 1, 4, 2, 5)
     return y.reshape(n, k_out, nh * mh, nw * mw)[:, :, :ho, :wo]

@@ -18,8 +18,8 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(Path("demo-out"), "--out", help="output directory"),
         force: bool = typer.Option(False, "--force", help="replace an existing --out"),
         speedup: float = typer.Option(2.5, "--speedup", help="target measured speedup"),
-        train_epochs: int = typer.Option(5, "--train-epochs"),
-        epochs: int = typer.Option(3, "--epochs", help="fine-tuning epochs"),
+        train_epochs: int = typer.Option(6, "--train-epochs"),
+        epochs: int = typer.Option(6, "--epochs", help="fine-tuning epochs"),
     ) -> None:
         """The built-in default run: digits -> reference CNN -> compressed CNN, with a report."""
         result = run_demo(out, force, train_epochs, epochs, speedup, log=console.print)

@@ -79,7 +79,8 @@ def register(app: typer.Typer) -> None:
             None,
             "--points",
             help="Comma-separated finite interpolation points (m + r - 2 of them), e.g. "
-            "'0,-1,1,1/2,-2'; infinity is always added. Default: Barabasz et al. 2020.",
+            "'0,-1,1,1/2,-2' (write --points=-1,0,1 when the first is negative); infinity is "
+            "always added. Default: Barabasz et al. 2020.",
         ),
         fractions: str = typer.Option(
             "G", "--fractions", help="Matrix that carries the fractions: G, BT or AT."

@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -196,7 +197,7 @@ def finetune(
         result.resumed_from = start_epoch - 1
         if log and rank == 0:
             log(f"resumed from the checkpoint of epoch {start_epoch} in {ckpt}")
-    progress = _Progress(cfg.progress and rank == 0, steps_per_epoch)
+    progress = _Progress(cfg.progress and rank == 0 and sys.stderr.isatty(), steps_per_epoch)
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)

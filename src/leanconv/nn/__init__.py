@@ -13,6 +13,7 @@ from .dilated import (
     receptive_field,
 )
 from .factorised import CPConv2d, TTConv2d, TuckerConv2d, cp_conv2d, tt_conv2d, tucker2_conv2d
+from .fast import FFTConv2d, WinogradConv2d
 from .grouped import (
     ChannelShuffle,
     GroupedConv2d,
@@ -41,9 +42,11 @@ __all__ = [
     "CPConv2d",
     "DeformConv2d",
     "DeformConv2dOp",
+    "FFTConv2d",
     "ModulatedDeformConv2d",
     "TTConv2d",
     "TuckerConv2d",
+    "WinogradConv2d",
     "cp_conv2d",
     "deform_conv2d",
     "dilated_conv_bn",
