@@ -25,7 +25,7 @@ WIDTH = 0.5
 def run_demo(
     out: str | Path = "demo-out",
     force: bool = False,
-    train_epochs: int = 6,
+    train_epochs: int = 5,
     finetune_epochs: int = 6,
     speedup: float = 2.5,
     seed: int = 0,

@@ -126,7 +126,7 @@ def _capture_inputs(model: nn.Module, example: torch.Tensor) -> dict[str, torch.
                 )
             )
     try:
-        with torch.inference_mode():
+        with torch.no_grad():  # not inference_mode: fast modules track the weight's version
             model(example)
     finally:
         for h in handles:
@@ -167,7 +167,7 @@ def accelerate(
         report.layers.append(choice)
         if not builders:
             continue
-        with torch.inference_mode():
+        with torch.no_grad():
             ref = conv(x)
             modules = {}
             for algo, build in builders.items():

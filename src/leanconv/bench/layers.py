@@ -115,7 +115,7 @@ def _leaf_inputs(model: nn.Module, example: torch.Tensor) -> dict[str, tuple]:
                 )
             )
     try:
-        with torch.inference_mode():
+        with torch.no_grad():
             model(example)
     finally:
         for h in handles:

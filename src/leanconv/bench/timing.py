@@ -87,7 +87,7 @@ def compare(
     if repeats < 1:
         raise ValueError(f"repeats={repeats} must be at least 1")
     samples: dict[str, list[float]] = {name: [] for name in fns}
-    with threads(num_threads), torch.inference_mode():
+    with threads(num_threads), torch.no_grad():
         for _ in range(warmup):
             for fn in fns.values():
                 fn()

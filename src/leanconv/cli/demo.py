@@ -18,7 +18,7 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(Path("demo-out"), "--out", help="output directory"),
         force: bool = typer.Option(False, "--force", help="replace an existing --out"),
         speedup: float = typer.Option(2.5, "--speedup", help="target measured speedup"),
-        train_epochs: int = typer.Option(6, "--train-epochs"),
+        train_epochs: int = typer.Option(5, "--train-epochs"),
         epochs: int = typer.Option(6, "--epochs", help="fine-tuning epochs"),
     ) -> None:
         """The built-in default run: digits -> reference CNN -> compressed CNN, with a report."""

@@ -1,0 +1,70 @@
+"""End-to-end compression benchmark on the digits: train a CIFAR-style reference model, compress
+it to a speedup target, and report the measured speedup at batch 64 and the accuracy drop.
+
+Targets (issue 6): CIFAR-style VGG-16 at least 4x with at most 1.0 point drop; CIFAR-style
+ResNet-18 at least 2.5x with at most 1.0 point drop; measured speedup at least 0.8 of the MACs
+reduction; predicted speedup within 15 percent of the measured one.
+
+    .venv/bin/python benchmarks/bench_compress.py --model vgg16_cifar --speedup 4
+    .venv/bin/python benchmarks/bench_compress.py --model resnet18_cifar --speedup 2.5
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+
+import torch
+
+from leanconv import zoo
+from leanconv.compress.finetune import FinetuneConfig, finetune
+from leanconv.compress.pipeline import CompressConfig, compress
+from leanconv.data import digits
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", default="vgg16_cifar")
+    p.add_argument("--width", type=float, default=1.0)
+    p.add_argument("--speedup", type=float, default=4.0)
+    p.add_argument("--train-epochs", type=int, default=8)
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--methods", default="tucker2,svd")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    t0 = time.perf_counter()
+    data = digits(seed=args.seed)
+    model = zoo.create(args.model, num_classes=10, width=args.width)
+    finetune(model, data, None, FinetuneConfig(epochs=args.train_epochs, lr=0.05,
+                                               progress=False))  # fmt: skip
+    out = tempfile.mkdtemp(prefix="bench-compress-")
+    shutil.rmtree(out)
+    config = CompressConfig(
+        speedup=args.speedup, methods=tuple(args.methods.split(",")),
+        ratios=(0.03, 0.05, 0.08, 0.12, 0.2, 0.35, 0.6), calibration=64,
+        finetune=FinetuneConfig(epochs=args.epochs, lr=0.01, progress=False), seed=args.seed,
+    )  # fmt: skip
+    base = {"zoo": args.model, "kwargs": {"num_classes": 10, "width": args.width}}
+    r = compress(model, data, config, out, base, log=print)
+    b, a = r.before, r.after
+    macs_x = b.macs / a.macs
+    sp = r.speedup[64]
+    print(f"\n{args.model} (width {args.width}), {args.threads} threads, target {args.speedup}x")
+    print(f"accuracy {b.accuracy:.2f} -> {a.accuracy:.2f} ({a.accuracy - b.accuracy:+.2f} points)")
+    print(f"MACs {b.macs:,} -> {a.macs:,} ({macs_x:.2f}x fewer)")
+    for bs in sorted(a.latency_ms):
+        print(f"batch {bs}: {b.latency_ms[bs]:.2f} ms -> {a.latency_ms[bs]:.2f} ms "
+              f"({r.speedup[bs]:.2f}x)")  # fmt: skip
+    pred = r.plan.predicted_speedup
+    print(f"measured / MACs reduction: {sp / macs_x:.2f}; predicted {pred:.2f}x vs measured "
+          f"{sp:.2f}x ({100 * (pred / sp - 1):+.1f}%)")  # fmt: skip
+    print(f"artefacts in {out}; total {time.perf_counter() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
