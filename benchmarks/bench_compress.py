@@ -34,14 +34,16 @@ def main() -> None:
     p.add_argument("--methods", default="tucker2,svd")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-lr", type=float, default=0.02)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     t0 = time.perf_counter()
     data = digits(seed=args.seed)
     model = zoo.create(args.model, num_classes=10, width=args.width)
-    finetune(model, data, None, FinetuneConfig(epochs=args.train_epochs, lr=0.05,
-                                               progress=False))  # fmt: skip
+    train = FinetuneConfig(epochs=args.train_epochs, lr=args.train_lr, warmup_epochs=1,
+                           progress=False)  # fmt: skip
+    finetune(model, data, None, train)
     out = tempfile.mkdtemp(prefix="bench-compress-")
     shutil.rmtree(out)
     config = CompressConfig(

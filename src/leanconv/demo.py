@@ -42,8 +42,8 @@ def run_demo(
     log(f"data: {data.describe()}")
     model = zoo.create(MODEL, num_classes=data.num_classes, width=WIDTH)
     log(f"[0/6] training the reference {MODEL} (width {WIDTH}) for {train_epochs} epochs")
-    finetune(model, data, None, FinetuneConfig(epochs=train_epochs, lr=0.05, seed=seed),
-             log=lambda m: log("      " + m))  # fmt: skip
+    train = FinetuneConfig(epochs=train_epochs, lr=0.05, warmup_epochs=1, seed=seed)
+    finetune(model, data, None, train, log=lambda m: log("      " + m))
     config = CompressConfig(
         speedup=speedup,
         ratios=(0.05, 0.1, 0.2, 0.35, 0.6),

@@ -126,3 +126,12 @@ def test_ddp_two_processes_stay_in_sync(tmp_path):
     for k in a:
         assert torch.allclose(a[k], b[k]), k
     assert any(not torch.equal(a[k], tiny_model().state_dict()[k]) for k in a)
+
+
+def test_warmup_then_cosine():
+    from leanconv.compress.finetune import _cosine
+
+    lrs = [_cosine(0.1, s, 100, warmup=10) for s in range(101)]
+    assert lrs[0] == pytest.approx(0.01) and lrs[9] == pytest.approx(0.1)
+    assert lrs[10] == pytest.approx(0.1) and lrs[100] == pytest.approx(0.0, abs=1e-12)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))

@@ -4,8 +4,8 @@ Loss: ``alpha * T^2 * KL(softmax(s / T) || softmax(t / T)) + (1 - alpha) * CE(s,
 and ``t`` are the student's and the teacher's logits (the teacher is the original model). Without a
 teacher the loss is the cross-entropy alone.
 
-- SGD with Nesterov momentum and a cosine learning rate computed from the global step, so a resumed
-  run needs no scheduler state.
+- SGD with Nesterov momentum and a cosine learning rate (after an optional linear warm-up)
+  computed from the global step, so a resumed run needs no scheduler state.
 - The data order of epoch ``e`` is a permutation drawn from ``seed + e``; a run resumed from the
   checkpoint of epoch ``e`` therefore sees exactly the batches an uninterrupted run would, and ends
   at the same weights.
@@ -52,6 +52,7 @@ class FinetuneConfig:
     temperature: float = 4.0
     alpha: float = 0.7
     patience: int | None = None
+    warmup_epochs: float = 0.0  # linear learning-rate warm-up before the cosine decay
     seed: int = 0
     augment: bool = True
     amp: bool | None = None  # None: bfloat16 autocast on CUDA only
@@ -111,8 +112,12 @@ def distillation_loss(
     return alpha * t * t * kl + (1 - alpha) * ce
 
 
-def _cosine(base: float, step: int, total: int) -> float:
-    return 0.5 * base * (1 + math.cos(math.pi * min(step, total) / max(1, total)))
+def _cosine(base: float, step: int, total: int, warmup: int = 0) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to zero at ``total``."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return 0.5 * base * (1 + math.cos(math.pi * min(t, 1.0)))
 
 
 def _save_atomic(state: dict, path: Path) -> None:
@@ -176,6 +181,7 @@ def finetune(
     per_rank = math.ceil(n_train / world)
     steps_per_epoch = math.ceil(per_rank / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
+    warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
     amp = cfg.amp if cfg.amp is not None else device.type == "cuda"
     augment = Augment(pad=2) if cfg.augment else None
 
@@ -207,7 +213,7 @@ def finetune(
         progress.start(epoch, cfg.epochs)
         for i, (x, y) in enumerate(batches(data.train, cfg.batch_size, order)):
             step = epoch * steps_per_epoch + i
-            lr = _cosine(cfg.lr, step, total_steps)
+            lr = _cosine(cfg.lr, step, total_steps, warmup_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             if augment is not None:

@@ -187,6 +187,12 @@ def spatially_separable(spec: ConvSpec, mid: int | None = None) -> tuple[ConvSpe
     return _chain(first, second)
 
 
+def _pointwise(spec: ConvSpec) -> dict:
+    """The closing 1x1 projection to the original output channels (it carries the bias)."""
+    return dict(out_channels=spec.out_channels, kernel_size=1, stride=1, padding=0, dilation=1,
+                groups=1, bias=spec.bias)  # fmt: skip
+
+
 def bottleneck(spec: ConvSpec, squeeze: int = 4) -> tuple[ConvSpec, ...]:
     """1x1 (C_in -> C_in / squeeze), the original k x k at the narrow width, 1x1 (-> C_out)."""
     if squeeze < 1:
@@ -210,15 +216,7 @@ def bottleneck(spec: ConvSpec, squeeze: int = 4) -> tuple[ConvSpec, ...]:
             dilation=spec.dilation,
             groups=spec.groups,
         ),  # fmt: skip
-        dict(
-            out_channels=spec.out_channels,
-            kernel_size=1,
-            stride=1,
-            padding=0,
-            dilation=1,
-            groups=1,
-            bias=spec.bias,
-        ),  # fmt: skip
+        _pointwise(spec),
     )
 
 
@@ -232,15 +230,7 @@ def depthwise_separable(spec: ConvSpec, multiplier: int = 1) -> tuple[ConvSpec, 
     depthwise = spec.with_(out_channels=c * multiplier, groups=c, bias=False)
     return _chain(
         depthwise,
-        dict(
-            out_channels=spec.out_channels,
-            kernel_size=1,
-            stride=1,
-            padding=0,
-            dilation=1,
-            groups=1,
-            bias=spec.bias,
-        ),  # fmt: skip
+        _pointwise(spec),
     )
 
 
