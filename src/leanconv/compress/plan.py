@@ -33,7 +33,7 @@ from torch import nn
 from .. import cache as cache_store
 from ..bench.timing import compare
 from ..cost import count
-from ..decompose.rank import budget_rank
+from ..decompose.rank import budget_rank, output_error
 from ..errors import LeanconvError
 from .replace import _SPEC_METHOD, decompose_layer
 from .surgery import conv_layers, replace_modules
@@ -53,6 +53,7 @@ class Candidate:
     latency_ms: float
     sensitivity: float  # KL(original || rewritten) on the calibration set, in nats
     weight_error: float = 0.0
+    output_error: float = 0.0  # relative error of the layer's own output on calibration inputs
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -196,14 +197,15 @@ def build_candidates(
         for key, mod in modules.items():
             method, rank = key
             if method == "keep":
-                sens = 0.0
+                sens = out_err = 0.0
             else:
                 trial = replace_modules(model, {name: mod}, inplace=False)
                 with torch.no_grad():
                     sens = _kl(trial(calibration), reference)
+                out_err = output_error(layer, mod, x, name=name)
             c = count(mod, x[:1])  # MACs and params per image, as the model totals
             cands.append(Candidate(name, method, rank, c.total.macs, c.total.params,
-                                   timings[key], sens, errors[key]))  # fmt: skip
+                                   timings[key], sens, errors[key], out_err))  # fmt: skip
         out[name] = cands
         if log:
             log(f"  planned {i + 1}/{len(layers)} {name}: {len(cands) - 1} candidates, "
