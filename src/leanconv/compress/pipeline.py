@@ -210,7 +210,8 @@ def compress(
         if not any(conv == r or conv.startswith(r + ".") for r in surgery.replaced):
             replaced[conv] = deploy.get_submodule(conv)
     replaced.update({n: nn.Identity() for n in folded})
-    serialize.save(deploy, staging / "model", base, replaced, extra={"folded_batchnorm": folded},
+    extra = {"folded_batchnorm": folded, "data": data.name}
+    serialize.save(deploy, staging / "model", base, replaced, extra=extra,
                    force=True)  # fmt: skip
     result.seconds = time.perf_counter() - t_start
     write_artefacts(result, deploy, staging, shape, say)
