@@ -1,5 +1,6 @@
 import os
 
+import pytest
 import torch
 from hypothesis import settings
 
@@ -7,3 +8,16 @@ settings.register_profile("ci", max_examples=40, deadline=None, derandomize=True
 settings.register_profile("dev", max_examples=40, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory):
+    """Measurement caches of the tests go to a temporary directory, not the user's home."""
+    path = tmp_path_factory.mktemp("leanconv-cache")
+    old = os.environ.get("LEANCONV_CACHE_DIR")
+    os.environ["LEANCONV_CACHE_DIR"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("LEANCONV_CACHE_DIR", None)
+    else:
+        os.environ["LEANCONV_CACHE_DIR"] = old

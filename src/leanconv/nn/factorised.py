@@ -212,6 +212,30 @@ class _Factorised(AnalyticCost, nn.Module):
             bias = like.bias
         return like.stride, like.padding, like.dilation, bias
 
+    @classmethod
+    def from_factors(
+        cls,
+        factors,
+        bias: Tensor | None = None,
+        stride: int | Sequence[int] = 1,
+        padding: PaddingArg = 0,
+        dilation: int | Sequence[int] = 1,
+        *,
+        like: nn.Conv2d | None = None,
+    ):
+        """A layer holding copies of ``factors``; geometry and bias from ``like`` when given."""
+        stride, padding, dilation, bias = cls._like(
+            like, factors, stride, padding, dilation, bias, cls.__name__
+        )
+        k, c, kh, kw = factors.shape
+        return cls(c, k, (kh, kw), *cls._rank_args(factors), stride, padding, dilation,
+                   bias if bias is not None else False, factors=factors)  # fmt: skip
+
+    @staticmethod
+    def _rank_args(factors) -> tuple:  # pragma: no cover - defined by each layer
+        """The constructor's rank arguments for ``factors``."""
+        raise NotImplementedError
+
     def to_dense(self) -> Tensor:
         """The equivalent dense kernel ``(K, C, kh, kw)``, for checks (the layer never uses it)."""
         return self.factors.to_dense()
@@ -312,24 +336,9 @@ class CPConv2d(_Factorised):
             self.height = _uniform((kh, rank), kh, **kw_)
             self.width = _uniform((kw, rank), kw, **kw_)
 
-    @classmethod
-    def from_factors(
-        cls,
-        factors: CPFactors,
-        bias: Tensor | None = None,
-        stride: int | Sequence[int] = 1,
-        padding: PaddingArg = 0,
-        dilation: int | Sequence[int] = 1,
-        *,
-        like: nn.Conv2d | None = None,
-    ) -> CPConv2d:
-        """A layer holding copies of ``factors``; geometry and bias from ``like`` when given."""
-        stride, padding, dilation, bias = cls._like(
-            like, factors, stride, padding, dilation, bias, cls.__name__
-        )
-        k, c, kh, kw = factors.shape
-        return cls(c, k, (kh, kw), factors.rank, stride, padding, dilation,
-                   bias if bias is not None else False, factors=factors)  # fmt: skip
+    @staticmethod
+    def _rank_args(factors: CPFactors) -> tuple:
+        return (factors.rank,)
 
     @property
     def factors(self) -> CPFactors:
@@ -403,25 +412,10 @@ class TuckerConv2d(_Factorised):
             self.output = _uniform((out_channels, out_rank), out_rank, **kw_)
             self.input = _uniform((in_channels, in_rank), in_channels, **kw_)
 
-    @classmethod
-    def from_factors(
-        cls,
-        factors: Tucker2Factors,
-        bias: Tensor | None = None,
-        stride: int | Sequence[int] = 1,
-        padding: PaddingArg = 0,
-        dilation: int | Sequence[int] = 1,
-        *,
-        like: nn.Conv2d | None = None,
-    ) -> TuckerConv2d:
-        """A layer holding copies of ``factors``; geometry and bias from ``like`` when given."""
-        stride, padding, dilation, bias = cls._like(
-            like, factors, stride, padding, dilation, bias, cls.__name__
-        )
-        k, c, kh, kw = factors.shape
+    @staticmethod
+    def _rank_args(factors: Tucker2Factors) -> tuple:
         r_out, r_in = factors.ranks
-        return cls(c, k, (kh, kw), r_in, r_out, stride, padding, dilation,
-                   bias if bias is not None else False, factors=factors)  # fmt: skip
+        return (r_in, r_out)
 
     @property
     def factors(self) -> Tucker2Factors:
@@ -499,24 +493,9 @@ class TTConv2d(_Factorised):
             ]
         self.core0, self.core1, self.core2, self.core3 = cores
 
-    @classmethod
-    def from_factors(
-        cls,
-        factors: TTFactors,
-        bias: Tensor | None = None,
-        stride: int | Sequence[int] = 1,
-        padding: PaddingArg = 0,
-        dilation: int | Sequence[int] = 1,
-        *,
-        like: nn.Conv2d | None = None,
-    ) -> TTConv2d:
-        """A layer holding copies of ``factors``; geometry and bias from ``like`` when given."""
-        stride, padding, dilation, bias = cls._like(
-            like, factors, stride, padding, dilation, bias, cls.__name__
-        )
-        k, c, kh, kw = factors.shape
-        return cls(c, k, (kh, kw), factors.ranks, stride, padding, dilation,
-                   bias if bias is not None else False, factors=factors)  # fmt: skip
+    @staticmethod
+    def _rank_args(factors: TTFactors) -> tuple:
+        return (factors.ranks,)
 
     @property
     def factors(self) -> TTFactors:
