@@ -163,7 +163,8 @@ def compress(
             f"{len(calibration)} images")  # fmt: skip
         candidates, fixed, total = build_candidates(
             original, calibration, methods=config.methods, ratios=config.ratios,
-            batch=config.plan_batch, repeats=max(3, config.repeats // 2), log=say,
+            batch=config.plan_batch, repeats=max(3, config.repeats // 2), fold_bn=config.fold_bn,
+            log=say,
         )  # fmt: skip
         plan = allocate(candidates, fixed, total, before.macs, **config.target_kwargs())
         write_text_atomic(plan_file, json.dumps(plan.as_dict()), force=True)
