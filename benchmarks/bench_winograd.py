@@ -7,11 +7,14 @@ float32, NCHW. The filter is transformed once (as ``nn.WinogradConv2d`` caches i
 checks the input for NaN/inf as the module does. Prints the median of per-repetition ratios
 ``t(F.conv2d) / t(winograd)`` (> 1: Winograd faster), then, for the best tile, where the time goes:
 input transform (gather + B^T d B), element-wise GEMMs, output transform (A^T M A + layout).
+With a C compiler the transforms are the compiled kernels of ``leanconv.algorithms.native`` and
+the GEMMs oneDNN's; ``LEANCONV_NATIVE=0`` measures the PyTorch-only implementation.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
 from pathlib import Path
@@ -22,7 +25,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).parent))
 from _interleave import interleaved, load, median_ratio, ms  # noqa: E402
 
-from leanconv.algorithms import winograd  # noqa: E402
+from leanconv.algorithms import native, winograd  # noqa: E402
 
 LAYERS = [  # name, channels, size
     ("resnet18.layer2", 128, 28),
@@ -41,7 +44,8 @@ def stages(x: torch.Tensor, filt: winograd.WinogradFilter, reps: int) -> dict[st
     runs = []
     for _ in range(reps):
         timings: dict[str, float] = {}
-        winograd._winograd_valid(x, u, filt.tile, (3, 3), 1, (1, 1, 1, 1), timings=timings)
+        gemm = functools.partial(filt.gemm, (0, 0))
+        winograd._winograd_valid(x, u, filt.tile, (3, 3), 1, (1, 1, 1, 1), None, timings, gemm)
         runs.append(timings)
     out = {k: statistics.median(r[k] for r in runs) * 1e3 for k in runs[0]}
     n, c, h, w = x.shape
@@ -62,6 +66,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {args.threads} threads, float32; {load()}")
+    print(f"transforms: {native.status()}")
     head = " ".join(f"{'F' + str(t):>6}" for t in args.tiles)
     print(
         f"{'layer':<16} {'N':>2} {'direct ms':>9} {'GF/s':>5} {head}   best: input / gemm (GF/s) "

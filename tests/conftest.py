@@ -1,4 +1,5 @@
 import os
+import tempfile
 
 import pytest
 import torch
@@ -8,6 +9,9 @@ settings.register_profile("ci", max_examples=40, deadline=None, derandomize=True
 settings.register_profile("dev", max_examples=40, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 torch.set_num_threads(1)
+# Caches (measurements, compiled kernels) written while modules are collected go to a temporary
+# directory too; each test session then gets its own below.
+os.environ["LEANCONV_CACHE_DIR"] = tempfile.mkdtemp(prefix="leanconv-collect-")
 
 
 @pytest.fixture(autouse=True, scope="session")

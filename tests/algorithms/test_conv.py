@@ -8,7 +8,15 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from leanconv.algorithms import AlgorithmFallbackWarning, choose, conv2d, fft, im2col, winograd
+from leanconv.algorithms import (
+    AlgorithmFallbackWarning,
+    choose,
+    conv2d,
+    fft,
+    im2col,
+    native,
+    winograd,
+)
 from leanconv.nn.fast import FFTConv2d, WinogradConv2d
 
 
@@ -114,7 +122,12 @@ def test_auto_policy():
     w3 = torch.randn(256, 256, 3, 3, device="meta")
     assert choose(x, w3, padding=1).algorithm == "winograd"
     assert choose(x[:, :, :14, :14], w3, padding=1).algorithm == "direct"  # 16 tiles
-    assert choose(x[:, :128], w3[:128, :128], padding=1).algorithm == "direct"
+    assert choose(x[:, :128], w3[:128, :128], padding=1).algorithm == "direct"  # not compiled
+    # float32 on the CPU with the compiled transforms: from 128 channels per group
+    x128, w128 = torch.empty(1, 128, 28, 28), torch.empty(128, 128, 3, 3)
+    expected = "winograd" if native.available() else "direct"
+    assert choose(x128, w128, padding=1).algorithm == expected
+    assert choose(x128.double(), w128.double(), padding=1).algorithm == "direct"
     assert choose(x, w3, stride=2, padding=1).algorithm == "direct"
     assert choose(x, torch.randn(64, 256, 15, 15, device="meta"), padding=7).algorithm == "fft"
     assert choose(x, torch.randn(64, 256, 5, 5, device="meta"), dilation=2).algorithm == "fft"

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InvalidSpecError
-from . import fft, im2col, toomcook, winograd
+from . import fft, im2col, native, toomcook, winograd
 from ._geometry import PaddingArg, all_finite, check_tensors, normalise, pad_input
 from .toomcook import (
     WinogradTransform,
@@ -32,7 +32,8 @@ ALGORITHMS = ("auto", "direct", "im2col", "winograd", "fft")
 
 # Thresholds of the "auto" policy, from benchmarks/bench_winograd.py and bench_fft.py on a 2-core
 # x86 CPU against oneDNN (docs/benchmarks.md, "Fast algorithms").
-WINOGRAD_MIN_CHANNELS = 256  # per group, input and output (128: on par with direct)
+WINOGRAD_MIN_CHANNELS = 128  # per group, in and out, with the compiled transforms (1.3-1.7x)
+WINOGRAD_MIN_CHANNELS_PYTORCH = 256  # with the PyTorch-only transforms (128: slower than direct)
 WINOGRAD_MIN_TILES = 32  # 4x4 tiles in the batch (fewer: reading the 4x larger U dominates)
 WINOGRAD_TILE = 4  # F(4x4, 3x3): 4x fewer multiplications, error ~10x direct in float32
 FFT_MIN_KERNEL = 9  # both kernel sides (after dilation); 7x7 0.8-2x (depthwise 0.15x), 9x9 3-7x
@@ -83,7 +84,9 @@ def choose(
     - float16 / bfloat16: direct (fast algorithms would lose accuracy);
     - stride 1 and a kernel of ``FFT_MIN_KERNEL`` or more on both sides (dilation included): FFT;
     - a 3x3 kernel, stride 1, dilation 1, at least ``WINOGRAD_MIN_CHANNELS`` channels per group
-      and at least ``WINOGRAD_MIN_TILES`` output tiles of 4x4 in the batch: Winograd F(4x4, 3x3);
+      (``WINOGRAD_MIN_CHANNELS_PYTORCH`` where the compiled transforms of :mod:`.native` do not
+      apply) and at least ``WINOGRAD_MIN_TILES`` output tiles of 4x4 in the batch: Winograd
+      F(4x4, 3x3);
     - anything else: direct (oneDNN runs close to GEMM peak; only fewer multiplications win).
     """
     args = normalise(x, weight.shape, None, stride, padding, dilation, groups, "auto")
@@ -97,11 +100,13 @@ def choose(
     ho, wo = args.output_size(*x.shape[-2:])
     batch = x.shape[0] if x.dim() == 4 else 1
     tiles = batch * -(-ho // WINOGRAD_TILE) * -(-wo // WINOGRAD_TILE)
+    compiled = x.device.type == "cpu" and x.dtype == torch.float32 and native.available()
+    min_channels = WINOGRAD_MIN_CHANNELS if compiled else WINOGRAD_MIN_CHANNELS_PYTORCH
     if (
         (r, s) == (3, 3)
         and args.stride == (1, 1)
         and args.dilation == (1, 1)
-        and min(cg, kg) >= WINOGRAD_MIN_CHANNELS
+        and min(cg, kg) >= min_channels
         and tiles >= WINOGRAD_MIN_TILES
     ):
         return AlgorithmChoice(

@@ -23,11 +23,13 @@ from __future__ import annotations
 import functools
 import math
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 
 from ..errors import InvalidSpecError
+from . import native
 from ._geometry import (
     PaddingArg,
     check_finite,
@@ -38,6 +40,7 @@ from ._geometry import (
     reduce_to_stride1,
     sub_kernel,
 )
+from .tile_gemm import TileGemm
 from .toomcook import winograd_transform
 
 MAX_ALPHA = 16  # m + r - 1 beyond this loses every digit, even in float64
@@ -91,6 +94,13 @@ class WinogradFilter:
     stride: tuple[int, int]
     dilation: tuple[int, int]
     dtype: torch.dtype
+    gemms: dict[tuple[int, int], TileGemm] = field(default_factory=dict, compare=False, repr=False)
+
+    def gemm(self, key: tuple[int, int], tiles: int) -> TileGemm:
+        """The element-wise stage of phase ``key`` (weights packed for oneDNN once, kept)."""
+        if key not in self.gemms:
+            self.gemms[key] = TileGemm(self.phases[key], tiles)
+        return self.gemms[key]
 
 
 def transform_filter(
@@ -211,15 +221,26 @@ def _padded_channels_last(x: torch.Tensor, tiling: _Tiling) -> torch.Tensor:
     return xl
 
 
-def _chunks(tiling: _Tiling, bytes_per_tile: int) -> list[tuple[int, int, int, int]]:
-    """``(n0, n1, th0, th1)`` blocks of whole tile rows, about ``CHUNK_BYTES`` each: several
-    images per block when an image is small, part of one image when it is large."""
+def _chunks(
+    tiling: _Tiling, bytes_per_tile: int, chunk_bytes: int | None = None
+) -> list[tuple[int, int, int, int]]:
+    """``(n0, n1, th0, th1)`` blocks of whole tile rows, about ``chunk_bytes`` (default
+    ``CHUNK_BYTES``) each: several images per block when an image is small, part of one image
+    when it is large."""
     (nh, nw), n = tiling.tiles, tiling.n
-    rows = max(1, CHUNK_BYTES // max(1, bytes_per_tile * nw))
+    rows = max(1, (chunk_bytes or CHUNK_BYTES) // max(1, bytes_per_tile * nw))
     if rows >= nh:
-        images = max(1, rows // nh)
+        images = _balanced(n, max(1, rows // nh))
         return [(i, min(n, i + images), 0, nh) for i in range(0, n, images)]
+    rows = _balanced(nh, rows)
     return [(i, i + 1, t, min(nh, t + rows)) for i in range(n) for t in range(0, nh, rows)]
+
+
+def _balanced(total: int, most: int) -> int:
+    """The smallest step that splits ``total`` into as few parts as steps of ``most`` would
+    (8 in steps of at most 7: 4 + 4, not 7 + 1)."""
+    parts = -(-total // most)
+    return -(-total // parts)
 
 
 def _write_tiles(
@@ -259,6 +280,7 @@ def _winograd_valid(
     pad: tuple[int, int, int, int] = (0, 0, 0, 0),
     out: torch.Tensor | None = None,
     timings: dict[str, float] | None = None,
+    gemm: Callable[[int], TileGemm] | None = None,
 ) -> torch.Tensor:
     """Stride-1 correlation of ``x`` (N, C, H, W) padded by ``pad`` with a transformed filter
     ``u`` (``[T * groups, C/g, K/g]``), written into ``out`` (N, K, H_o, W_o) or a new tensor.
@@ -266,9 +288,15 @@ def _winograd_valid(
     Per chunk of tiles: gather ``d`` (channels last) -> ``V = B^T d B`` (two products over the
     tile dimensions) -> ``M[t] = V[t] @ U[t]`` (one batched GEMM) -> ``A^T M A`` -> ``out``.
     ``timings``, when given, accumulates seconds per stage (``input``, ``gemm``, ``output``).
+    With ``gemm`` (the filter's :class:`TileGemm` for a number of tiles), float32 CPU tensors and
+    no autograd recording, the compiled transforms of :mod:`.native` run instead
+    (:func:`_winograd_valid_native`).
     """
     n, c, height, width = x.shape
     tiling = _Tiling(n, c, height, width, tile, kernel, groups, pad)
+    recording = torch.is_grad_enabled() and (x.requires_grad or u.requires_grad)
+    if gemm is not None and not recording and native.usable(x, u):
+        return _winograd_valid_native(x, gemm, tiling, out, timings)
     (mh, mw), (ah, aw), (_, nw), g = tiling.tile, tiling.alpha, tiling.tiles, groups
     cg, kg = c // g, u.shape[-1]
     t = ah * aw
@@ -341,6 +369,57 @@ def _winograd_valid(
     return out
 
 
+#: Bytes of transformed input per chunk on the compiled path: oneDNN's grouped 1x1 convolution
+#: runs fastest on 128-512 tiles per call (benchmarks/bench_winograd.py --gemm).
+NATIVE_CHUNK_BYTES = 6 << 20
+
+
+def _winograd_valid_native(
+    x: torch.Tensor,
+    gemm_for: Callable[[int], TileGemm],
+    tiling: _Tiling,
+    out: torch.Tensor | None,
+    timings: dict[str, float] | None,
+) -> torch.Tensor:
+    """:func:`_winograd_valid` with the fused compiled transforms and the oneDNN element-wise
+    stage: per chunk of tiles, ``V`` ([tiles, a_h * a_w * C], tile-major) -> ``M = V U`` ->
+    ``A^T M A`` written straight into ``out`` (any memory format); three passes in all."""
+    n, c = tiling.n, tiling.c
+    (mh, mw), (ah, aw), (_, nw) = tiling.tile, tiling.alpha, tiling.tiles
+    at_h, _, bt_h = _matrices(mh, tiling.kernel[0], torch.float32, "cpu")
+    at_w, _, bt_w = _matrices(mw, tiling.kernel[1], torch.float32, "cpu")
+    chunks = _chunks(tiling, ah * aw * c * x.element_size(), NATIVE_CHUNK_BYTES)
+    most = max((n1 - n0) * (th1 - th0) * nw for n0, n1, th0, th1 in chunks)
+    # Every call of the element-wise stage has the shape oneDNN packed the weight for (a smaller
+    # last chunk computes a few stale tiles and ignores them): a call of another shape can pick a
+    # slower kernel that re-lays out the weight each time (20-50x slower, measured).
+    gemm = gemm_for(most)
+    if out is None:
+        out = x.new_empty((n, gemm.blocks * gemm.kg // (ah * aw), *tiling.out))
+    clock = time.perf_counter if timings is not None else None
+    v_all = x.new_empty((most, ah * aw * c))
+    pad = (tiling.pad[0], tiling.pad[2])
+    for n0, n1, th0, th1 in chunks:
+        t0 = clock() if clock else 0.0
+        images, rows = n1 - n0, th1 - th0
+        tiles = images * rows * nw
+        v = v_all[:tiles]
+        if tiles < most:
+            v_all[tiles:].zero_()
+        native.input_transform(x, v, pad, (n0, th0), images, rows, nw, (mh, mw), bt_h, bt_w)
+        if clock:
+            t1 = clock()
+            timings["input"] = timings.get("input", 0.0) + t1 - t0
+        m = gemm(v_all)[:tiles]
+        if clock:
+            t2 = clock()
+            timings["gemm"] = timings.get("gemm", 0.0) + t2 - t1
+        native.output_transform(m, out, (n0, th0), images, rows, nw, (mh, mw), at_h, at_w)
+        if clock:
+            timings["output"] = timings.get("output", 0.0) + clock() - t2
+    return out
+
+
 def conv2d_transformed(
     x: torch.Tensor,
     filt: WinogradFilter,
@@ -364,9 +443,9 @@ def conv2d_transformed(
     k_out = filt.out_channels
 
     def core(x_sub: torch.Tensor, key: tuple[int, int]) -> torch.Tensor:
-        return _winograd_valid(
-            x_sub, filt.phases[key], filt.tile, filt.sub_kernels[key], filt.groups
-        )
+        u, kernel = filt.phases[key], filt.sub_kernels[key]
+        gemm = functools.partial(filt.gemm, key)
+        return _winograd_valid(x_sub, u, filt.tile, kernel, filt.groups, gemm=gemm)
 
     channels_last = (
         x.dim() == 4
@@ -379,8 +458,10 @@ def conv2d_transformed(
         ho, wo = args.output_size(*xc.shape[-2:])
         shape = (xc.shape[0], k_out, ho, wo)
         out = torch.empty(shape, dtype=xc.dtype, device=xc.device, memory_format=fmt)
+        gemm = functools.partial(filt.gemm, (0, 0))
+        u = filt.phases[(0, 0)]
         y = _winograd_valid(
-            xc, filt.phases[(0, 0)], filt.tile, filt.kernel_size, filt.groups, args.padding, out
+            xc, u, filt.tile, filt.kernel_size, filt.groups, args.padding, out, gemm=gemm
         )
     else:
         y = reduce_to_stride1(xc, args, k_out, core).contiguous(memory_format=fmt)

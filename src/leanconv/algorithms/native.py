@@ -1,0 +1,194 @@
+"""The compiled Winograd tile transforms (``kernels/winograd_transforms.c``), built on first use.
+
+The C source is compiled once per machine with the system C compiler (``$CC``, else ``cc`` or
+``gcc``; ``-O3 -march=native -fopenmp``) into the leanconv cache directory and loaded with
+:mod:`ctypes`. The library's name carries a hash of the source, the flags and the CPU, so a cache
+shared between machines never loads code built for another processor; it is written under a
+temporary name and renamed, so concurrent first uses cannot load half a file. Where no compiler
+works, or with ``LEANCONV_NATIVE=0``, :func:`library` returns ``None`` and the Winograd code runs
+its PyTorch implementation instead; :func:`status` says which and why.
+
+OpenMP threads come from ``libgomp.so.1``, the runtime PyTorch has already loaded, so the kernels
+share PyTorch's thread pool instead of starting a second one.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .. import cache
+
+SOURCE = Path(__file__).with_name("kernels") / "winograd_transforms.c"
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c99")
+
+__all__ = ["available", "input_transform", "library", "output_transform", "status"]
+
+_reason = "not built yet"
+
+
+def _cpu_signature() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    lines = [line for line in text.splitlines() if line.startswith(("model name", "flags"))]
+    return "\n".join(dict.fromkeys(lines))
+
+
+def _compiler() -> str | None:
+    for name in (os.environ.get("CC"), "cc", "gcc"):
+        if name and shutil.which(name):
+            return name
+    return None
+
+
+@functools.cache
+def library() -> ctypes.CDLL | None:
+    """The loaded kernels, compiling them first if needed; ``None`` where they cannot be used."""
+    global _reason
+    if os.environ.get("LEANCONV_NATIVE", "1") == "0":
+        _reason = "disabled by LEANCONV_NATIVE=0"
+        return None
+    compiler = _compiler()
+    if compiler is None:
+        _reason = "no C compiler found (set CC)"
+        return None
+    source = SOURCE.read_bytes()
+    key = hashlib.sha256(
+        source + " ".join(FLAGS).encode() + _cpu_signature().encode() + compiler.encode()
+    ).hexdigest()[:16]
+    folder = cache.cache_dir() / "kernels"
+    target = folder / f"winograd-{key}.so"
+    try:
+        if not target.exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=folder, suffix=".so.partial")
+            os.close(fd)
+            try:
+                subprocess.run(
+                    [compiler, *FLAGS, str(SOURCE), "-o", tmp],
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                    timeout=120,
+                )
+                os.replace(tmp, target)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+        lib = ctypes.CDLL(str(target))
+    except subprocess.CalledProcessError as err:
+        _reason = f"{compiler} failed: {err.stderr.strip()[:300]}"
+        return None
+    except (OSError, subprocess.SubprocessError) as err:
+        _reason = f"could not build or load {target.name}: {err}"
+        return None
+    _declare(lib)
+    _reason = f"compiled kernels loaded from {target}"
+    return lib
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    long, integer, ptr = ctypes.c_long, ctypes.c_int, ctypes.c_void_p
+    lib.winograd_input.restype = None
+    lib.winograd_input.argtypes = [ptr] + [long] * 9 + [ptr] + [long] * 5 + [integer] * 4
+    lib.winograd_input.argtypes += [ptr, ptr, integer]
+    lib.winograd_output.restype = None
+    lib.winograd_output.argtypes = [ptr, long, ptr] + [long] * 11 + [integer] * 4
+    lib.winograd_output.argtypes += [ptr, ptr, integer]
+
+
+def available() -> bool:
+    return library() is not None
+
+
+def status() -> str:
+    """Whether the compiled kernels are in use, and why not."""
+    library()
+    return _reason
+
+
+def usable(*tensors: torch.Tensor) -> bool:
+    """The kernels apply: float32 CPU tensors, and the library is built."""
+    return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors) and (
+        library() is not None
+    )
+
+
+def _ptr(t: torch.Tensor) -> int:
+    return t.data_ptr()
+
+
+def _check(condition: bool, what: str) -> None:
+    if not condition:  # a wrong pointer or size would corrupt memory: never reach C with one
+        raise ValueError(f"native Winograd kernel called with {what}")
+
+
+def input_transform(
+    x: torch.Tensor,
+    v: torch.Tensor,
+    pad: tuple[int, int],
+    first: tuple[int, int],
+    images: int,
+    rows: int,
+    nw: int,
+    tile: tuple[int, int],
+    bt_h: torch.Tensor,
+    bt_w: torch.Tensor,
+) -> None:
+    """``v[p] = B_h^T d_p B_w`` for the tiles ``d_p`` of ``x`` (N, C, H, W, any strides) padded
+    by ``pad = (top, left)`` (and with zeros below and right): ``rows`` tile rows of ``nw`` tiles
+    of ``images`` images from image ``first[0]``, tile row ``first[1]``. ``v`` is a contiguous
+    ``[tiles, a_h * a_w * C]``."""
+    lib = library()
+    n, c, height, width = x.shape
+    ah, aw = bt_h.shape[0], bt_w.shape[0]
+    _check(x.dtype == v.dtype == bt_h.dtype == bt_w.dtype == torch.float32, "non-float32 data")
+    _check(v.is_contiguous() and bt_h.is_contiguous() and bt_w.is_contiguous(), "strided buffers")
+    _check(v.numel() == images * rows * nw * ah * aw * c, "a wrong output size")
+    _check(first[0] + images <= n and max(ah, aw) <= 16, "tiles outside the input")
+    sn, sc, sh, sw = x.stride()
+    lib.winograd_input(
+        _ptr(x), sn, sc, sh, sw, c, height, width, pad[0], pad[1], _ptr(v),
+        first[0], first[1], images, rows, nw, tile[0], tile[1], ah, aw,
+        _ptr(bt_h), _ptr(bt_w), torch.get_num_threads(),
+    )  # fmt: skip
+
+
+def output_transform(
+    m: torch.Tensor,
+    out: torch.Tensor,
+    first: tuple[int, int],
+    images: int,
+    rows: int,
+    nw: int,
+    tile: tuple[int, int],
+    at_h: torch.Tensor,
+    at_w: torch.Tensor,
+) -> None:
+    """``out[tile p] = A_h^T m[p] A_w`` for ``m`` as ``[tiles, a_h * a_w * K]`` (the tiles that
+    :func:`input_transform` made), written to ``out`` (N, K, H_o, W_o, any strides) and clipped at
+    its bottom and right edges."""
+    lib = library()
+    n, k, height, width = out.shape
+    ah, aw = at_h.shape[1], at_w.shape[1]
+    _check(m.dtype == out.dtype == at_h.dtype == at_w.dtype == torch.float32, "non-float32 data")
+    _check(m.is_contiguous() and at_h.is_contiguous() and at_w.is_contiguous(), "strided buffers")
+    _check(m.numel() == images * rows * nw * ah * aw * k, "a wrong input size")
+    _check(first[0] + images <= n and max(ah, aw) <= 16, "tiles outside the output")
+    _check(nw * tile[1] >= width, "tiles that do not cover the output")
+    sn, sk, sh, sw = out.stride()
+    lib.winograd_output(
+        _ptr(m), k, _ptr(out), sn, sk, sh, sw, height, width, first[0], first[1], images, rows,
+        nw, tile[0], tile[1], ah, aw, _ptr(at_h), _ptr(at_w), torch.get_num_threads(),
+    )  # fmt: skip
