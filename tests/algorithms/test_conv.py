@@ -130,7 +130,11 @@ def test_auto_policy():
     assert choose(x128.double(), w128.double(), padding=1).algorithm == "direct"
     assert choose(x, w3, stride=2, padding=1).algorithm == "direct"
     assert choose(x, torch.randn(64, 256, 15, 15, device="meta"), padding=7).algorithm == "fft"
-    assert choose(x, torch.randn(64, 256, 5, 5, device="meta"), dilation=2).algorithm == "fft"
+    assert choose(x, torch.randn(64, 256, 5, 5, device="meta"), dilation=3).algorithm == "fft"
+    assert choose(x, torch.randn(64, 256, 9, 9, device="meta"), padding=4).algorithm == "direct"
+    depthwise = {k: torch.randn(256, 1, k, k, device="meta") for k in (13, 17)}
+    assert choose(x, depthwise[13], padding=6, groups=256).algorithm == "direct"
+    assert choose(x, depthwise[17], padding=8, groups=256).algorithm == "fft"
     assert choose(x, torch.randn(256, 1, 3, 3, device="meta"), groups=256).algorithm == "direct"
     assert choose(x.half(), w3.half(), padding=1).algorithm == "direct"
 
@@ -138,10 +142,10 @@ def test_auto_policy():
 def test_auto_falls_back_on_non_finite_input():
     x = torch.randn(1, 8, 20, 20, dtype=torch.float64)
     x[0, 3, 5, 5] = float("inf")
-    w = torch.randn(8, 8, 9, 9, dtype=torch.float64)
+    w = torch.randn(8, 8, 13, 13, dtype=torch.float64)
     with pytest.warns(AlgorithmFallbackWarning, match="NaN or infinity"):
-        y = conv2d(x, w, padding=4)
-    torch.testing.assert_close(y, F.conv2d(x, w, padding=4), equal_nan=True)
+        y = conv2d(x, w, padding=6)
+    torch.testing.assert_close(y, F.conv2d(x, w, padding=6), equal_nan=True)
 
 
 def test_half_precision_is_computed_in_float32():

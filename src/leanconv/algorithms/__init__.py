@@ -36,7 +36,11 @@ WINOGRAD_MIN_CHANNELS = 128  # per group, in and out, with the compiled transfor
 WINOGRAD_MIN_CHANNELS_PYTORCH = 256  # with the PyTorch-only transforms (128: slower than direct)
 WINOGRAD_MIN_TILES = 32  # 4x4 tiles in the batch (fewer: reading the 4x larger U dominates)
 WINOGRAD_TILE = 4  # F(4x4, 3x3): 4x fewer multiplications, error ~10x direct in float32
-FFT_MIN_KERNEL = 9  # both kernel sides (after dilation); 7x7 0.8-2x (depthwise 0.15x), 9x9 3-7x
+# FFT from these kernel sides (both, after dilation). Dense layers: 9x9 0.8-2.3x, 11x11 0.9-2.6x,
+# 15x15 3.9-10x. Depthwise: oneDNN's direct kernel is fast up to 13x13 (FFT 0.15-0.35x) and 20x
+# slower from 17x17 on (FFT 4.5-11x). Measured with 2 threads on 2026-11-28.
+FFT_MIN_KERNEL = 13
+FFT_MIN_KERNEL_DEPTHWISE = 17
 
 __all__ = [
     "ALGORITHMS",
@@ -82,7 +86,8 @@ def choose(
     """The algorithm ``"auto"`` picks from shapes and dtype (values are checked by :func:`conv2d`).
 
     - float16 / bfloat16: direct (fast algorithms would lose accuracy);
-    - stride 1 and a kernel of ``FFT_MIN_KERNEL`` or more on both sides (dilation included): FFT;
+    - stride 1 and a kernel of ``FFT_MIN_KERNEL`` (depthwise: ``FFT_MIN_KERNEL_DEPTHWISE``) or
+      more on both sides (dilation included): FFT;
     - a 3x3 kernel, stride 1, dilation 1, at least ``WINOGRAD_MIN_CHANNELS`` channels per group
       (``WINOGRAD_MIN_CHANNELS_PYTORCH`` where the compiled transforms of :mod:`.native` do not
       apply) and at least ``WINOGRAD_MIN_TILES`` output tiles of 4x4 in the batch: Winograd
@@ -95,8 +100,9 @@ def choose(
     if x.dtype not in (torch.float32, torch.float64):
         return AlgorithmChoice("direct", None, f"{x.dtype}: fast algorithms lose accuracy")
     eff = tuple(d * (k - 1) + 1 for k, d in zip((r, s), args.dilation, strict=True))
-    if args.stride == (1, 1) and min(eff) >= FFT_MIN_KERNEL:
-        return AlgorithmChoice("fft", None, f"kernel {eff[0]}x{eff[1]} >= {FFT_MIN_KERNEL}")
+    fft_min = FFT_MIN_KERNEL_DEPTHWISE if cg == 1 and groups > 1 else FFT_MIN_KERNEL
+    if args.stride == (1, 1) and min(eff) >= fft_min:
+        return AlgorithmChoice("fft", None, f"kernel {eff[0]}x{eff[1]} >= {fft_min}")
     ho, wo = args.output_size(*x.shape[-2:])
     batch = x.shape[0] if x.dim() == 4 else 1
     tiles = batch * -(-ho // WINOGRAD_TILE) * -(-wo // WINOGRAD_TILE)
