@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ..bench.timing import compare
 from ..errors import InvalidSpecError
@@ -25,6 +26,36 @@ VARIANTS: tuple[tuple[str, str, object], ...] = (
     ("winograd F(6x6)", "winograd", 6),
     ("fft", "fft", None),
 )
+
+
+def _prepared(algorithm, tile, x, weight, bias, stride, padding, dilation, groups):
+    """One call of ``algorithm``; Winograd and FFT with the filter transformed once, as the
+    :mod:`leanconv.nn.fast` modules (and :func:`leanconv.accelerate`) keep it."""
+    if (
+        algorithm not in ("winograd", "fft")
+        or isinstance(padding, tuple | list)
+        and any(isinstance(p, tuple | list) for p in padding)
+    ):
+        return lambda: conv2d(
+            x, weight, bias, stride, padding, dilation, groups, algorithm=algorithm, tile=tile
+        )
+    from ..nn.fast import FFTConv2d, WinogradConv2d
+
+    k, cg, r, s = weight.shape
+    conv = nn.Conv2d(cg * groups, k, (r, s), stride, padding, dilation, groups, bias is not None)
+    conv = conv.to(weight.device, weight.dtype)
+    with torch.no_grad():
+        conv.weight.copy_(weight)
+        if bias is not None:
+            conv.bias.copy_(bias)
+    if algorithm == "winograd":
+        module = WinogradConv2d.from_conv(conv, tile=tile)
+    else:
+        if tile is not None:
+            return lambda: conv2d(x, weight, bias, stride, padding, dilation, groups, "fft", tile)
+        module = FFTConv2d.from_conv(conv)
+    module.eval()
+    return lambda: module(x)
 
 
 @dataclass(frozen=True)
@@ -59,13 +90,11 @@ def benchmark_conv(
         if algorithm == "direct":
             continue  # F.conv2d itself is the baseline
 
-        def run(a=algorithm, t=tile):  # noqa: E306
-            return conv2d(x, weight, bias, stride, padding, dilation, groups, algorithm=a, tile=t)
-
         try:
+            run = _prepared(algorithm, tile, x, weight, bias, stride, padding, dilation, groups)
             with torch.no_grad():
                 y = run()
-        except (InvalidSpecError, ValueError, RuntimeError) as exc:
+        except (InvalidSpecError, ValueError, RuntimeError, TypeError) as exc:
             results[name] = AlgorithmResult(name, None, None, None, None,
                                             str(exc).splitlines()[0])  # fmt: skip
             continue

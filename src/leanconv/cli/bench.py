@@ -17,8 +17,12 @@ from .common import console, handle_errors
 
 
 def _table(title: str, rows) -> Table:
+    from ..algorithms import native
+
+    path = "compiled" if native.available() else f"PyTorch ({native.status()})"
     table = Table(title=title, caption="medians, interleaved with F.conv2d in the same run; "
-                  "error relative to the largest float64 output")  # fmt: skip
+                  "error relative to the largest float64 output; Winograd and FFT filters "
+                  f"transformed once; Winograd transforms: {path}")  # fmt: skip
     for col in ("algorithm", "ms", "speedup", "max rel. error", "mean rel. error"):
         table.add_column(col, justify="left" if col == "algorithm" else "right")
     for r in rows:
