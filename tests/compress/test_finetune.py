@@ -135,3 +135,12 @@ def test_warmup_then_cosine():
     assert lrs[0] == pytest.approx(0.01) and lrs[9] == pytest.approx(0.1)
     assert lrs[10] == pytest.approx(0.1) and lrs[100] == pytest.approx(0.0, abs=1e-12)
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+
+
+def test_teacher_is_left_trainable():
+    # distillation must not freeze the caller's teacher (a search fine-tunes copies of it again)
+    data = tiny_data()
+    teacher, student = tiny_model(seed=1), tiny_model(seed=2)
+    finetune(student, data, teacher, FinetuneConfig(epochs=1, batch_size=16, progress=False),
+             log=None)  # fmt: skip
+    assert all(p.requires_grad for p in teacher.parameters())

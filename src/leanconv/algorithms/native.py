@@ -119,10 +119,14 @@ def status() -> str:
 
 
 def usable(*tensors: torch.Tensor) -> bool:
-    """The kernels apply: float32 CPU tensors, and the library is built."""
-    return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors) and (
-        library() is not None
-    )
+    """The kernels apply: plain float32 CPU tensors (no tensor subclass, no tracing or compiling,
+    which cannot see inside a foreign call), and the library is built."""
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return False
+    plain = (torch.Tensor, torch.nn.Parameter)
+    return all(
+        type(t) in plain and t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors
+    ) and (library() is not None)
 
 
 def _ptr(t: torch.Tensor) -> int:

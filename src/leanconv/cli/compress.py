@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from ..compress.algorithms import ALGORITHMS
 from ..compress.finetune import FinetuneConfig
 from ..compress.pipeline import CompressConfig, compress
 from ..data import load_data
@@ -25,7 +26,17 @@ def register(app: typer.Typer) -> None:
         width: float = typer.Option(None, "--width", help="width of a zoo model"),
         speedup: float = typer.Option(None, "--speedup", help="target measured speedup"),
         macs_ratio: float = typer.Option(None, "--macs-ratio", help="target MACs ratio"),
-        max_drop: float = typer.Option(None, "--max-drop", help="accuracy points allowed"),
+        max_drop: float = typer.Option(
+            None, "--max-drop", help="accuracy points allowed; alone: the fastest plan within it"
+        ),
+        search_epochs: int = typer.Option(
+            1, "--search-epochs", help="fine-tuning epochs per trial of the --max-drop search"
+        ),
+        algorithms: str = typer.Option(
+            "winograd2,winograd4,winograd6",
+            "--algorithms",
+            help="fast algorithms the planner may choose per layer, or 'none'",
+        ),
         methods: str = typer.Option("tucker2,svd", "--methods", help="tucker2,svd,cp,depthwise,tt"),
         epochs: int = typer.Option(5, "--epochs", help="fine-tuning epochs"),
         lr: float = typer.Option(0.01, "--lr", help="fine-tuning learning rate"),
@@ -36,16 +47,30 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed"),
     ) -> None:
         """Plan, decompose, verify, fine-tune, measure and report; writes report.md,
-        report.json, plots, the compressed model (safetensors + JSON) and model.onnx."""
+        report.json, plots, the compressed model (safetensors + JSON) and model.onnx.
+
+        Target: --speedup (measured latency), --macs-ratio, or --max-drop alone (the fastest plan
+        whose trial stays within that many accuracy points); none given: --speedup 2."""
         if speedup is not None and macs_ratio is not None:
             raise ValueError("give --speedup or --macs-ratio, not both")
         chosen = tuple(m.strip() for m in methods.split(",") if m.strip())
+        fast = tuple(a.strip() for a in algorithms.split(",") if a.strip() not in ("", "none"))
+        unknown = [a for a in fast if a not in ALGORITHMS]
+        if unknown:
+            raise ValueError(
+                f"--algorithms: unknown {unknown}; choose from {', '.join(ALGORITHMS)}"
+            )
+        if search_epochs < 1:
+            raise ValueError(f"--search-epochs {search_epochs} must be at least 1")
         bundle = load_data(data, seed=seed)
         net, base = load_trainable(model, bundle.num_classes, weights, trust_pickle, width)
+        targeted = speedup is not None or macs_ratio is not None or max_drop is not None
         config = CompressConfig(
-            speedup=speedup if speedup is not None or macs_ratio is not None else 2.0,
+            speedup=speedup if targeted else 2.0,
             macs_ratio=macs_ratio,
             max_drop=max_drop,
+            search_epochs=search_epochs,
+            algorithms=fast,
             methods=chosen,
             plan_batch=batch,
             finetune=FinetuneConfig(epochs=epochs, lr=lr, seed=seed),

@@ -160,10 +160,8 @@ def finetune(
     rank, world = _rank_world()
     device = next(model.parameters()).device
     check_classes(model, data.test, data.num_classes)
-    if teacher is not None:
+    if teacher is not None:  # run under no_grad below; its parameters are left as they are
         teacher = teacher.to(device).eval()
-        for p in teacher.parameters():
-            p.requires_grad_(False)
     train_model: nn.Module = model
     if world > 1:
         ids = [device.index] if device.type == "cuda" else None

@@ -23,6 +23,8 @@ from torch import nn
 from ..data.bundle import DataBundle
 from ..errors import LeanconvError, OutputExistsError
 from ..report.files import write_text_atomic
+from .accuracy_budget import plan_for_accuracy
+from .algorithms import ALGORITHMS, apply_algorithms
 from .evaluate import batches, check_classes
 from .finetune import FinetuneConfig, finetune
 from .fold import fold_batchnorm
@@ -35,8 +37,10 @@ from .verify import SurgeryReport, decompose_model
 class CompressConfig:
     speedup: float | None = 3.0
     macs_ratio: float | None = None
-    max_drop: float | None = None  # accuracy points
+    max_drop: float | None = None  # accuracy points; alone, the target of a search
+    search_epochs: int = 1  # fine-tuning epochs of each trial of that search
     methods: tuple[str, ...] = ("tucker2", "svd")
+    algorithms: tuple[str, ...] = tuple(ALGORITHMS)  # fast algorithms tried per candidate
     ratios: tuple[float, ...] = (0.06, 0.1, 0.15, 0.25, 0.4, 0.6)
     plan_batch: int = 64
     batch_sizes: tuple[int, ...] = (1, 64)
@@ -48,10 +52,13 @@ class CompressConfig:
     seed: int = 0
 
     def target_kwargs(self) -> dict:
+        """The allocation target; ``{}`` when ``max_drop`` alone is the target (a search)."""
         if self.speedup is not None:
             return {"speedup": self.speedup}
         if self.macs_ratio is not None:
             return {"macs_ratio": self.macs_ratio}
+        if self.max_drop is not None:
+            return {}
         return {"speedup": 2.0}
 
 
@@ -120,7 +127,8 @@ def _plan_from_json(data: dict) -> Plan:
     cands = {n: [_candidate(c) for c in cs] for n, cs in data["candidates"].items()}
     choices = {n: _candidate(c) for n, c in data["layers"].items()}
     return Plan(choices, cands, data["fixed_ms"], data["total_before_ms"], data["macs_before"],
-                data["target"], data["met"], data.get("notes", []))  # fmt: skip
+                data["target"], data["met"], data.get("notes", []),
+                data.get("search", []))  # fmt: skip
 
 
 def compress(
@@ -164,9 +172,17 @@ def compress(
         candidates, fixed, total = build_candidates(
             original, calibration, methods=config.methods, ratios=config.ratios,
             batch=config.plan_batch, repeats=max(3, config.repeats // 2), fold_bn=config.fold_bn,
-            log=say,
+            algorithms=config.algorithms, log=say,
         )  # fmt: skip
-        plan = allocate(candidates, fixed, total, before.macs, **config.target_kwargs())
+        target = config.target_kwargs()
+        if target:
+            plan = allocate(candidates, fixed, total, before.macs, **target)
+        else:
+            plan = plan_for_accuracy(
+                original, candidates, fixed, total, before.macs, data, calibration,
+                config.max_drop, config.finetune, config.search_epochs,
+                config.max_layer_error, config.seed, log=say,
+            )  # fmt: skip
         write_text_atomic(plan_file, json.dumps(plan.as_dict()), force=True)
     say(f"      {plan.target}: predicted {plan.predicted_speedup:.2f}x, "
         f"{len(plan.rewrites())} of {len(plan.choices)} layers rewritten"
@@ -193,8 +209,13 @@ def compress(
     deploy = compressed
     if config.fold_bn:
         deploy, folded, folded_convs = fold_batchnorm(compressed)
-    after = static_figures(deploy, data.test, shape)
-    latency = measure_latency({"before": original, "after": deploy}, shape,
+    # fast algorithms last: the same function up to rounding, so trained and folded in plain form
+    fast, algorithms = apply_algorithms(deploy, plan.algorithms())
+    if algorithms:
+        say(f"      {len(algorithms)} layers run by Winograd: "
+            + ", ".join(f"{n} ({a})" for n, a in algorithms.items()))  # fmt: skip
+    after = static_figures(fast, data.test, shape)
+    latency = measure_latency({"before": original, "after": fast}, shape,
                               config.batch_sizes, config.repeats)  # fmt: skip
     before.latency_ms, after.latency_ms = latency["before"], latency["after"]
     result = CompressResult(before, after, plan, surgery, [r.__dict__ for r in history.history],
@@ -212,8 +233,8 @@ def compress(
             replaced[conv] = deploy.get_submodule(conv)
     replaced.update({n: nn.Identity() for n in folded})
     extra = {"folded_batchnorm": folded, "data": data.name}
-    serialize.save(deploy, staging / "model", base, replaced, extra=extra,
-                   force=True)  # fmt: skip
+    serialize.save(deploy, staging / "model", base, replaced, extra=extra, force=True,
+                   algorithms=algorithms)  # fmt: skip
     result.seconds = time.perf_counter() - t_start
     write_artefacts(result, deploy, staging, shape, say)
     for leftover in ("checkpoint.pt",):

@@ -1,12 +1,14 @@
 """Hardware-aware planning: one rewrite per layer, chosen globally to meet a target.
 
 For every convolution the planner builds candidates — each decomposition method at several ranks
-(ranks from MACs budgets of the layer, :func:`leanconv.decompose.rank.budget_rank`) plus "keep" —
-and gives each
+(ranks from MACs budgets of the layer, :func:`leanconv.decompose.rank.budget_rank`) plus "keep",
+and each of those again with its 3x3 convolutions computed by Winograd F(2x2), F(4x4) or F(6x6)
+(:mod:`.algorithms`) — and gives each
 - its **measured latency** on this machine, on the layer's real input at the deployment batch
   (interleaved medians; cached on disk by geometry, rank, batch, threads and device),
 - its **sensitivity**: the KL divergence of the whole model's predictions on a calibration set when
-  only that layer is rewritten (Kim et al. 2016 and later work rank layers this way),
+  only that layer is rewritten (Kim et al. 2016 and later work rank layers this way); a fast
+  algorithm adds none to the rewrite it computes (it is exact up to float32 rounding),
 - its MACs and parameters.
 
 The allocation minimises the summed sensitivity subject to a latency (``speedup``), MACs
@@ -32,10 +34,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import cache as cache_store
+from ..algorithms import native
 from ..bench.timing import compare
 from ..cost import count
 from ..decompose.rank import budget_rank, output_error
 from ..errors import LeanconvError
+from .algorithms import ALGORITHMS, with_algorithm
 from .fold import fold_batchnorm
 from .replace import _SPEC_METHOD, decompose_layer
 from .surgery import conv_layers, replace_modules
@@ -56,6 +60,13 @@ class Candidate:
     sensitivity: float  # KL(original || rewritten) on the calibration set, in nats
     weight_error: float = 0.0
     output_error: float = 0.0  # relative error of the layer's own output on calibration inputs
+    algorithm: str = "direct"  # or a key of algorithms.ALGORITHMS
+
+    @property
+    def label(self) -> str:
+        """``keep``, ``tucker2 (12, 24)``, ``keep + winograd4``, ..."""
+        text = self.method if self.rank is None else f"{self.method} {self.rank}"
+        return text if self.algorithm == "direct" else f"{text} + {self.algorithm}"
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -73,6 +84,7 @@ class Plan:
     target: str
     met: bool
     notes: list[str] = field(default_factory=list)
+    search: list[dict] = field(default_factory=list)  # trials of an accuracy-budget search
 
     @property
     def predicted_ms(self) -> float:
@@ -91,6 +103,10 @@ class Plan:
     def rewrites(self) -> dict[str, tuple[str, object]]:
         return {n: (c.method, c.rank) for n, c in self.choices.items() if c.method != "keep"}
 
+    def algorithms(self) -> dict[str, str]:
+        """Layers whose convolutions run by a fast algorithm, and which one."""
+        return {n: c.algorithm for n, c in self.choices.items() if c.algorithm != "direct"}
+
     def as_dict(self) -> dict:
         return {
             "target": self.target,
@@ -102,17 +118,22 @@ class Plan:
             "macs_before": self.macs_before,
             "macs_after": self.macs_after,
             "notes": self.notes,
+            "search": self.search,
             "layers": {n: c.as_dict() for n, c in self.choices.items()},
             "candidates": {n: [c.as_dict() for c in cs] for n, cs in self.candidates.items()},
         }
 
 
 # ---------------------------------------------------------------------- candidates
-def _latency_key(layer: nn.Module, method: str, rank, shape, threads: int) -> str:
+def _latency_key(layer: nn.Module, key: tuple, shape, threads: int) -> str:
+    method, rank, algorithm = key
+    variant = (
+        (method, rank) if algorithm == "direct" else (method, rank, algorithm, native.status())
+    )
     text = repr((type(layer).__name__, getattr(layer, "weight", torch.empty(0)).shape,
                  getattr(layer, "stride", None), getattr(layer, "padding", None),
                  getattr(layer, "dilation", None), getattr(layer, "groups", None),
-                 method, rank, tuple(shape), threads, torch.__version__))  # fmt: skip
+                 *variant, tuple(shape), threads, torch.__version__))  # fmt: skip
     return hashlib.sha1(text.encode()).hexdigest()
 
 
@@ -143,9 +164,13 @@ def build_candidates(
     repeats: int = 5,
     use_cache: bool = True,
     fold_bn: bool = True,
+    algorithms: tuple[str, ...] = tuple(ALGORITHMS),
     log=None,
 ) -> tuple[dict[str, list[Candidate]], float, float]:
     """Candidates per layer (the first is "keep"), the fixed latency and the total latency.
+
+    ``algorithms``: the fast algorithms to try on every candidate that has an eligible 3x3
+    convolution (``()``: decompositions only).
 
     The fixed latency (everything no candidate changes) is measured on the model with its batch
     norms folded (``fold_bn``), as the compressed model will be deployed; the total is the model
@@ -164,8 +189,8 @@ def build_candidates(
         x = inputs[name]
         xb = _layer_input_at_batch(x, batch)
         base = count(layer, xb)
-        modules: dict[tuple, nn.Module] = {("keep", None): layer}
-        errors: dict[tuple, float] = {("keep", None): 0.0}
+        modules: dict[tuple, nn.Module] = {("keep", None, "direct"): layer}
+        errors: dict[tuple, float] = {("keep", None, "direct"): 0.0}
         for method in methods:
             spec_method = _SPEC_METHOD.get(method, method)
             seen = set()
@@ -185,13 +210,19 @@ def build_candidates(
                                         input_size=tuple(x.shape[2:]))  # fmt: skip
                 except (LeanconvError, ValueError):
                     continue
-                modules[(d.method, d.rank)] = d.module.eval()
-                errors[(d.method, d.rank)] = d.weight_error
+                modules[(d.method, d.rank, "direct")] = d.module.eval()
+                errors[(d.method, d.rank, "direct")] = d.weight_error
+        for (method, rank, _), mod in list(modules.items()):
+            for algorithm in algorithms:
+                fast = with_algorithm(mod, algorithm)
+                if fast is not None:
+                    modules[(method, rank, algorithm)] = fast.eval()
+                    errors[(method, rank, algorithm)] = errors[(method, rank, "direct")]
         # latency: measured or cached, interleaved with the original
         timings: dict[tuple, float] = {}
         todo = {}
         for key, mod in modules.items():
-            ck = _latency_key(layer, key[0], key[1], xb.shape, threads)
+            ck = _latency_key(layer, key, xb.shape, threads)
             if use_cache and ck in cache:
                 timings[key] = cache[ck]
             else:
@@ -202,22 +233,34 @@ def build_candidates(
             for key, (ck, _) in todo.items():
                 timings[key] = cache[ck] = measured[str(key)].ms
         cands = []
+        sensitivity: dict[tuple, float] = {}
         for key, mod in modules.items():
-            method, rank = key
-            if method == "keep":
+            method, rank, algorithm = key
+            if key == ("keep", None, "direct"):
                 sens = out_err = 0.0
             else:
-                trial = replace_modules(model, {name: mod}, inplace=False)
-                with torch.no_grad():
-                    sens = _kl(trial(calibration), reference)
+                if algorithm == "direct":
+                    trial = replace_modules(model, {name: mod}, inplace=False)
+                    with torch.no_grad():
+                        sens = _kl(trial(calibration), reference)
+                else:
+                    # an exact algorithm: the sensitivity of the rewrite it computes (its float32
+                    # rounding, ~1e-5 of the output, shows in the output error), so that among
+                    # equally accurate candidates the allocation takes the fastest
+                    sens = sensitivity[(method, rank, "direct")]
                 out_err = output_error(layer, mod, x, name=name)
-            c = count(mod, x[:1])  # MACs and params per image, as the model totals
+            sensitivity[key] = sens
+            # MACs and params per image, as the model totals; a fast algorithm keeps the
+            # conventional count of the convolution it computes
+            c = count(modules[(method, rank, "direct")], x[:1])
             cands.append(Candidate(name, method, rank, c.total.macs, c.total.params,
-                                   timings[key], sens, errors[key], out_err))  # fmt: skip
+                                   timings[key], sens, errors[key], out_err,
+                                   algorithm))  # fmt: skip
         out[name] = cands
         if log:
+            keep = timings[("keep", None, "direct")]
             log(f"  planned {i + 1}/{len(layers)} {name}: {len(cands) - 1} candidates, "
-                f"{base.total.macs / 1e6:.1f} MMACs, {timings[('keep', None)]:.2f} ms")  # fmt: skip
+                f"{base.total.macs / 1e6:.1f} MMACs, {keep:.2f} ms")  # fmt: skip
     if use_cache:
         cache_store.save(CACHE_FILE, cache)
     xb_model = _layer_input_at_batch(calibration, batch)
@@ -302,7 +345,8 @@ def allocate(
                 hi, best = mid, trial
             else:
                 lo = mid
-    choices = {n: next(c for c in candidates[n] if (c.method, c.rank) == (b.method, b.rank))
+    choices = {n: next(c for c in candidates[n]
+                       if (c.method, c.rank, c.algorithm) == (b.method, b.rank, b.algorithm))
                for n, b in best.items()}  # fmt: skip
     plan = Plan(choices, candidates, fixed_ms, total_ms, macs_before, target, met)
     if not met:

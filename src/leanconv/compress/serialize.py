@@ -105,12 +105,15 @@ def save(
     replaced: dict[str, nn.Module] | None = None,
     extra: dict | None = None,
     force: bool = False,
+    algorithms: dict[str, str] | None = None,
 ) -> Path:
     """Write ``model`` to the directory ``path``.
 
     ``base`` says how to rebuild the original architecture: ``{"zoo": name, "kwargs": {...}}`` or
     ``{"factory": "file.py:fn", "kwargs": {...}}``. ``replaced`` maps qualified names to the modules
     now at those names (by default, every module of a leanconv factorised type is found).
+    ``algorithms`` maps layer names to the fast algorithm their convolutions run by
+    (:mod:`.algorithms`); ``model`` itself holds plain convolutions there.
     """
     from safetensors.torch import save as st_save
 
@@ -123,6 +126,7 @@ def save(
         "format": FORMAT,
         "base": base,
         "replaced": {name: describe(m) for name, m in replaced.items()},
+        "algorithms": dict(algorithms or {}),
         "extra": extra or {},
     }
     # clone: safetensors refuses tensors that share memory (tied weights)
@@ -133,8 +137,11 @@ def save(
     return path
 
 
-def load(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild a model saved by :func:`save` (no pickle is read)."""
+def load(
+    path: str | Path, device: str | torch.device = "cpu", algorithms: bool = True
+) -> nn.Module:
+    """Rebuild a model saved by :func:`save` (no pickle is read); with ``algorithms``, the
+    layers recorded with a fast algorithm run by it (otherwise by plain convolutions)."""
     from safetensors.torch import load_file
 
     from ..loading import load_model
@@ -164,4 +171,17 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
             f"{str(weights)!r} does not match the described model: missing {missing[:5]}, "
             f"unexpected {unexpected[:5]}"
         )
+    chosen = description.get("algorithms") or {}
+    if algorithms and chosen:
+        from .algorithms import ALGORITHMS, apply_algorithms
+
+        unknown = sorted(set(chosen.values()) - set(ALGORITHMS))
+        if unknown:
+            raise LeanconvError(f"{str(meta_file)!r} names unknown algorithms {unknown}")
+        try:
+            model, _ = apply_algorithms(model, chosen, inplace=True)
+        except AttributeError as exc:
+            raise LeanconvError(
+                f"{str(meta_file)!r}: an algorithm names no layer ({exc})"
+            ) from None
     return model.eval()

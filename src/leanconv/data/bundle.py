@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torch.utils.data import Dataset
+import torch
+from torch.utils.data import Dataset, Subset, TensorDataset
 
 from ..errors import LeanconvError
 
@@ -20,6 +21,21 @@ class DataBundle:
     test: Dataset
     num_classes: int
     input_shape: tuple[int, ...]  # (C, H, W) of one sample
+
+    def holdout(self, fraction: float, seed: int = 0) -> DataBundle:
+        """A bundle that trains on ``1 - fraction`` of this training set and tests on the rest
+        (random, fixed by ``seed``): for choices that must not look at the test split."""
+        n = len(self.train)
+        held = max(1, min(n - 1, round(n * fraction)))
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+        parts = (order[held:], order[:held])
+        tensors = getattr(self.train, "tensors", None)
+        if tensors is not None:
+            train, test = (TensorDataset(*(t[idx] for t in tensors)) for idx in parts)
+        else:
+            train, test = (Subset(self.train, idx.tolist()) for idx in parts)
+        return DataBundle(f"{self.name} (training split {1 - fraction:.0%}/{fraction:.0%})",
+                          train, test, self.num_classes, self.input_shape)  # fmt: skip
 
     def describe(self) -> str:
         return (

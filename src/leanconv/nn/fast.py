@@ -21,7 +21,11 @@ from torch import Tensor, nn
 from ..algorithms import fft as _fft
 from ..algorithms import winograd as _winograd
 from ..algorithms._geometry import normalise, pair
+from ..cost import register_module_rule
+from ..cost.convention import Convention
+from ..cost.formulas import OpCost, conv_cost
 from ..errors import InvalidSpecError
+from ..spec import ConvSpec
 
 __all__ = ["FFTConv2d", "WinogradConv2d"]
 
@@ -110,6 +114,22 @@ class _FastConv2d(nn.Module):
             if self.bias is not None:
                 self.bias.copy_(conv.bias)
 
+    def __getstate__(self) -> dict:
+        """Copies and pickles leave the transformed-filter cache behind: it is derived from the
+        weight, and may hold oneDNN-packed tensors that cannot be copied."""
+        state = self.__dict__.copy()
+        if "_cache" in state:
+            state["_cache"] = None
+        return state
+
+    def _shape_only(self, x: Tensor) -> Tensor:
+        """The output on a meta tensor (for counting and shape inference: no values exist, so no
+        transform can run); :func:`_fast_conv_rule` gives the cost."""
+        from ..algorithms import conv2d
+
+        args = (self.stride, self.padding, self.dilation, self.groups)
+        return conv2d(x, self.weight, self.bias, *args, algorithm="direct")
+
     def _recording(self) -> bool:
         return torch.is_grad_enabled() and self.weight.requires_grad
 
@@ -129,6 +149,23 @@ class _FastConv2d(nn.Module):
         if self.bias is None:
             s += ", bias=False"
         return s
+
+
+@register_module_rule(_FastConv2d)
+def _fast_conv_rule(
+    module: _FastConv2d, args: tuple, output: Tensor, convention: Convention
+) -> tuple[str, OpCost]:
+    """Counted as the convolution it computes (the conventional MACs of the layer), so that a
+    model's totals do not change when an algorithm is swapped in; the multiplications each
+    algorithm actually performs are :mod:`leanconv.cost.algorithms`' business."""
+    x = args[0] if args[0].dim() == 4 else args[0].unsqueeze(0)
+    spec = ConvSpec(
+        module.in_channels, module.out_channels, module.kernel_size,
+        input_size=tuple(x.shape[2:]), stride=module.stride, padding=module.padding,
+        dilation=module.dilation, groups=module.groups, bias=module.bias is not None,
+        batch=x.shape[0], dtype=x.dtype,
+    )  # fmt: skip
+    return "conv2d", conv_cost(spec, convention)
 
 
 class WinogradConv2d(_FastConv2d):
@@ -167,6 +204,8 @@ class WinogradConv2d(_FastConv2d):
         return self._cache[1]
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.is_meta:
+            return self._shape_only(x)
         return _winograd.conv2d_transformed(
             x, self.transformed_filter(), self.bias, self.padding, self.check_finite
         )
@@ -244,6 +283,8 @@ class FFTConv2d(_FastConv2d):
         return hit[1]
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.is_meta:
+            return self._shape_only(x)
         batch = x.shape[0] if x.dim() == 4 else 1
         size = self.fft_size(x.shape[-2], x.shape[-1], batch)
         return _fft.conv2d_transformed(

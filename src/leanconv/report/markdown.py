@@ -35,9 +35,9 @@ def compress_report(result, model_name: str, data_name: str) -> str:
         "",
         "## Per-layer plan",
         "",
-        "| layer | method | rank | MACs kept | latency before (ms) | after (ms) | sensitivity | "
-        "output error | status |",
-        "|---|---|---|---:|---:|---:|---:|---:|---|",
+        "| layer | method | rank | algorithm | MACs kept | latency before (ms) | after (ms) | "
+        "sensitivity | output error | status |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---|",
     ]
     outcomes = {o.name: o for o in result.surgery.layers}
     for name, c in result.plan.choices.items():
@@ -46,7 +46,7 @@ def compress_report(result, model_name: str, data_name: str) -> str:
         status = o.status if o else "kept"
         err = f"{o.output_error:.3f}" if o and o.output_error == o.output_error else "-"
         lines.append(
-            f"| {name} | {c.method} | {c.rank if c.rank is not None else '-'} | "
+            f"| {name} | {c.method} | {c.rank if c.rank is not None else '-'} | {c.algorithm} | "
             f"{c.macs / max(1, base.macs):.2f} | {base.latency_ms:.2f} | {c.latency_ms:.2f} | "
             f"{c.sensitivity:.4f} | {err} | {status} |"
         )
@@ -56,6 +56,15 @@ def compress_report(result, model_name: str, data_name: str) -> str:
         f"{result.surgery.model_output_error:.4f} (relative, Frobenius).",
         f"Batch norms folded into convolutions: {len(result.folded)}.",
     ]
+    if result.plan.search:
+        lines += ["", "## Accuracy-budget search", "",
+                  "Trials on held-out training images (not the test split), each after a short "
+                  "fine-tune:", "", "| target | predicted | accuracy (%) | drop | within |",
+                  "|---:|---:|---:|---:|---|"]  # fmt: skip
+        for t in result.plan.search:
+            lines.append(f"| {t['target_speedup']:.2f}x | {t['predicted_speedup']:.2f}x | "
+                         f"{t['accuracy']:.2f} | {t['drop']:+.2f} | "
+                         f"{'yes' if t['within_budget'] else 'no'} |")  # fmt: skip
     if result.onnx_max_error is not None:
         lines.append(f"ONNX Runtime vs PyTorch, max abs difference: {result.onnx_max_error:.2e}.")
     if result.finetune_history:

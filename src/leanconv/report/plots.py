@@ -75,7 +75,7 @@ def rank_plot(plan, path: Path) -> Path:
     bars = ax.bar(range(len(names)), kept)
     for bar, n in zip(bars, names, strict=True):
         c = plan.choices[n]
-        label = "keep" if c.method == "keep" else f"{c.method} {c.rank}"
+        label = c.label
         ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), label, rotation=90,
                 ha="center", va="bottom", fontsize=6)  # fmt: skip
     ax.set_xticks(range(len(names)), names, rotation=70, ha="right", fontsize=7)

@@ -1,0 +1,76 @@
+"""Fast convolution algorithms as planner candidates: which layer runs by which algorithm.
+
+A plan may give a layer an algorithm besides its rewrite, ``"winograd2"``, ``"winograd4"`` or
+``"winograd6"`` (Winograd F(m x m, 3x3), :class:`leanconv.nn.WinogradConv2d`), chosen like a rank
+from the latency measured on this machine. It applies to every eligible convolution inside the
+layer's module: the layer itself when it is kept, or the 3x3 core of its Tucker-2 chain. Eligible:
+a plain ``nn.Conv2d`` with a 3x3 kernel, stride 1, dilation 1, one group, zero padding and at
+least ``MIN_CHANNELS`` channels in and out.
+
+The algorithm computes the same function up to float32 rounding (docs/algorithms.md, "Accuracy"),
+so the compress pipeline fine-tunes and folds batch norms on plain convolutions and applies the
+algorithms last, to the deployed model; the saved model records them (``model.json``,
+``"algorithms"``) and :func:`leanconv.load` applies them again, and ONNX gets plain convolutions.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from torch import nn
+
+from .surgery import replace_modules
+
+ALGORITHMS = {"winograd2": 2, "winograd4": 4, "winograd6": 6}
+MIN_CHANNELS = 16
+
+__all__ = ["ALGORITHMS", "apply_algorithms", "eligible", "with_algorithm"]
+
+
+def eligible(conv: nn.Module) -> bool:
+    """A convolution that Winograd F(m x m, 3x3) can compute (see the module docstring)."""
+    return (
+        type(conv) is nn.Conv2d
+        and conv.kernel_size == (3, 3)
+        and conv.stride == (1, 1)
+        and conv.dilation == (1, 1)
+        and conv.groups == 1
+        and conv.padding_mode == "zeros"
+        and min(conv.in_channels, conv.out_channels) >= MIN_CHANNELS
+    )
+
+
+def with_algorithm(module: nn.Module, algorithm: str) -> nn.Module | None:
+    """A copy of ``module`` whose eligible convolutions run by ``algorithm``; ``None`` when it has
+    none (the candidate would be the module itself)."""
+    from ..nn.fast import WinogradConv2d
+
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm={algorithm!r} is not one of {', '.join(ALGORITHMS)}")
+    tile = ALGORITHMS[algorithm]
+    if eligible(module):
+        return WinogradConv2d.from_conv(module, tile=tile).train(module.training)
+    names = [n for n, m in module.named_modules() if n and eligible(m)]
+    if not names:
+        return None
+    out = copy.deepcopy(module)
+    fast = {n: WinogradConv2d.from_conv(out.get_submodule(n), tile=tile) for n in names}
+    return replace_modules(out, fast, inplace=True)
+
+
+def apply_algorithms(
+    model: nn.Module, choices: dict[str, str], inplace: bool = False
+) -> tuple[nn.Module, dict[str, str]]:
+    """Run the layers named in ``choices`` (qualified name -> algorithm) by their algorithm.
+
+    Returns the model and the choices that applied (a layer with no eligible convolution, for
+    example one whose rewrite was rolled back to a strided layer, is left as it is and omitted).
+    """
+    model = model if inplace else copy.deepcopy(model)
+    applied, replacements = {}, {}
+    for name, algorithm in choices.items():
+        fast = with_algorithm(model.get_submodule(name), algorithm)
+        if fast is not None:
+            replacements[name] = fast
+            applied[name] = algorithm
+    return replace_modules(model, replacements, inplace=True), applied

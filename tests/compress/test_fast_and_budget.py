@@ -1,0 +1,181 @@
+"""Fast algorithms as planner candidates, and the accuracy budget (``--max-drop`` alone)."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+import leanconv
+from leanconv.cli.main import app
+from leanconv.compress import accuracy_budget, serialize
+from leanconv.compress.algorithms import apply_algorithms, eligible, with_algorithm
+from leanconv.compress.finetune import FinetuneConfig
+from leanconv.compress.pipeline import CompressConfig, compress
+from leanconv.compress.plan import allocate, build_candidates
+from leanconv.errors import LeanconvError
+from leanconv.nn import WinogradConv2d
+
+from .test_finetune import tiny_data
+from .test_pipeline import _model, factory  # noqa: F401 (fixture)
+
+
+def _close(a, b):
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_eligible_convolutions():
+    assert eligible(nn.Conv2d(16, 32, 3, padding=1))
+    assert not eligible(nn.Conv2d(16, 32, 3, stride=2, padding=1))
+    assert not eligible(nn.Conv2d(16, 32, 1))
+    assert not eligible(nn.Conv2d(8, 32, 3, padding=1))  # too few channels to pay off
+    assert not eligible(nn.Conv2d(32, 32, 3, padding=1, groups=2))
+    assert not eligible(nn.Conv2d(16, 32, 3, dilation=2, padding=2))
+
+
+def test_with_algorithm_on_a_layer_and_on_a_chain():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(16, 24, 3, padding=1).eval()
+    chain = nn.Sequential(nn.Conv2d(24, 16, 1), nn.Conv2d(16, 16, 3, padding=1),
+                          nn.Conv2d(16, 24, 1)).eval()  # fmt: skip
+    x = torch.randn(2, 16, 11, 9)
+    fast = with_algorithm(conv, "winograd4")
+    assert isinstance(fast, WinogradConv2d) and fast.tile == (4, 4)
+    fast_chain = with_algorithm(chain, "winograd2")
+    assert isinstance(fast_chain[1], WinogradConv2d) and type(fast_chain[0]) is nn.Conv2d
+    assert type(chain[1]) is nn.Conv2d  # the original is untouched
+    with torch.no_grad():
+        _close(fast(x), conv(x))
+        _close(fast_chain(conv(x)), chain(conv(x)))
+    assert with_algorithm(nn.Conv2d(16, 16, 3, stride=2), "winograd4") is None
+    with pytest.raises(ValueError, match="not one of"):
+        with_algorithm(conv, "winograd9")
+    # counting: a fast layer keeps the conventional count of the convolution it computes
+    assert leanconv.count(fast, x).total.macs == leanconv.count(conv, x).total.macs
+
+
+def test_apply_algorithms_reports_what_applied():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+                          nn.Conv2d(16, 16, 3, stride=2, padding=1)).eval()  # fmt: skip
+    fast, applied = apply_algorithms(model, {"0": "winograd6", "2": "winograd4"})
+    assert applied == {"0": "winograd6"}
+    assert isinstance(fast[0], WinogradConv2d) and type(model[0]) is nn.Conv2d
+    x = torch.randn(1, 16, 14, 14)
+    with torch.no_grad():
+        _close(fast(x), model(x))
+
+
+def test_planner_offers_and_chooses_fast_algorithms(factory):  # noqa: F811
+    model = _model(factory).eval()
+    calibration = torch.randn(16, 1, 8, 8)
+    cands, fixed, total = build_candidates(model, calibration, ratios=(0.3,), batch=8,
+                                           repeats=2, use_cache=False)  # fmt: skip
+    labels = {c.label for c in cands["3"]}
+    assert {"keep", "keep + winograd2", "keep + winograd4", "keep + winograd6"} <= labels
+    assert all(c.algorithm == "direct" for c in cands["0"])  # 1 input channel: not eligible
+    fast = next(c for c in cands["3"] if c.label == "keep + winograd4")
+    keep = cands["3"][0]
+    assert fast.macs == keep.macs and fast.params == keep.params
+    assert fast.output_error < 1e-5 and fast.sensitivity == keep.sensitivity == 0.0
+    # make Winograd the fastest choice for layer 3: the allocation takes it at no sensitivity
+    fast.latency_ms = keep.latency_ms / 100
+    plan = allocate(cands, fixed, total, 1000, speedup=1.0)
+    assert plan.algorithms().get("3") in {"winograd2", "winograd4", "winograd6"}
+    assert plan.as_dict()["layers"]["3"]["algorithm"] == plan.algorithms()["3"]
+
+
+def test_saved_model_records_and_reapplies_algorithms(tmp_path, factory):  # noqa: F811
+    model = _model(factory).eval()
+    path = serialize.save(model, tmp_path / "m", {"factory": f"{factory}:make"},
+                          algorithms={"3": "winograd4"})  # fmt: skip
+    assert json.loads((path / "model.json").read_text())["algorithms"] == {"3": "winograd4"}
+    back = leanconv.load(path)
+    assert isinstance(back[3], WinogradConv2d)
+    assert type(leanconv.load(path, algorithms=False)[3]) is nn.Conv2d
+    x = torch.randn(2, 1, 8, 8)
+    with torch.no_grad():
+        _close(back(x), model(x))
+    meta = json.loads((path / "model.json").read_text())
+    meta["algorithms"] = {"3": "fastest"}
+    (path / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(LeanconvError, match="unknown algorithms"):
+        leanconv.load(path)
+
+
+def test_holdout_split_is_disjoint_and_fixed():
+    data = tiny_data(n=100)
+    a, b = data.holdout(0.2, seed=3), data.holdout(0.2, seed=3)
+    assert len(a.test) == 15 and len(a.train) == 60  # 75 training images
+    assert torch.equal(a.test.tensors[0], b.test.tensors[0])
+    rows = {tuple(r.flatten().tolist()) for r in a.train.tensors[0]}
+    assert not any(tuple(r.flatten().tolist()) in rows for r in a.test.tensors[0])
+
+
+def _budget_setup(factory):  # noqa: F811
+    model = _model(factory).eval()
+    calibration = torch.randn(16, 1, 8, 8)
+    cands, fixed, total = build_candidates(model, calibration, ratios=(0.1, 0.3), batch=8,
+                                           repeats=2, use_cache=False, algorithms=())  # fmt: skip
+    # fixed latencies instead of measured ones (a loaded machine must not change the ladder)
+    for cs in cands.values():
+        for c in cs:
+            c.latency_ms = 1.0 if c.method == "keep" else 0.3
+    fixed = 0.5
+    total = fixed + len(cands)
+    return model, calibration, cands, fixed, total
+
+
+@pytest.mark.parametrize("allowed", [0.5, 100.0])
+def test_accuracy_budget_search(monkeypatch, factory, allowed):  # noqa: F811
+    model, calibration, cands, fixed, total = _budget_setup(factory)
+
+    # a controlled oracle: each decomposed layer costs 1 point on the held-out images
+    def fake_accuracy(net, dataset):
+        return 90.0 - sum(type(m) is nn.Sequential for m in net) * 1.0
+
+    monkeypatch.setattr(accuracy_budget, "accuracy", fake_accuracy)
+    cfg = FinetuneConfig(epochs=1, batch_size=16, progress=False)
+    plan = accuracy_budget.plan_for_accuracy(model, cands, fixed, total, 1000, tiny_data(n=64),
+                                             calibration, allowed, cfg)  # fmt: skip
+    assert plan.search and plan.target == f"accuracy drop <= {allowed:g} points"
+    for trial in plan.search:
+        assert trial["within_budget"] == (trial["drop"] <= allowed)
+    if allowed >= 100:
+        # every trial passes: the search ends on the fastest target of the ladder
+        assert plan.met and all(t["within_budget"] for t in plan.search)
+        assert plan.search[-1]["target_speedup"] == max(t["target_speedup"] for t in plan.search)
+    else:
+        # every decomposition costs a point: the plan rewrites nothing (it may still meet a low
+        # target through folded batch norms, or say that nothing was within the budget)
+        assert not plan.rewrites()
+        assert plan.met == any(t["within_budget"] for t in plan.search)
+        assert plan.met or plan.notes
+
+
+def test_accuracy_budget_refuses_negative(factory):  # noqa: F811
+    model, calibration, cands, fixed, total = _budget_setup(factory)
+    with pytest.raises(ValueError, match="must not be negative"):
+        accuracy_budget.plan_for_accuracy(model, cands, fixed, total, 1000, tiny_data(n=64),
+                                          calibration, -1.0, FinetuneConfig(epochs=1))  # fmt: skip
+
+
+def test_compress_with_max_drop_alone(tmp_path, factory):  # noqa: F811
+    data = tiny_data(n=128)
+    config = CompressConfig(speedup=None, max_drop=100.0, ratios=(0.15, 0.4), calibration=32,
+                            repeats=2, plan_batch=8, batch_sizes=(8,), algorithms=("winograd4",),
+                            finetune=FinetuneConfig(epochs=1, batch_size=16, progress=False))  # fmt: skip
+    out = tmp_path / "out"
+    result = compress(_model(factory), data, config, out, {"factory": f"{factory}:make"},
+                      log=None)  # fmt: skip
+    report = json.loads((out / "report.json").read_text())
+    assert report["plan"]["target"] == "accuracy drop <= 100 points"
+    assert report["plan"]["search"] and result.plan.met
+    assert "Accuracy-budget search" in (out / "report.md").read_text()
+
+
+def test_cli_rejects_unknown_algorithms(tmp_path, factory):  # noqa: F811
+    r = CliRunner().invoke(app, ["compress", f"{factory}:make", "--out", str(tmp_path / "o"),
+                                 "--algorithms", "winograd4,magic"])  # fmt: skip
+    assert r.exit_code == 2 and "magic" in r.output and "Traceback" not in r.output
