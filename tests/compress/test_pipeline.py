@@ -11,7 +11,7 @@ from leanconv.cli.main import app
 from leanconv.compress import serialize
 from leanconv.compress.finetune import FinetuneConfig
 from leanconv.compress.pipeline import CompressConfig, compress
-from leanconv.errors import OutputExistsError
+from leanconv.errors import LeanconvError, OutputExistsError
 
 from .test_finetune import tiny_data
 
@@ -61,6 +61,11 @@ def test_compress_writes_every_artefact(tmp_path, factory):
     for side in ("before", "after"):
         assert {"accuracy", "params", "macs", "latency_ms"} <= set(report[side])
         assert set(report[side]["latency_ms"]) == {"1", "8"}
+        # measured in both memory layouts; the reported latency is the faster one
+        by = report[side]["latency_by_format"]
+        assert set(by) == {"contiguous", "channels_last"}
+        for b in ("1", "8"):
+            assert report[side]["latency_ms"][b] == min(by[f][b] for f in by)
     assert report["predicted_speedup"] > 0 and report["speedup"] > 0
     assert report["plan"]["layers"]
     assert result.onnx_max_error < 1e-3
@@ -126,3 +131,19 @@ def test_cli_refusals(tmp_path, factory):
                             "--speedup", "2", "--macs-ratio", "0.5"])  # fmt: skip
     assert r.exit_code == 2 and "not both" in r.output
     assert "Traceback" not in r.output
+
+
+def test_saved_layout_is_restored(tmp_path, factory):
+    model = _model(factory).eval()
+    path = serialize.save(model, tmp_path / "m", {"factory": f"{factory}:make"},
+                          memory_format="channels_last")  # fmt: skip
+    back = serialize.load(path)
+    assert back[0].weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.randn(2, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(back(x), model(x), rtol=1e-5, atol=1e-5)
+    meta = json.loads((path / "model.json").read_text())
+    meta["memory_format"] = "diagonal"
+    (path / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(LeanconvError, match="unknown memory format"):
+        serialize.load(path)

@@ -1,7 +1,9 @@
 """Before/after measurements in one harness: accuracy, parameters, MACs, latency per batch size.
 
-Latencies of the two models are measured interleaved (:func:`leanconv.bench.compare`) so that
-load from elsewhere on a shared machine hits both alike and their ratio stays meaningful.
+Latencies of the models are measured interleaved (:func:`leanconv.bench.compare`) so that
+load from elsewhere on a shared machine hits all alike and their ratios stay meaningful. Each model
+is measured in both memory formats (NCHW and channels-last, :data:`FORMATS`); its latency is that
+of the faster format, so a speedup never comes from a layout the original could have used too.
 """
 
 from __future__ import annotations
@@ -23,11 +25,34 @@ class ModelFigures:
     params: int
     macs: int  # per image
     latency_ms: dict[int, float] = field(default_factory=dict)  # batch size -> median ms
+    # memory format -> batch size -> median ms (latency_ms holds the faster format's)
+    latency_by_format: dict[str, dict[int, float]] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         d = asdict(self)
         d["latency_ms"] = {str(k): v for k, v in self.latency_ms.items()}
+        d["latency_by_format"] = {
+            f: {str(k): v for k, v in by.items()} for f, by in self.latency_by_format.items()
+        }
         return d
+
+    def best_format(self) -> str:
+        """The memory format that was faster at the largest batch measured."""
+        if not self.latency_by_format:
+            return "contiguous"
+        batch = max(self.latency_ms)
+        return min(self.latency_by_format, key=lambda f: self.latency_by_format[f][batch])
+
+
+FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
+
+
+def in_format(model: nn.Module, memory_format: str) -> nn.Module:
+    """``model`` (a copy) with its 4-D weights in ``memory_format``: PyTorch's convolutions then
+    run in that layout whatever the input's, and the layout carries through the network."""
+    import copy
+
+    return copy.deepcopy(model).to(memory_format=FORMATS[memory_format])
 
 
 def static_figures(model: nn.Module, dataset: Dataset, sample_shape) -> ModelFigures:
@@ -42,7 +67,8 @@ def measure_latency(
     repeats: int = 10,
     seed: int = 0,
 ) -> dict[str, dict[int, float]]:
-    """Median latency in ms of each model at each batch size, all measured interleaved."""
+    """Median latency in ms of each model at each batch size, all measured interleaved (see
+    :func:`measure_formats` for both memory formats)."""
     out: dict[str, dict[int, float]] = {name: {} for name in models}
     g = torch.Generator().manual_seed(seed)
     for batch in batch_sizes:
@@ -54,3 +80,20 @@ def measure_latency(
         for name, t in timings.items():
             out[name][batch] = t.ms
     return out
+
+
+def measure_formats(
+    models: dict[str, nn.Module],
+    figures: dict[str, ModelFigures],
+    sample_shape: tuple[int, ...],
+    batch_sizes=(1, 64),
+    repeats: int = 10,
+) -> None:
+    """Measure every model in both memory formats, interleaved, into ``figures[name]``:
+    ``latency_by_format`` and ``latency_ms`` (the faster format per batch)."""
+    variants = {f"{name}/{fmt}": in_format(m, fmt) for name, m in models.items() for fmt in FORMATS}
+    times = measure_latency(variants, sample_shape, batch_sizes, repeats)
+    for name in models:
+        by = {fmt: times[f"{name}/{fmt}"] for fmt in FORMATS}
+        figures[name].latency_by_format = by
+        figures[name].latency_ms = {b: min(by[f][b] for f in FORMATS) for b in batch_sizes}

@@ -28,7 +28,7 @@ from .algorithms import ALGORITHMS, apply_algorithms
 from .evaluate import batches, check_classes
 from .finetune import FinetuneConfig, finetune
 from .fold import fold_batchnorm
-from .measure import ModelFigures, measure_latency, static_figures
+from .measure import ModelFigures, in_format, measure_formats, static_figures
 from .plan import Candidate, Plan, allocate, build_candidates
 from .verify import SurgeryReport, decompose_model
 
@@ -41,6 +41,7 @@ class CompressConfig:
     search_epochs: int = 1  # fine-tuning epochs of each trial of that search
     methods: tuple[str, ...] = ("tucker2", "svd")
     algorithms: tuple[str, ...] = tuple(ALGORITHMS)  # fast algorithms tried per candidate
+    memory_format: str = "channels_last"  # layout the plan is measured in ("contiguous": NCHW)
     ratios: tuple[float, ...] = (0.06, 0.1, 0.15, 0.25, 0.4, 0.6)
     plan_batch: int = 64
     batch_sizes: tuple[int, ...] = (1, 64)
@@ -172,7 +173,7 @@ def compress(
         candidates, fixed, total = build_candidates(
             original, calibration, methods=config.methods, ratios=config.ratios,
             batch=config.plan_batch, repeats=max(3, config.repeats // 2), fold_bn=config.fold_bn,
-            algorithms=config.algorithms, log=say,
+            algorithms=config.algorithms, memory_format=config.memory_format, log=say,
         )  # fmt: skip
         target = config.target_kwargs()
         if target:
@@ -215,9 +216,12 @@ def compress(
         say(f"      {len(algorithms)} layers run by Winograd: "
             + ", ".join(f"{n} ({a})" for n, a in algorithms.items()))  # fmt: skip
     after = static_figures(fast, data.test, shape)
-    latency = measure_latency({"before": original, "after": fast}, shape,
-                              config.batch_sizes, config.repeats)  # fmt: skip
-    before.latency_ms, after.latency_ms = latency["before"], latency["after"]
+    # both models in both memory formats, interleaved; each keeps its faster format
+    measure_formats({"before": original, "after": fast}, {"before": before, "after": after},
+                    shape, config.batch_sizes, config.repeats)  # fmt: skip
+    memory_format = after.best_format()
+    say(f"      deployed in {memory_format} layout (before: fastest in {before.best_format()})")
+    deploy = in_format(deploy, memory_format)
     result = CompressResult(before, after, plan, surgery, [r.__dict__ for r in history.history],
                             folded, notes=result_notes)  # fmt: skip
     if config.max_drop is not None and before.accuracy - after.accuracy > config.max_drop:
@@ -234,7 +238,7 @@ def compress(
     replaced.update({n: nn.Identity() for n in folded})
     extra = {"folded_batchnorm": folded, "data": data.name}
     serialize.save(deploy, staging / "model", base, replaced, extra=extra, force=True,
-                   algorithms=algorithms)  # fmt: skip
+                   algorithms=algorithms, memory_format=memory_format)  # fmt: skip
     result.seconds = time.perf_counter() - t_start
     write_artefacts(result, deploy, staging, shape, say)
     for leftover in ("checkpoint.pt",):

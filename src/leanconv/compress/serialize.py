@@ -21,6 +21,7 @@ from torch import nn
 
 from ..errors import LeanconvError, OutputExistsError
 from ..report.files import write_bytes_atomic, write_text_atomic
+from .measure import FORMATS
 from .surgery import replace_modules
 
 FORMAT = "leanconv-model/1"
@@ -106,6 +107,7 @@ def save(
     extra: dict | None = None,
     force: bool = False,
     algorithms: dict[str, str] | None = None,
+    memory_format: str = "contiguous",
 ) -> Path:
     """Write ``model`` to the directory ``path``.
 
@@ -113,7 +115,9 @@ def save(
     ``{"factory": "file.py:fn", "kwargs": {...}}``. ``replaced`` maps qualified names to the modules
     now at those names (by default, every module of a leanconv factorised type is found).
     ``algorithms`` maps layer names to the fast algorithm their convolutions run by
-    (:mod:`.algorithms`); ``model`` itself holds plain convolutions there.
+    (:mod:`.algorithms`); ``model`` itself holds plain convolutions there. ``memory_format``
+    (``"contiguous"`` or ``"channels_last"``) is the layout the model was measured fastest in;
+    :func:`load` puts the weights in it again.
     """
     from safetensors.torch import save as st_save
 
@@ -127,6 +131,7 @@ def save(
         "base": base,
         "replaced": {name: describe(m) for name, m in replaced.items()},
         "algorithms": dict(algorithms or {}),
+        "memory_format": memory_format,
         "extra": extra or {},
     }
     # clone: safetensors refuses tensors that share memory (tied weights)
@@ -171,6 +176,10 @@ def load(
             f"{str(weights)!r} does not match the described model: missing {missing[:5]}, "
             f"unexpected {unexpected[:5]}"
         )
+    layout = description.get("memory_format", "contiguous")
+    if layout not in FORMATS:
+        raise LeanconvError(f"{str(meta_file)!r} names an unknown memory format {layout!r}")
+    model = model.to(memory_format=FORMATS[layout])
     chosen = description.get("algorithms") or {}
     if algorithms and chosen:
         from .algorithms import ALGORITHMS, apply_algorithms

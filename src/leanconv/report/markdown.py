@@ -28,6 +28,13 @@ def compress_report(result, model_name: str, data_name: str) -> str:
             f"| latency, batch {bs} (ms) | {_ms(b.latency_ms, bs)} | {_ms(a.latency_ms, bs)} | "
             f"{result.speedup[bs]:.2f}x faster |"
         )
+    if b.latency_by_format and a.latency_by_format:
+        lines += [
+            "",
+            f"Latency: each model measured in both memory layouts and given in its faster one "
+            f"(before: {b.best_format()}, after: {a.best_format()}; both in `report.json`, "
+            "`latency_by_format`).",
+        ]
     lines += [
         "",
         f"Measured speedup at batch {max(batches)}: {result.speedup[max(batches)]:.2f}x; "
