@@ -62,6 +62,11 @@ def main() -> None:
     for bs in sorted(a.latency_ms):
         print(f"batch {bs}: {b.latency_ms[bs]:.2f} ms -> {a.latency_ms[bs]:.2f} ms "
               f"({r.speedup[bs]:.2f}x)")  # fmt: skip
+    for side, fig in (("before", b), ("after", a)):
+        by = ", ".join(f"{f} {v[64]:.2f} ms" for f, v in fig.latency_by_format.items() if 64 in v)
+        print(f"{side} at batch 64 by layout: {by} (faster: {fig.best_format()})")
+    algorithms = r.plan.algorithms()
+    print(f"layers by Winograd: {len(algorithms)} {algorithms}")
     pred = r.plan.predicted_speedup
     print(f"measured / MACs reduction: {sp / macs_x:.2f}; predicted {pred:.2f}x vs measured "
           f"{sp:.2f}x ({100 * (pred / sp - 1):+.1f}%)")  # fmt: skip

@@ -11,6 +11,7 @@ import leanconv
 from leanconv.cli.main import app
 from leanconv.compress import accuracy_budget, serialize
 from leanconv.compress.algorithms import apply_algorithms, eligible, with_algorithm
+from leanconv.compress.closed_loop import plan_for_speedup
 from leanconv.compress.finetune import FinetuneConfig
 from leanconv.compress.pipeline import CompressConfig, compress
 from leanconv.compress.plan import allocate, build_candidates
@@ -181,3 +182,21 @@ def test_cli_rejects_unknown_algorithms(tmp_path, factory):  # noqa: F811
     r = CliRunner().invoke(app, ["compress", f"{factory}:make", "--out", str(tmp_path / "o"),
                                  "--algorithms", "winograd4,magic"])  # fmt: skip
     assert r.exit_code == 2 and "magic" in r.output and "Traceback" not in r.output
+
+
+@pytest.mark.parametrize("target", [0.5, 1000.0])
+def test_closed_loop_measures_the_assembled_plan(factory, target):  # noqa: F811
+    model = _model(factory).eval()
+    calibration = torch.randn(16, 1, 8, 8)
+    cands, fixed, total = build_candidates(model, calibration, ratios=(0.1, 0.3), batch=8,
+                                           repeats=2, use_cache=False)  # fmt: skip
+    rounds = []
+    plan = plan_for_speedup(model, cands, fixed, total, 1000, target, calibration, batch=8,
+                            repeats=2, log=rounds.append)  # fmt: skip
+    assert plan.assembled_ms > 0 and plan.original_ms > 0
+    assert plan.predicted_speedup == pytest.approx(plan.original_ms / plan.assembled_ms)
+    assert plan.as_dict()["layer_sum_speedup"] == plan.layer_sum_speedup
+    if target < 1:
+        assert plan.met and len(rounds) == 1  # met in the first round
+    else:
+        assert not plan.met and plan.notes and len(rounds) <= 3

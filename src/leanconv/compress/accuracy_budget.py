@@ -45,8 +45,10 @@ class Trial:
 
 
 def _ladder(fastest: float) -> list[float]:
+    """Speedup targets from ``LADDER_START`` to ``fastest``, geometric (just ``fastest`` when it
+    is below the start: one trial of the fastest plan)."""
     if fastest <= LADDER_START:
-        return [fastest] if fastest > 1.0 else []
+        return [fastest]
     ratio = (fastest / LADDER_START) ** (1 / (LADDER_STEPS - 1))
     return [LADDER_START * ratio**i for i in range(LADDER_STEPS)]
 

@@ -24,7 +24,8 @@ from ..data.bundle import DataBundle
 from ..errors import LeanconvError, OutputExistsError
 from ..report.files import write_text_atomic
 from .accuracy_budget import plan_for_accuracy
-from .algorithms import ALGORITHMS, apply_algorithms
+from .algorithms import ALGORITHMS
+from .closed_loop import deployable, plan_for_speedup
 from .evaluate import batches, check_classes
 from .finetune import FinetuneConfig, finetune
 from .fold import fold_batchnorm
@@ -128,8 +129,8 @@ def _plan_from_json(data: dict) -> Plan:
     cands = {n: [_candidate(c) for c in cs] for n, cs in data["candidates"].items()}
     choices = {n: _candidate(c) for n, c in data["layers"].items()}
     return Plan(choices, cands, data["fixed_ms"], data["total_before_ms"], data["macs_before"],
-                data["target"], data["met"], data.get("notes", []),
-                data.get("search", []))  # fmt: skip
+                data["target"], data["met"], data.get("notes", []), data.get("search", []),
+                data.get("assembled_ms"), data.get("original_ms"))  # fmt: skip
 
 
 def compress(
@@ -176,7 +177,13 @@ def compress(
             algorithms=config.algorithms, memory_format=config.memory_format, log=say,
         )  # fmt: skip
         target = config.target_kwargs()
-        if target:
+        if "speedup" in target:
+            plan = plan_for_speedup(
+                original, candidates, fixed, total, before.macs, target["speedup"], calibration,
+                config.plan_batch, config.memory_format, config.fold_bn, config.max_layer_error,
+                max(3, config.repeats // 2), log=say,
+            )  # fmt: skip
+        elif target:
             plan = allocate(candidates, fixed, total, before.macs, **target)
         else:
             plan = plan_for_accuracy(
@@ -205,13 +212,12 @@ def compress(
     result_notes = list(plan.notes)
 
     say("[5/6] measuring before and after in one harness")
-    folded: list[str] = []
-    folded_convs: list[str] = []
-    deploy = compressed
-    if config.fold_bn:
-        deploy, folded, folded_convs = fold_batchnorm(compressed)
-    # fast algorithms last: the same function up to rounding, so trained and folded in plain form
-    fast, algorithms = apply_algorithms(deploy, plan.algorithms())
+    # folded, fast algorithms switched on last (the same function up to rounding, so trained in
+    # plain form), in the planned layout; `deploy` is the same without the algorithms (saved)
+    fast, folded, folded_convs, algorithms = deployable(
+        compressed, plan.algorithms(), config.fold_bn, config.memory_format
+    )
+    deploy = fold_batchnorm(compressed)[0] if config.fold_bn else compressed
     if algorithms:
         say(f"      {len(algorithms)} layers run by Winograd: "
             + ", ".join(f"{n} ({a})" for n, a in algorithms.items()))  # fmt: skip

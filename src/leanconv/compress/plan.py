@@ -86,14 +86,25 @@ class Plan:
     met: bool
     notes: list[str] = field(default_factory=list)
     search: list[dict] = field(default_factory=list)  # trials of an accuracy-budget search
+    # the planned model assembled and timed before fine-tuning (closed_loop.plan_for_speedup)
+    assembled_ms: float | None = None
+    original_ms: float | None = None
 
     @property
     def predicted_ms(self) -> float:
+        """Constant + the chosen layers' latencies, each measured alone."""
         return self.fixed_ms + sum(c.latency_ms for c in self.choices.values())
 
     @property
-    def predicted_speedup(self) -> float:
+    def layer_sum_speedup(self) -> float:
         return self.total_before_ms / self.predicted_ms if self.predicted_ms else 1.0
+
+    @property
+    def predicted_speedup(self) -> float:
+        """The assembled model's measured speedup where it was timed, else the layer sum's."""
+        if self.assembled_ms and self.original_ms:
+            return self.original_ms / self.assembled_ms
+        return self.layer_sum_speedup
 
     @property
     def macs_after(self) -> int:
@@ -116,6 +127,9 @@ class Plan:
             "total_before_ms": self.total_before_ms,
             "predicted_ms": self.predicted_ms,
             "predicted_speedup": self.predicted_speedup,
+            "layer_sum_speedup": self.layer_sum_speedup,
+            "assembled_ms": self.assembled_ms,
+            "original_ms": self.original_ms,
             "macs_before": self.macs_before,
             "macs_after": self.macs_after,
             "notes": self.notes,
