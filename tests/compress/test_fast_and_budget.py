@@ -199,4 +199,4 @@ def test_closed_loop_measures_the_assembled_plan(factory, target):  # noqa: F811
     if target < 1:
         assert plan.met and len(rounds) == 1  # met in the first round
     else:
-        assert not plan.met and plan.notes and len(rounds) <= 3
+        assert not plan.met and plan.notes and len(rounds) <= 5
