@@ -6,9 +6,9 @@ and inputs no longer sit in cache: 20-25 % on the compressed VGG-16 at batch 64)
 optimistic. Latency does not depend on the weights' values, so the planned model can be built
 and timed before any fine-tuning: decompose by the plan, fold batch norms, switch the planned
 layers to their algorithm, put it in the deployment layout, and time it interleaved with the
-original. If it misses the target, the latency budget is tightened by the shortfall (raised to
-the power 1.5: the penalty grows as plans get leaner) and the allocation runs again (at most
-``rounds`` times). The plan keeps what was measured:
+original. If it misses the target (plus a margin, :data:`MARGIN`), the latency budget is
+tightened by the shortfall (raised to the power 1.5: the penalty grows as plans get leaner) and
+the allocation runs again (at most ``rounds`` times). The plan keeps what was measured:
 ``assembled_ms`` and ``original_ms``, from which its predicted speedup is then computed.
 """
 
@@ -24,7 +24,12 @@ from .measure import in_format
 from .plan import Candidate, Plan, allocate
 from .verify import decompose_model
 
-__all__ = ["deployable", "plan_for_speedup"]
+#: The assembled plan must measure this much above the target: the final measurement, after
+#: fine-tuning, repeats the timing with its own noise (a plan at exactly 2.51x for a 2.5x target
+#: measured 2.30x at the end of one demo run).
+MARGIN = 0.05
+
+__all__ = ["MARGIN", "deployable", "plan_for_speedup"]
 
 
 def deployable(
@@ -63,7 +68,8 @@ def plan_for_speedup(
     x = calibration.repeat(reps, *([1] * (calibration.dim() - 1)))[:batch]
     reference = in_format(original, memory_format).eval()
     given = original.eval()
-    budget = speedup
+    aim = speedup * (1 + MARGIN)
+    budget = aim
     best: Plan | None = None
     for round_ in range(rounds):
         plan = allocate(candidates, fixed_ms, total_ms, macs_before, speedup=budget)
@@ -81,13 +87,13 @@ def plan_for_speedup(
             f"{measured:.2f}x")  # fmt: skip
         if best is None or measured > best.predicted_speedup:
             best = plan
-        if measured >= speedup * 0.98 or not plan.met:
+        if measured >= aim or not plan.met:
             break
         # the in-network penalty grows as plans get leaner (what no rewrite touches weighs
-        # more), so step past the plain ratio: aim the layer sum at (target / measured)^1.5
-        budget = max(budget, plan.layer_sum_speedup) * (speedup / measured) ** 1.5
+        # more), so step past the plain ratio: aim the layer sum at (aim / measured)^1.5
+        budget = max(budget, plan.layer_sum_speedup) * (aim / measured) ** 1.5
     best.target = f"speedup {speedup:g}x"
-    best.met = best.predicted_speedup >= speedup * 0.98
+    best.met = best.predicted_speedup >= speedup
     if not best.met and not any("cannot be met" in n for n in best.notes):
         best.notes.append(
             f"the assembled plan measured {best.predicted_speedup:.2f}x before fine-tuning, short "
