@@ -200,3 +200,14 @@ def test_closed_loop_measures_the_assembled_plan(factory, target):  # noqa: F811
         assert plan.met and len(rounds) == 1  # met in the first round
     else:
         assert not plan.met and plan.notes and len(rounds) <= 5
+
+
+def test_macs_target_takes_the_faster_of_equal_candidates(factory):  # noqa: F811
+    model = _model(factory).eval()
+    cands, fixed, total = build_candidates(model, torch.randn(16, 1, 8, 8), ratios=(0.3,),
+                                           batch=8, repeats=2, use_cache=False)  # fmt: skip
+    keep = cands["3"][0]
+    fast = next(c for c in cands["3"] if c.label == "keep + winograd4")
+    fast.latency_ms = keep.latency_ms / 10  # same MACs and sensitivity, faster
+    plan = allocate(cands, fixed, total, 10**9, macs_ratio=1.0)
+    assert plan.choices["3"].algorithm != "direct"

@@ -298,8 +298,10 @@ def build_candidates(
 
 # ---------------------------------------------------------------------- allocation
 def _pick(cands: dict[str, list[Candidate]], lam: float, cost) -> dict[str, Candidate]:
+    """Each layer's ``argmin sensitivity + lam * cost``; ties go to the lower cost, then to the
+    lower latency (a Winograd variant ties with its rewrite on sensitivity and MACs)."""
     return {
-        n: min(cs, key=lambda c: (c.sensitivity + lam * cost(c), cost(c)))
+        n: min(cs, key=lambda c: (c.sensitivity + lam * cost(c), cost(c), c.latency_ms))
         for n, cs in cands.items()
     }
 
