@@ -57,9 +57,9 @@ def layer_latency_plot(plan, path: Path) -> Path:
     ax.bar([i - 0.2 for i in idx], before, width=0.4, label="before")
     ax.bar([i + 0.2 for i in idx], after, width=0.4, label="after")
     ax.set_xticks(list(idx), names, rotation=70, ha="right", fontsize=7)
-    ax.set_ylabel("ms (measured per layer)")
+    ax.set_ylabel("ms, each layer timed alone")
     ax.legend()
-    ax.set_title("per-layer latency")
+    ax.set_title("per-layer latency (planning batch, deployment layout)")
     try:
         return _save(fig, path)
     finally:
