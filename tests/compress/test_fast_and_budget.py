@@ -80,7 +80,7 @@ def test_planner_offers_and_chooses_fast_algorithms(factory):  # noqa: F811
     fast = next(c for c in cands["3"] if c.label == "keep + winograd4")
     keep = cands["3"][0]
     assert fast.macs == keep.macs and fast.params == keep.params
-    assert fast.output_error < 1e-5 and fast.sensitivity == keep.sensitivity == 0.0
+    assert fast.output_error < 1e-4 and fast.sensitivity == keep.sensitivity == 0.0
     # make Winograd the fastest choice for layer 3: the allocation takes it at no sensitivity
     fast.latency_ms = keep.latency_ms / 100
     plan = allocate(cands, fixed, total, 1000, speedup=1.0)
@@ -184,7 +184,7 @@ def test_cli_rejects_unknown_algorithms(tmp_path, factory):  # noqa: F811
     assert r.exit_code == 2 and "magic" in r.output and "Traceback" not in r.output
 
 
-@pytest.mark.parametrize("target", [0.5, 1000.0])
+@pytest.mark.parametrize("target", [0.1, 1000.0])
 def test_closed_loop_measures_the_assembled_plan(factory, target):  # noqa: F811
     model = _model(factory).eval()
     calibration = torch.randn(16, 1, 8, 8)
