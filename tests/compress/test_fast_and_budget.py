@@ -175,6 +175,7 @@ def test_compress_with_max_drop_alone(tmp_path, factory):  # noqa: F811
     report = json.loads((out / "report.json").read_text())
     assert report["plan"]["target"] == "accuracy drop <= 100 points"
     assert report["plan"]["search"] and result.plan.met
+    assert result.plan.assembled_ms > 0  # the chosen plan was timed assembled
     assert "Accuracy-budget search" in (out / "report.md").read_text()
 
 

@@ -29,7 +29,7 @@ from .verify import decompose_model
 #: measured 2.30x at the end of one demo run).
 MARGIN = 0.05
 
-__all__ = ["MARGIN", "deployable", "plan_for_speedup"]
+__all__ = ["MARGIN", "deployable", "plan_for_speedup", "time_assembled"]
 
 
 def deployable(
@@ -43,6 +43,32 @@ def deployable(
         model, folded, convs = fold_batchnorm(model)
     model, applied = apply_algorithms(model, algorithms)
     return in_format(model, memory_format), folded, convs, applied
+
+
+def time_assembled(
+    original: nn.Module,
+    plan: Plan,
+    calibration: torch.Tensor,
+    batch: int = 64,
+    memory_format: str = "channels_last",
+    fold_bn: bool = True,
+    max_layer_error: float = 0.9,
+    repeats: int = 5,
+) -> float:
+    """Build ``plan`` as it will be deployed (untrained), time it interleaved with the original
+    (in the faster of its layouts) at ``batch``, store both in the plan, return the speedup."""
+    reps = -(-batch // calibration.shape[0])
+    x = calibration.repeat(reps, *([1] * (calibration.dim() - 1)))[:batch]
+    given = original.eval()
+    reference = in_format(original, memory_format).eval()
+    model, _ = decompose_model(original, plan.rewrites(), calibration, max_error=max_layer_error)
+    model, *_ = deployable(model.eval(), plan.algorithms(), fold_bn, memory_format)
+    with torch.no_grad():
+        t = compare({"given": lambda: given(x), "layout": lambda: reference(x),
+                     "planned": lambda: model(x)}, warmup=1, repeats=repeats)  # fmt: skip
+    plan.original_ms = min(t["given"].ms, t["layout"].ms)
+    plan.assembled_ms = t["planned"].ms
+    return plan.original_ms / plan.assembled_ms
 
 
 def plan_for_speedup(
@@ -64,24 +90,13 @@ def plan_for_speedup(
     """The allocation for ``speedup``, checked on the assembled model and re-planned while it
     falls short (see the module docstring)."""
     say = log or (lambda _m: None)
-    reps = -(-batch // calibration.shape[0])
-    x = calibration.repeat(reps, *([1] * (calibration.dim() - 1)))[:batch]
-    reference = in_format(original, memory_format).eval()
-    given = original.eval()
     aim = speedup * (1 + MARGIN)
     budget = aim
     best: Plan | None = None
     for round_ in range(rounds):
         plan = allocate(candidates, fixed_ms, total_ms, macs_before, speedup=budget)
-        model, _ = decompose_model(original, plan.rewrites(), calibration,
-                                   max_error=max_layer_error)  # fmt: skip
-        model, *_ = deployable(model.eval(), plan.algorithms(), fold_bn, memory_format)
-        with torch.no_grad():
-            t = compare({"given": lambda: given(x), "layout": lambda: reference(x),
-                         "planned": lambda m=model: m(x)}, warmup=1, repeats=repeats)  # fmt: skip
-        plan.original_ms = min(t["given"].ms, t["layout"].ms)
-        plan.assembled_ms = t["planned"].ms
-        measured = plan.original_ms / plan.assembled_ms
+        measured = time_assembled(original, plan, calibration, batch, memory_format, fold_bn,
+                                  max_layer_error, repeats)  # fmt: skip
         say(f"      round {round_ + 1}: planned for {budget:.2f}x, layer sum predicts "
             f"{plan.layer_sum_speedup:.2f}x, the assembled model measures "
             f"{measured:.2f}x")  # fmt: skip

@@ -189,7 +189,8 @@ def compress(
             plan = plan_for_accuracy(
                 original, candidates, fixed, total, before.macs, data, calibration,
                 config.max_drop, config.finetune, config.search_epochs,
-                config.max_layer_error, config.seed, log=say,
+                config.max_layer_error, config.seed, config.plan_batch, config.memory_format,
+                config.fold_bn, log=say,
             )  # fmt: skip
         write_text_atomic(plan_file, json.dumps(plan.as_dict()), force=True)
     say(f"      {plan.target}: predicted {plan.predicted_speedup:.2f}x, "
