@@ -138,6 +138,15 @@ def _check(condition: bool, what: str) -> None:
         raise ValueError(f"native Winograd kernel called with {what}")
 
 
+def _check_operands(
+    strided: torch.Tensor, buffers: tuple[torch.Tensor, ...], size: int, which: str
+) -> None:
+    """float32 everywhere, ``buffers`` contiguous, the first buffer holding ``size`` values."""
+    _check(all(t.dtype == torch.float32 for t in (strided, *buffers)), "non-float32 data")
+    _check(all(t.is_contiguous() for t in buffers), "strided buffers")
+    _check(buffers[0].numel() == size, f"a wrong {which} size")
+
+
 def input_transform(
     x: torch.Tensor,
     v: torch.Tensor,
@@ -157,9 +166,7 @@ def input_transform(
     lib = library()
     n, c, height, width = x.shape
     ah, aw = bt_h.shape[0], bt_w.shape[0]
-    _check(x.dtype == v.dtype == bt_h.dtype == bt_w.dtype == torch.float32, "non-float32 data")
-    _check(v.is_contiguous() and bt_h.is_contiguous() and bt_w.is_contiguous(), "strided buffers")
-    _check(v.numel() == images * rows * nw * ah * aw * c, "a wrong output size")
+    _check_operands(x, (v, bt_h, bt_w), images * rows * nw * ah * aw * c, "output")
     _check(first[0] + images <= n and max(ah, aw) <= 16, "tiles outside the input")
     sn, sc, sh, sw = x.stride()
     lib.winograd_input(
@@ -186,9 +193,7 @@ def output_transform(
     lib = library()
     n, k, height, width = out.shape
     ah, aw = at_h.shape[1], at_w.shape[1]
-    _check(m.dtype == out.dtype == at_h.dtype == at_w.dtype == torch.float32, "non-float32 data")
-    _check(m.is_contiguous() and at_h.is_contiguous() and at_w.is_contiguous(), "strided buffers")
-    _check(m.numel() == images * rows * nw * ah * aw * k, "a wrong input size")
+    _check_operands(out, (m, at_h, at_w), images * rows * nw * ah * aw * k, "input")
     _check(first[0] + images <= n and max(ah, aw) <= 16, "tiles outside the output")
     _check(nw * tile[1] >= width, "tiles that do not cover the output")
     sn, sk, sh, sw = out.stride()

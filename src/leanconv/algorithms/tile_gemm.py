@@ -7,8 +7,8 @@ For ``T`` tile elements and ``G`` groups the stage is ``T * G`` independent prod
 weight holds ``U[t]^T``. On x86 CPUs PyTorch's batched ``bmm`` goes through MKL, which runs only
 its AVX2 code on AMD processors (about half of the machine's peak here), while oneDNN's
 convolution uses AVX-512 everywhere; with the weight reordered once into oneDNN's blocked layout
-(:func:`pack`) the stage runs at 420-500 GFLOP/s on the 2-core test machine against 165-190 for
-``bmm`` (docs/benchmarks.md, "Fast algorithms").
+(in :class:`TileGemm`'s constructor) the stage ran at 286-501 GFLOP/s on the 2-core test machine
+against 143-196 for ``bmm`` (docs/benchmarks.md, "Fast algorithms").
 
 ``torch.ops.mkldnn._convolution_pointwise`` is the entry PyTorch's own compiler uses for prepacked
 convolutions; where it is missing (other builds, other devices) :class:`TileGemm` falls back to

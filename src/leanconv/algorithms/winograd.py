@@ -94,13 +94,14 @@ class WinogradFilter:
     stride: tuple[int, int]
     dilation: tuple[int, int]
     dtype: torch.dtype
-    gemms: dict[tuple[int, int], TileGemm] = field(default_factory=dict, compare=False, repr=False)
+    gemms: dict[tuple, TileGemm] = field(default_factory=dict, compare=False, repr=False)
 
     def gemm(self, key: tuple[int, int], tiles: int) -> TileGemm:
-        """The element-wise stage of phase ``key`` (weights packed for oneDNN once, kept)."""
-        if key not in self.gemms:
-            self.gemms[key] = TileGemm(self.phases[key], tiles)
-        return self.gemms[key]
+        """The element-wise stage of phase ``key`` for calls of ``tiles`` tiles (weights packed
+        for oneDNN once per shape and kept: a call of another shape can be 20-50x slower)."""
+        if (key, tiles) not in self.gemms:
+            self.gemms[(key, tiles)] = TileGemm(self.phases[key], tiles)
+        return self.gemms[(key, tiles)]
 
 
 def transform_filter(
@@ -370,7 +371,7 @@ def _winograd_valid(
 
 
 #: Bytes of transformed input per chunk on the compiled path: oneDNN's grouped 1x1 convolution
-#: runs fastest on 128-512 tiles per call (benchmarks/bench_winograd.py --gemm).
+#: runs fastest on 128-512 tiles per call; 2, 4, 8 and 16 MB scanned (docs/benchmarks.md).
 NATIVE_CHUNK_BYTES = 6 << 20
 
 

@@ -21,7 +21,7 @@ from ..bench.timing import compare
 from .algorithms import apply_algorithms
 from .fold import fold_batchnorm
 from .measure import in_format
-from .plan import Candidate, Plan, allocate
+from .plan import Candidate, Plan, allocate, input_at_batch
 from .verify import decompose_model
 
 #: The assembled plan must measure this much above the target: the final measurement, after
@@ -34,15 +34,12 @@ __all__ = ["MARGIN", "deployable", "plan_for_speedup", "time_assembled"]
 
 def deployable(
     model: nn.Module, algorithms: dict[str, str], fold_bn: bool, memory_format: str
-) -> tuple[nn.Module, list[str], list[str], dict[str, str]]:
-    """``model`` as it is deployed: batch norms folded, the planned fast algorithms switched on,
-    weights in ``memory_format``. Returns it with the folded norms, the convolutions that absorbed
-    them, and the algorithms that applied."""
-    folded, convs = [], []
+) -> nn.Module:
+    """``model`` as the pipeline deploys it: batch norms folded, the planned fast algorithms
+    switched on, weights in ``memory_format``."""
     if fold_bn:
-        model, folded, convs = fold_batchnorm(model)
-    model, applied = apply_algorithms(model, algorithms)
-    return in_format(model, memory_format), folded, convs, applied
+        model = fold_batchnorm(model)[0]
+    return in_format(apply_algorithms(model, algorithms)[0], memory_format)
 
 
 def time_assembled(
@@ -57,12 +54,11 @@ def time_assembled(
 ) -> float:
     """Build ``plan`` as it will be deployed (untrained), time it interleaved with the original
     (in the faster of its layouts) at ``batch``, store both in the plan, return the speedup."""
-    reps = -(-batch // calibration.shape[0])
-    x = calibration.repeat(reps, *([1] * (calibration.dim() - 1)))[:batch]
+    x = input_at_batch(calibration, batch)
     given = original.eval()
     reference = in_format(original, memory_format).eval()
     model, _ = decompose_model(original, plan.rewrites(), calibration, max_error=max_layer_error)
-    model, *_ = deployable(model.eval(), plan.algorithms(), fold_bn, memory_format)
+    model = deployable(model.eval(), plan.algorithms(), fold_bn, memory_format)
     with torch.no_grad():
         t = compare({"given": lambda: given(x), "layout": lambda: reference(x),
                      "planned": lambda: model(x)}, warmup=1, repeats=repeats)  # fmt: skip

@@ -24,8 +24,8 @@ from ..data.bundle import DataBundle
 from ..errors import LeanconvError, OutputExistsError
 from ..report.files import write_text_atomic
 from .accuracy_budget import plan_for_accuracy
-from .algorithms import ALGORITHMS
-from .closed_loop import deployable, plan_for_speedup
+from .algorithms import ALGORITHMS, apply_algorithms
+from .closed_loop import plan_for_speedup
 from .evaluate import batches, check_classes
 from .finetune import FinetuneConfig, finetune
 from .fold import fold_batchnorm
@@ -213,12 +213,14 @@ def compress(
     result_notes = list(plan.notes)
 
     say("[5/6] measuring before and after in one harness")
-    # folded, fast algorithms switched on last (the same function up to rounding, so trained in
-    # plain form), in the planned layout; `deploy` is the same without the algorithms (saved)
-    fast, folded, folded_convs, algorithms = deployable(
-        compressed, plan.algorithms(), config.fold_bn, config.memory_format
-    )
-    deploy = fold_batchnorm(compressed)[0] if config.fold_bn else compressed
+    # as closed_loop.deployable builds it, keeping the steps' results: `deploy` folded (saved
+    # with plain convolutions), `fast` with the algorithms switched on last (the same function
+    # up to rounding, so trained in plain form) in the planned layout
+    deploy, folded, folded_convs = compressed, [], []
+    if config.fold_bn:
+        deploy, folded, folded_convs = fold_batchnorm(compressed)
+    fast, algorithms = apply_algorithms(deploy, plan.algorithms())
+    fast = in_format(fast, config.memory_format)
     if algorithms:
         say(f"      {len(algorithms)} layers run by Winograd: "
             + ", ".join(f"{n} ({a})" for n, a in algorithms.items()))  # fmt: skip

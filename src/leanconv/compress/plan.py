@@ -163,7 +163,7 @@ def _kl(logits: torch.Tensor, reference_log_probs: torch.Tensor) -> float:
     )
 
 
-def _layer_input_at_batch(x: torch.Tensor, batch: int) -> torch.Tensor:
+def input_at_batch(x: torch.Tensor, batch: int) -> torch.Tensor:
     """The captured activation repeated or cut to the deployment batch size."""
     reps = math.ceil(batch / x.shape[0])
     return x.repeat(reps, *([1] * (x.dim() - 1)))[:batch].contiguous()
@@ -209,7 +209,7 @@ def build_candidates(
     for i, name in enumerate(layers):
         layer = model.get_submodule(name)
         x = inputs[name]
-        xb = _layer_input_at_batch(x, batch).contiguous(memory_format=fmt)
+        xb = input_at_batch(x, batch).contiguous(memory_format=fmt)
         base = count(layer, xb)
         modules: dict[tuple, nn.Module] = {("keep", None, "direct"): layer}
         errors: dict[tuple, float] = {("keep", None, "direct"): 0.0}
@@ -285,7 +285,7 @@ def build_candidates(
                 f"{base.total.macs / 1e6:.1f} MMACs, {keep:.2f} ms")  # fmt: skip
     if use_cache:
         cache_store.save(CACHE_FILE, cache)
-    xb_model = _layer_input_at_batch(calibration, batch)
+    xb_model = input_at_batch(calibration, batch)
     folded = fold_batchnorm(model)[0] if fold_bn else model
     timings = compare({"given": lambda: given(xb_model), "model": lambda: model(xb_model),
                        "folded": lambda: folded(xb_model)}, warmup=1, repeats=repeats)  # fmt: skip
