@@ -100,12 +100,12 @@ def library() -> ctypes.CDLL | None:
 
 def _declare(lib: ctypes.CDLL) -> None:
     long, integer, ptr = ctypes.c_long, ctypes.c_int, ctypes.c_void_p
-    lib.winograd_input.restype = None
+    lib.winograd_input.restype = integer
     lib.winograd_input.argtypes = [ptr] + [long] * 9 + [ptr] + [long] * 5 + [integer] * 4
     lib.winograd_input.argtypes += [ptr, ptr, integer]
     lib.winograd_output.restype = None
     lib.winograd_output.argtypes = [ptr, long, ptr] + [long] * 11 + [integer] * 4
-    lib.winograd_output.argtypes += [ptr, ptr, integer]
+    lib.winograd_output.argtypes += [ptr, ptr, ptr, integer, integer]
 
 
 def available() -> bool:
@@ -158,22 +158,24 @@ def input_transform(
     tile: tuple[int, int],
     bt_h: torch.Tensor,
     bt_w: torch.Tensor,
-) -> None:
+) -> bool:
     """``v[p] = B_h^T d_p B_w`` for the tiles ``d_p`` of ``x`` (N, C, H, W, any strides) padded
     by ``pad = (top, left)`` (and with zeros below and right): ``rows`` tile rows of ``nw`` tiles
     of ``images`` images from image ``first[0]``, tile row ``first[1]``. ``v`` is a contiguous
-    ``[tiles, a_h * a_w * C]``."""
+    ``[tiles, a_h * a_w * C]``. Returns whether every value of ``v`` is finite (False when these
+    tiles of ``x`` hold NaN or infinity, or overflow float32)."""
     lib = library()
     n, c, height, width = x.shape
     ah, aw = bt_h.shape[0], bt_w.shape[0]
     _check_operands(x, (v, bt_h, bt_w), images * rows * nw * ah * aw * c, "output")
     _check(first[0] + images <= n and max(ah, aw) <= 16, "tiles outside the input")
     sn, sc, sh, sw = x.stride()
-    lib.winograd_input(
+    bad = lib.winograd_input(
         _ptr(x), sn, sc, sh, sw, c, height, width, pad[0], pad[1], _ptr(v),
         first[0], first[1], images, rows, nw, tile[0], tile[1], ah, aw,
         _ptr(bt_h), _ptr(bt_w), torch.get_num_threads(),
     )  # fmt: skip
+    return not bad
 
 
 def output_transform(
@@ -186,18 +188,23 @@ def output_transform(
     tile: tuple[int, int],
     at_h: torch.Tensor,
     at_w: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    relu: bool = False,
 ) -> None:
     """``out[tile p] = A_h^T m[p] A_w`` for ``m`` as ``[tiles, a_h * a_w * K]`` (the tiles that
     :func:`input_transform` made), written to ``out`` (N, K, H_o, W_o, any strides) and clipped at
-    its bottom and right edges."""
+    its bottom and right edges; plus ``bias`` (K values) and through ReLU when asked."""
     lib = library()
     n, k, height, width = out.shape
     ah, aw = at_h.shape[1], at_w.shape[1]
     _check_operands(out, (m, at_h, at_w), images * rows * nw * ah * aw * k, "input")
     _check(first[0] + images <= n and max(ah, aw) <= 16, "tiles outside the output")
     _check(nw * tile[1] >= width, "tiles that do not cover the output")
+    if bias is not None:
+        _check_operands(out, (bias,), k, "bias")
     sn, sk, sh, sw = out.stride()
     lib.winograd_output(
         _ptr(m), k, _ptr(out), sn, sk, sh, sw, height, width, first[0], first[1], images, rows,
-        nw, tile[0], tile[1], ah, aw, _ptr(at_h), _ptr(at_w), torch.get_num_threads(),
+        nw, tile[0], tile[1], ah, aw, _ptr(at_h), _ptr(at_w),
+        None if bias is None else _ptr(bias), int(relu), torch.get_num_threads(),
     )  # fmt: skip

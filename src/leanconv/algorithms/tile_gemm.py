@@ -19,15 +19,9 @@ from __future__ import annotations
 
 import torch
 
+from .packed import onednn_ops
+
 __all__ = ["TileGemm"]
-
-
-def _onednn_ops():
-    ops = getattr(torch.ops, "mkldnn", None)
-    try:
-        return ops._reorder_convolution_weight, ops._convolution_pointwise
-    except (AttributeError, RuntimeError):
-        return None
 
 
 class TileGemm:
@@ -41,7 +35,7 @@ class TileGemm:
         self.blocks, self.cg, self.kg = u.shape
         self.u = u = u.detach()
         self.packed = None
-        ops = _onednn_ops() if u.device.type == "cpu" and u.dtype == torch.float32 else None
+        ops = onednn_ops() if u.device.type == "cpu" and u.dtype == torch.float32 else None
         if ops is not None and torch.backends.mkldnn.is_available():
             reorder, self._conv = ops
             w = u.permute(0, 2, 1).reshape(self.blocks * self.kg, self.cg, 1, 1)

@@ -47,6 +47,21 @@ MAX_ALPHA = 16  # m + r - 1 beyond this loses every digit, even in float64
 
 __all__ = ["WinogradFilter", "conv2d", "conv2d_transformed", "transform_filter"]
 
+#: Activations the layer can apply in the same pass (None: none).
+ACTIVATIONS = (None, "relu")
+
+
+@dataclass
+class _Epilogue:
+    """What follows the convolution: ``+ bias`` then ReLU. The compiled path applies both while
+    writing the output and checks the input for NaN and infinity while transforming it, and says
+    so (``applied``, ``finite``); otherwise :func:`conv2d_transformed` does them as extra passes."""
+
+    bias: torch.Tensor | None = None
+    relu: bool = False
+    applied: bool = False
+    finite: bool | None = None  # None: not checked on the way
+
 
 def _tile_pair(tile, where: str) -> tuple[int, int]:
     message = f"{where}: tile={tile!r} must be a positive integer or a pair of them"
@@ -282,6 +297,7 @@ def _winograd_valid(
     out: torch.Tensor | None = None,
     timings: dict[str, float] | None = None,
     gemm: Callable[[int], TileGemm] | None = None,
+    epilogue: _Epilogue | None = None,
 ) -> torch.Tensor:
     """Stride-1 correlation of ``x`` (N, C, H, W) padded by ``pad`` with a transformed filter
     ``u`` (``[T * groups, C/g, K/g]``), written into ``out`` (N, K, H_o, W_o) or a new tensor.
@@ -291,13 +307,13 @@ def _winograd_valid(
     ``timings``, when given, accumulates seconds per stage (``input``, ``gemm``, ``output``).
     With ``gemm`` (the filter's :class:`TileGemm` for a number of tiles), float32 CPU tensors and
     no autograd recording, the compiled transforms of :mod:`.native` run instead
-    (:func:`_winograd_valid_native`).
+    (:func:`_winograd_valid_native`), applying ``epilogue`` on the way.
     """
     n, c, height, width = x.shape
     tiling = _Tiling(n, c, height, width, tile, kernel, groups, pad)
     recording = torch.is_grad_enabled() and (x.requires_grad or u.requires_grad)
     if gemm is not None and not recording and native.usable(x, u):
-        return _winograd_valid_native(x, gemm, tiling, out, timings)
+        return _winograd_valid_native(x, gemm, tiling, out, timings, epilogue)
     (mh, mw), (ah, aw), (_, nw), g = tiling.tile, tiling.alpha, tiling.tiles, groups
     cg, kg = c // g, u.shape[-1]
     t = ah * aw
@@ -381,6 +397,7 @@ def _winograd_valid_native(
     tiling: _Tiling,
     out: torch.Tensor | None,
     timings: dict[str, float] | None,
+    epilogue: _Epilogue | None = None,
 ) -> torch.Tensor:
     """:func:`_winograd_valid` with the fused compiled transforms and the oneDNN element-wise
     stage: per chunk of tiles, ``V`` ([tiles, a_h * a_w * C], tile-major) -> ``M = V U`` ->
@@ -400,6 +417,8 @@ def _winograd_valid_native(
     clock = time.perf_counter if timings is not None else None
     v_all = x.new_empty((most, ah * aw * c))
     pad = (tiling.pad[0], tiling.pad[2])
+    bias, relu = (epilogue.bias, epilogue.relu) if epilogue is not None else (None, False)
+    finite = True
     for n0, n1, th0, th1 in chunks:
         t0 = clock() if clock else 0.0
         images, rows = n1 - n0, th1 - th0
@@ -407,7 +426,9 @@ def _winograd_valid_native(
         v = v_all[:tiles]
         if tiles < most:
             v_all[tiles:].zero_()
-        native.input_transform(x, v, pad, (n0, th0), images, rows, nw, (mh, mw), bt_h, bt_w)
+        finite &= native.input_transform(
+            x, v, pad, (n0, th0), images, rows, nw, (mh, mw), bt_h, bt_w
+        )
         if clock:
             t1 = clock()
             timings["input"] = timings.get("input", 0.0) + t1 - t0
@@ -415,9 +436,13 @@ def _winograd_valid_native(
         if clock:
             t2 = clock()
             timings["gemm"] = timings.get("gemm", 0.0) + t2 - t1
-        native.output_transform(m, out, (n0, th0), images, rows, nw, (mh, mw), at_h, at_w)
+        native.output_transform(
+            m, out, (n0, th0), images, rows, nw, (mh, mw), at_h, at_w, bias, relu
+        )
         if clock:
             timings["output"] = timings.get("output", 0.0) + clock() - t2
+    if epilogue is not None:
+        epilogue.applied, epilogue.finite = True, finite
     return out
 
 
@@ -427,9 +452,14 @@ def conv2d_transformed(
     bias: torch.Tensor | None = None,
     padding: PaddingArg = 0,
     check_finite_input: bool = True,
+    activation: str | None = None,
 ) -> torch.Tensor:
-    """Convolve with a filter from :func:`transform_filter` (what ``nn.WinogradConv2d`` calls)."""
+    """Convolve with a filter from :func:`transform_filter` (what ``nn.WinogradConv2d`` calls),
+    then add ``bias`` and apply ``activation`` (``None`` or ``"relu"``); the compiled path does
+    both, and the input's finite check, inside its transforms (no extra pass)."""
     where = f"winograd F({filt.tile[0]}x{filt.tile[1]})"
+    if activation not in ACTIVATIONS:
+        raise InvalidSpecError(f"{where}: activation={activation!r} is not one of {ACTIVATIONS}")
     weight_shape = (filt.out_channels, filt.in_channels // filt.groups, *filt.kernel_size)
     args = normalise(x, weight_shape, bias, filt.stride, padding, filt.dilation, filt.groups, where)
     if x.dtype != filt.dtype:
@@ -437,11 +467,12 @@ def conv2d_transformed(
     first = next(iter(filt.phases.values()))
     if first.device != x.device:
         raise InvalidSpecError(f"{where}: filter on {first.device}, input on {x.device}")
-    if check_finite_input:
-        check_finite(where, input=x)
     compute = _compute_dtype(x.dtype)
     xc = (x if x.dim() == 4 else x.unsqueeze(0)).to(compute)
     k_out = filt.out_channels
+    b = None if bias is None else bias.detach().to(compute).contiguous()
+    recording = torch.is_grad_enabled() and bias is not None and bias.requires_grad
+    epilogue = _Epilogue(None if recording else b, activation == "relu")
 
     def core(x_sub: torch.Tensor, key: tuple[int, int]) -> torch.Tensor:
         u, kernel = filt.phases[key], filt.sub_kernels[key]
@@ -461,13 +492,23 @@ def conv2d_transformed(
         out = torch.empty(shape, dtype=xc.dtype, device=xc.device, memory_format=fmt)
         gemm = functools.partial(filt.gemm, (0, 0))
         u = filt.phases[(0, 0)]
-        y = _winograd_valid(
-            xc, u, filt.tile, filt.kernel_size, filt.groups, args.padding, out, gemm=gemm
-        )
+        y = _winograd_valid(xc, u, filt.tile, filt.kernel_size, filt.groups, args.padding, out,
+                            gemm=gemm, epilogue=epilogue)  # fmt: skip
     else:
         y = reduce_to_stride1(xc, args, k_out, core).contiguous(memory_format=fmt)
-    if bias is not None:
-        y.add_(bias.to(compute).view(1, -1, 1, 1))
+    if check_finite_input and not epilogue.finite:
+        # after the fact: the compiled path found out while transforming, else one more pass
+        check_finite(where, input=x)
+        if epilogue.finite is False:
+            raise InvalidSpecError(
+                f"{where}: the input's values overflow float32 in the transform (magnitudes near "
+                "3e38); use algorithm='direct'"
+            )
+    if not epilogue.applied:
+        if bias is not None:
+            y.add_(bias.to(compute).view(1, -1, 1, 1))
+        if activation == "relu":
+            y = y.relu_()
     y = y.to(x.dtype)
     return y if x.dim() == 4 else y.squeeze(0)
 

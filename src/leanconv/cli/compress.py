@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from ..compress.algorithms import ALGORITHMS
+from ..compress.deploy import Deployment
 from ..compress.finetune import FinetuneConfig
 from ..compress.pipeline import CompressConfig, compress
 from ..data import load_data
@@ -41,6 +42,9 @@ def register(app: typer.Typer) -> None:
         epochs: int = typer.Option(5, "--epochs", help="fine-tuning epochs"),
         lr: float = typer.Option(0.01, "--lr", help="fine-tuning learning rate"),
         batch: int = typer.Option(64, "--batch", help="deployment batch for planning"),
+        fuse: bool = typer.Option(
+            True, "--fuse/--no-fuse", help="fuse ReLUs into convolutions, pack them for oneDNN"
+        ),
         force: bool = typer.Option(False, "--force", help="replace an existing --out"),
         resume: bool = typer.Option(False, "--resume", help="continue an interrupted run"),
         trust_pickle: bool = typer.Option(False, "--trust-pickle", help="allow a pickled model"),
@@ -73,6 +77,7 @@ def register(app: typer.Typer) -> None:
             algorithms=fast,
             methods=chosen,
             plan_batch=batch,
+            deployment=Deployment(fuse=fuse),
             finetune=FinetuneConfig(epochs=epochs, lr=lr, seed=seed),
             seed=seed,
         )

@@ -22,6 +22,7 @@ from torch import nn
 
 from ..data.bundle import DataBundle
 from .closed_loop import time_assembled
+from .deploy import Deployment
 from .evaluate import accuracy
 from .finetune import FinetuneConfig, finetune
 from .plan import Candidate, Plan, allocate
@@ -76,8 +77,7 @@ def plan_for_accuracy(
     max_layer_error: float = 0.9,
     seed: int = 0,
     batch: int = 64,
-    memory_format: str = "channels_last",
-    fold_bn: bool = True,
+    deployment: Deployment = Deployment(),
     log=None,
 ) -> Plan:
     """The fastest plan whose short-fine-tune trial loses at most ``max_drop`` points (see the
@@ -120,8 +120,7 @@ def plan_for_accuracy(
         plan.target = target
         plan.met = True
         # its predicted speedup: the assembled plan timed, as for a speedup target
-        measured = time_assembled(original, plan, calibration, batch, memory_format, fold_bn,
-                                  max_layer_error)  # fmt: skip
+        measured = time_assembled(original, plan, calibration, batch, deployment, max_layer_error)
         say(f"      chosen: {ladder[lo]:.2f}x target, the assembled plan measures {measured:.2f}x")
     else:
         plan = _exact_only(candidates, fixed_ms, total_ms, macs_before, target)

@@ -4,12 +4,13 @@ The allocation of :mod:`.plan` predicts a model's latency as the sum of its laye
 by one plus a constant. Inside the whole network the layers run slower than alone (their weights
 and inputs no longer sit in cache: 20-25 % on the compressed VGG-16 at batch 64), so the sum is
 optimistic. Latency does not depend on the weights' values, so the planned model can be built
-and timed before any fine-tuning: decompose by the plan, fold batch norms, switch the planned
-layers to their algorithm, put it in the deployment layout, and time it interleaved with the
-original. If it misses the target (plus a margin, :data:`MARGIN`), the latency budget is
-tightened by the shortfall (raised to the power 1.5: the penalty grows as plans get leaner) and
-the allocation runs again (at most ``rounds`` times). The plan keeps what was measured:
-``assembled_ms`` and ``original_ms``, from which its predicted speedup is then computed.
+and timed before any fine-tuning: decompose by the plan, put it in its deployment form
+(:class:`.deploy.Deployment`: batch norms folded, the planned algorithms, ReLUs fused, layout),
+and time it interleaved with the original. If it misses the target (plus a margin,
+:data:`MARGIN`), the latency budget is tightened by the shortfall (raised to the power 1.5:
+the penalty grows as plans get leaner) and the allocation runs again (at most ``rounds``
+times). The plan keeps what was measured: ``assembled_ms`` and ``original_ms``, from which its
+predicted speedup is then computed.
 """
 
 from __future__ import annotations
@@ -18,8 +19,7 @@ import torch
 from torch import nn
 
 from ..bench.timing import compare
-from .algorithms import apply_algorithms
-from .fold import fold_batchnorm
+from .deploy import Deployment
 from .measure import in_format
 from .plan import Candidate, Plan, allocate, input_at_batch
 from .verify import decompose_model
@@ -29,17 +29,7 @@ from .verify import decompose_model
 #: measured 2.30x at the end of one demo run).
 MARGIN = 0.05
 
-__all__ = ["MARGIN", "deployable", "plan_for_speedup", "time_assembled"]
-
-
-def deployable(
-    model: nn.Module, algorithms: dict[str, str], fold_bn: bool, memory_format: str
-) -> nn.Module:
-    """``model`` as the pipeline deploys it: batch norms folded, the planned fast algorithms
-    switched on, weights in ``memory_format``."""
-    if fold_bn:
-        model = fold_batchnorm(model)[0]
-    return in_format(apply_algorithms(model, algorithms)[0], memory_format)
+__all__ = ["MARGIN", "plan_for_speedup", "time_assembled"]
 
 
 def time_assembled(
@@ -47,8 +37,7 @@ def time_assembled(
     plan: Plan,
     calibration: torch.Tensor,
     batch: int = 64,
-    memory_format: str = "channels_last",
-    fold_bn: bool = True,
+    deployment: Deployment = Deployment(),
     max_layer_error: float = 0.9,
     repeats: int = 5,
 ) -> float:
@@ -56,9 +45,9 @@ def time_assembled(
     (in the faster of its layouts) at ``batch``, store both in the plan, return the speedup."""
     x = input_at_batch(calibration, batch)
     given = original.eval()
-    reference = in_format(original, memory_format).eval()
+    reference = in_format(original, deployment.memory_format).eval()
     model, _ = decompose_model(original, plan.rewrites(), calibration, max_error=max_layer_error)
-    model = deployable(model.eval(), plan.algorithms(), fold_bn, memory_format)
+    model = deployment.apply(model.eval(), plan.algorithms())
     with torch.no_grad():
         t = compare({"given": lambda: given(x), "layout": lambda: reference(x),
                      "planned": lambda: model(x)}, warmup=1, repeats=repeats)  # fmt: skip
@@ -76,8 +65,7 @@ def plan_for_speedup(
     speedup: float,
     calibration: torch.Tensor,
     batch: int = 64,
-    memory_format: str = "channels_last",
-    fold_bn: bool = True,
+    deployment: Deployment = Deployment(),
     max_layer_error: float = 0.9,
     repeats: int = 5,
     rounds: int = 5,
@@ -91,8 +79,8 @@ def plan_for_speedup(
     best: Plan | None = None
     for round_ in range(rounds):
         plan = allocate(candidates, fixed_ms, total_ms, macs_before, speedup=budget)
-        measured = time_assembled(original, plan, calibration, batch, memory_format, fold_bn,
-                                  max_layer_error, repeats)  # fmt: skip
+        measured = time_assembled(original, plan, calibration, batch, deployment, max_layer_error,
+                                  repeats)  # fmt: skip
         say(f"      round {round_ + 1}: planned for {budget:.2f}x, layer sum predicts "
             f"{plan.layer_sum_speedup:.2f}x, the assembled model measures "
             f"{measured:.2f}x")  # fmt: skip

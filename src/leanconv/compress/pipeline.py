@@ -26,9 +26,11 @@ from ..report.files import write_text_atomic
 from .accuracy_budget import plan_for_accuracy
 from .algorithms import ALGORITHMS, apply_algorithms
 from .closed_loop import plan_for_speedup
+from .deploy import Deployment
 from .evaluate import batches, check_classes
 from .finetune import FinetuneConfig, finetune
 from .fold import fold_batchnorm
+from .fuse import fuse_activations
 from .measure import ModelFigures, in_format, measure_formats, static_figures
 from .plan import Candidate, Plan, allocate, build_candidates
 from .verify import SurgeryReport, decompose_model
@@ -42,13 +44,13 @@ class CompressConfig:
     search_epochs: int = 1  # fine-tuning epochs of each trial of that search
     methods: tuple[str, ...] = ("tucker2", "svd")
     algorithms: tuple[str, ...] = tuple(ALGORITHMS)  # fast algorithms tried per candidate
-    memory_format: str = "channels_last"  # layout the plan is measured in ("contiguous": NCHW)
+    # how the compressed model runs (and the plan is measured): folding, fusion, layout
+    deployment: Deployment = field(default_factory=Deployment)
     ratios: tuple[float, ...] = (0.06, 0.1, 0.15, 0.25, 0.4, 0.6)
     plan_batch: int = 64
     batch_sizes: tuple[int, ...] = (1, 64)
     calibration: int = 128
     max_layer_error: float = 0.9  # relative output error above which a layer is rolled back
-    fold_bn: bool = True
     repeats: int = 10
     finetune: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(epochs=5))
     seed: int = 0
@@ -72,6 +74,9 @@ class CompressResult:
     surgery: SurgeryReport
     finetune_history: list = field(default_factory=list)
     folded: list[str] = field(default_factory=list)
+    # the original in the same deployment form (latency only): what the plan's rewrites alone buy
+    baseline: ModelFigures | None = None
+    fused: list[str] = field(default_factory=list)
     onnx_max_error: float | None = None
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -82,6 +87,14 @@ class CompressResult:
             b: self.before.latency_ms[b] / self.after.latency_ms[b] for b in self.after.latency_ms
         }
 
+    @property
+    def speedup_over_baseline(self) -> dict[int, float]:
+        """The speedup over the original in the same deployment form (the rewrites' share)."""
+        if self.baseline is None:
+            return {}
+        by = self.baseline.latency_ms
+        return {b: by[b] / self.after.latency_ms[b] for b in self.after.latency_ms if b in by}
+
     def as_dict(self) -> dict:
         main = max(self.after.latency_ms) if self.after.latency_ms else None
         return {
@@ -89,6 +102,9 @@ class CompressResult:
             "after": self.after.as_dict(),
             "speedup": self.speedup.get(main) if main else None,
             "speedup_by_batch": {str(b): s for b, s in self.speedup.items()},
+            "baseline": self.baseline.as_dict() if self.baseline else None,
+            "speedup_over_baseline": {str(b): s for b, s in self.speedup_over_baseline.items()},
+            "fused_activations": self.fused,
             "predicted_speedup": self.plan.predicted_speedup,
             "accuracy_drop": self.before.accuracy - self.after.accuracy,
             "macs_ratio": self.after.macs / self.before.macs,
@@ -173,14 +189,14 @@ def compress(
             f"{len(calibration)} images")  # fmt: skip
         candidates, fixed, total = build_candidates(
             original, calibration, methods=config.methods, ratios=config.ratios,
-            batch=config.plan_batch, repeats=max(3, config.repeats // 2), fold_bn=config.fold_bn,
-            algorithms=config.algorithms, memory_format=config.memory_format, log=say,
+            batch=config.plan_batch, repeats=max(3, config.repeats // 2),
+            algorithms=config.algorithms, deployment=config.deployment, log=say,
         )  # fmt: skip
         target = config.target_kwargs()
         if "speedup" in target:
             plan = plan_for_speedup(
                 original, candidates, fixed, total, before.macs, target["speedup"], calibration,
-                config.plan_batch, config.memory_format, config.fold_bn, config.max_layer_error,
+                config.plan_batch, config.deployment, config.max_layer_error,
                 max(3, config.repeats // 2), log=say,
             )  # fmt: skip
         elif target:
@@ -189,8 +205,8 @@ def compress(
             plan = plan_for_accuracy(
                 original, candidates, fixed, total, before.macs, data, calibration,
                 config.max_drop, config.finetune, config.search_epochs,
-                config.max_layer_error, config.seed, config.plan_batch, config.memory_format,
-                config.fold_bn, log=say,
+                config.max_layer_error, config.seed, config.plan_batch, config.deployment,
+                log=say,
             )  # fmt: skip
         write_text_atomic(plan_file, json.dumps(plan.as_dict()), force=True)
     say(f"      {plan.target}: predicted {plan.predicted_speedup:.2f}x, "
@@ -213,26 +229,34 @@ def compress(
     result_notes = list(plan.notes)
 
     say("[5/6] measuring before and after in one harness")
-    # as closed_loop.deployable builds it, keeping the steps' results: `deploy` folded (saved
-    # with plain convolutions), `fast` with the algorithms switched on last (the same function
-    # up to rounding, so trained in plain form) in the planned layout
+    # the deployment form step by step (as Deployment.apply), keeping each step's result:
+    # `deploy` folded (saved with plain convolutions), `fast` with the algorithms (the same
+    # function up to rounding, so trained in plain form) and the fused activations
+    dep = config.deployment
     deploy, folded, folded_convs = compressed, [], []
-    if config.fold_bn:
+    if dep.fold_bn:
         deploy, folded, folded_convs = fold_batchnorm(compressed)
     fast, algorithms = apply_algorithms(deploy, plan.algorithms())
-    fast = in_format(fast, config.memory_format)
+    fused: list[str] = []
+    if dep.fuse:
+        fast, fused = fuse_activations(fast)
+        say(f"      {len(fused)} ReLUs fused into the convolutions before them, "
+            "convolutions packed for oneDNN")  # fmt: skip
+    fast = in_format(fast, dep.memory_format)
     if algorithms:
         say(f"      {len(algorithms)} layers run by Winograd: "
             + ", ".join(f"{n} ({a})" for n, a in algorithms.items()))  # fmt: skip
     after = static_figures(fast, data.test, shape)
-    # both models in both memory formats, interleaved; each keeps its faster format
-    measure_formats({"before": original, "after": fast}, {"before": before, "after": after},
-                    shape, config.batch_sizes, config.repeats)  # fmt: skip
+    baseline = ModelFigures(before.accuracy, before.params, before.macs)
+    # all in both memory formats, interleaved; each keeps its faster format
+    measure_formats({"before": original, "after": fast, "baseline": dep.apply(original)},
+                    {"before": before, "after": after, "baseline": baseline}, shape,
+                    config.batch_sizes, config.repeats)  # fmt: skip
     memory_format = after.best_format()
     say(f"      deployed in {memory_format} layout (before: fastest in {before.best_format()})")
     deploy = in_format(deploy, memory_format)
     result = CompressResult(before, after, plan, surgery, [r.__dict__ for r in history.history],
-                            folded, notes=result_notes)  # fmt: skip
+                            folded, baseline, fused, notes=result_notes)  # fmt: skip
     if config.max_drop is not None and before.accuracy - after.accuracy > config.max_drop:
         result.notes.append(
             f"accuracy dropped {before.accuracy - after.accuracy:.2f} points, more than "
@@ -247,7 +271,8 @@ def compress(
     replaced.update({n: nn.Identity() for n in folded})
     extra = {"folded_batchnorm": folded, "data": data.name}
     serialize.save(deploy, staging / "model", base, replaced, extra=extra, force=True,
-                   algorithms=algorithms, memory_format=memory_format)  # fmt: skip
+                   algorithms=algorithms, memory_format=memory_format,
+                   fuse=dep.fuse)  # fmt: skip
     result.seconds = time.perf_counter() - t_start
     write_artefacts(result, deploy, staging, shape, say)
     for leftover in ("checkpoint.pt",):

@@ -4,8 +4,9 @@ For every convolution the planner builds candidates — each decomposition metho
 (ranks from MACs budgets of the layer, :func:`leanconv.decompose.rank.budget_rank`) plus "keep",
 and each of those again with its 3x3 convolutions computed by Winograd F(2x2), F(4x4) or F(6x6)
 (:mod:`.algorithms`) — and gives each
-- its **measured latency** on this machine, on the layer's real input at the deployment batch
-  (interleaved medians; cached on disk by geometry, rank, batch, threads and device),
+- its **measured latency** on this machine, on the layer's real input at the deployment batch,
+  in its deployment form (:mod:`.deploy`; interleaved medians; cached on disk by geometry, rank,
+  batch, layout, threads and device),
 - its **sensitivity**: the KL divergence of the whole model's predictions on a calibration set when
   only that layer is rewritten (Kim et al. 2016 and later work rank layers this way); a fast
   algorithm adds none to the rewrite it computes (it is exact up to float32 rounding),
@@ -16,8 +17,8 @@ The allocation minimises the summed sensitivity subject to a latency (``speedup`
 layer independently takes ``argmin(sensitivity + lam * cost)``; bisection on ``lam`` finds the
 cheapest-in-sensitivity plan that meets the budget (Everett 1963; the standard
 rate-distortion allocation). Latency that no candidate changes (pooling, activations, the
-classifier) is measured once, on the model with its batch norms folded as it will be deployed,
-and added as a constant, so the predicted speedup is
+classifier) is measured once, on the model in its deployment form (batch norms folded, ReLUs
+fused), and added as a constant, so the predicted speedup is
 ``total_before / (fixed + sum of chosen layer latencies)``. If the target cannot be met, the best
 plan found is returned with ``met = False``.
 """
@@ -40,7 +41,7 @@ from ..cost import count
 from ..decompose.rank import budget_rank, output_error
 from ..errors import LeanconvError
 from .algorithms import ALGORITHMS, with_algorithm
-from .fold import fold_batchnorm
+from .deploy import Deployment
 from .measure import FORMATS
 from .replace import _SPEC_METHOD, decompose_layer
 from .surgery import conv_layers, replace_modules
@@ -178,25 +179,26 @@ def build_candidates(
     batch: int = 64,
     repeats: int = 5,
     use_cache: bool = True,
-    fold_bn: bool = True,
     algorithms: tuple[str, ...] = tuple(ALGORITHMS),
-    memory_format: str = "channels_last",
+    deployment: Deployment = Deployment(),
     log=None,
 ) -> tuple[dict[str, list[Candidate]], float, float]:
     """Candidates per layer (the first is "keep"), the fixed latency and the total latency.
 
-    Latencies are measured with weights and inputs in ``memory_format`` (``"channels_last"`` or
-    ``"contiguous"``), the layout the compressed model will be deployed in; the total is that of
-    the model as given in the faster of its own layout and ``memory_format``.
+    Latencies are measured in the ``deployment`` form (:class:`.deploy.Deployment`: convolutions
+    packed, weights and inputs in its memory format); the total is that of the model as given in
+    the faster of its own layout and the deployment's.
 
     ``algorithms``: the fast algorithms to try on every candidate that has an eligible 3x3
     convolution (``()``: decompositions only).
 
-    The fixed latency (everything no candidate changes) is measured on the model with its batch
-    norms folded (``fold_bn``), as the compressed model will be deployed; the total is the model
-    as given, so the predicted speedup covers both the rewrites and the folding.
+    The fixed latency (everything no candidate changes) is measured on the model in its deployment
+    form (batch norms folded, ReLUs fused); the total is the model as given, so the predicted
+    speedup covers both the rewrites and the deployment form.
     """
+    memory_format = deployment.memory_format
     fmt = FORMATS[memory_format]
+    form = (memory_format, "packed" if deployment.fuse else "plain")
     given = copy.deepcopy(model).eval()
     model = copy.deepcopy(model).eval().to(memory_format=fmt)
     layers = layers if layers is not None else conv_layers(model)
@@ -244,11 +246,11 @@ def build_candidates(
         timings: dict[tuple, float] = {}
         todo = {}
         for key, mod in modules.items():
-            ck = _latency_key(layer, key, (*xb.shape, memory_format), threads)
+            ck = _latency_key(layer, key, (*xb.shape, *form), threads)
             if use_cache and ck in cache:
                 timings[key] = cache[ck]
             else:
-                todo[key] = (ck, mod)
+                todo[key] = (ck, deployment.layer(mod))
         if todo:
             measured = compare({str(k): (lambda m=m, xb=xb: m(xb)) for k, (_, m) in todo.items()},
                                warmup=1, repeats=repeats)  # fmt: skip
@@ -286,13 +288,14 @@ def build_candidates(
     if use_cache:
         cache_store.save(CACHE_FILE, cache)
     xb_model = input_at_batch(calibration, batch)
-    folded = fold_batchnorm(model)[0] if fold_bn else model
+    deployed = deployment.apply(model)
     timings = compare({"given": lambda: given(xb_model), "model": lambda: model(xb_model),
-                       "folded": lambda: folded(xb_model)}, warmup=1, repeats=repeats)  # fmt: skip
+                       "deployed": lambda: deployed(xb_model)},
+                      warmup=1, repeats=repeats)  # fmt: skip
     total = min(timings["given"].ms, timings["model"].ms)
     conv_total = sum(cs[0].latency_ms for cs in out.values())
-    # what no candidate changes, as it will run after deployment (batch norms folded away)
-    fixed = max(0.0, timings["folded"].ms - conv_total)
+    # what no candidate changes, as it will run deployed (batch norms folded, ReLUs fused)
+    fixed = max(0.0, timings["deployed"].ms - conv_total)
     return out, fixed, total
 
 

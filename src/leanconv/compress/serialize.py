@@ -108,6 +108,7 @@ def save(
     force: bool = False,
     algorithms: dict[str, str] | None = None,
     memory_format: str = "contiguous",
+    fuse: bool = False,
 ) -> Path:
     """Write ``model`` to the directory ``path``.
 
@@ -117,7 +118,8 @@ def save(
     ``algorithms`` maps layer names to the fast algorithm their convolutions run by
     (:mod:`.algorithms`); ``model`` itself holds plain convolutions there. ``memory_format``
     (``"contiguous"`` or ``"channels_last"``) is the layout the model was measured fastest in;
-    :func:`load` puts the weights in it again.
+    :func:`load` puts the weights in it again. ``fuse``: the model was deployed with its ReLUs
+    fused and convolutions packed (:mod:`.fuse`); :func:`load` does it again.
     """
     from safetensors.torch import save as st_save
 
@@ -132,6 +134,7 @@ def save(
         "replaced": {name: describe(m) for name, m in replaced.items()},
         "algorithms": dict(algorithms or {}),
         "memory_format": memory_format,
+        "fused": bool(fuse),
         "extra": extra or {},
     }
     # clone: safetensors refuses tensors that share memory (tied weights)
@@ -145,8 +148,9 @@ def save(
 def load(
     path: str | Path, device: str | torch.device = "cpu", algorithms: bool = True
 ) -> nn.Module:
-    """Rebuild a model saved by :func:`save` (no pickle is read); with ``algorithms``, the
-    layers recorded with a fast algorithm run by it (otherwise by plain convolutions)."""
+    """Rebuild a model saved by :func:`save` (no pickle is read). With ``algorithms``, in its
+    deployment form as recorded: the layers recorded with a fast algorithm run by it, and the
+    ReLUs fused and convolutions packed if they were; otherwise plain convolutions and ReLUs."""
     from safetensors.torch import load_file
 
     from ..loading import load_model
@@ -179,7 +183,6 @@ def load(
     layout = description.get("memory_format", "contiguous")
     if layout not in FORMATS:
         raise LeanconvError(f"{str(meta_file)!r} names an unknown memory format {layout!r}")
-    model = model.to(memory_format=FORMATS[layout])
     chosen = description.get("algorithms") or {}
     if algorithms and chosen:
         from .algorithms import ALGORITHMS, apply_algorithms
@@ -193,4 +196,8 @@ def load(
             raise LeanconvError(
                 f"{str(meta_file)!r}: an algorithm names no layer ({exc})"
             ) from None
-    return model.eval()
+    if algorithms and description.get("fused"):
+        from .fuse import fuse_activations
+
+        model, _ = fuse_activations(model, inplace=True)
+    return model.to(memory_format=FORMATS[layout]).eval()

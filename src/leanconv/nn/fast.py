@@ -4,11 +4,16 @@
   filter ``G g G^T`` is cached and rebuilt only when the weight changes.
 - :class:`FFTConv2d`: FFT convolution (``algorithms.fft``); the transformed filter is cached per
   FFT size (which depends on the input size unless ``tile`` fixes it).
+- :class:`PackedConv2d`: direct convolution by oneDNN on a weight packed once per input shape
+  (``algorithms.packed``), the deployment form of a plain layer.
 
-Both hold ``weight`` and ``bias`` as ``nn.Conv2d`` does, so ``state_dict`` is interchangeable, and
-both are differentiable: while autograd records (training), the filter is transformed on every
+All hold ``weight`` and ``bias`` as ``nn.Conv2d`` does, so ``state_dict`` is interchangeable, and
+all are differentiable: while autograd records (training), the filter is transformed on every
 call so that gradients reach ``weight``; under ``torch.no_grad`` / eval the cache is used.
 ``from_conv(conv)`` builds one from a trained ``nn.Conv2d`` (same outputs up to rounding).
+``activation="relu"`` makes a layer compute ``relu(conv(x))``, in the pass that writes its output
+where the algorithm allows (compiled Winograd, oneDNN), so that a following ``nn.ReLU`` can go
+(:func:`leanconv.compress.fuse.fuse_activations`).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from ..algorithms import fft as _fft
+from ..algorithms import packed as _packed
 from ..algorithms import winograd as _winograd
 from ..algorithms._geometry import normalise, pair
 from ..cost import register_module_rule
@@ -27,7 +33,7 @@ from ..cost.formulas import OpCost, conv_cost
 from ..errors import InvalidSpecError
 from ..spec import ConvSpec
 
-__all__ = ["FFTConv2d", "WinogradConv2d"]
+__all__ = ["FFTConv2d", "PackedConv2d", "WinogradConv2d"]
 
 
 class _FastConv2d(nn.Module):
@@ -46,11 +52,17 @@ class _FastConv2d(nn.Module):
         groups: int = 1,
         bias: bool = True,
         check_finite: bool = True,
+        activation: str | None = None,
         device=None,
         dtype=None,
     ):
         super().__init__()
         where = self._where
+        if activation not in _packed.ACTIVATIONS:
+            raise InvalidSpecError(
+                f"{where}: activation={activation!r} is not one of {_packed.ACTIVATIONS}"
+            )
+        self.activation = activation
         for arg, v in (("in_channels", in_channels), ("out_channels", out_channels)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise InvalidSpecError(f"{where}: {arg}={v!r} must be a positive integer")
@@ -87,7 +99,7 @@ class _FastConv2d(nn.Module):
             nn.init.uniform_(self.bias, -bound, bound)
 
     @classmethod
-    def _from_conv_kwargs(cls, conv: nn.Conv2d) -> dict:
+    def _from_conv_kwargs(cls, conv: nn.Conv2d, activation: str | None = None) -> dict:
         if not isinstance(conv, nn.Conv2d):
             raise InvalidSpecError(f"{cls.__name__}.from_conv: {type(conv).__name__} is not Conv2d")
         if conv.padding_mode != "zeros":
@@ -104,6 +116,7 @@ class _FastConv2d(nn.Module):
             dilation=conv.dilation,
             groups=conv.groups,
             bias=conv.bias is not None,
+            activation=activation,
             device=conv.weight.device,
             dtype=conv.weight.dtype,
         )
@@ -119,16 +132,21 @@ class _FastConv2d(nn.Module):
         weight, and may hold oneDNN-packed tensors that cannot be copied."""
         state = self.__dict__.copy()
         if "_cache" in state:
-            state["_cache"] = None
+            state["_cache"] = {} if isinstance(state["_cache"], dict) else None
         return state
 
-    def _shape_only(self, x: Tensor) -> Tensor:
-        """The output on a meta tensor (for counting and shape inference: no values exist, so no
-        transform can run); :func:`_fast_conv_rule` gives the cost."""
+    def _direct(self, x: Tensor) -> Tensor:
+        """Direct convolution (``leanconv.algorithms.conv2d``): the output on a meta tensor (for
+        counting and shape inference: no values exist, so no transform can run;
+        :func:`_fast_conv_rule` gives the cost), and where a layer's own path does not apply."""
         from ..algorithms import conv2d
 
         args = (self.stride, self.padding, self.dilation, self.groups)
-        return conv2d(x, self.weight, self.bias, *args, algorithm="direct")
+        return self._activate(conv2d(x, self.weight, self.bias, *args, algorithm="direct"))
+
+    def _activate(self, y: Tensor) -> Tensor:
+        """``activation`` as a separate pass (where the algorithm could not fuse it)."""
+        return torch.relu(y) if self.activation == "relu" else y
 
     def _recording(self) -> bool:
         return torch.is_grad_enabled() and self.weight.requires_grad
@@ -148,6 +166,8 @@ class _FastConv2d(nn.Module):
             s += f", groups={self.groups}"
         if self.bias is None:
             s += ", bias=False"
+        if self.activation is not None:
+            s += f", activation={self.activation!r}"
         return s
 
 
@@ -205,10 +225,11 @@ class WinogradConv2d(_FastConv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         if x.is_meta:
-            return self._shape_only(x)
+            return self._direct(x)
         return _winograd.conv2d_transformed(
-            x, self.transformed_filter(), self.bias, self.padding, self.check_finite
-        )
+            x, self.transformed_filter(), self.bias, self.padding, self.check_finite,
+            self.activation,
+        )  # fmt: skip
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", tile={self.tile}"
@@ -284,12 +305,71 @@ class FFTConv2d(_FastConv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         if x.is_meta:
-            return self._shape_only(x)
+            return self._direct(x)
         batch = x.shape[0] if x.dim() == 4 else 1
         size = self.fft_size(x.shape[-2], x.shape[-1], batch)
-        return _fft.conv2d_transformed(
-            x, self.transformed_filter(size), self.bias, self.padding, self.check_finite
+        return self._activate(
+            _fft.conv2d_transformed(
+                x, self.transformed_filter(size), self.bias, self.padding, self.check_finite
+            )
         )
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", tile={self.tile}"
+
+
+class PackedConv2d(_FastConv2d):
+    """``nn.Conv2d`` run by oneDNN on a weight packed once per input shape, with the bias and
+    ``activation`` fused into the pass that writes the output (:mod:`leanconv.algorithms.packed`).
+
+    Where the packed path does not apply (autograd recording, devices other than the CPU, dtypes
+    other than float32, asymmetric or string padding, unbatched input) it computes the same with
+    ``F.conv2d``. Packs are cached per input shape (at most :attr:`MAX_PACKS`) and rebuilt when the
+    weight changes; the output is channels-last on the packed path (oneDNN's choice).
+    """
+
+    _where = "PackedConv2d"
+    MAX_PACKS = 4
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._cache: dict[tuple[int, ...], tuple[tuple, Tensor]] = {}
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, activation: str | None = None) -> PackedConv2d:
+        """A packed layer computing ``activation(conv(x))`` (weights copied)."""
+        layer = cls(**cls._from_conv_kwargs(conv, activation))
+        layer._copy_from(conv)
+        return layer.train(conv.training)
+
+    def _symmetric_padding(self) -> tuple[int, int] | None:
+        p = self.padding
+        if isinstance(p, int):
+            return (p, p)
+        if isinstance(p, tuple) and len(p) == 2 and all(isinstance(v, int) for v in p):
+            return p
+        return None
+
+    def packed_weight(self, shape: tuple[int, ...]) -> Tensor | None:
+        """The weight packed for inputs of ``shape`` (cached while the weight does not change)."""
+        key = self._weight_key()
+        hit = self._cache.get(shape)
+        if hit is None or hit[0] != key:
+            args = (self.stride, self._symmetric_padding(), self.dilation, self.groups)
+            hit = (key, _packed.pack(self.weight, *args, shape))
+            self._cache = {s: v for s, v in self._cache.items() if v[0] == key}
+            while len(self._cache) >= self.MAX_PACKS:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[shape] = hit
+        return hit[1]
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.is_meta:
+            return self._direct(x)
+        padding = self._symmetric_padding()
+        if padding is not None and _packed.usable(x, self.weight):
+            packed = self.packed_weight(tuple(x.shape))
+            if packed is not None:
+                args = (self.stride, padding, self.dilation, self.groups, self.activation)
+                return _packed.conv2d_packed(x, packed, self.bias, *args)
+        return self._direct(x)

@@ -21,11 +21,17 @@ from torch import Tensor, nn
 Attention = Callable[[int], nn.Module] | None
 
 
-def conv_bn(c_in: int, c_out: int, k: int, stride: int = 1, groups: int = 1) -> nn.Sequential:
-    """``k x k`` convolution (no bias, 'same' padding for odd k) followed by batch norm."""
-    return nn.Sequential(
-        nn.Conv2d(c_in, c_out, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(c_out)
-    )
+def conv_bn(
+    c_in: int, c_out: int, k: int, stride: int = 1, groups: int = 1, relu: bool = False
+) -> nn.Sequential:
+    """``k x k`` convolution (no bias, 'same' padding for odd k) followed by batch norm (and ReLU
+    when ``relu``: in one ``nn.Sequential``, where deployment can fuse it into the convolution,
+    :mod:`leanconv.compress.fuse`)."""
+    layers = [
+        nn.Conv2d(c_in, c_out, k, stride, k // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(c_out),
+    ]
+    return nn.Sequential(*layers, *([nn.ReLU(inplace=True)] if relu else []))
 
 
 def _shortcut(c_in: int, c_out: int, stride: int) -> nn.Module:
@@ -47,7 +53,7 @@ class BasicBlock(nn.Module):
             if v < 1:
                 raise ValueError(f"BasicBlock: {arg}={v} must be positive")
         out = channels * self.expansion
-        self.conv1 = conv_bn(in_channels, channels, 3, stride)
+        self.conv1 = conv_bn(in_channels, channels, 3, stride, relu=True)
         self.conv2 = conv_bn(channels, out, 3)
         self.attention = attention(out) if attention else nn.Identity()
         self.shortcut = _shortcut(in_channels, out, stride)
@@ -58,8 +64,7 @@ class BasicBlock(nn.Module):
         return f"{self.in_channels}->{self.channels * self.expansion}, stride={self.stride}"
 
     def forward(self, x: Tensor) -> Tensor:
-        y = self.relu(self.conv1(x))
-        y = self.attention(self.conv2(y))
+        y = self.attention(self.conv2(self.conv1(x)))
         return self.relu(y + self.shortcut(x))
 
 
@@ -85,8 +90,8 @@ class BottleneckBlock(nn.Module):
         width = channels * width_per_group // 64 * groups
         out = channels * self.expansion
         s1, s3 = (stride, 1) if stride_in_1x1 else (1, stride)
-        self.conv1 = conv_bn(in_channels, width, 1, s1)
-        self.conv2 = conv_bn(width, width, 3, s3, groups=groups)
+        self.conv1 = conv_bn(in_channels, width, 1, s1, relu=True)
+        self.conv2 = conv_bn(width, width, 3, s3, groups=groups, relu=True)
         self.conv3 = conv_bn(width, out, 1)
         self.attention = attention(out) if attention else nn.Identity()
         self.shortcut = _shortcut(in_channels, out, stride)
@@ -100,7 +105,5 @@ class BottleneckBlock(nn.Module):
         return f"{self.in_channels}->{out}, stride={self.stride} (in {where})"
 
     def forward(self, x: Tensor) -> Tensor:
-        y = self.relu(self.conv1(x))
-        y = self.relu(self.conv2(y))
-        y = self.attention(self.conv3(y))
+        y = self.attention(self.conv3(self.conv2(self.conv1(x))))
         return self.relu(y + self.shortcut(x))

@@ -4,7 +4,13 @@
  *     V[p][i][j][c] = sum_a sum_b BTh[i][a] * x[c][row0 + a][col0 + b] * BTw[j][b]
  * Output transform of the element-wise products M:
  *     Y[i][l][k] = sum_a sum_b ATh[i][a] * M[p][a][b][k] * ATw[l][b]
- * written to out[n][k][row0 + i][col0 + l] (any strides) where it falls inside the output.
+ * written to out[n][k][row0 + i][col0 + l] (any strides) where it falls inside the output, plus
+ * bias[k] when a bias is given, then max(0, .) when relu is set (the epilogue of the layer).
+ *
+ * The input transform returns 1 when a transformed value is NaN or infinite: a NaN or infinity in
+ * the input reaches at least one of them (B^T is invertible, so every input value has a nonzero
+ * coefficient), which replaces a separate pass that checks the input (v * 0 is NaN exactly for
+ * such v). It also flags values so large that the transform overflows float32.
  *
  * Work is split into (image, tile row, block of CB = 64 channels) items shared among OpenMP threads.
  * An item first copies the band of input rows its tiles read into a small channels-innermost
@@ -35,7 +41,7 @@ static inline void combine(float *restrict acc, const float *restrict coef, int 
     }
 }
 
-void winograd_input(const float *restrict x, long s_n, long s_c, long s_h, long s_w,
+int winograd_input(const float *restrict x, long s_n, long s_c, long s_h, long s_w,
                     long channels, long height, long width, long pad_top, long pad_left,
                     float *restrict v, long n0, long th0, long images, long rows, long nw,
                     int mh, int mw, int ah, int aw, const float *restrict bth,
@@ -45,9 +51,12 @@ void winograd_input(const float *restrict x, long s_n, long s_c, long s_h, long 
     const long band_w = nw * mw + aw - mw;
     const long t_stride = channels;           /* between tile elements in V */
     const long p_stride = (long)ah * aw * channels;
-#pragma omp parallel num_threads(threads)
+    int bad = 0;
+#pragma omp parallel num_threads(threads) reduction(| : bad)
     {
         float *band = malloc(sizeof(float) * ah * band_w * CB);
+        float probe[CB];
+        for (int c = 0; c < CB; c++) probe[c] = 0.0f;
         float tmp[MAX_ALPHA][MAX_ALPHA][CB];
 #pragma omp for schedule(static)
         for (long item = 0; item < items; item++) {
@@ -86,17 +95,22 @@ void winograd_input(const float *restrict x, long s_n, long s_c, long s_h, long 
                         combine(acc, btw + j * aw, 1, aw, tmp[i][0], CB);
                         float *o = dst + ((long)i * aw + j) * t_stride;
                         for (long c = 0; c < cb; c++) o[c] = acc[c];
+#pragma omp simd
+                        for (int c = 0; c < CB; c++) probe[c] += acc[c] * 0.0f;
                     }
             }
         }
+        for (int c = 0; c < CB; c++) bad |= probe[c] != 0.0f; /* NaN != 0 too */
         free(band);
     }
+    return bad;
 }
 
 void winograd_output(const float *restrict m, long channels, float *restrict out, long s_n,
                      long s_k, long s_h, long s_w, long height, long width, long n0, long th0,
                      long images, long rows, long nw, int mh, int mw, int ah, int aw,
-                     const float *restrict ath, const float *restrict atw, int threads) {
+                     const float *restrict ath, const float *restrict atw,
+                     const float *restrict bias, int relu, int threads) {
     const long blocks = (channels + CB - 1) / CB;
     const long items = images * rows * blocks;
     const long band_w = nw * mw;
@@ -132,12 +146,20 @@ void winograd_output(const float *restrict m, long channels, float *restrict out
             }
             /* out[n][k0 + k][row0 + i][col] = band[i][col][k] */
             float *on = out + (n0 + img) * s_n + row0 * s_h + k0 * s_k;
-            for (long k = 0; k < kb; k++)
+            for (long k = 0; k < kb; k++) {
+                const float b = bias ? bias[k0 + k] : 0.0f;
                 for (int i = 0; i < hi; i++) {
                     float *o = on + k * s_k + i * s_h;
                     const float *s = band + (long)i * band_w * CB + k;
-                    for (long col = 0; col < width; col++) o[col * s_w] = s[col * CB];
+                    if (relu)
+                        for (long col = 0; col < width; col++) {
+                            const float y = s[col * CB] + b;
+                            o[col * s_w] = y < 0.0f ? 0.0f : y; /* NaN stays NaN */
+                        }
+                    else
+                        for (long col = 0; col < width; col++) o[col * s_w] = s[col * CB] + b;
                 }
+            }
         }
         free(band);
     }
