@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -190,6 +192,7 @@ def test_modules_from_conv(make, conv):
         layer.weight.mul_(2)
         conv.weight.mul_(2)
         _close(layer(x), conv(x))
+        _close(copy.deepcopy(layer)(x), conv(x))  # copies leave the cache behind
     assert set(layer.state_dict()) == set(conv.state_dict())
 
 

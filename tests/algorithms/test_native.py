@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from leanconv.algorithms import native, tile_gemm, winograd
+from leanconv.errors import InvalidSpecError
 
 pytestmark = pytest.mark.skipif(not native.available(), reason=native.status())
 
@@ -38,6 +39,7 @@ def problems(draw):
         "tile": (draw(st.integers(1, 5)), draw(st.integers(1, 5))),
         "channels_last": draw(st.booleans()),
         "bias": draw(st.booleans()),
+        "relu": draw(st.booleans()),
         "chunk": draw(st.sampled_from([1, 5000, 1 << 30])),
         "seed": draw(st.integers(0, 2**16)),
     }
@@ -63,7 +65,12 @@ def _check_problem(p):
         F.pad(x.double(), p["padding"]), w.double(), None if b is None else b.double(), 1, 0, 1,
         p["groups"],
     )  # fmt: skip
-    y = winograd.conv2d(x, w, b, 1, p["padding"], 1, p["groups"], tile=p["tile"])
+    if p["relu"]:  # fused into the output transform
+        filt = winograd.transform_filter(w, p["tile"], 1, 1, p["groups"])
+        y = winograd.conv2d_transformed(x, filt, b, p["padding"], activation="relu")
+        ref = ref.relu()
+    else:
+        y = winograd.conv2d(x, w, b, 1, p["padding"], 1, p["groups"], tile=p["tile"])
     assert _relative_error(y, ref) < 1e-4
     keeps_layout = p["channels_last"] and not x.is_contiguous()
     fmt = torch.channels_last if keeps_layout else torch.contiguous_format
@@ -146,3 +153,31 @@ def test_balanced_chunks():
     tiling = winograd._Tiling(8, 16, 14, 14, (4, 4), (3, 3), 1, (1, 1, 1, 1))
     chunks = winograd._chunks(tiling, 1, 7 * 16)  # room for 7 images of 16 tiles
     assert chunks == [(0, 4, 0, 4), (4, 8, 0, 4)]
+
+
+def test_input_check_rides_on_the_transform(monkeypatch):
+    # the compiled input transform reports non-finite values: no separate pass over the input
+    passes = []
+    original = winograd.check_finite
+    monkeypatch.setattr(
+        winograd, "check_finite", lambda *a, **k: passes.append(1) or original(*a, **k)
+    )
+    x, w = torch.randn(2, 8, 12, 12), torch.randn(8, 8, 3, 3)
+    winograd.conv2d(x, w, None, 1, 1, tile=4)
+    assert passes == [1]  # the weight's, in transform_filter; none for the input
+    for value in (float("nan"), float("inf"), -float("inf")):
+        bad = x.clone()
+        bad[1, 3, 11, 0] = value  # in the last tile row and column
+        with pytest.raises(InvalidSpecError, match="input holds NaN or infinity"):
+            winograd.conv2d(bad, w, None, 1, 1, tile=4)
+    huge = torch.full((1, 8, 6, 6), 3e38)  # finite, but the transform overflows float32
+    with pytest.raises(InvalidSpecError, match="overflow"):
+        winograd.conv2d(huge, w, None, 1, 1, tile=4)
+
+
+def test_fused_epilogue_keeps_nan_when_unchecked():
+    x, w = torch.randn(1, 8, 8, 8), torch.randn(8, 8, 3, 3)
+    x[0, 0, 0, 0] = float("nan")
+    filt = winograd.transform_filter(w, 4)
+    y = winograd.conv2d_transformed(x, filt, None, 1, check_finite_input=False, activation="relu")
+    assert y[0, :, :2, :2].isnan().any()  # ReLU does not turn NaN into 0, as torch.relu

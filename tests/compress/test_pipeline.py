@@ -68,13 +68,26 @@ def test_compress_writes_every_artefact(tmp_path, factory):
             assert report[side]["latency_ms"][b] == min(by[f][b] for f in by)
     assert report["predicted_speedup"] > 0 and report["speedup"] > 0
     assert report["plan"]["layers"]
+    # the original in the same deployment form, measured in the same harness
+    assert set(report["baseline"]["latency_ms"]) == {"1", "8"}
+    for b in ("1", "8"):
+        ratio = report["baseline"]["latency_ms"][b] / report["after"]["latency_ms"][b]
+        assert report["speedup_over_baseline"][b] == pytest.approx(ratio)
+    assert report["fused_activations"] == ["2", "5", "8"]  # every ReLU follows a convolution
     assert result.onnx_max_error < 1e-3
     back = serialize.load(out / "model")
     x = data.test.tensors[0][:4]
     with torch.no_grad():
         assert back(x).shape == (4, 3)
-    # the batch norms were folded into the convolutions: none is left in the saved model
+    # the batch norms were folded into the convolutions: none is left in the saved model; it
+    # loads in its deployment form (ReLUs fused, convolutions packed) unless asked otherwise
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in back.modules())
+    assert json.loads((out / "model" / "model.json").read_text())["fused"] is True
+    assert not any(type(m) in (torch.nn.ReLU, torch.nn.Conv2d) for m in back.modules())
+    plain = serialize.load(out / "model", algorithms=False)
+    assert sum(type(m) is torch.nn.ReLU for m in plain.modules()) == 3
+    with torch.no_grad():
+        torch.testing.assert_close(back(x), plain(x), rtol=1e-4, atol=1e-4)
     with pytest.raises(OutputExistsError):
         compress(_model(factory), data, _config(), out, {"factory": f"{factory}:make"}, log=None)
 
