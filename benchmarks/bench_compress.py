@@ -19,6 +19,7 @@ import time
 import torch
 
 from leanconv import zoo
+from leanconv.compress.deploy import Deployment
 from leanconv.compress.finetune import FinetuneConfig, finetune
 from leanconv.compress.pipeline import CompressConfig, compress
 from leanconv.data import digits
@@ -35,6 +36,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train-lr", type=float, default=0.02)
+    p.add_argument("--no-fuse", action="store_true", help="deploy without fusion and packing")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -50,6 +52,7 @@ def main() -> None:
         speedup=args.speedup, methods=tuple(args.methods.split(",")),
         ratios=(0.03, 0.05, 0.08, 0.12, 0.2, 0.35, 0.6), calibration=64,
         finetune=FinetuneConfig(epochs=args.epochs, lr=0.01, progress=False), seed=args.seed,
+        deployment=Deployment(fuse=not args.no_fuse),
     )  # fmt: skip
     base = {"zoo": args.model, "kwargs": {"num_classes": 10, "width": args.width}}
     r = compress(model, data, config, out, base, log=print)
@@ -65,6 +68,12 @@ def main() -> None:
     for side, fig in (("before", b), ("after", a)):
         by = ", ".join(f"{f} {v[64]:.2f} ms" for f, v in fig.latency_by_format.items() if 64 in v)
         print(f"{side} at batch 64 by layout: {by} (faster: {fig.best_format()})")
+    over = r.speedup_over_baseline
+    if over:
+        print("original deployed alike (folded, fused, packed): "
+              + ", ".join(f"batch {bs} {r.baseline.latency_ms[bs]:.2f} ms -> {over[bs]:.2f}x"
+                          for bs in sorted(over))
+              + f"; at batch 64 / MACs reduction: {over[64] / macs_x:.2f}")  # fmt: skip
     algorithms = r.plan.algorithms()
     print(f"layers by Winograd: {len(algorithms)} {algorithms}")
     pred = r.plan.predicted_speedup

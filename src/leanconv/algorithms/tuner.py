@@ -1,12 +1,13 @@
 """Per-layer algorithm selection on the machine at hand: ``accelerate(model, example_input)``.
 
 For each ``nn.Conv2d`` the tuner (1) records the layer's real input from one forward pass of the
-example, (2) builds every applicable fast form (Winograd F(2x2), F(4x4), F(6x6) for small kernels,
-FFT for large ones, im2col), (3) checks each against the layer's own output (max error relative to
-the largest output magnitude, must stay within ``tolerance``), (4) times the survivors against the
-native layer with interleaved runs and medians, and (5) replaces the layer with the fastest one only
-if it beats the native layer by ``margin``. A final end-to-end measurement guards the promise that
-the result is never slower than the original: if it is, the original layers are kept.
+example, (2) builds every applicable fast form (direct convolution on a weight packed once for
+oneDNN, Winograd F(2x2), F(4x4), F(6x6) for small kernels, FFT for large ones), (3) checks each
+against the layer's own output (max error relative to the largest output magnitude, must stay
+within ``tolerance``), (4) times the survivors against the native layer with interleaved runs
+and medians, and (5) replaces the layer with the fastest one only if it beats the native layer
+by ``margin``. A final end-to-end measurement guards the promise that the result is never slower
+than the original: if it is, the original layers are kept.
 
 Timings are cached on disk keyed by input shape, weight shape, geometry, dtype, thread count,
 device and torch version, so a second call re-checks errors but times nothing.
@@ -73,12 +74,13 @@ class TuneReport:
 
 def candidate_builders(conv: nn.Conv2d) -> dict[str, Callable[[], nn.Module]]:
     """The fast forms that apply to ``conv``, by name, each as a builder of a module."""
-    from ..nn.fast import FFTConv2d, WinogradConv2d
+    from ..nn.fast import FFTConv2d, PackedConv2d, WinogradConv2d
 
     kh, kw = conv.kernel_size
     out: dict[str, Callable[[], nn.Module]] = {}
     if isinstance(conv.padding, str) or conv.padding_mode != "zeros":
         return out
+    out["packed"] = lambda: PackedConv2d.from_conv(conv)
     small = max(kh, kw) <= 5 and conv.groups == 1 and min(conv.in_channels, conv.out_channels) >= 8
     if small and max(conv.stride) <= 2:
         for m in (2, 4, 6):

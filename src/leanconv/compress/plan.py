@@ -16,11 +16,12 @@ The allocation minimises the summed sensitivity subject to a latency (``speedup`
 (``macs_ratio``) or accuracy-proxy budget, by Lagrangian relaxation: for a multiplier ``lam`` each
 layer independently takes ``argmin(sensitivity + lam * cost)``; bisection on ``lam`` finds the
 cheapest-in-sensitivity plan that meets the budget (Everett 1963; the standard
-rate-distortion allocation). Latency that no candidate changes (pooling, activations, the
-classifier) is measured once, on the model in its deployment form (batch norms folded, ReLUs
-fused), and added as a constant, so the predicted speedup is
-``total_before / (fixed + sum of chosen layer latencies)``. If the target cannot be met, the best
-plan found is returned with ``met = False``.
+rate-distortion allocation), and what it leaves of the budget is spent greedily on the layers
+whose more accurate candidates buy the most sensitivity per unit of cost. Latency that no
+candidate changes (pooling, activations, the classifier) is measured once, on the model in its
+deployment form (batch norms folded, ReLUs fused), and added as a constant, so the predicted
+speedup is ``total_before / (fixed + sum of chosen layer latencies)``. If the target cannot be
+met, the best plan found is returned with ``met = False``.
 """
 
 from __future__ import annotations
@@ -309,6 +310,30 @@ def _pick(cands: dict[str, list[Candidate]], lam: float, cost) -> dict[str, Cand
     }
 
 
+def _fill(
+    plan: dict[str, Candidate], cands: dict[str, list[Candidate]], cost, spare: float
+) -> dict[str, Candidate]:
+    """Spend what the Lagrangian plan leaves of the budget: it only reaches plans on the convex
+    hull of (cost, sensitivity), so it can stop well under the budget. Repeatedly switch the
+    layer whose more accurate candidate buys the most sensitivity per unit of cost and still
+    fits (the greedy repair of multiple-choice knapsack)."""
+    plan = dict(plan)
+    while True:
+        best, best_rate = None, 0.0
+        for name, cs in cands.items():
+            now = plan[name]
+            for c in cs:
+                extra = cost(c) - cost(now)
+                gain = now.sensitivity - c.sensitivity
+                if gain > 0 and 0 < extra <= spare and gain / extra > best_rate:
+                    best, best_rate = (name, c, extra), gain / extra
+        if best is None:
+            return plan
+        name, c, extra = best
+        plan[name] = c
+        spare -= extra
+
+
 def allocate(
     candidates: dict[str, list[Candidate]],
     fixed_ms: float,
@@ -372,6 +397,7 @@ def allocate(
                 hi, best = mid, trial
             else:
                 lo = mid
+        best = _fill(best, objective, cost, budget - total(best))
     choices = {n: next(c for c in candidates[n]
                        if (c.method, c.rank, c.algorithm) == (b.method, b.rank, b.algorithm))
                for n, b in best.items()}  # fmt: skip
