@@ -88,7 +88,8 @@ def test_usable_only_where_it_applies():
         torch.nn.Conv2d(4, 4, 3, 1, "same", dilation=2),  # string padding: F.conv2d path
     ],
 )
-def test_module_from_conv(conv, activation):
+def test_module_from_conv(conv, activation, monkeypatch):
+    monkeypatch.setattr(packed, "MIN_MACS", 0)  # these small layers too take the packed path
     layer = PackedConv2d.from_conv(conv, activation=activation).eval()
     assert set(layer.state_dict()) == set(conv.state_dict())
     x = torch.randn(2, conv.in_channels, 13, 11)
@@ -107,9 +108,24 @@ def test_module_from_conv(conv, activation):
         assert _relative_error(layer(x), reference()) < 1e-5
     if isinstance(conv.padding, tuple):
         assert len(layer._cache) == 1  # stale packs dropped
+        assert next(iter(layer._cache.values()))[1] is not None
 
 
-def test_module_caches_few_packs_and_copies():
+def test_small_calls_stay_on_conv2d(monkeypatch):
+    # the packed call has a fixed cost of ~20 us: below MIN_MACS per call F.conv2d is faster
+    layer = PackedConv2d(16, 16, 3, padding=1, activation="relu").eval()
+    small, large = (1, 16, 8, 8), (64, 16, 8, 8)  # 0.15 M and 9.4 M multiply-accumulates
+    assert not packed.worth_packing((16, 16, 3, 3), (1, 1), (1, 1), (1, 1), small)
+    assert packed.worth_packing((16, 16, 3, 3), (1, 1), (1, 1), (1, 1), large)
+    with torch.no_grad():
+        assert layer.packed_weight(small) is None and layer.packed_weight(large) is not None
+        x = torch.randn(small)
+        ref = F.relu(F.conv2d(x.double(), layer.weight.double(), layer.bias.double(), padding=1))
+        assert _relative_error(layer(x), ref) < 1e-5
+
+
+def test_module_caches_few_packs_and_copies(monkeypatch):
+    monkeypatch.setattr(packed, "MIN_MACS", 0)
     layer = PackedConv2d(4, 4, 3, padding=1, activation="relu").eval()
     with torch.no_grad():
         for n in range(1, 8):

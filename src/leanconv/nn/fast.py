@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..algorithms import fft as _fft
@@ -323,9 +324,10 @@ class PackedConv2d(_FastConv2d):
     ``activation`` fused into the pass that writes the output (:mod:`leanconv.algorithms.packed`).
 
     Where the packed path does not apply (autograd recording, devices other than the CPU, dtypes
-    other than float32, asymmetric or string padding, unbatched input) it computes the same with
-    ``F.conv2d``. Packs are cached per input shape (at most :attr:`MAX_PACKS`) and rebuilt when the
-    weight changes; the output is channels-last on the packed path (oneDNN's choice).
+    other than float32, asymmetric or string padding, unbatched input, calls too small to gain)
+    it computes the same with ``F.conv2d``. Packs are cached per input shape (at most
+    :attr:`MAX_PACKS`) and rebuilt when the weight changes; the output is channels-last on the
+    packed path (oneDNN's choice).
     """
 
     _where = "PackedConv2d"
@@ -351,12 +353,17 @@ class PackedConv2d(_FastConv2d):
         return None
 
     def packed_weight(self, shape: tuple[int, ...]) -> Tensor | None:
-        """The weight packed for inputs of ``shape`` (cached while the weight does not change)."""
+        """The weight packed for inputs of ``shape`` (cached while the weight does not change);
+        ``None`` where oneDNN refuses the geometry or the call is too small to gain from it
+        (:func:`leanconv.algorithms.packed.worth_packing`)."""
         key = self._weight_key()
         hit = self._cache.get(shape)
         if hit is None or hit[0] != key:
-            args = (self.stride, self._symmetric_padding(), self.dilation, self.groups)
-            hit = (key, _packed.pack(self.weight, *args, shape))
+            padding = self._symmetric_padding()
+            args = (self.stride, padding, self.dilation)
+            worth = _packed.worth_packing(tuple(self.weight.shape), *args, shape)
+            packed = _packed.pack(self.weight, *args, self.groups, shape) if worth else None
+            hit = (key, packed)
             self._cache = {s: v for s, v in self._cache.items() if v[0] == key}
             while len(self._cache) >= self.MAX_PACKS:
                 self._cache.pop(next(iter(self._cache)))
@@ -364,12 +371,13 @@ class PackedConv2d(_FastConv2d):
         return hit[1]
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.is_meta:
-            return self._direct(x)
         padding = self._symmetric_padding()
-        if padding is not None and _packed.usable(x, self.weight):
+        if x.is_meta or padding is None:
+            return self._direct(x)
+        if _packed.usable(x, self.weight):
             packed = self.packed_weight(tuple(x.shape))
             if packed is not None:
                 args = (self.stride, padding, self.dilation, self.groups, self.activation)
                 return _packed.conv2d_packed(x, packed, self.bias, *args)
-        return self._direct(x)
+        y = F.conv2d(x, self.weight, self.bias, self.stride, padding, self.dilation, self.groups)
+        return y.relu_() if self.activation == "relu" else y
