@@ -240,6 +240,8 @@ def test_closed_loop_brackets_the_aim(monkeypatch, penalty):
         return plan.predicted_speedup
 
     monkeypatch.setattr(closed_loop, "time_assembled", timed)
+    monkeypatch.setattr(closed_loop, "faster_layout", lambda *a, **k: None)
+    monkeypatch.setattr(closed_loop, "input_at_batch", lambda *a, **k: None)
     cands = _synthetic_candidates()
     target = 3.0  # the layer sums reach 1x-10x (40 ms -> 4 ms, no fixed part)
     plan = plan_for_speedup(None, cands, 0.0, 40.0, 4000, target, None)

@@ -475,3 +475,23 @@ def test_extra_repr_names_the_geometry():
             assert str(c) in text, name
     assert "depth_multiplier=2" in BLOCKS["dwsep"][0]().extra_repr()
     assert "groups=3" in repr(ChannelShuffle(3))
+
+
+def test_residual_sum_in_place_only_outside_autograd():
+    from leanconv.nn.residual import BasicBlock, add_relu
+
+    branch, shortcut = torch.randn(2, 4, 5, 5), torch.randn(2, 4, 5, 5)
+    ref = torch.relu(branch.double() + shortcut.double())
+    out = add_relu(branch.clone().requires_grad_(), shortcut)
+    torch.testing.assert_close(out.double(), ref)
+    with torch.no_grad():
+        b = branch.clone()
+        assert add_relu(b, shortcut) is b  # in place: no new tensor
+        torch.testing.assert_close(b.double(), ref)
+    block = BasicBlock(4, 4).eval()
+    x = torch.randn(2, 4, 6, 6, requires_grad=True)
+    y = block(x)
+    y.sum().backward()  # the recorded path differentiates
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), y.detach())
+    assert x.grad is not None

@@ -196,8 +196,8 @@ def compress(
         if "speedup" in target:
             plan = plan_for_speedup(
                 original, candidates, fixed, total, before.macs, target["speedup"], calibration,
-                config.plan_batch, config.deployment, config.max_layer_error,
-                max(3, config.repeats // 2), log=say,
+                config.plan_batch, config.deployment, config.max_layer_error, config.repeats,
+                log=say,
             )  # fmt: skip
         elif target:
             plan = allocate(candidates, fixed, total, before.macs, **target)

@@ -1,0 +1,66 @@
+"""Re-time a compressed model saved by ``leanconv compress`` against its original, several times.
+
+One measurement of a ~20 ms model on a shared VM can swing by 10-20 %; this repeats the
+pipeline's own before/after harness (:func:`leanconv.compress.measure.measure_formats`: both
+memory layouts, interleaved medians) ``--rounds`` times and prints each round's ratios and their
+median: the speedup over the original as given, over the original in the same deployment form,
+and both divided by the MACs reduction.
+
+    .venv/bin/python benchmarks/bench_saved.py DIR [--rounds 5] [--batch 64]
+
+DIR is a compress output directory (``report.json`` and ``model/``); the original is rebuilt
+from the saved description with fresh weights (latency does not depend on their values).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+import torch
+
+import leanconv
+from leanconv.compress.deploy import Deployment
+from leanconv.compress.measure import ModelFigures, measure_formats
+from leanconv.loading import load_model
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("out", type=Path)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--shape", default="3,32,32", help="one input's shape, C,H,W")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    report = json.loads((args.out / "report.json").read_text())
+    meta = json.loads((args.out / "model" / "model.json").read_text())
+    base = meta["base"]
+    original = load_model(base.get("zoo") or base["factory"], **base.get("kwargs", {})).module
+    original = original.eval()
+    compressed = leanconv.load(args.out / "model")
+    shape = tuple(int(v) for v in args.shape.split(","))
+    macs = report["before"]["macs"] / report["after"]["macs"]
+    models = {"before": original, "baseline": Deployment().apply(original), "after": compressed}
+    rows = []
+    print(f"MACs reduction {macs:.2f}x; batch {args.batch}, {args.threads} threads")
+    print("round  before ms  baseline ms  after ms  speedup  /MACs  over baseline  /MACs")
+    for r in range(args.rounds):
+        figs = {k: ModelFigures(0, 0, 0) for k in models}
+        measure_formats(models, figs, shape, (args.batch,), args.repeats)
+        ms = {k: f.latency_ms[args.batch] for k, f in figs.items()}
+        s, o = ms["before"] / ms["after"], ms["baseline"] / ms["after"]
+        rows.append((s, o))
+        print(f"{r + 1:>5}  {ms['before']:9.2f}  {ms['baseline']:11.2f}  {ms['after']:8.2f}  "
+              f"{s:6.2f}x  {s / macs:5.2f}  {o:12.2f}x  {o / macs:5.2f}")  # fmt: skip
+    s, o = (statistics.median(c) for c in zip(*rows, strict=True))
+    print(f"median of {args.rounds}: speedup {s:.2f}x ({s / macs:.2f} of the MACs reduction), "
+          f"over the original deployed alike {o:.2f}x ({o / macs:.2f})")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
