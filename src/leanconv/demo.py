@@ -26,7 +26,7 @@ def run_demo(
     out: str | Path = "demo-out",
     force: bool = False,
     train_epochs: int = 5,
-    finetune_epochs: int = 6,
+    finetune_epochs: int = 10,
     speedup: float = 2.5,
     seed: int = 0,
     log=print,

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from leanconv.compress.evaluate import accuracy
 from leanconv.compress.finetune import FinetuneConfig, distillation_loss, finetune
 from leanconv.data import DataBundle
 from leanconv.errors import LeanconvError
@@ -42,16 +43,32 @@ def test_distillation_loss_formula():
     assert torch.allclose(distillation_loss(s, None, y, T, a), F.cross_entropy(s, y))
 
 
-def test_learns_and_keeps_best(tmp_path):
+def test_learns_and_keeps_the_last_epoch(tmp_path):
     data = tiny_data(n=400)
     model = tiny_model()
     result = finetune(model, data, None, FinetuneConfig(epochs=5, batch_size=16, augment=False,
                       lr=0.1, progress=False, checkpoint=tmp_path / "c.pt"), log=None)  # fmt: skip
     assert len(result.history) == 5
-    assert result.best_accuracy == max(r.accuracy for r in result.history)
+    # no validation split: no choice is made (the test split never decides anything)
+    assert result.best_epoch == 5 and result.best_accuracy == result.history[-1].accuracy
+    assert result.history[-1].validation_accuracy is None
+    assert accuracy(model, data.test) == result.history[-1].accuracy
     assert result.best_accuracy > 60  # chance is 33%
     assert (tmp_path / "c.pt").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_best_epoch_is_chosen_on_validation_images():
+    data = tiny_data(n=400)
+    model = tiny_model()
+    cfg = FinetuneConfig(epochs=6, batch_size=16, lr=0.1, progress=False, validation=0.25)
+    result = finetune(model, data, None, cfg, log=None)
+    val = [r.validation_accuracy for r in result.history]
+    assert result.best_epoch == val.index(max(val)) + 1  # the first epoch with the best
+    kept = result.history[result.best_epoch - 1]
+    assert accuracy(model, data.test) == kept.accuracy == result.best_accuracy
+    held = data.holdout(0.25, cfg.seed)
+    assert accuracy(model, held.test) == kept.validation_accuracy
 
 
 def test_resume_reaches_the_same_weights(tmp_path):
@@ -84,8 +101,10 @@ def test_resume_reaches_the_same_weights(tmp_path):
 def test_early_stopping():
     data = tiny_data()
     result = finetune(tiny_model(), data, None, FinetuneConfig(epochs=30, batch_size=32,
-                      lr=1e-6, patience=2, progress=False), log=None)  # fmt: skip
+                      lr=1e-6, patience=2, validation=0.2, progress=False), log=None)  # fmt: skip
     assert result.stopped_early and len(result.history) < 30
+    with pytest.raises(ValueError, match="validation split"):
+        FinetuneConfig(patience=2)
 
 
 def test_class_mismatch_and_bad_config(tmp_path):

@@ -144,6 +144,9 @@ def test_cli_refusals(tmp_path, factory):
                             "--speedup", "2", "--macs-ratio", "0.5"])  # fmt: skip
     assert r.exit_code == 2 and "not both" in r.output
     assert "Traceback" not in r.output
+    r = runner.invoke(app, ["compress", f"{factory}:make", "--out", str(tmp_path / "o"),
+                            "--patience", "2"])  # fmt: skip
+    assert r.exit_code == 2 and "validation split" in r.output
 
 
 def test_saved_layout_is_restored(tmp_path, factory):

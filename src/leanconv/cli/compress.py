@@ -41,6 +41,12 @@ def register(app: typer.Typer) -> None:
         methods: str = typer.Option("tucker2,svd", "--methods", help="tucker2,svd,cp,depthwise,tt"),
         epochs: int = typer.Option(5, "--epochs", help="fine-tuning epochs"),
         lr: float = typer.Option(0.01, "--lr", help="fine-tuning learning rate"),
+        validation: float = typer.Option(
+            0.0, "--validation", help="training images held out to pick the best epoch (0-1)"
+        ),
+        patience: int = typer.Option(
+            None, "--patience", help="stop after N epochs without a better validation accuracy"
+        ),
         batch: int = typer.Option(64, "--batch", help="deployment batch for planning"),
         fuse: bool = typer.Option(
             True, "--fuse/--no-fuse", help="fuse ReLUs into convolutions, pack them for oneDNN"
@@ -78,7 +84,9 @@ def register(app: typer.Typer) -> None:
             methods=chosen,
             plan_batch=batch,
             deployment=Deployment(fuse=fuse),
-            finetune=FinetuneConfig(epochs=epochs, lr=lr, seed=seed),
+            finetune=FinetuneConfig(
+                epochs=epochs, lr=lr, seed=seed, validation=validation, patience=patience
+            ),
             seed=seed,
         )
         if macs_ratio is not None:

@@ -19,7 +19,7 @@ def register(app: typer.Typer) -> None:
         force: bool = typer.Option(False, "--force", help="replace an existing --out"),
         speedup: float = typer.Option(2.5, "--speedup", help="target measured speedup"),
         train_epochs: int = typer.Option(5, "--train-epochs"),
-        epochs: int = typer.Option(6, "--epochs", help="fine-tuning epochs"),
+        epochs: int = typer.Option(10, "--epochs", help="fine-tuning epochs"),
     ) -> None:
         """The built-in default run: digits -> reference CNN -> compressed CNN, with a report."""
         result = run_demo(out, force, train_epochs, epochs, speedup, log=console.print)

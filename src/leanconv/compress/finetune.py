@@ -11,8 +11,11 @@ teacher the loss is the cross-entropy alone.
   at the same weights.
 - A checkpoint (model, optimiser, history) is written atomically after every epoch; an
   interruption leaves the previous one intact.
-- Early stopping on test accuracy (``patience`` epochs without improvement), keeping the best
-  weights.
+- The test split is never used for a choice: with ``validation`` (a fraction of the training
+  images held out, fixed by ``seed``) the weights of the epoch with the best validation accuracy
+  are kept and ``patience`` stops after that many epochs without improvement; without it the last
+  epoch's weights are kept (the cosine schedule ends at a learning rate near zero). Test accuracy
+  is printed every epoch for monitoring only.
 - Mixed precision (bfloat16 autocast) on CUDA; float32 on the CPU.
 - Under ``torchrun`` (``torch.distributed`` initialised) the model is wrapped in
   DistributedDataParallel (gloo on CPU, nccl on GPU) and each rank takes every ``world``-th sample
@@ -51,7 +54,8 @@ class FinetuneConfig:
     weight_decay: float = 5e-4
     temperature: float = 4.0
     alpha: float = 0.7
-    patience: int | None = None
+    patience: int | None = None  # needs validation > 0
+    validation: float = 0.0  # fraction of the training images held out to choose the epoch
     warmup_epochs: float = 0.0  # linear learning-rate warm-up before the cosine decay
     seed: int = 0
     augment: bool = True
@@ -70,6 +74,13 @@ class FinetuneConfig:
             raise ValueError(f"finetune: alpha={self.alpha} must be in [0, 1]")
         if self.temperature <= 0:
             raise ValueError(f"finetune: temperature={self.temperature} must be positive")
+        if not 0 <= self.validation < 1:
+            raise ValueError(f"finetune: validation={self.validation} must be in [0, 1)")
+        if self.patience is not None and self.validation == 0:
+            raise ValueError(
+                "finetune: patience (early stopping) needs a validation split: set validation, "
+                "for example 0.1 (the test split is never used for choices)"
+            )
 
 
 @dataclass
@@ -80,18 +91,23 @@ class EpochRecord:
     lr: float
     seconds: float
     images_per_second: float
+    validation_accuracy: float | None = None
 
 
 @dataclass
 class FinetuneResult:
     history: list[EpochRecord] = field(default_factory=list)
-    best_accuracy: float = 0.0
-    best_epoch: int = -1
+    best_accuracy: float = 0.0  # test accuracy of the epoch kept
+    best_epoch: int = -1  # the epoch kept: best on validation, else the last
     stopped_early: bool = False
     resumed_from: int | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def _best_validation(result: FinetuneResult) -> float:
+    return result.history[result.best_epoch - 1].validation_accuracy
 
 
 def distillation_loss(
@@ -154,12 +170,17 @@ def finetune(
 ) -> FinetuneResult:
     """Train ``model`` in place on ``data.train``, distilling from ``teacher``; returns the history.
 
-    The model ends with the weights of its best epoch (by test accuracy).
+    The model ends with the weights of the best epoch on the validation images (``validation``),
+    else of the last epoch; the test split is only reported.
     """
     cfg = config or FinetuneConfig()
     rank, world = _rank_world()
     device = next(model.parameters()).device
     check_classes(model, data.test, data.num_classes)
+    train_set, val_set = data.train, None
+    if cfg.validation > 0:
+        split = data.holdout(cfg.validation, cfg.seed)
+        train_set, val_set = split.train, split.test
     if teacher is not None:  # run under no_grad below; its parameters are left as they are
         teacher = teacher.to(device).eval()
     train_model: nn.Module = model
@@ -175,7 +196,7 @@ def finetune(
         {"params": no_decay, "weight_decay": 0.0},
     ]
     optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
-    n_train = len(data.train)
+    n_train = len(train_set)
     per_rank = math.ceil(n_train / world)
     steps_per_epoch = math.ceil(per_rank / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
@@ -209,7 +230,7 @@ def finetune(
         order = torch.randperm(n_train, generator=g)[rank::world]
         t0, seen, total_loss = time.perf_counter(), 0, 0.0
         progress.start(epoch, cfg.epochs)
-        for i, (x, y) in enumerate(batches(data.train, cfg.batch_size, order)):
+        for i, (x, y) in enumerate(batches(train_set, cfg.batch_size, order)):
             step = epoch * steps_per_epoch + i
             lr = _cosine(cfg.lr, step, total_steps, warmup_steps)
             for group in optimizer.param_groups:
@@ -236,10 +257,16 @@ def finetune(
         progress.stop()
         seconds = time.perf_counter() - t0
         acc = accuracy(model, data.test) if rank == 0 else 0.0
+        # every rank evaluates the validation images (the same weights everywhere after the
+        # all-reduce), so that all take the same choice and stop at the same epoch
+        val = accuracy(model, val_set) if val_set is not None else None
         record = EpochRecord(epoch + 1, total_loss / max(1, seen), acc, lr, seconds,
-                             seen * world / seconds)  # fmt: skip
+                             seen * world / seconds, val)  # fmt: skip
         result.history.append(record)
-        if acc > result.best_accuracy or result.best_epoch < 0:
+        if val_set is None:  # no choice to make: the last epoch is kept
+            result.best_accuracy, result.best_epoch = acc, epoch + 1
+            best_state = model.state_dict()
+        elif result.best_epoch < 0 or val > _best_validation(result):
             result.best_accuracy, result.best_epoch = acc, epoch + 1
             best_state = copy.deepcopy(model.state_dict())
         if ckpt is not None and rank == 0:
@@ -251,7 +278,8 @@ def finetune(
                 ckpt,
             )  # fmt: skip
         if log and rank == 0:
-            log(f"epoch {epoch + 1}/{cfg.epochs}: loss {record.loss:.4f}, test accuracy "
+            held = "" if val is None else f"validation {val:.2f}%, "
+            log(f"epoch {epoch + 1}/{cfg.epochs}: loss {record.loss:.4f}, {held}test accuracy "
                 f"{acc:.2f}%, {record.images_per_second:.0f} img/s, lr {lr:.4g}")  # fmt: skip
         if cfg.patience is not None and epoch + 1 - result.best_epoch >= cfg.patience:
             result.stopped_early = epoch + 1 < cfg.epochs

@@ -87,11 +87,22 @@ def compress_report(result, model_name: str, data_name: str) -> str:
     if result.onnx_max_error is not None:
         lines.append(f"ONNX Runtime vs PyTorch, max abs difference: {result.onnx_max_error:.2e}.")
     if result.finetune_history:
-        lines += ["", "## Fine-tuning", "", "| epoch | loss | test accuracy | img/s |",
-                  "|---:|---:|---:|---:|"]  # fmt: skip
+        held = result.finetune_history[0].get("validation_accuracy") is not None
+        lines += ["", "## Fine-tuning", "",
+                  "| epoch | loss |" + (" validation accuracy |" if held else "")
+                  + " test accuracy | img/s |", "|---:|---:|" + ("---:|" if held else "")
+                  + "---:|---:|"]  # fmt: skip
         for r in result.finetune_history:
-            lines.append(f"| {r['epoch']} | {r['loss']:.4f} | {r['accuracy']:.2f} | "
+            val = f" {r['validation_accuracy']:.2f} |" if held else ""
+            lines.append(f"| {r['epoch']} | {r['loss']:.4f} |{val} {r['accuracy']:.2f} | "
                          f"{r['images_per_second']:.0f} |")  # fmt: skip
+        lines.append("")
+        lines.append(
+            "The epoch kept is the best on the validation images (held out from the training set)."
+            if held
+            else "The last epoch is kept (no validation split was held out; the "
+            "test accuracy above is reported, never used to choose)."
+        )
     if result.notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in result.notes]
     lines += [
