@@ -20,7 +20,7 @@ def before_after_table(result):
         before, after = f"{b.latency_ms[bs]:.2f} ms", f"{a.latency_ms[bs]:.2f} ms"
         table.add_row(f"latency, batch {bs}", before, after, f"{result.speedup[bs]:.2f}x faster")
     for bs, ratio in sorted(result.speedup_over_baseline.items()):
-        table.add_row(f"  vs the original deployed alike, batch {bs}",
+        table.add_row(f"  original in the same form, batch {bs}",
                       f"{result.baseline.latency_ms[bs]:.2f} ms", "", f"{ratio:.2f}x")  # fmt: skip
     table.add_row("predicted speedup", "", "", f"{result.plan.predicted_speedup:.2f}x")
     return table
