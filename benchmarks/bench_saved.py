@@ -4,7 +4,8 @@ One measurement of a ~20 ms model on a shared VM can swing by 10-20 %; this repe
 pipeline's own before/after harness (:func:`leanconv.compress.measure.measure_formats`: both
 memory layouts, interleaved medians) ``--rounds`` times and prints each round's ratios and their
 median: the speedup over the original as given, over the original in the same deployment form,
-and both divided by the MACs reduction.
+and both divided by the MACs reduction. Inputs are the test images of ``--data`` (as the pipeline
+times them).
 
     .venv/bin/python benchmarks/bench_saved.py DIR [--rounds 5] [--batch 64]
 
@@ -23,7 +24,9 @@ import torch
 
 import leanconv
 from leanconv.compress.deploy import Deployment
+from leanconv.compress.evaluate import batches
 from leanconv.compress.measure import ModelFigures, measure_formats
+from leanconv.data import load_data
 from leanconv.loading import load_model
 
 
@@ -34,7 +37,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--shape", default="3,32,32", help="one input's shape, C,H,W")
+    p.add_argument("--data", default="digits", help="the data whose test images are timed")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     report = json.loads((args.out / "report.json").read_text())
@@ -43,7 +46,9 @@ def main() -> None:
     original = load_model(base.get("zoo") or base["factory"], **base.get("kwargs", {})).module
     original = original.eval()
     compressed = leanconv.load(args.out / "model")
-    shape = tuple(int(v) for v in args.shape.split(","))
+    data = load_data(args.data)
+    images = next(batches(data.test, args.batch))[0]
+    shape = tuple(data.input_shape)
     macs = report["before"]["macs"] / report["after"]["macs"]
     models = {"before": original, "baseline": Deployment().apply(original), "after": compressed}
     rows = []
@@ -51,7 +56,7 @@ def main() -> None:
     print("round  before ms  baseline ms  after ms  speedup  /MACs  over baseline  /MACs")
     for r in range(args.rounds):
         figs = {k: ModelFigures(0, 0, 0) for k in models}
-        measure_formats(models, figs, shape, (args.batch,), args.repeats)
+        measure_formats(models, figs, shape, (args.batch,), args.repeats, images)
         ms = {k: f.latency_ms[args.batch] for k, f in figs.items()}
         s, o = ms["before"] / ms["after"], ms["baseline"] / ms["after"]
         rows.append((s, o))

@@ -48,7 +48,7 @@ def run_demo(
         speedup=speedup,
         ratios=(0.05, 0.1, 0.2, 0.35, 0.6),
         calibration=64,
-        repeats=6,
+        repeats=8,
         finetune=FinetuneConfig(epochs=finetune_epochs, lr=0.01, seed=seed),
         seed=seed,
     )

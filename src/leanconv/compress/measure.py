@@ -8,6 +8,7 @@ of the faster format, so a speedup never comes from a layout the original could 
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -60,19 +61,31 @@ def static_figures(model: nn.Module, dataset: Dataset, sample_shape) -> ModelFig
     return ModelFigures(accuracy(model, dataset), report.total.params, report.total.macs)
 
 
+def input_at_batch(x: torch.Tensor, batch: int) -> torch.Tensor:
+    """Images (or a captured activation) repeated or cut to the deployment batch size."""
+    reps = math.ceil(batch / x.shape[0])
+    return x.repeat(reps, *([1] * (x.dim() - 1)))[:batch].contiguous()
+
+
 def measure_latency(
     models: dict[str, nn.Module],
     sample_shape: tuple[int, ...],
     batch_sizes=(1, 64),
     repeats: int = 10,
     seed: int = 0,
+    images: torch.Tensor | None = None,
 ) -> dict[str, dict[int, float]]:
     """Median latency in ms of each model at each batch size, all measured interleaved (see
-    :func:`measure_formats` for both memory formats)."""
+    :func:`measure_formats` for both memory formats), on ``images`` (repeated or cut to each
+    batch size; Gaussian noise when not given): real images are what a model serves, and what
+    the closed loop times plans on."""
     out: dict[str, dict[int, float]] = {name: {} for name in models}
     g = torch.Generator().manual_seed(seed)
     for batch in batch_sizes:
-        x = torch.randn((batch, *sample_shape), generator=g)
+        if images is not None:
+            x = input_at_batch(images, batch)
+        else:
+            x = torch.randn((batch, *sample_shape), generator=g)
         for m in models.values():
             m.eval()
         timings = compare({n: (lambda m=m, x=x: m(x)) for n, m in models.items()}, warmup=2,
@@ -88,11 +101,13 @@ def measure_formats(
     sample_shape: tuple[int, ...],
     batch_sizes=(1, 64),
     repeats: int = 10,
+    images: torch.Tensor | None = None,
 ) -> None:
     """Measure every model in both memory formats, interleaved, into ``figures[name]``:
-    ``latency_by_format`` and ``latency_ms`` (the faster format per batch)."""
+    ``latency_by_format`` and ``latency_ms`` (the faster format per batch); inputs as in
+    :func:`measure_latency`."""
     variants = {f"{name}/{fmt}": in_format(m, fmt) for name, m in models.items() for fmt in FORMATS}
-    times = measure_latency(variants, sample_shape, batch_sizes, repeats)
+    times = measure_latency(variants, sample_shape, batch_sizes, repeats, images=images)
     for name in models:
         by = {fmt: times[f"{name}/{fmt}"] for fmt in FORMATS}
         figures[name].latency_by_format = by

@@ -249,9 +249,11 @@ def compress(
     after = static_figures(fast, data.test, shape)
     baseline = ModelFigures(before.accuracy, before.params, before.macs)
     # all in both memory formats, interleaved; each keeps its faster format
+    # on real test images, as the closed loop times plans on real training images
+    images = next(batches(data.test, max(config.batch_sizes)))[0]
     measure_formats({"before": original, "after": fast, "baseline": dep.apply(original)},
                     {"before": before, "after": after, "baseline": baseline}, shape,
-                    config.batch_sizes, config.repeats)  # fmt: skip
+                    config.batch_sizes, config.repeats, images)  # fmt: skip
     memory_format = after.best_format()
     say(f"      deployed in {memory_format} layout (before: fastest in {before.best_format()})")
     deploy = in_format(deploy, memory_format)

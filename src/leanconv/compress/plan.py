@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import math
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -43,7 +42,7 @@ from ..decompose.rank import budget_rank, output_error
 from ..errors import LeanconvError
 from .algorithms import ALGORITHMS, with_algorithm
 from .deploy import Deployment
-from .measure import FORMATS
+from .measure import FORMATS, input_at_batch
 from .replace import _SPEC_METHOD, decompose_layer
 from .surgery import conv_layers, replace_modules
 from .verify import capture_inputs
@@ -163,12 +162,6 @@ def _kl(logits: torch.Tensor, reference_log_probs: torch.Tensor) -> float:
             log_target=True,
         )  # fmt: skip
     )
-
-
-def input_at_batch(x: torch.Tensor, batch: int) -> torch.Tensor:
-    """The captured activation repeated or cut to the deployment batch size."""
-    reps = math.ceil(batch / x.shape[0])
-    return x.repeat(reps, *([1] * (x.dim() - 1)))[:batch].contiguous()
 
 
 def build_candidates(
