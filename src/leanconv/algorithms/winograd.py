@@ -470,9 +470,10 @@ def conv2d_transformed(
     compute = _compute_dtype(x.dtype)
     xc = (x if x.dim() == 4 else x.unsqueeze(0)).to(compute)
     k_out = filt.out_channels
-    b = None if bias is None else bias.detach().to(compute).contiguous()
+    # the compiled path adds the bias itself unless its gradient is wanted
     recording = torch.is_grad_enabled() and bias is not None and bias.requires_grad
-    epilogue = _Epilogue(None if recording else b, activation == "relu")
+    fused_bias = None if bias is None or recording else bias.detach().to(compute).contiguous()
+    epilogue = _Epilogue(fused_bias, activation == "relu")
 
     def core(x_sub: torch.Tensor, key: tuple[int, int]) -> torch.Tensor:
         u, kernel = filt.phases[key], filt.sub_kernels[key]

@@ -141,8 +141,9 @@ def plan_for_speedup(
     known: dict[tuple, tuple[float, Plan]] = {}  # plan -> its measurement
     for _ in range(8 * rounds):  # allocations are cheap; at most `rounds` are timed
         plan = allocate(candidates, fixed_ms, total_ms, macs_before, speedup=budget)
-        if _signature(plan) in known:
-            measured, plan = known[_signature(plan)]  # this budget gives a plan already timed
+        signature = _signature(plan)
+        if signature in known:
+            measured, plan = known[signature]  # this budget gives a plan already timed
         elif len(known) == rounds:
             break
         else:
@@ -151,7 +152,7 @@ def plan_for_speedup(
                                               max_layer_error, repeats, reference),
                 plan, aim,
             )  # fmt: skip
-            known[_signature(plan)] = (measured, plan)
+            known[signature] = (measured, plan)
             say(f"      round {len(known)}: planned for {budget:.2f}x, layer sum predicts "
                 f"{plan.layer_sum_speedup:.2f}x, the assembled model measures "
                 f"{measured:.2f}x")  # fmt: skip

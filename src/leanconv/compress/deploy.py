@@ -19,16 +19,29 @@ what the rewrites of the plan alone bring.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import copy
+from dataclasses import dataclass, field
 
 from torch import nn
 
 from .algorithms import apply_algorithms
 from .fold import fold_batchnorm
 from .fuse import fuse_activations
-from .measure import FORMATS, in_format
+from .measure import FORMATS
 
-__all__ = ["Deployment"]
+__all__ = ["Deployed", "Deployment"]
+
+
+@dataclass
+class Deployed:
+    """A model in its deployment form, with what each step did."""
+
+    model: nn.Module  # the deployment form
+    folded: nn.Module  # batch norms folded, plain layers: what is saved (shares nothing with model)
+    folded_norms: list[str] = field(default_factory=list)
+    folded_convs: list[str] = field(default_factory=list)  # the convolutions that absorbed them
+    algorithms: dict[str, str] = field(default_factory=dict)  # the choices that applied
+    fused: list[str] = field(default_factory=list)  # the ReLUs fused
 
 
 @dataclass(frozen=True)
@@ -45,18 +58,22 @@ class Deployment:
                 f"memory_format={self.memory_format!r} is not one of {', '.join(FORMATS)}"
             )
 
+    def deploy(self, model: nn.Module, algorithms: dict[str, str] | None = None) -> Deployed:
+        """``model`` (not modified) deployed with ``algorithms`` (layer name -> algorithm)."""
+        folded, norms, convs = fold_batchnorm(model) if self.fold_bn else (model, [], [])
+        fast, applied = apply_algorithms(folded, algorithms or {})  # a copy
+        fused: list[str] = []
+        if self.fuse:
+            fast, fused = fuse_activations(fast, inplace=True)
+        fast = fast.to(memory_format=FORMATS[self.memory_format]).eval()
+        return Deployed(fast, folded, norms, convs, applied, fused)
+
     def apply(self, model: nn.Module, algorithms: dict[str, str] | None = None) -> nn.Module:
         """A deployed copy of ``model``, with ``algorithms`` (layer name -> algorithm)."""
-        if self.fold_bn:
-            model = fold_batchnorm(model)[0]
-        model = apply_algorithms(model, algorithms or {})[0]
-        if self.fuse:
-            model = fuse_activations(model)[0]
-        return in_format(model, self.memory_format).eval()
+        return self.deploy(model, algorithms).model
 
     def layer(self, module: nn.Module) -> nn.Module:
         """One layer (or a candidate's chain) as it runs deployed: convolutions packed, weights
         in the layout (its activation is timed with the rest of the model)."""
-        if self.fuse:
-            module = fuse_activations(module)[0]
-        return in_format(module, self.memory_format).eval()
+        module = fuse_activations(module)[0] if self.fuse else copy.deepcopy(module)
+        return module.to(memory_format=FORMATS[self.memory_format]).eval()

@@ -8,6 +8,7 @@ of the faster format, so a speedup never comes from a layout the original could 
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import asdict, dataclass, field
 
@@ -51,8 +52,6 @@ FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channel
 def in_format(model: nn.Module, memory_format: str) -> nn.Module:
     """``model`` (a copy) with its 4-D weights in ``memory_format``: PyTorch's convolutions then
     run in that layout whatever the input's, and the layout carries through the network."""
-    import copy
-
     return copy.deepcopy(model).to(memory_format=FORMATS[memory_format])
 
 

@@ -24,13 +24,11 @@ from ..data.bundle import DataBundle
 from ..errors import LeanconvError, OutputExistsError
 from ..report.files import write_text_atomic
 from .accuracy_budget import plan_for_accuracy
-from .algorithms import ALGORITHMS, apply_algorithms
+from .algorithms import ALGORITHMS
 from .closed_loop import plan_for_speedup
 from .deploy import Deployment
 from .evaluate import batches, check_classes
 from .finetune import FinetuneConfig, finetune
-from .fold import fold_batchnorm
-from .fuse import fuse_activations
 from .measure import ModelFigures, in_format, measure_formats, static_figures
 from .plan import Candidate, Plan, allocate, build_candidates
 from .verify import SurgeryReport, decompose_model
@@ -229,20 +227,15 @@ def compress(
     result_notes = list(plan.notes)
 
     say("[5/6] measuring before and after in one harness")
-    # the deployment form step by step (as Deployment.apply), keeping each step's result:
-    # `deploy` folded (saved with plain convolutions), `fast` with the algorithms (the same
-    # function up to rounding, so trained in plain form) and the fused activations
+    # `fast` runs the algorithms (the same function up to rounding, so trained in plain form)
+    # with the activations fused; `deploy` (folded, plain layers) is what is saved
     dep = config.deployment
-    deploy, folded, folded_convs = compressed, [], []
-    if dep.fold_bn:
-        deploy, folded, folded_convs = fold_batchnorm(compressed)
-    fast, algorithms = apply_algorithms(deploy, plan.algorithms())
-    fused: list[str] = []
+    deployed = dep.deploy(compressed, plan.algorithms())
+    fast, deploy, folded, algorithms = (deployed.model, deployed.folded, deployed.folded_norms,
+                                        deployed.algorithms)  # fmt: skip
     if dep.fuse:
-        fast, fused = fuse_activations(fast)
-        say(f"      {len(fused)} ReLUs fused into the convolutions before them, "
+        say(f"      {len(deployed.fused)} ReLUs fused into the convolutions before them, "
             "convolutions packed for oneDNN")  # fmt: skip
-    fast = in_format(fast, dep.memory_format)
     if algorithms:
         say(f"      {len(algorithms)} layers run by Winograd: "
             + ", ".join(f"{n} ({a})" for n, a in algorithms.items()))  # fmt: skip
@@ -258,7 +251,7 @@ def compress(
     say(f"      deployed in {memory_format} layout (before: fastest in {before.best_format()})")
     deploy = in_format(deploy, memory_format)
     result = CompressResult(before, after, plan, surgery, [r.__dict__ for r in history.history],
-                            folded, baseline, fused, notes=result_notes)  # fmt: skip
+                            folded, baseline, deployed.fused, notes=result_notes)  # fmt: skip
     if config.max_drop is not None and before.accuracy - after.accuracy > config.max_drop:
         result.notes.append(
             f"accuracy dropped {before.accuracy - after.accuracy:.2f} points, more than "
@@ -267,7 +260,8 @@ def compress(
 
     say("[6/6] writing the report, the model (safetensors + JSON) and ONNX")
     replaced: dict[str, nn.Module] = {n: deploy.get_submodule(n) for n in surgery.replaced}
-    for conv in folded_convs:  # a folded conv gained a bias: describe it too, unless in a chain
+    # a folded conv gained a bias: describe it too, unless in a chain
+    for conv in deployed.folded_convs:
         if not any(conv == r or conv.startswith(r + ".") for r in surgery.replaced):
             replaced[conv] = deploy.get_submodule(conv)
     replaced.update({n: nn.Identity() for n in folded})
