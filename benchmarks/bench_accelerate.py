@@ -14,6 +14,7 @@ import torch
 
 import leanconv
 from leanconv import zoo
+from leanconv.bench.allocator import retain_freed_memory
 from leanconv.bench.timing import compare
 
 
@@ -26,6 +27,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    retain_freed_memory()  # no page faults per forward pass (bench/allocator.py)
     for name in args.models:
         torch.manual_seed(0)
         model = zoo.create(name).eval()

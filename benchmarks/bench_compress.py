@@ -19,6 +19,7 @@ import time
 import torch
 
 from leanconv import zoo
+from leanconv.bench.allocator import describe, retain_freed_memory
 from leanconv.compress.deploy import Deployment
 from leanconv.compress.finetune import FinetuneConfig, finetune
 from leanconv.compress.pipeline import CompressConfig, compress
@@ -37,8 +38,15 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train-lr", type=float, default=0.02)
     p.add_argument("--no-fuse", action="store_true", help="deploy without fusion and packing")
+    p.add_argument(
+        "--default-allocator",
+        action="store_true",
+        help="leave glibc's allocator as it is (page faults per call)",
+    )
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    if not args.default_allocator:
+        retain_freed_memory()  # no page faults per forward pass (bench/allocator.py)
     torch.manual_seed(args.seed)
     t0 = time.perf_counter()
     data = digits(seed=args.seed)
@@ -59,7 +67,8 @@ def main() -> None:
     b, a = r.before, r.after
     macs_x = b.macs / a.macs
     sp = r.speedup[64]
-    print(f"\n{args.model} (width {args.width}), {args.threads} threads, target {args.speedup}x")
+    print(f"\n{args.model} (width {args.width}), {args.threads} threads, target {args.speedup}x, "
+          f"allocator: {describe()}")  # fmt: skip
     print(f"accuracy {b.accuracy:.2f} -> {a.accuracy:.2f} ({a.accuracy - b.accuracy:+.2f} points)")
     print(f"MACs {b.macs:,} -> {a.macs:,} ({macs_x:.2f}x fewer)")
     for bs in sorted(a.latency_ms):

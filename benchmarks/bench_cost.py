@@ -17,6 +17,7 @@ import torch
 
 import leanconv
 from leanconv import zoo
+from leanconv.bench.allocator import retain_freed_memory
 
 REPEATS = 7
 
@@ -33,6 +34,7 @@ def median_seconds(fn, repeats: int = REPEATS) -> float:
 
 def main() -> None:
     torch.set_num_threads(2)
+    retain_freed_memory()  # no page faults per forward pass (bench/allocator.py)
     print(
         f"{'model':<16}{'input':>18}{'count (s)':>12}{'forward (s)':>13}{'ratio':>8}"
         f"{'RSS +MiB':>10}"

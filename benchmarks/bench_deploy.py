@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from leanconv import zoo
 from leanconv.algorithms import packed
+from leanconv.bench.allocator import retain_freed_memory
 from leanconv.bench.timing import compare
 from leanconv.compress.deploy import Deployment
 
@@ -86,6 +87,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    retain_freed_memory()  # no page faults per forward pass (bench/allocator.py)
     with torch.no_grad():
         layers(args.repeats)
         models(args.repeats)

@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _interleave import interleaved, load, median_ratio, ms  # noqa: E402
 
 from leanconv.algorithms import fft  # noqa: E402
+from leanconv.bench.allocator import retain_freed_memory  # noqa: E402
 
 CASES = [  # channels, kernel, size, groups
     (32, 7, 56, 1),
@@ -52,6 +53,7 @@ def main() -> None:
     ap.add_argument("--max-kernel", type=int, default=31)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    retain_freed_memory()  # no page faults per forward pass (bench/allocator.py)
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {args.threads} threads, float32; {load()}")
     print(f"{'case':<28} {'N':>2} {'direct ms':>9} {'auto':>6} {'size':>7} {'full':>6}")

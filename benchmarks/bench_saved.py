@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 import leanconv
+from leanconv.bench.allocator import describe, retain_freed_memory
 from leanconv.compress.deploy import Deployment
 from leanconv.compress.evaluate import batches
 from leanconv.compress.measure import ModelFigures, measure_formats
@@ -38,8 +39,15 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--data", default="digits", help="the data whose test images are timed")
+    p.add_argument(
+        "--default-allocator",
+        action="store_true",
+        help="leave glibc's allocator as it is (page faults per call)",
+    )
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    if not args.default_allocator:
+        retain_freed_memory()  # no page faults per forward pass (bench/allocator.py)
     report = json.loads((args.out / "report.json").read_text())
     meta = json.loads((args.out / "model" / "model.json").read_text())
     base = meta["base"]
@@ -52,7 +60,8 @@ def main() -> None:
     macs = report["before"]["macs"] / report["after"]["macs"]
     models = {"before": original, "baseline": Deployment().apply(original), "after": compressed}
     rows = []
-    print(f"MACs reduction {macs:.2f}x; batch {args.batch}, {args.threads} threads")
+    print(f"MACs reduction {macs:.2f}x; batch {args.batch}, {args.threads} threads, "
+          f"allocator: {describe()}")  # fmt: skip
     print("round  before ms  baseline ms  after ms  speedup  /MACs  over baseline  /MACs")
     for r in range(args.rounds):
         figs = {k: ModelFigures(0, 0, 0) for k in models}

@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _interleave import interleaved, load, median_ratio, ms  # noqa: E402
 
 from leanconv.algorithms import native, winograd  # noqa: E402
+from leanconv.bench.allocator import retain_freed_memory  # noqa: E402
 
 LAYERS = [  # name, channels, size
     ("resnet18.layer2", 128, 28),
@@ -64,6 +65,7 @@ def main() -> None:
     ap.add_argument("--layers", nargs="*", default=None, help="names to run (default: all)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    retain_freed_memory()  # no page faults per forward pass (bench/allocator.py)
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {args.threads} threads, float32; {load()}")
     print(f"transforms: {native.status()}")

@@ -74,6 +74,8 @@ def test_compress_writes_every_artefact(tmp_path, factory):
         ratio = report["baseline"]["latency_ms"][b] / report["after"]["latency_ms"][b]
         assert report["speedup_over_baseline"][b] == pytest.approx(ratio)
     assert report["fused_activations"] == ["2", "5", "8"]  # every ReLU follows a convolution
+    assert report["measured_with"]["threads"] == torch.get_num_threads()
+    assert report["measured_with"]["allocator"]  # "default" or the retained-memory setting
     assert result.onnx_max_error < 1e-3
     back = serialize.load(out / "model")
     x = data.test.tensors[0][:4]

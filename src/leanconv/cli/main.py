@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import typer
 
+from ..bench.allocator import retain_freed_memory
 from . import bench, compress, cost, demo, profile, whatif, winograd
 
 app = typer.Typer(
@@ -17,6 +18,13 @@ app = typer.Typer(
 
 for _command in (cost, whatif, winograd, profile, bench, compress, demo):
     _command.register(app)
+
+
+@app.callback()
+def _start() -> None:
+    # every command measures or may: freed memory stays in the process, so that a forward pass
+    # does not pay thousands of page faults per call (bench/allocator.py)
+    retain_freed_memory()
 
 
 def main() -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..bench import allocator
 from ..data.bundle import DataBundle
 from ..errors import LeanconvError, OutputExistsError
 from ..report.files import write_text_atomic
@@ -78,6 +79,8 @@ class CompressResult:
     onnx_max_error: float | None = None
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    # how latency was measured: threads, allocator setting (bench.allocator)
+    measured_with: dict = field(default_factory=dict)
 
     @property
     def speedup(self) -> dict[int, float]:
@@ -113,6 +116,7 @@ class CompressResult:
             "onnx_max_abs_error": self.onnx_max_error,
             "notes": self.notes,
             "seconds": self.seconds,
+            "measured_with": self.measured_with,
         }
 
 
@@ -252,6 +256,7 @@ def compress(
     deploy = in_format(deploy, memory_format)
     result = CompressResult(before, after, plan, surgery, [r.__dict__ for r in history.history],
                             folded, baseline, deployed.fused, notes=result_notes)  # fmt: skip
+    result.measured_with = {"threads": torch.get_num_threads(), "allocator": allocator.describe()}
     if config.max_drop is not None and before.accuracy - after.accuracy > config.max_drop:
         result.notes.append(
             f"accuracy dropped {before.accuracy - after.accuracy:.2f} points, more than "

@@ -75,6 +75,10 @@ def compress_report(result, model_name: str, data_name: str) -> str:
         f"Batch norms folded into convolutions: {len(result.folded)}; ReLUs fused into "
         f"convolutions: {len(result.fused)}.",
     ]
+    if result.measured_with:
+        w = result.measured_with
+        lines.append(f"Latency measured with {w.get('threads')} threads; memory allocator: "
+                     f"{w.get('allocator')}.")  # fmt: skip
     if result.plan.search:
         lines += ["", "## Accuracy-budget search", "",
                   "Trials on held-out training images (not the test split), each after a short "
