@@ -28,6 +28,14 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10)
 """
 
 
+def _huge_pages_always() -> bool:
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            return "[always]" in f.read()
+    except OSError:
+        return False
+
+
 def _faults(mode: str) -> tuple[str, float]:
     out = subprocess.run([sys.executable, "-c", SCRIPT, mode], capture_output=True, text=True,
                          check=True, timeout=120)  # fmt: skip
@@ -40,8 +48,9 @@ def test_retained_memory_stops_the_page_faults_of_repeated_allocations():
     described, default = _faults("default")
     assert described == "default"
     # 100 MB is above glibc's largest dynamic mmap threshold (32 MiB): mapped and unmapped per
-    # call, so every one of its ~25,600 pages faults again
-    assert default > 10_000
+    # call, so every one of its ~25,600 pages faults again (in 2 MiB pages, ~50, where the
+    # kernel backs every mapping with huge pages)
+    assert default > (40 if _huge_pages_always() else 10_000)
     described, retained = _faults("retain")
     assert described.startswith("glibc, freed memory kept")
-    assert retained < 100  # the block is reused from the heap
+    assert retained < min(100, default / 10)  # the block is reused from the heap
