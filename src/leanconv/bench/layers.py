@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..cost import Convention, count
+from . import allocator
 from .roofline import Peak, Roofline, measure_peak, roofline
 from .timing import compare, measure
 
@@ -48,6 +49,7 @@ class ProfileReport:
     peak: Peak
     threads: int
     notes: list[str] = field(default_factory=list)
+    allocator: str = "default"  # how the memory allocator was set while measuring (allocator.py)
 
     @property
     def layers_ms(self) -> float:
@@ -66,6 +68,7 @@ class ProfileReport:
             "model": self.model,
             "input_shape": list(self.input_shape),
             "threads": self.threads,
+            "allocator": self.allocator,
             "peak": {"gflops": self.peak.gflops, "gbytes": self.peak.gbytes},
             "total_ms": self.total_ms,
             "layers_ms": self.layers_ms,
@@ -161,4 +164,5 @@ def profile(
             LayerProfile(lname, kind, sum(r.macs for r in rows), flops, moved, t.ms, roof)
         )
     end_to_end = compare({"model": lambda: model(example)}, 2, repeats, threads, example.device)
-    return ProfileReport(name, tuple(example.shape), layers, end_to_end["model"].ms, peak, threads)
+    return ProfileReport(name, tuple(example.shape), layers, end_to_end["model"].ms, peak, threads,
+                         allocator=allocator.describe())  # fmt: skip
