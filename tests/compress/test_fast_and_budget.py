@@ -280,8 +280,8 @@ def test_allocation_spends_what_the_budget_leaves(speedup):
 @pytest.mark.parametrize(
     "speeds, kept",
     [
-        ((3.0, 2.9), 2.9),  # agree within 5 %: the lower
-        ((2.9, 3.0), 2.9),
+        ((3.0, 2.9), 2.95),  # agree within 5 %: their mean
+        ((2.9, 3.0), 2.95),
         ((3.0, 2.0, 2.9), 2.9),  # one slowed by a burst of load: the median outvotes it
         ((2.0, 3.0, 2.95), 2.95),
         ((3.0, 4.0, 3.1), 3.1),  # one lucky measurement is outvoted too
