@@ -29,17 +29,18 @@ from leanconv import zoo
 from leanconv.bench.allocator import retain_freed_memory
 from leanconv.compress.evaluate import accuracy, batches
 from leanconv.compress.finetune import FinetuneConfig, finetune
+from leanconv.compress.pipeline import _plan_from_json
 from leanconv.compress.verify import decompose_model
 from leanconv.data import digits
 
 
 def _setting(text: str) -> dict:
-    types = {f.name: f.type for f in fields(FinetuneConfig)}
+    names = {f.name for f in fields(FinetuneConfig)}
     out: dict = {"lr": 0.01}
     for part in filter(None, text.split(",")):
         key, _, value = part.partition("=")
         key = key.strip()
-        if key not in types:
+        if key not in names:
             raise SystemExit(f"unknown FinetuneConfig field {key!r} in setting {text!r}")
         out[key] = float(value) if "." in value or "e" in value else int(value)
     return out
@@ -75,12 +76,7 @@ def main() -> None:
         save_file(model.state_dict(), str(ref))
     model.eval()
     print(f"reference {args.model}: test accuracy {accuracy(model, data.test):.2f}% ({ref})")
-    plan = json.loads((args.out / "plan.json").read_text())
-    rewrites = {
-        n: (c["method"], tuple(c["rank"]) if isinstance(c["rank"], list) else c["rank"])
-        for n, c in plan["layers"].items()
-        if c["method"] != "keep"
-    }
+    rewrites = _plan_from_json(json.loads((args.out / "plan.json").read_text())).rewrites()
     torch.manual_seed(args.seed)  # the calibration batch compress draws
     calibration = next(batches(data.train, 64))[0]
     for text in args.settings:

@@ -30,7 +30,8 @@ _M_MMAP_THRESHOLD = -3
 #: versions), and any block under the threshold is kept.
 _THRESHOLDS = (1 << 30, 32 << 20)
 
-_state: dict[str, object] = {"applied": False, "threshold": None}
+#: The mmap threshold in effect once applied (None: glibc's defaults).
+_state: dict[str, int | None] = {"threshold": None}
 
 
 def _libc():
@@ -49,7 +50,7 @@ def retain_freed_memory() -> bool:
     Returns True when the setting is in effect (applied now or before), False where the C library
     has no ``mallopt`` (macOS, musl) or refused it. Safe to call more than once.
     """
-    if _state["applied"]:
+    if _state["threshold"] is not None:
         return True
     libc = _libc()
     if libc is None:
@@ -63,12 +64,13 @@ def retain_freed_memory() -> bool:
         return False
     if libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) != 1:
         return False
-    _state.update(applied=True, threshold=threshold)
+    _state["threshold"] = threshold
     return True
 
 
 def describe() -> str:
     """One line for reports: how the allocator was set while measuring."""
-    if _state["applied"]:
-        return f"glibc, freed memory kept (mmap threshold {_state['threshold'] >> 20} MiB, no trim)"
-    return "default"
+    threshold = _state["threshold"]
+    if threshold is None:
+        return "default"
+    return f"glibc, freed memory kept (mmap threshold {threshold >> 20} MiB, no trim)"

@@ -254,9 +254,10 @@ def compress(
     memory_format = after.best_format()
     say(f"      deployed in {memory_format} layout (before: fastest in {before.best_format()})")
     deploy = in_format(deploy, memory_format)
+    measured_with = {"threads": torch.get_num_threads(), "allocator": allocator.describe()}
     result = CompressResult(before, after, plan, surgery, [r.__dict__ for r in history.history],
-                            folded, baseline, deployed.fused, notes=result_notes)  # fmt: skip
-    result.measured_with = {"threads": torch.get_num_threads(), "allocator": allocator.describe()}
+                            folded, baseline, deployed.fused, notes=result_notes,
+                            measured_with=measured_with)  # fmt: skip
     if config.max_drop is not None and before.accuracy - after.accuracy > config.max_drop:
         result.notes.append(
             f"accuracy dropped {before.accuracy - after.accuracy:.2f} points, more than "
