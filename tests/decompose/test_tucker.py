@@ -114,3 +114,21 @@ def test_bad_weights(weight, match):
 def test_groups_must_divide():
     with pytest.raises(InvalidWeightError, match="divisible by groups=4"):
         tucker2(torch.ones(6, 2, 3, 3), 1, groups=4)
+
+
+def test_leading_left_of_a_wide_matrix_spans_the_svd_subspace():
+    """The Gram-matrix path (wide float64 matrices, HOOI's unfoldings) against LAPACK's SVD."""
+    from leanconv.decompose._common import leading_left
+
+    torch.manual_seed(0)
+    # decaying spectrum, as a trained kernel's unfolding has
+    u, _ = torch.linalg.qr(torch.randn(40, 40, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(360, 40, dtype=torch.float64))
+    a = u @ torch.diag(0.7 ** torch.arange(40.0, dtype=torch.float64)) @ v.T
+    for rank in (1, 5, 17, 40):
+        got = leading_left(a, rank)
+        ref = torch.linalg.svd(a, full_matrices=False)[0][:, :rank]
+        assert got.shape == (40, rank)
+        torch.testing.assert_close(got.T @ got, torch.eye(rank, dtype=torch.float64), atol=1e-12,
+                                   rtol=0)  # fmt: skip
+        torch.testing.assert_close(got @ got.T, ref @ ref.T, atol=1e-8, rtol=0)

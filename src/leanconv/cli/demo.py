@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from ..demo import run_demo
+from ..demo import FINETUNE_EPOCHS, TRAIN_EPOCHS, run_demo
 from .common import console, handle_errors
 from .tables import before_after_table
 
@@ -18,8 +18,8 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(Path("demo-out"), "--out", help="output directory"),
         force: bool = typer.Option(False, "--force", help="replace an existing --out"),
         speedup: float = typer.Option(2.5, "--speedup", help="target measured speedup"),
-        train_epochs: int = typer.Option(5, "--train-epochs"),
-        epochs: int = typer.Option(10, "--epochs", help="fine-tuning epochs"),
+        train_epochs: int = typer.Option(TRAIN_EPOCHS, "--train-epochs"),
+        epochs: int = typer.Option(FINETUNE_EPOCHS, "--epochs", help="fine-tuning epochs"),
     ) -> None:
         """The built-in default run: digits -> reference CNN -> compressed CNN, with a report."""
         result = run_demo(out, force, train_epochs, epochs, speedup, log=console.print)

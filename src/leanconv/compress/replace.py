@@ -32,6 +32,7 @@ from ..decompose.tt import tensor_train
 from ..decompose.tucker import tucker2
 from ..errors import InvalidSpecError, LeanconvError
 from ..spec import ConvSpec
+from . import factor_memo
 
 METHODS = ("tucker2", "cp", "svd", "depthwise", "tt", "low_rank")
 _SPEC_METHOD = {"svd": "spatial_svd"}  # our method names -> rank.factor_specs names
@@ -188,18 +189,9 @@ def decompose_layer(
         rank = _auto_rank(method, weight, spec, policy or default, label)
     g = module.groups
     compute = weight.to(torch.float64)
-    if method == "tucker2":
-        factors = tucker2(compute, rank, groups=g, name=label)
-    elif method == "cp":
-        factors = cp(compute, rank, groups=g, name=label, seed=seed)
-    elif method == "tt":
-        factors = tensor_train(compute, rank, groups=g, name=label)
-    elif method == "svd":
-        factors = spatial_svd(compute, rank, groups=g, name=label)
-    elif method == "low_rank":
-        factors = low_rank(compute, rank, groups=g, name=label)
-    else:
-        factors = depthwise_separable(compute, rank, name=label)
+    factors = factor_memo.factorise(
+        lambda: _factorise(method, compute, rank, g, label, seed), compute, method, rank, g, seed
+    )
     groups = factors.groups if isinstance(factors, GroupedFactors) else (factors,)
     per_group = [_chain_weights(method, f) for f in groups]
     weights = [
@@ -211,6 +203,21 @@ def decompose_layer(
     dense = factors.to_dense().to(torch.float64)
     err = float((dense - compute).norm() / compute.norm().clamp_min(1e-300))
     return Decomposed(replacement, method, rank, err)
+
+
+def _factorise(method: str, compute: Tensor, rank, groups: int, label: str, seed: int):
+    """The factors of ``compute`` (float64) by ``method`` (:mod:`leanconv.decompose`)."""
+    if method == "tucker2":
+        return tucker2(compute, rank, groups=groups, name=label)
+    if method == "cp":
+        return cp(compute, rank, groups=groups, name=label, seed=seed)
+    if method == "tt":
+        return tensor_train(compute, rank, groups=groups, name=label)
+    if method == "svd":
+        return spatial_svd(compute, rank, groups=groups, name=label)
+    if method == "low_rank":
+        return low_rank(compute, rank, groups=groups, name=label)
+    return depthwise_separable(compute, rank, name=label)
 
 
 def _decompose_linear(module: nn.Linear, rank, label: str) -> Decomposed:

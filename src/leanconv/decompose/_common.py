@@ -89,8 +89,18 @@ def svd(matrix: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
 def leading_left(matrix: Tensor, rank: int) -> Tensor:
     """The ``rank`` leading left singular vectors of ``matrix``, completed by an orthonormal
-    basis of the rest of the space when ``rank`` exceeds ``min(matrix.shape)``."""
+    basis of the rest of the space when ``rank`` exceeds ``min(matrix.shape)``.
+
+    A wide matrix (``n >= 2 m``, the unfoldings of HOOI) takes the leading eigenvectors of its
+    Gram matrix ``A A^T`` (``m x m``, one matrix product and a symmetric eigensolver): the same
+    subspace, 2-2.5x faster than QR and SVD on the test machine, and as accurate in float64 for
+    every singular value above ``~1e-8`` of the largest (the Gram matrix squares them; smaller
+    ones change the reconstruction by less than that anyway).
+    """
     m, n = matrix.shape
+    if rank <= min(m, n) and n >= 2 * m and matrix.dtype == F64:
+        vectors = torch.linalg.eigh(matrix @ matrix.T)[1]  # eigenvalues ascending
+        return vectors[:, m - rank :].flip(1)
     if rank <= min(m, n):
         return svd(matrix)[0][:, :rank]
     u = torch.linalg.svd(matrix, full_matrices=True)[0]
