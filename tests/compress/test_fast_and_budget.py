@@ -14,7 +14,13 @@ from leanconv.compress.algorithms import apply_algorithms, eligible, with_algori
 from leanconv.compress.closed_loop import plan_for_speedup
 from leanconv.compress.finetune import FinetuneConfig
 from leanconv.compress.pipeline import CompressConfig, compress
-from leanconv.compress.plan import Candidate, allocate, build_candidates, monotone_sensitivity
+from leanconv.compress.plan import (
+    Candidate,
+    allocate,
+    build_candidates,
+    common_window,
+    monotone_sensitivity,
+)
 from leanconv.compress.verify import decompose_model
 from leanconv.errors import LeanconvError
 from leanconv.nn import WinogradConv2d
@@ -324,3 +330,17 @@ def test_a_lower_rank_is_never_less_sensitive_than_a_higher_one():
         for b in cands:
             if a.method == b.method == "tucker2" and all(x >= y for x, y in zip(a.rank, b.rank)):
                 assert a.sensitivity <= b.sensitivity
+
+
+def test_candidate_latencies_are_put_on_one_measurement_of_the_originals():
+    # layer a was timed while the machine ran 25 % fast, layer b while it ran 20 % slow
+    cands = {
+        "a": [Candidate("a", "keep", None, 100, 1, 8.0, 0.0),
+              Candidate("a", "svd", 4, 10, 1, 2.0, 0.01)],
+        "b": [Candidate("b", "keep", None, 100, 1, 12.0, 0.0),
+              Candidate("b", "tucker2", (4, 4), 10, 1, 6.0, 0.01, algorithm="winograd4")],
+    }  # fmt: skip
+    common_window(cands, {"a": 10.0, "b": 10.0})
+    lat = {(n, c.method): c.latency_ms for n, cs in cands.items() for c in cs}
+    assert lat == {("a", "keep"): 10.0, ("a", "svd"): 2.5,
+                   ("b", "keep"): 10.0, ("b", "tucker2"): 5.0}  # fmt: skip

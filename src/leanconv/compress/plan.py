@@ -6,7 +6,8 @@ and each of those again with its 3x3 convolutions computed by Winograd F(2x2), F
 (:mod:`.algorithms`) — and gives each
 - its **measured latency** on this machine, on the layer's real input at the deployment batch,
   in its deployment form (:mod:`.deploy`; interleaved medians; cached on disk by geometry, rank,
-  batch, layout, threads and device),
+  batch, layout, threads and device), relative to the layer's original timed with it and put on
+  one measurement of all the originals together (:func:`common_window`),
 - its **sensitivity**: the KL divergence of the whole model's predictions on a calibration set when
   only that layer is rewritten (Kim et al. 2016 and later work rank layers this way); a fast
   algorithm adds none to the rewrite it computes (it is exact up to float32 rounding). A
@@ -197,6 +198,20 @@ def monotone_sensitivity(cands: list[Candidate]) -> None:
         )
 
 
+def common_window(candidates: dict[str, list[Candidate]], originals_ms: dict[str, float]) -> None:
+    """Rescale each layer's candidate latencies, in place, so that its original ("keep", the
+    first candidate) takes ``originals_ms[layer]``: what was measured interleaved with it (the
+    ratios) is kept, and every layer is put on one common measurement. A layer's candidates are
+    timed together, in a few seconds of their own; a shared machine whose speed drifts by 20 %
+    over minutes would otherwise make the layer sum add latencies of different moments (on the
+    test machine two spatial-SVD candidates of VGG-16 had been timed 24-35 % faster than they
+    ran in the assembled model, Tucker-2 chains of other layers 5-15 % slower)."""
+    for name, cands in candidates.items():
+        scale = originals_ms[name] / cands[0].latency_ms if cands[0].latency_ms > 0 else 1.0
+        for c in cands:
+            c.latency_ms *= scale
+
+
 def build_candidates(
     model: nn.Module,
     calibration: torch.Tensor,
@@ -235,6 +250,7 @@ def build_candidates(
     cache = cache_store.load(CACHE_FILE) if use_cache else {}
     threads = torch.get_num_threads()
     out: dict[str, list[Candidate]] = {}
+    originals: dict[str, object] = {}  # each layer's original on its input, timed again below
     for i, name in enumerate(layers):
         layer = model.get_submodule(name)
         x = inputs[name]
@@ -283,6 +299,8 @@ def build_candidates(
                                warmup=1, repeats=repeats)  # fmt: skip
             for key, (ck, _) in todo.items():
                 timings[key] = cache[ck] = measured[str(key)].ms
+        keep_form = deployment.layer(layer)
+        originals[name] = lambda m=keep_form, xb=xb: m(xb)
         cands = []
         sensitivity: dict[tuple, float] = {}
         for key, mod in modules.items():
@@ -317,9 +335,11 @@ def build_candidates(
         cache_store.save(CACHE_FILE, cache)
     xb_model = input_at_batch(calibration, batch)
     deployed = deployment.apply(model)
-    timings = compare({"given": lambda: given(xb_model), "model": lambda: model(xb_model),
-                       "deployed": lambda: deployed(xb_model)},
+    models = {"given": lambda: given(xb_model), "model": lambda: model(xb_model),
+              "deployed": lambda: deployed(xb_model)}  # fmt: skip
+    timings = compare({**models, **{f"layer {n}": f for n, f in originals.items()}},
                       warmup=1, repeats=repeats)  # fmt: skip
+    common_window(out, {n: timings[f"layer {n}"].ms for n in originals})
     total = min(timings["given"].ms, timings["model"].ms)
     conv_total = sum(cs[0].latency_ms for cs in out.values())
     # what no candidate changes, as it will run deployed (batch norms folded, ReLUs fused)
