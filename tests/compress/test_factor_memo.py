@@ -52,7 +52,9 @@ def test_decompose_layer_reuses_factors_of_a_copy_without_sharing_weights():
     torch.manual_seed(0)
     conv = nn.Conv2d(8, 12, 3, padding=1)
     a = decompose_layer(conv, "tucker2", (4, 3))
+    held = factor_memo.size()
     b = decompose_layer(copy.deepcopy(conv), "tucker2", (4, 3))
+    assert held > 0 and factor_memo.size() == held  # the copy found the original's factors
     x = torch.randn(2, 8, 10, 10)
     torch.testing.assert_close(a.module(x), b.module(x), rtol=0, atol=0)
     assert a.weight_error == b.weight_error
