@@ -17,6 +17,7 @@ import tempfile
 import time
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from leanconv import zoo
 from leanconv.bench.allocator import describe, retain_freed_memory
@@ -38,6 +39,14 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train-lr", type=float, default=0.02)
     p.add_argument("--no-fuse", action="store_true", help="deploy without fusion and packing")
+    p.add_argument("--weights", help="trained weights (safetensors) to compress, not training")
+    p.add_argument("--save-weights", help="write the trained weights here (safetensors)")
+    p.add_argument("--calibration", type=int, default=128, help="images for the sensitivities")
+    p.add_argument(
+        "--most-accurate",
+        action="store_true",
+        help="plain allocation: no one-standard-error rule (compress/capacity.py)",
+    )
     p.add_argument(
         "--default-allocator",
         action="store_true",
@@ -51,16 +60,21 @@ def main() -> None:
     t0 = time.perf_counter()
     data = digits(seed=args.seed)
     model = zoo.create(args.model, num_classes=10, width=args.width)
-    train = FinetuneConfig(epochs=args.train_epochs, lr=args.train_lr, warmup_epochs=1,
-                           progress=False)  # fmt: skip
-    finetune(model, data, None, train)
+    if args.weights:
+        model.load_state_dict(load_file(args.weights))
+    else:
+        train = FinetuneConfig(epochs=args.train_epochs, lr=args.train_lr, warmup_epochs=1,
+                               progress=False)  # fmt: skip
+        finetune(model, data, None, train)
+    if args.save_weights:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, args.save_weights)
     out = tempfile.mkdtemp(prefix="bench-compress-")
     shutil.rmtree(out)
     config = CompressConfig(
         speedup=args.speedup, methods=tuple(args.methods.split(",")),
-        ratios=(0.03, 0.05, 0.08, 0.12, 0.2, 0.35, 0.6), calibration=64,
+        ratios=(0.03, 0.05, 0.08, 0.12, 0.2, 0.35, 0.6), calibration=args.calibration,
         finetune=FinetuneConfig(epochs=args.epochs, lr=0.01, progress=False), seed=args.seed,
-        deployment=Deployment(fuse=not args.no_fuse),
+        deployment=Deployment(fuse=not args.no_fuse), prefer_capacity=not args.most_accurate,
     )  # fmt: skip
     base = {"zoo": args.model, "kwargs": {"num_classes": 10, "width": args.width}}
     r = compress(model, data, config, out, base, log=print)
@@ -86,6 +100,9 @@ def main() -> None:
     algorithms = r.plan.algorithms()
     print(f"layers by Winograd: {len(algorithms)} {algorithms}")
     pred = r.plan.predicted_speedup
+    s, se = r.plan.sensitivity
+    print(f"plan: summed sensitivity {s:.4f} +- {se:.4f} nats on {args.calibration} images; "
+          + "; ".join(r.plan.notes))  # fmt: skip
     print(f"measured / MACs reduction: {sp / macs_x:.2f}; predicted {pred:.2f}x vs measured "
           f"{sp:.2f}x ({100 * (pred / sp - 1):+.1f}%)")  # fmt: skip
     print(f"artefacts in {out}; total {time.perf_counter() - t0:.0f} s")

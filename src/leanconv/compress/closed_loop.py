@@ -21,9 +21,11 @@ timed. Every plan is timed twice and credited with their mean when the two agree
 ~20 ms model on a shared machine can be 15-30 % off, and a burst of load that slows one
 measurement would otherwise send the loop to a much leaner plan than the target needs (it did:
 a VGG-16 plan measured 4.28x while planning, 5.4-5.7x when re-timed). The most accurate plan
-(least summed sensitivity) that measured at the aim or above is kept, else the fastest. The plan
-keeps what was measured: ``assembled_ms`` and ``original_ms``, from which its predicted speedup
-is then computed.
+(least summed sensitivity) that measured at the aim or above is kept, else the fastest; with the
+one-standard-error rule (:mod:`.capacity`, the default), the plan with the most MACs among those
+at the aim whose summed sensitivity is within one standard error of that most accurate plan's.
+The plan keeps what was measured: ``assembled_ms`` and ``original_ms``, from which its
+predicted speedup is then computed.
 """
 
 from __future__ import annotations
@@ -154,9 +156,13 @@ def plan_for_speedup(
     repeats: int = 5,
     rounds: int = 6,
     log=None,
+    prefer_capacity: bool = True,
 ) -> Plan:
     """The allocation for ``speedup``, checked on the assembled model and re-planned (see the
-    module docstring); the most accurate plan measured at the aim or above, else the fastest."""
+    module docstring); the most accurate plan measured at the aim or above, else the fastest.
+    With ``prefer_capacity`` every allocation, and the final choice, follow the
+    one-standard-error rule (:mod:`.capacity`): of the plans at the aim within one standard error
+    of the most accurate one's sensitivity, the one with the most MACs."""
     say = log or (lambda _m: None)
     aim = speedup * (1 + MARGIN)
     budget = aim
@@ -164,7 +170,8 @@ def plan_for_speedup(
     tried: list[tuple[float, float, Plan]] = []
     known: dict[tuple, tuple[float, Plan]] = {}  # plan -> its measurement
     for _ in range(8 * rounds):  # allocations are cheap; at most `rounds` are timed
-        plan = allocate(candidates, fixed_ms, total_ms, macs_before, speedup=budget)
+        plan = allocate(candidates, fixed_ms, total_ms, macs_before, speedup=budget,
+                        prefer_capacity=prefer_capacity)  # fmt: skip
         signature = _signature(plan)
         if signature in known:
             measured, plan = known[signature]  # this budget gives a plan already timed
@@ -185,7 +192,11 @@ def plan_for_speedup(
             break  # the bracket has closed: no plan between those measured
     fast = [t[2] for t in tried if t[1] >= aim]
     if fast:
-        best = min(fast, key=lambda p: sum(c.sensitivity for c in p.choices.values()))
+        best = min(fast, key=lambda p: p.sensitivity[0])
+        if prefer_capacity:
+            s0, se0 = best.sensitivity
+            best = max((p for p in fast if p.sensitivity[0] <= s0 + se0),
+                       key=lambda p: p.macs_after)  # fmt: skip
     else:
         best = max((t[2] for t in tried), key=lambda p: p.predicted_speedup)
     best.target = f"speedup {speedup:g}x"

@@ -50,6 +50,9 @@ class CompressConfig:
     batch_sizes: tuple[int, ...] = (1, 64)
     calibration: int = 128
     max_layer_error: float = 0.9  # relative output error above which a layer is rolled back
+    # for a speedup target: of the plans within one standard error of the most accurate one's
+    # sensitivity, keep the one with the most MACs (compress/capacity.py)
+    prefer_capacity: bool = True
     repeats: int = 10
     finetune: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(epochs=5))
     seed: int = 0
@@ -148,7 +151,8 @@ def _plan_from_json(data: dict) -> Plan:
     choices = {n: _candidate(c) for n, c in data["layers"].items()}
     return Plan(choices, cands, data["fixed_ms"], data["total_before_ms"], data["macs_before"],
                 data["target"], data["met"], data.get("notes", []), data.get("search", []),
-                data.get("assembled_ms"), data.get("original_ms"))  # fmt: skip
+                data.get("assembled_ms"), data.get("original_ms"),
+                data.get("sensitivity_se"))  # fmt: skip
 
 
 def compress(
@@ -199,7 +203,7 @@ def compress(
             plan = plan_for_speedup(
                 original, candidates, fixed, total, before.macs, target["speedup"], calibration,
                 config.plan_batch, config.deployment, config.max_layer_error, config.repeats,
-                log=say,
+                log=say, prefer_capacity=config.prefer_capacity,
             )  # fmt: skip
         elif target:
             plan = allocate(candidates, fixed, total, before.macs, **target)
