@@ -135,3 +135,47 @@ def test_candidates_carry_per_image_divergences(factory):  # noqa: F811
     assert (saved["sensitivity"], saved["sensitivity_se"]) == plan.sensitivity
     # read back (--resume): the same figures, though the per-image values are not saved
     assert _plan_from_json(saved).sensitivity == pytest.approx(plan.sensitivity)
+
+
+def test_choose_among_measured_plans():
+    from types import SimpleNamespace as P
+
+    plans = [P(sensitivity=(0.050, 0.004), macs_after=100),  # the most accurate
+             P(sensitivity=(0.053, 0.004), macs_after=140),  # within one error: most MACs
+             P(sensitivity=(0.053, 0.001), macs_after=120),
+             P(sensitivity=(0.060, 0.001), macs_after=400)]  # fmt: skip
+    assert capacity.choose(plans) is plans[1]
+    assert capacity.choose(plans[:1]) is plans[0]
+    plans[0].sensitivity = (0.050, 0.0)  # resolved exactly: the most accurate stays
+    assert capacity.choose(plans) is plans[0]
+
+
+def test_the_closed_loop_follows_the_rule(monkeypatch):
+    from leanconv.compress import closed_loop
+    from leanconv.compress.closed_loop import plan_for_speedup
+
+    def timed(original, plan, *args, **kwargs):  # the assembled model runs 30 % faster
+        plan.original_ms, plan.assembled_ms = 1.0, 1.0 / (plan.layer_sum_speedup * 1.3)
+        return plan.predicted_speedup
+
+    monkeypatch.setattr(closed_loop, "time_assembled", timed)
+    monkeypatch.setattr(closed_loop, "faster_layout", lambda *a, **k: None)
+    monkeypatch.setattr(closed_loop, "input_at_batch", lambda *a, **k: None)
+    g = torch.Generator().manual_seed(1)
+    cands = {}
+    for i in range(4):  # four layers of 10 ms: per rank a thin rewrite and a 3x thicker one,
+        name = f"layer{i}"  # 10 % slower and 5 % more sensitive
+        cs = [_c(name, "keep", 3000, 10.0, 0.0)]
+        for r in range(1, 10):
+            thin = tuple(((1 + i) / r**2 * 2 * torch.rand(16, generator=g)).tolist())
+            thick = tuple(1.05 * v for v in thin)
+            cs.append(_c(name, "svd", 100 * r, float(r), statistics.mean(thin), thin))
+            cs.append(_c(name, "tucker2", 300 * r, 1.1 * r, statistics.mean(thick), thick))
+        cands[name] = cs
+    plan = plan_for_speedup(None, cands, 0.0, 40.0, 12000, 3.0, None)
+    accurate = plan_for_speedup(None, cands, 0.0, 40.0, 12000, 3.0, None, prefer_capacity=False)
+    assert plan.met and accurate.met
+    assert any("one-standard-error rule" in n for n in plan.notes) and not accurate.notes
+    assert plan.macs_after > accurate.macs_after
+    s0, se0 = accurate.sensitivity
+    assert accurate.sensitivity[0] <= plan.sensitivity[0] <= s0 + se0

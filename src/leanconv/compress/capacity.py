@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable
 
 import torch
 
-__all__ = ["macs_kept", "plan_sensitivity", "prefer_capacity", "with_capacity_weight"]
+__all__ = ["choose", "macs_kept", "plan_sensitivity", "prefer_capacity", "with_capacity_weight"]
 
 #: The weights tried, as multiples ``2**k`` of ``s0 / MACs of the layers``: from a weight under
 #: which no candidate's MACs can outweigh a thirty-second of ``s0`` to one that keeps the MACs
@@ -99,3 +99,13 @@ def prefer_capacity(
         if kept > most and plan_sensitivity(trial.values())[0] <= s0 + se0:
             chosen, most = trial, kept
     return chosen
+
+
+def choose(plans: list):
+    """Of finished plans (each with ``sensitivity`` as ``(sum, standard error)`` and
+    ``macs_after``), the one with the most MACs whose summed sensitivity is within one standard
+    error of the most accurate one's (the closed loop's choice among its measured plans)."""
+    accurate = min(plans, key=lambda p: p.sensitivity[0])
+    s0, se0 = accurate.sensitivity
+    near = [p for p in plans if p.sensitivity[0] <= s0 + se0]
+    return max(near, key=lambda p: (p.macs_after, -p.sensitivity[0]))

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from ..bench.timing import compare
+from . import capacity
 from .deploy import Deployment
 from .measure import in_format, input_at_batch
 from .plan import Candidate, Plan, allocate
@@ -192,11 +193,7 @@ def plan_for_speedup(
             break  # the bracket has closed: no plan between those measured
     fast = [t[2] for t in tried if t[1] >= aim]
     if fast:
-        best = min(fast, key=lambda p: p.sensitivity[0])
-        if prefer_capacity:
-            s0, se0 = best.sensitivity
-            best = max((p for p in fast if p.sensitivity[0] <= s0 + se0),
-                       key=lambda p: p.macs_after)  # fmt: skip
+        best = capacity.choose(fast) if prefer_capacity else min(fast, key=lambda p: p.sensitivity)
     else:
         best = max((t[2] for t in tried), key=lambda p: p.predicted_speedup)
     best.target = f"speedup {speedup:g}x"
