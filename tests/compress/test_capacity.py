@@ -179,3 +179,27 @@ def test_the_closed_loop_follows_the_rule(monkeypatch):
     assert plan.macs_after > accurate.macs_after
     s0, se0 = accurate.sensitivity
     assert accurate.sensitivity[0] <= plan.sensitivity[0] <= s0 + se0
+
+
+def test_cli_calibration_and_most_accurate(tmp_path, factory, monkeypatch):  # noqa: F811
+    from typer.testing import CliRunner
+
+    from leanconv.cli import compress as cli_compress
+    from leanconv.cli.main import app
+    from leanconv.errors import LeanconvError
+
+    seen = {}
+
+    def fake(net, bundle, config, *args, **kwargs):
+        seen["config"] = config
+        raise LeanconvError("stopped by the test")
+
+    monkeypatch.setattr(cli_compress, "compress", fake)
+    args = ["compress", f"{factory}:make", "--out", str(tmp_path / "o")]
+    r = CliRunner().invoke(app, [*args, "--calibration", "32", "--most-accurate"])
+    assert r.exit_code == 2 and "stopped by the test" in r.output
+    assert seen["config"].calibration == 32 and seen["config"].prefer_capacity is False
+    CliRunner().invoke(app, args)
+    assert seen["config"].calibration == 128 and seen["config"].prefer_capacity is True
+    r = CliRunner().invoke(app, [*args, "--calibration", "1"])
+    assert r.exit_code == 2 and "--calibration 1" in r.output and "Traceback" not in r.output

@@ -48,6 +48,15 @@ def register(app: typer.Typer) -> None:
             None, "--patience", help="stop after N epochs without a better validation accuracy"
         ),
         batch: int = typer.Option(64, "--batch", help="deployment batch for planning"),
+        calibration: int = typer.Option(
+            128, "--calibration", help="training images the sensitivities are measured on"
+        ),
+        most_accurate: bool = typer.Option(
+            False,
+            "--most-accurate",
+            help="keep the most accurate plan, not the one with the most MACs within one "
+            "standard error of it",
+        ),
         fuse: bool = typer.Option(
             True, "--fuse/--no-fuse", help="fuse ReLUs into convolutions, pack them for oneDNN"
         ),
@@ -72,6 +81,9 @@ def register(app: typer.Typer) -> None:
             )
         if search_epochs < 1:
             raise ValueError(f"--search-epochs {search_epochs} must be at least 1")
+        if calibration < 2:
+            raise ValueError(f"--calibration {calibration}: at least 2 images (the sensitivities "
+                             "carry a standard error)")  # fmt: skip
         bundle = load_data(data, seed=seed)
         net, base = load_trainable(model, bundle.num_classes, weights, trust_pickle, width)
         targeted = speedup is not None or macs_ratio is not None or max_drop is not None
@@ -83,6 +95,8 @@ def register(app: typer.Typer) -> None:
             algorithms=fast,
             methods=chosen,
             plan_batch=batch,
+            calibration=calibration,
+            prefer_capacity=not most_accurate,
             deployment=Deployment(fuse=fuse),
             finetune=FinetuneConfig(
                 epochs=epochs, lr=lr, seed=seed, validation=validation, patience=patience

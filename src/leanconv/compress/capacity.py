@@ -49,7 +49,8 @@ def plan_sensitivity(choices: Iterable) -> tuple[float, float]:
     """``(summed sensitivity, its standard error)`` of a plan's chosen candidates (see the module
     docstring). The error comes from the per-image divergences (``kl_samples``) when every
     rewritten layer has them on the same images, else from the candidates' own errors added in
-    quadrature."""
+    quadrature. Both are those of each candidate's own measurement, also where
+    ``plan.monotone_sensitivity`` raised its sensitivity to a higher rank's."""
     chosen = list(choices)
     total = sum(c.sensitivity for c in chosen)
     rewritten = [c for c in chosen if c.method != "keep"]
