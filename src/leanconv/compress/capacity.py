@@ -39,9 +39,9 @@ import torch
 
 __all__ = ["choose", "macs_kept", "plan_sensitivity", "prefer_capacity", "with_capacity_weight"]
 
-#: The weights tried, as multiples ``2**k`` of ``s0 / MACs of the layers``: from a weight under
-#: which no candidate's MACs can outweigh a thirty-second of ``s0`` to one that keeps the MACs
-#: almost regardless of sensitivity.
+#: The weights tried, as multiples ``2**k`` of ``s0 / MACs of the layers``: from one at which all
+#: the layers' MACs together weigh ``s0 / 32`` to one at which they weigh ``8192 s0`` (the MACs
+#: kept almost regardless of sensitivity; the one-standard-error test then decides).
 WEIGHT_STEPS = range(-5, 14)
 
 
