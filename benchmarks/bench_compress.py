@@ -41,9 +41,8 @@ def winograd_savings(saved_dir: str, input_shape: tuple[int, ...]) -> int:
     saved = 0
     for name in names:
         m = model.get_submodule(name)
-        like = torch.nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, stride=m.stride,
-                               padding=m.padding, dilation=m.dilation, groups=m.groups)  # fmt: skip
-        spec = ConvSpec.from_module(like, tuple(inputs[name].shape), name)
+        spec = ConvSpec(m.in_channels, m.out_channels, m.kernel_size, tuple(inputs[name].shape[2:]),
+                        m.stride, m.padding, m.dilation, m.groups, name=name)  # fmt: skip
         tile = m.tile[0] if isinstance(m.tile, tuple) else m.tile
         saved += (direct_multiplications(spec).multiplications
                   - winograd_multiplications(spec, tile).multiplications)  # fmt: skip

@@ -147,6 +147,7 @@ class Plan:
         return {n: c.algorithm for n, c in self.choices.items() if c.algorithm != "direct"}
 
     def as_dict(self) -> dict:
+        sensitivity, sensitivity_se = self.sensitivity
         return {
             "target": self.target,
             "met": self.met,
@@ -159,8 +160,8 @@ class Plan:
             "original_ms": self.original_ms,
             "macs_before": self.macs_before,
             "macs_after": self.macs_after,
-            "sensitivity": self.sensitivity[0],
-            "sensitivity_se": self.sensitivity[1],
+            "sensitivity": sensitivity,
+            "sensitivity_se": sensitivity_se,
             "notes": self.notes,
             "search": self.search,
             "layers": {n: c.as_dict() for n, c in self.choices.items()},
@@ -404,10 +405,6 @@ def _fill(
         spare -= extra
 
 
-def _summed(plan: dict[str, Candidate]) -> float:
-    return sum(c.sensitivity for c in plan.values())
-
-
 def _lagrangian(
     objective: dict[str, list[Candidate]], cost, total, budget: float
 ) -> tuple[dict[str, Candidate], bool]:
@@ -492,10 +489,11 @@ def allocate(
         best = capacity.prefer_capacity(best, objective, solve)
         if best is not accurate:
             s0, se0 = capacity.plan_sensitivity(accurate.values())
+            s1 = capacity.plan_sensitivity(best.values())[0]
             more = capacity.macs_kept(best.values()) / capacity.macs_kept(accurate.values())
             rule_note = (f"one-standard-error rule: the layers keep {more:.2f}x the MACs of the "
                          f"most accurate plan for the budget, at a summed sensitivity of "
-                         f"{_summed(best):.4g} nats against its {s0:.4g} +- {se0:.2g}")  # fmt: skip
+                         f"{s1:.4g} nats against its {s0:.4g} +- {se0:.2g}")  # fmt: skip
     choices = {n: next(c for c in candidates[n]
                        if (c.method, c.rank, c.algorithm) == (b.method, b.rank, b.algorithm))
                for n, b in best.items()}  # fmt: skip
