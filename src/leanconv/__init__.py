@@ -1,6 +1,6 @@
 """leanconv: exact convolution costs, fast convolution algorithms, compression of trained CNNs."""
 
-from . import algorithms, decompose, errors, nn, zoo
+from . import algorithms, compress, decompose, errors, nn, zoo
 from .algorithms.tuner import accelerate
 from .compress.serialize import load, save
 from .cost import Convention, CostReport, conv_cost, count
@@ -14,6 +14,7 @@ __all__ = [
     "Convention",
     "accelerate",
     "CostReport",
+    "compress",
     "conv_cost",
     "count",
     "decompose",

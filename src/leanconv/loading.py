@@ -3,7 +3,9 @@ or a ``torch.export`` file. Nothing here unpickles untrusted data."""
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
+import re
 import sys
 import zipfile
 from dataclasses import dataclass
@@ -59,6 +61,43 @@ def _from_factory(path: Path, factory: str, kwargs: dict) -> nn.Module:
     return model
 
 
+_MODULE_FACTORY = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w.]*$")
+
+
+def is_module_factory(text: str) -> bool:
+    """``package.module:function`` (an importable module, not a file path)."""
+    return bool(_MODULE_FACTORY.match(text)) and not text.rsplit(":", 1)[0].endswith(".py")
+
+
+def _module_callable(text: str):
+    module_name, _, attr = text.partition(":")
+    try:
+        obj = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ModelLoadError(
+            f"model {text!r}: module {module_name!r} cannot be imported ({exc}); is it installed "
+            "in this environment?"
+        ) from None
+    for part in attr.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            raise ModelLoadError(f"model {text!r}: {module_name!r} has no {attr!r}")
+    if not callable(obj):
+        raise ModelLoadError(f"model {text!r}: {attr!r} is not callable")
+    return obj
+
+
+def _from_module_factory(text: str, kwargs: dict) -> nn.Module:
+    fn = _module_callable(text)
+    try:
+        model = fn(**kwargs)
+    except Exception as exc:
+        raise ModelLoadError(f"factory {text} raised {type(exc).__name__}: {exc}") from exc
+    if not isinstance(model, nn.Module):
+        raise ModelLoadError(f"factory {text} returned {type(model).__name__}, not an nn.Module")
+    return model
+
+
 def archive_kind(path: Path) -> str:
     """``"torchscript"``, ``"export"`` (a ``torch.export`` .pt2) or ``"pickle"`` (anything else:
     a plain pickle, or ``torch.save``'s zip holding ``data.pkl``), read from the file's entries."""
@@ -108,6 +147,8 @@ def load_model(spec: str, device: str = "cpu", **kwargs) -> LoadedModel:
     if ":" in text and text.rsplit(":", 1)[0].endswith(".py"):
         file, factory = text.rsplit(":", 1)
         return LoadedModel(_from_factory(Path(file), factory, kwargs), text, None)
+    if is_module_factory(text):
+        return LoadedModel(_from_module_factory(text, kwargs), text, None)
     path = Path(text)
     if path.suffix in (".pt", ".pth", ".ts", ".pt2", ".jit"):
         return LoadedModel(
@@ -123,34 +164,45 @@ def load_model(spec: str, device: str = "cpu", **kwargs) -> LoadedModel:
 
 def load_trainable(
     spec: str,
-    num_classes: int,
+    num_classes: int | None,
     weights: str | None = None,
     trust_pickle: bool = False,
     width: float | None = None,
+    model_args: dict | None = None,
+    log=None,
 ) -> tuple[nn.Module, dict]:
     """A model that can be rewritten and fine-tuned, and how to rebuild it (for saving).
 
-    ``spec``: a zoo name (built with ``num_classes``; ``width`` if given), ``file.py:factory``, or —
-    only with ``trust_pickle`` — a pickled ``nn.Module`` file. ``weights``: a ``.safetensors``
-    state dict to load (strictly).
+    ``spec``: a zoo name (built with ``num_classes``; ``width`` if given), ``file.py:factory`` or
+    ``package.module:factory`` (called with ``model_args``, plus ``num_classes`` when it takes
+    that keyword and ``model_args`` does not set it), or — only with ``trust_pickle`` — a pickled
+    ``nn.Module`` file. ``weights``: a state dict to load strictly (:func:`load_weights`).
     """
     from . import zoo
 
     text = spec.strip()
+    model_args = dict(model_args or {})
     if text in zoo.names():
-        kwargs = {"num_classes": num_classes} | ({"width": width} if width else {})
+        kwargs = ({"num_classes": num_classes} if num_classes else {}) | model_args
+        kwargs |= {"width": width} if width else {}
         model = load_model(text, **kwargs).module
         base = {"zoo": text, "kwargs": kwargs}
-    elif ":" in text and text.rsplit(":", 1)[0].endswith(".py"):
-        file, name = text.rsplit(":", 1)
-        kwargs = {"num_classes": num_classes} if _accepts(_factory(Path(file), name)) else {}
+    elif (":" in text and text.rsplit(":", 1)[0].endswith(".py")) or is_module_factory(text):
+        if ":" in text and text.rsplit(":", 1)[0].endswith(".py"):
+            file, name = text.rsplit(":", 1)
+            fn = _factory(Path(file), name)
+        else:
+            fn = _module_callable(text)
+        kwargs = dict(model_args)
+        if num_classes and "num_classes" not in kwargs and _accepts(fn):
+            kwargs["num_classes"] = num_classes
         model = load_model(text, **kwargs).module
         base = {"factory": text, "kwargs": kwargs}
     elif Path(text).suffix in (".pt", ".pth") and trust_pickle:
         try:
             model = torch.load(text, map_location="cpu", weights_only=False)
         except Exception as exc:
-            raise ModelLoadError(f"loading {text!r} failed: {exc}") from exc
+            raise ModelLoadError(f"loading {text!r} failed: {exc}") from None
         if not isinstance(model, nn.Module):
             raise ModelLoadError(f"{text!r} holds a {type(model).__name__}, not an nn.Module")
         base = {"pickle": text}
@@ -158,18 +210,19 @@ def load_trainable(
         if Path(text).is_file() and archive_kind(Path(text)) == "pickle":
             raise UnsafeFileError(
                 f"{text!r} is a pickle; loading it runs code from the file. Pass --trust-pickle "
-                "if you trust it, or give a zoo name or file.py:factory with --weights "
-                "file.safetensors"
+                "if you trust it, or give file.py:factory (or package.module:factory) with "
+                "--weights holding the state dict"
             )
         raise ModelLoadError(
-            f"{text!r}: compressing needs a trainable model, a zoo name or file.py:factory "
-            "(with --weights file.safetensors); TorchScript and torch.export files are frozen"
+            f"{text!r}: compressing needs a trainable model, a zoo name, file.py:factory or "
+            "package.module:factory (with --weights); TorchScript and torch.export files are "
+            "frozen"
         )
     else:
         model = load_model(text).module  # raises the usual clear error
         base = {"factory": text, "kwargs": {}}
     if weights:
-        load_weights(model, weights)
+        load_weights(model, weights, log=log)
     return model, base
 
 
@@ -183,20 +236,98 @@ def _accepts(factory, arg: str = "num_classes") -> bool:
         return False
 
 
-def load_weights(model: nn.Module, path: str | Path) -> None:
-    """Load a safetensors state dict into ``model``, naming what does not match."""
+WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
+#: Keys under which training scripts commonly nest the model's state dict in a checkpoint.
+CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model", "net", "module")
+#: Prefixes that wrappers add to every key: DistributedDataParallel / DataParallel, torch.compile.
+PREFIXES = ("module.", "_orig_mod.")
+
+
+def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The state dict in a weights file, and one line per transformation applied to find it.
+
+    ``.safetensors`` is read as is; ``.pt/.pth/.bin/.ckpt`` through
+    ``torch.load(weights_only=True)`` (tensors and plain containers only: no code runs), which
+    may hold the state dict itself or a checkpoint nesting it under one of
+    :data:`CHECKPOINT_KEYS`. Key prefixes of :data:`PREFIXES` shared by every key are removed.
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     path = Path(path)
+    said: list[str] = []
     if not path.is_file():
         raise ModelLoadError(f"weights file {str(path)!r} does not exist")
-    if path.suffix != ".safetensors":
-        raise UnsafeFileError(f"--weights {str(path)!r}: give a .safetensors file (no pickles)")
-    try:
-        state = load_file(str(path))
-    except (SafetensorError, OSError) as exc:
-        raise ModelLoadError(f"weights file {str(path)!r} cannot be read: {exc}") from None
+    if path.suffix not in WEIGHT_SUFFIXES:
+        raise ModelLoadError(
+            f"--weights {str(path)!r}: give a {', '.join(WEIGHT_SUFFIXES)} file holding a state "
+            "dict"
+        )
+    if path.suffix == ".safetensors":
+        try:
+            state = load_file(str(path))
+        except (SafetensorError, OSError) as exc:
+            raise ModelLoadError(f"weights file {str(path)!r} cannot be read: {exc}") from None
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle_errors() as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UnsafeFileError(
+                f"--weights {str(path)!r} cannot be read safely (torch.load with "
+                f"weights_only=True: {first[:200]}); it may hold a whole pickled model: save "
+                "model.state_dict() instead, or give the file as MODEL with --trust-pickle if "
+                "you trust it"
+            ) from None
+        except (OSError, RuntimeError, EOFError) as exc:
+            raise ModelLoadError(f"weights file {str(path)!r} cannot be read: {exc}") from None
+    state = _nested_state(state, path, said)
+    for prefix in PREFIXES:
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix) :]: v for k, v in state.items()}
+            said.append(f"removed the prefix {prefix!r} from every key")
+    return state, said
+
+
+def pickle_errors() -> tuple[type[BaseException], ...]:
+    import pickle
+
+    return (pickle.UnpicklingError, AttributeError, TypeError)
+
+
+def _is_state(d) -> bool:
+    return (
+        isinstance(d, dict)
+        and bool(d)
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in d.items())
+    )
+
+
+def _nested_state(obj, path: Path, said: list[str]) -> dict[str, torch.Tensor]:
+    if _is_state(obj):
+        return dict(obj)
+    if isinstance(obj, dict):
+        for key in CHECKPOINT_KEYS:
+            if _is_state(obj.get(key)):
+                said.append(f"read the state dict under the checkpoint key {key!r}")
+                return dict(obj[key])
+        keys = ", ".join(repr(k) for k in list(obj)[:8])
+        raise ModelLoadError(
+            f"weights file {str(path)!r} holds a dict without a state dict under "
+            f"{', '.join(CHECKPOINT_KEYS)} (its keys: {keys})"
+        )
+    raise ModelLoadError(
+        f"weights file {str(path)!r} holds a {type(obj).__name__}, not a state dict"
+    )
+
+
+def load_weights(model: nn.Module, path: str | Path, log=None) -> None:
+    """Load the state dict of ``path`` (:func:`read_state_dict`) into ``model`` strictly, naming
+    what does not match; each transformation applied is said in one line through ``log``."""
+    state, said = read_state_dict(path)
+    for line in said:
+        if log:
+            log(f"weights {Path(path).name}: {line}")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -204,3 +335,6 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
         raise ModelLoadError(
             f"weights {str(path)!r} do not fit the model: {' '.join(first[:3])[:400]}"
         ) from None
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise ModelLoadError(f"weights {str(path)!r} hold NaN or infinite values in {bad[:3]}")

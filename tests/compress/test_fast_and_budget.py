@@ -12,6 +12,7 @@ from leanconv.cli.main import app
 from leanconv.compress import accuracy_budget, serialize
 from leanconv.compress.algorithms import apply_algorithms, eligible, with_algorithm
 from leanconv.compress.closed_loop import plan_for_speedup
+from leanconv.compress.evaluate import Metric
 from leanconv.compress.finetune import FinetuneConfig
 from leanconv.compress.pipeline import CompressConfig, compress
 from leanconv.compress.plan import (
@@ -136,17 +137,18 @@ def _budget_setup(factory):  # noqa: F811
 
 
 @pytest.mark.parametrize("allowed", [0.5, 100.0])
-def test_accuracy_budget_search(monkeypatch, factory, allowed):  # noqa: F811
+def test_accuracy_budget_search(factory, allowed):  # noqa: F811
     model, calibration, cands, fixed, total = _budget_setup(factory)
 
     # a controlled oracle: each decomposed layer costs 1 point on the held-out images
     def fake_accuracy(net, dataset):
         return 90.0 - sum(type(m) is not type(o) for m, o in zip(net, model, strict=True))
 
-    monkeypatch.setattr(accuracy_budget, "accuracy", fake_accuracy)
+    oracle = Metric("accuracy", fake_accuracy, logits=True)
     cfg = FinetuneConfig(epochs=1, batch_size=16, progress=False)
     plan = accuracy_budget.plan_for_accuracy(model, cands, fixed, total, 1000, tiny_data(n=64),
-                                             calibration, allowed, cfg)  # fmt: skip
+                                             calibration, allowed, cfg,
+                                             metric=oracle)  # fmt: skip
     assert plan.search and plan.target == f"accuracy drop <= {allowed:g} points"
     for trial in plan.search:
         assert trial["within_budget"] == (trial["drop"] <= allowed)
@@ -173,6 +175,7 @@ def test_accuracy_budget_refuses_negative(factory):  # noqa: F811
 def test_compress_with_max_drop_alone(tmp_path, factory):  # noqa: F811
     data = tiny_data(n=128)
     config = CompressConfig(speedup=None, max_drop=100.0, ratios=(0.15, 0.4), calibration=32,
+                            min_metric=0,
                             repeats=2, plan_batch=8, batch_sizes=(8,), algorithms=("winograd4",),
                             finetune=FinetuneConfig(epochs=1, batch_size=16, progress=False))  # fmt: skip
     out = tmp_path / "out"

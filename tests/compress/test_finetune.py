@@ -50,10 +50,10 @@ def test_learns_and_keeps_the_last_epoch(tmp_path):
                       lr=0.1, progress=False, checkpoint=tmp_path / "c.pt"), log=None)  # fmt: skip
     assert len(result.history) == 5
     # no validation split: no choice is made (the test split never decides anything)
-    assert result.best_epoch == 5 and result.best_accuracy == result.history[-1].accuracy
-    assert result.history[-1].validation_accuracy is None
-    assert accuracy(model, data.test) == result.history[-1].accuracy
-    assert result.best_accuracy > 60  # chance is 33%
+    assert result.best_epoch == 5 and result.best_metric == result.history[-1].metric
+    assert result.history[-1].validation_metric is None
+    assert accuracy(model, data.test) == result.history[-1].metric
+    assert result.best_metric > 60  # chance is 33%
     assert (tmp_path / "c.pt").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
@@ -63,12 +63,12 @@ def test_best_epoch_is_chosen_on_validation_images():
     model = tiny_model()
     cfg = FinetuneConfig(epochs=6, batch_size=16, lr=0.1, progress=False, validation=0.25)
     result = finetune(model, data, None, cfg, log=None)
-    val = [r.validation_accuracy for r in result.history]
+    val = [r.validation_metric for r in result.history]
     assert result.best_epoch == val.index(max(val)) + 1  # the first epoch with the best
     kept = result.history[result.best_epoch - 1]
-    assert accuracy(model, data.test) == kept.accuracy == result.best_accuracy
+    assert accuracy(model, data.test) == kept.metric == result.best_metric
     held = data.holdout(0.25, cfg.seed)
-    assert accuracy(model, held.test) == kept.validation_accuracy
+    assert accuracy(model, held.test) == kept.validation_metric
 
 
 def test_resume_reaches_the_same_weights(tmp_path):

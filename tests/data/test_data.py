@@ -30,9 +30,10 @@ def test_image_folder_reads_classes_and_splits(tmp_path):
     for i in range(5):
         _png(tmp_path / "cat" / f"{i}.png", (255, 0, 0))
         _png(tmp_path / "dog" / f"{i}.png", (0, 0, 255))
-    bundle = image_folder(tmp_path, size=8)
-    assert bundle.num_classes == 2 and len(bundle.train) + len(bundle.test) == 10
-    x, y = bundle.train.tensors
+    bundle = image_folder(tmp_path, size=8, workers=0)
+    assert bundle.num_classes == 2
+    assert len(bundle.train.dataset) + len(bundle.test.dataset) == 10
+    x, y = (torch.cat(t) for t in zip(*bundle.train, strict=True))
     assert x.shape[1:] == (3, 8, 8)
     red = x[y == 0][:, 0].mean() > x[y == 1][:, 0].mean()  # cat images are red
     assert red
@@ -44,7 +45,7 @@ def test_image_folder_with_train_and_test(tmp_path):
             for i in range(n):
                 _png(tmp_path / split / cls / f"{i}.png", (i * 40, 0, 0))
     bundle = load_data(f"folder:{tmp_path}", size=6)
-    assert (len(bundle.train), len(bundle.test)) == (6, 4)
+    assert (len(bundle.train.dataset), len(bundle.test.dataset)) == (6, 4)
 
 
 def test_image_folder_errors_name_the_path(tmp_path):

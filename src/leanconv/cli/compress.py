@@ -6,25 +6,84 @@ from pathlib import Path
 
 import typer
 
-from ..compress.algorithms import ALGORITHMS
 from ..compress.deploy import Deployment
 from ..compress.finetune import FinetuneConfig
 from ..compress.pipeline import CompressConfig, compress
 from ..data import load_data
+from ..decompose.rank import METHODS
+from ..errors import OutputExistsError
 from ..loading import load_trainable
 from .common import console, handle_errors
 from .tables import before_after_table
+
+
+def _numbers(text: str | None, flag: str, count: tuple[int, ...], kind=float) -> tuple | None:
+    """``"0.5,0.4,0.3"`` -> a tuple of ``count`` numbers (one of the allowed counts)."""
+    if text is None:
+        return None
+    try:
+        values = tuple(kind(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"{flag} {text!r}: give numbers separated by commas") from None
+    if len(values) not in count:
+        raise ValueError(f"{flag} {text!r}: give {' or '.join(map(str, count))} number(s)")
+    return values
+
+
+def _literal(text: str):
+    import ast
+
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text  # a bare word: a string
+
+
+def _model_args(items: list[str] | None) -> dict:
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise ValueError(f"--model-arg {item!r}: give KEY=VALUE, e.g. --model-arg width=32")
+        out[key.strip()] = _literal(value.strip())
+    return out
 
 
 def register(app: typer.Typer) -> None:
     @app.command("compress")
     @handle_errors
     def compress_cmd(
-        model: str = typer.Argument(..., help="zoo name or file.py:factory (with --weights)"),
+        model: str = typer.Argument(
+            ..., help="zoo name, file.py:factory or package.module:factory (with --weights)"
+        ),
         data: str = typer.Option("digits", "--data", help="digits, folder:PATH, cifar10:PATH"),
         out: Path = typer.Option(..., "--out", help="output directory (must not exist)"),
-        weights: str = typer.Option(None, "--weights", help="trained weights, .safetensors"),
+        weights: str = typer.Option(
+            None,
+            "--weights",
+            help="trained weights: .safetensors, or .pt/.pth/.bin/.ckpt state "
+            "dict or checkpoint (read with torch.load(weights_only=True))",
+        ),  # fmt: skip
+        model_arg: list[str] = typer.Option(
+            None, "--model-arg", help="KEY=VALUE argument of the factory (repeatable)"
+        ),
         width: float = typer.Option(None, "--width", help="width of a zoo model"),
+        input_size: str = typer.Option(
+            None, "--input-size", help="H[,W] the images are resized to (default: their own)"
+        ),
+        resize: int = typer.Option(None, "--resize", help="resize the shorter side to N"),
+        crop: int = typer.Option(None, "--crop", help="then take the centre N x N crop"),
+        normalize: str = typer.Option(
+            None, "--normalize", help="imagenet, dataset or none (default: none, pixels 0..1)"
+        ),
+        mean: str = typer.Option(None, "--mean", help="R,G,B mean subtracted from pixels 0..1"),
+        std: str = typer.Option(None, "--std", help="R,G,B standard deviation divided by"),
+        min_metric: float = typer.Option(
+            None,
+            "--min-metric",
+            help="the original's accuracy must reach this (default: "
+            "clearly above chance; 0 skips the check)",
+        ),  # fmt: skip
         speedup: float = typer.Option(None, "--speedup", help="target measured speedup"),
         macs_ratio: float = typer.Option(None, "--macs-ratio", help="target MACs ratio"),
         max_drop: float = typer.Option(
@@ -38,7 +97,11 @@ def register(app: typer.Typer) -> None:
             "--algorithms",
             help="fast algorithms the planner may choose per layer, or 'none'",
         ),
-        methods: str = typer.Option("tucker2,svd", "--methods", help="tucker2,svd,cp,depthwise,tt"),
+        methods: str = typer.Option(
+            "tucker2,spatial_svd",
+            "--methods",
+            help=f"decompositions to plan with, or 'none': {', '.join(METHODS)}",
+        ),  # fmt: skip
         epochs: int = typer.Option(5, "--epochs", help="fine-tuning epochs"),
         lr: float = typer.Option(0.01, "--lr", help="fine-tuning learning rate"),
         validation: float = typer.Option(
@@ -60,6 +123,7 @@ def register(app: typer.Typer) -> None:
         fuse: bool = typer.Option(
             True, "--fuse/--no-fuse", help="fuse ReLUs into convolutions, pack them for oneDNN"
         ),
+        workers: int = typer.Option(None, "--workers", help="processes reading images"),
         force: bool = typer.Option(False, "--force", help="replace an existing --out"),
         resume: bool = typer.Option(False, "--resume", help="continue an interrupted run"),
         trust_pickle: bool = typer.Option(False, "--trust-pickle", help="allow a pickled model"),
@@ -72,21 +136,10 @@ def register(app: typer.Typer) -> None:
         whose trial stays within that many accuracy points); none given: --speedup 2."""
         if speedup is not None and macs_ratio is not None:
             raise ValueError("give --speedup or --macs-ratio, not both")
-        chosen = tuple(m.strip() for m in methods.split(",") if m.strip())
+        chosen = tuple(m.strip() for m in methods.split(",") if m.strip() not in ("", "none"))
         fast = tuple(a.strip() for a in algorithms.split(",") if a.strip() not in ("", "none"))
-        unknown = [a for a in fast if a not in ALGORITHMS]
-        if unknown:
-            raise ValueError(
-                f"--algorithms: unknown {unknown}; choose from {', '.join(ALGORITHMS)}"
-            )
-        if search_epochs < 1:
-            raise ValueError(f"--search-epochs {search_epochs} must be at least 1")
-        if calibration < 2:
-            raise ValueError(f"--calibration {calibration}: at least 2 images (the sensitivities "
-                             "carry a standard error)")  # fmt: skip
-        bundle = load_data(data, seed=seed)
-        net, base = load_trainable(model, bundle.num_classes, weights, trust_pickle, width)
         targeted = speedup is not None or macs_ratio is not None or max_drop is not None
+        # every setting is checked here, before the data or the model is read
         config = CompressConfig(
             speedup=speedup if targeted else 2.0,
             macs_ratio=macs_ratio,
@@ -102,7 +155,30 @@ def register(app: typer.Typer) -> None:
                 epochs=epochs, lr=lr, seed=seed, validation=validation, patience=patience
             ),
             seed=seed,
+            min_metric=min_metric,
         )
+        prep = {
+            "input_size": _numbers(input_size, "--input-size", (1, 2), int),
+            "resize": resize, "crop": crop, "normalize": normalize,
+            "mean": _numbers(mean, "--mean", (3,)), "std": _numbers(std, "--std", (3,)),
+        }  # fmt: skip
+        if prep["input_size"] and len(prep["input_size"]) == 1:
+            prep["input_size"] = prep["input_size"] * 2
+        given = {k: v for k, v in prep.items() if v is not None}
+        if given and not data.startswith("folder:"):
+            flags = ", ".join("--" + k.replace("_", "-") for k in given)
+            raise ValueError(f"{flags}: preprocessing applies to --data folder:PATH only")
+        if data.startswith("folder:"):
+            given.setdefault("normalize", "none")
+            if workers is not None:
+                given["workers"] = workers
+        args = _model_args(model_arg)
+        if out.exists() and not force:
+            raise OutputExistsError(f"output directory {str(out)!r} exists; pass --force")
+        bundle = load_data(data, seed=seed, **given)
+        console.print(f"data: {bundle.describe()}" + _preprocessing_line(bundle.preprocessing))
+        net, base = load_trainable(model, bundle.num_classes, weights, trust_pickle, width,
+                                   model_args=args, log=console.print)  # fmt: skip
         if macs_ratio is not None:
             config.speedup = None
         try:
@@ -115,3 +191,10 @@ def register(app: typer.Typer) -> None:
         console.print(before_after_table(result))
         for note in result.notes:
             console.print(f"[yellow]note:[/] {note}")
+
+
+def _preprocessing_line(prep: dict) -> str:
+    if not prep:
+        return ""
+    parts = [f"{k} {v}" for k, v in prep.items() if k not in ("data", "classes") and v]
+    return "; inputs: " + (", ".join(parts) if parts else "as stored")

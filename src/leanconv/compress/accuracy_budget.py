@@ -23,7 +23,7 @@ from torch import nn
 from ..data.bundle import DataBundle
 from .closed_loop import time_assembled
 from .deploy import Deployment
-from .evaluate import accuracy
+from .evaluate import ACCURACY, Metric
 from .finetune import FinetuneConfig, finetune
 from .plan import Candidate, Plan, allocate
 from .verify import decompose_model
@@ -79,19 +79,21 @@ def plan_for_accuracy(
     batch: int = 64,
     deployment: Deployment = Deployment(),
     log=None,
+    metric: Metric = ACCURACY,
+    loss=None,
 ) -> Plan:
-    """The fastest plan whose short-fine-tune trial loses at most ``max_drop`` points (see the
-    module docstring); its ``search`` lists every trial."""
+    """The fastest plan whose short-fine-tune trial loses at most ``max_drop`` points of
+    ``metric`` (see the module docstring); its ``search`` lists every trial."""
     if max_drop < 0:
         raise ValueError(f"max_drop={max_drop} must not be negative")
     say = log or (lambda _m: None)
-    target = f"accuracy drop <= {max_drop:g} points"
+    target = f"{metric.name} drop <= {max_drop:g} points"
     split = data.holdout(VALIDATION_FRACTION, seed)
-    base_accuracy = accuracy(original, split.test)
+    base_accuracy = metric(original, split.test)
     fastest = allocate(candidates, fixed_ms, total_ms, macs_before, speedup=1e9)
     ladder = _ladder(fastest.predicted_speedup)
-    say(f"      accuracy budget {max_drop:g} points: original {base_accuracy:.2f}% on "
-        f"{len(split.test)} held-out training images; targets "
+    say(f"      {metric.name} budget {max_drop:g} points: original {base_accuracy:.2f}"
+        f"{metric.unit} on held-out training images; targets "
         + ", ".join(f"{s:.2f}x" for s in ladder))  # fmt: skip
     trials: list[Trial] = []
     plans: dict[int, Plan] = {}
@@ -104,12 +106,13 @@ def plan_for_accuracy(
         short = copy.copy(finetune_config)
         short.epochs, short.checkpoint, short.resume = search_epochs, None, False
         short.progress, short.patience = False, None
-        finetune(model, split, original, short, log=None)
-        acc = accuracy(model, split.test)
+        finetune(model, split, original, short, log=None, metric=metric, loss=loss)
+        acc = metric(model, split.test)
         ok = base_accuracy - acc <= max_drop
         trials.append(Trial(ladder[mid], plan.predicted_speedup, acc, base_accuracy - acc, ok))
         say(f"      trial {ladder[mid]:.2f}x (predicted {plan.predicted_speedup:.2f}x): "
-            f"{acc:.2f}% after {search_epochs} epoch(s), drop {base_accuracy - acc:+.2f} -> "
+            f"{acc:.2f}{metric.unit} after {search_epochs} epoch(s), "
+            f"drop {base_accuracy - acc:+.2f} -> "
             + ("within" if ok else "over") + " budget")  # fmt: skip
         if ok:
             lo, plans[mid] = mid, plan

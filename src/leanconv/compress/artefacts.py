@@ -15,30 +15,35 @@ from ..report.markdown import compress_report
 from ..report.plots import candidates_plot, layer_latency_plot, rank_plot
 
 
-def export_onnx(model: nn.Module, sample_shape, path: Path) -> float:
-    """Export ``model`` to ONNX and return the max abs difference of ONNX Runtime's output."""
+def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> float:
+    """Export ``model`` to ONNX (batch dimension dynamic) and return the largest absolute
+    difference between ONNX Runtime's outputs and PyTorch's on ``example`` (every output tensor,
+    in :func:`.outputs.tensors` order)."""
     import onnxruntime
 
-    x = torch.randn(2, *sample_shape)
+    from .outputs import tensors
+
+    x = example
+    with torch.no_grad():
+        want = [t.detach().cpu().numpy() for t in tensors(model.eval()(x))]
+    names = ["logits"] if len(want) == 1 else [f"output_{i}" for i in range(len(want))]
     fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=path.parent)
     os.close(fd)
     try:
         torch.onnx.export(
-            model.eval(), (x,), tmp, dynamo=False, input_names=["input"],
-            output_names=["logits"], dynamic_axes={"input": {0: "batch"}},
+            model, (x,), tmp, dynamo=False, input_names=["input"], output_names=names,
+            dynamic_axes={"input": {0: "batch"}, **{n: {0: "batch"} for n in names}},
         )  # fmt: skip
         session = onnxruntime.InferenceSession(tmp, providers=["CPUExecutionProvider"])
-        got = session.run(None, {"input": x.numpy()})[0]
-        with torch.no_grad():
-            want = model(x).numpy()
+        got = session.run(None, {"input": x.cpu().numpy()})
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
-    return float(abs(got - want).max())
+    return max(float(abs(g - w).max()) for g, w in zip(got, want, strict=True))
 
 
-def write_artefacts(result, model: nn.Module, out: Path, sample_shape, say=print) -> None:
-    result.onnx_max_error = export_onnx(model, sample_shape, out / "model.onnx")
+def write_artefacts(result, model: nn.Module, out: Path, example: torch.Tensor, say=print) -> None:
+    result.onnx_max_error = export_onnx(model, example, out / "model.onnx")
     plan = result.plan
     candidates_plot(plan, out / "candidates.png")
     layer_latency_plot(plan, out / "layer_latency.png")

@@ -1,25 +1,32 @@
 """Fine-tuning with knowledge distillation (Hinton et al. 2015), resumable and distributable.
 
-Loss: ``alpha * T^2 * KL(softmax(s / T) || softmax(t / T)) + (1 - alpha) * CE(s, y)`` where ``s``
-and ``t`` are the student's and the teacher's logits (the teacher is the original model). Without a
-teacher the loss is the cross-entropy alone.
+Loss, for a classifier (class logits, judged by accuracy):
+``alpha * T^2 * KL(softmax(t / T) || softmax(s / T)) + (1 - alpha) * CE(s, y)`` where ``s`` and
+``t`` are the student's and the teacher's logits (the teacher is the original model); the user's
+``loss(outputs, targets)``, when given, takes the place of the cross-entropy. For any other output
+(tensors, tuples or dicts of them: segmentation, detection, regression) the distillation term is
+the relative squared error of every output tensor (:func:`.outputs.distillation`), weighted
+``alpha`` against ``loss`` when one is given and alone otherwise. Without a teacher the loss is
+the cross-entropy (or the user's loss) alone.
 
 - SGD with Nesterov momentum and a cosine learning rate (after an optional linear warm-up)
   computed from the global step, so a resumed run needs no scheduler state.
-- The data order of epoch ``e`` is a permutation drawn from ``seed + e``; a run resumed from the
-  checkpoint of epoch ``e`` therefore sees exactly the batches an uninterrupted run would, and ends
-  at the same weights.
+- The data order of epoch ``e`` is drawn from ``seed + e`` (:func:`leanconv.data.batches.epoch`: a
+  permutation of a dataset, or a user's shuffling ``DataLoader`` with PyTorch's generator seeded);
+  a run resumed from the checkpoint of epoch ``e`` therefore sees exactly the batches an
+  uninterrupted run would, and ends at the same weights.
 - A checkpoint (model, optimiser, history) is written atomically after every epoch; an
   interruption leaves the previous one intact.
 - The test split is never used for a choice: with ``validation`` (a fraction of the training
-  images held out, fixed by ``seed``) the weights of the epoch with the best validation accuracy
+  images held out, fixed by ``seed``) the weights of the epoch with the best validation metric
   are kept and ``patience`` stops after that many epochs without improvement; without it the last
-  epoch's weights are kept (the cosine schedule ends at a learning rate near zero). Test accuracy
-  is printed every epoch for monitoring only.
+  epoch's weights are kept (the cosine schedule ends at a learning rate near zero). The test
+  metric is printed every epoch for monitoring only.
 - Mixed precision (bfloat16 autocast) on CUDA; float32 on the CPU.
 - Under ``torchrun`` (``torch.distributed`` initialised) the model is wrapped in
   DistributedDataParallel (gloo on CPU, nccl on GPU) and each rank takes every ``world``-th sample
-  of the epoch's permutation; rank 0 evaluates, prints and writes checkpoints.
+  of the epoch's permutation (every ``world``-th batch of a loader); rank 0 evaluates, prints and
+  writes checkpoints.
 """
 
 from __future__ import annotations
@@ -39,10 +46,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from ..data import batches as source
 from ..data.bundle import DataBundle
 from ..data.transforms import Augment
 from ..errors import LeanconvError
-from .evaluate import accuracy, batches, check_classes
+from . import outputs
+from .evaluate import ACCURACY, Metric, check_outputs, to_model
 
 
 @dataclass
@@ -58,7 +67,7 @@ class FinetuneConfig:
     validation: float = 0.0  # fraction of the training images held out to choose the epoch
     warmup_epochs: float = 0.0  # linear learning-rate warm-up before the cosine decay
     seed: int = 0
-    augment: bool = True
+    augment: bool = True  # random crops of 4-D image batches (the built-in data; off for a user's)
     amp: bool | None = None  # None: bfloat16 autocast on CUDA only
     checkpoint: str | Path | None = None  # file written after every epoch
     resume: bool = False
@@ -87,17 +96,17 @@ class FinetuneConfig:
 class EpochRecord:
     epoch: int
     loss: float
-    accuracy: float
+    metric: float  # on the test data (monitoring only)
     lr: float
     seconds: float
     images_per_second: float
-    validation_accuracy: float | None = None
+    validation_metric: float | None = None
 
 
 @dataclass
 class FinetuneResult:
     history: list[EpochRecord] = field(default_factory=list)
-    best_accuracy: float = 0.0  # test accuracy of the epoch kept
+    best_metric: float = 0.0  # test metric of the epoch kept
     best_epoch: int = -1  # the epoch kept: best on validation, else the last
     stopped_early: bool = False
     resumed_from: int | None = None
@@ -107,25 +116,31 @@ class FinetuneResult:
 
 
 def _best_validation(result: FinetuneResult) -> float:
-    return result.history[result.best_epoch - 1].validation_accuracy
+    return result.history[result.best_epoch - 1].validation_metric
 
 
 def distillation_loss(
-    student: torch.Tensor,
-    teacher: torch.Tensor | None,
-    labels: torch.Tensor,
+    student,
+    teacher,
+    labels,
     temperature: float,
     alpha: float,
+    logits: bool = True,
+    loss: Callable | None = None,
 ) -> torch.Tensor:
-    ce = F.cross_entropy(student, labels)
+    """The training loss of one batch (see the module docstring): ``student`` and ``teacher``
+    are model outputs (the teacher's ``None`` without distillation), ``labels`` the targets."""
+    task = None
+    if loss is not None:
+        task = loss(student, labels)
+    elif logits:
+        task = F.cross_entropy(outputs.logits_of(student).float(), labels)
     if teacher is None or alpha == 0:
-        return ce
-    t = temperature
-    kl = F.kl_div(
-        F.log_softmax(student / t, dim=1), F.log_softmax(teacher / t, dim=1),
-        reduction="batchmean", log_target=True,
-    )  # fmt: skip
-    return alpha * t * t * kl + (1 - alpha) * ce
+        if task is None:
+            raise LeanconvError("nothing to train on: no teacher to distil from and no loss")
+        return task
+    distil = outputs.distillation(student, teacher, temperature, logits)
+    return distil if task is None else alpha * distil + (1 - alpha) * task
 
 
 def _cosine(base: float, step: int, total: int, warmup: int = 0) -> float:
@@ -167,16 +182,21 @@ def finetune(
     teacher: nn.Module | None = None,
     config: FinetuneConfig | None = None,
     log: Callable[[str], None] | None = print,
+    metric: Metric = ACCURACY,
+    loss: Callable | None = None,
 ) -> FinetuneResult:
     """Train ``model`` in place on ``data.train``, distilling from ``teacher``; returns the history.
 
-    The model ends with the weights of the best epoch on the validation images (``validation``),
-    else of the last epoch; the test split is only reported.
+    ``metric`` (:mod:`.evaluate`) is reported per epoch and chooses the epoch with
+    ``validation``; ``loss(outputs, targets)`` is the task loss (default: cross-entropy on class
+    logits; none for other outputs, which are then only distilled). The model ends with the
+    weights of the best epoch on the validation images, else of the last epoch; the test split is
+    only reported.
     """
     cfg = config or FinetuneConfig()
     rank, world = _rank_world()
     device = next(model.parameters()).device
-    check_classes(model, data.test, data.num_classes)
+    check_outputs(model, data.test, metric, data.num_classes)
     train_set, val_set = data.train, None
     if cfg.validation > 0:
         split = data.holdout(cfg.validation, cfg.seed)
@@ -196,9 +216,7 @@ def finetune(
         {"params": no_decay, "weight_decay": 0.0},
     ]
     optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
-    n_train = len(train_set)
-    per_rank = math.ceil(n_train / world)
-    steps_per_epoch = math.ceil(per_rank / cfg.batch_size)
+    steps_per_epoch = source.num_batches(train_set, cfg.batch_size, world)
     total_steps = steps_per_epoch * cfg.epochs
     warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
     amp = cfg.amp if cfg.amp is not None else device.type == "cuda"
@@ -217,7 +235,7 @@ def finetune(
         best_state = state["best_model"]
         start_epoch = int(state["epoch"]) + 1
         result.history = [EpochRecord(**r) for r in state["history"]]
-        result.best_accuracy = float(state["best_accuracy"])
+        result.best_metric = float(state["best_metric"])
         result.best_epoch = int(state["best_epoch"])
         result.resumed_from = start_epoch - 1
         if log and rank == 0:
@@ -225,62 +243,66 @@ def finetune(
     progress = _Progress(cfg.progress and rank == 0 and sys.stderr.isatty(), steps_per_epoch)
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
-        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
-        torch.manual_seed(cfg.seed * 1_000_003 + epoch)  # dropout and other global draws
-        order = torch.randperm(n_train, generator=g)[rank::world]
+        epoch_seed = cfg.seed * 1_000_003 + epoch
+        g = torch.Generator().manual_seed(epoch_seed)  # a dataset's order, then augmentation
         t0, seen, total_loss = time.perf_counter(), 0, 0.0
         progress.start(epoch, cfg.epochs)
-        for i, (x, y) in enumerate(batches(train_set, cfg.batch_size, order)):
+        # the order, and dropout and other global draws, follow from epoch_seed
+        train_batches = source.epoch(train_set, cfg.batch_size, epoch_seed, rank, world,
+                                     where="training data", generator=g)  # fmt: skip
+        for i, (x, y) in enumerate(train_batches):
             step = epoch * steps_per_epoch + i
             lr = _cosine(cfg.lr, step, total_steps, warmup_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            if augment is not None:
+            if augment is not None and x.dim() == 4 and x.is_floating_point():
                 x = augment(x, g)
-            x, y = x.to(device), y.to(device)
+            x = to_model(x, model)
+            y = y.to(device) if isinstance(y, torch.Tensor) else y
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 out = train_model(x)
                 with torch.no_grad():
                     t_out = teacher(x) if teacher is not None else None
-                loss = distillation_loss(out.float(), None if t_out is None else t_out.float(),
-                                         y, cfg.temperature, cfg.alpha)  # fmt: skip
-            if not torch.isfinite(loss):
+                value = distillation_loss(out, t_out, y, cfg.temperature, cfg.alpha,
+                                          metric.logits, loss)  # fmt: skip
+            if not torch.isfinite(value):
                 raise LeanconvError(
-                    f"fine-tuning diverged at epoch {epoch + 1}, step {i}: loss {loss}"
+                    f"fine-tuning diverged at epoch {epoch + 1}, step {i}: loss {value}"
                 )
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            value.backward()
             optimizer.step()
-            seen += len(y)
-            total_loss += loss.item() * len(y)
-            progress.advance(seen / (time.perf_counter() - t0), loss.item())
+            seen += len(x)
+            total_loss += value.item() * len(x)
+            progress.advance(seen / (time.perf_counter() - t0), value.item())
         progress.stop()
         seconds = time.perf_counter() - t0
-        acc = accuracy(model, data.test) if rank == 0 else 0.0
+        acc = metric(model, data.test) if rank == 0 else 0.0
         # every rank evaluates the validation images (the same weights everywhere after the
         # all-reduce), so that all take the same choice and stop at the same epoch
-        val = accuracy(model, val_set) if val_set is not None else None
+        val = metric(model, val_set) if val_set is not None else None
         record = EpochRecord(epoch + 1, total_loss / max(1, seen), acc, lr, seconds,
                              seen * world / seconds, val)  # fmt: skip
         result.history.append(record)
         if val_set is None:  # no choice to make: the last epoch is kept
-            result.best_accuracy, result.best_epoch = acc, epoch + 1
+            result.best_metric, result.best_epoch = acc, epoch + 1
             best_state = model.state_dict()
         elif result.best_epoch < 0 or val > _best_validation(result):
-            result.best_accuracy, result.best_epoch = acc, epoch + 1
+            result.best_metric, result.best_epoch = acc, epoch + 1
             best_state = copy.deepcopy(model.state_dict())
         if ckpt is not None and rank == 0:
             _save_atomic(
                 {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                  "best_model": best_state, "epoch": epoch,
                  "history": [asdict(r) for r in result.history],
-                 "best_accuracy": result.best_accuracy, "best_epoch": result.best_epoch},
+                 "best_metric": result.best_metric, "best_epoch": result.best_epoch},
                 ckpt,
             )  # fmt: skip
         if log and rank == 0:
-            held = "" if val is None else f"validation {val:.2f}%, "
-            log(f"epoch {epoch + 1}/{cfg.epochs}: loss {record.loss:.4f}, {held}test accuracy "
-                f"{acc:.2f}%, {record.images_per_second:.0f} img/s, lr {lr:.4g}")  # fmt: skip
+            held = "" if val is None else f"validation {val:.2f}{metric.unit}, "
+            log(f"epoch {epoch + 1}/{cfg.epochs}: loss {record.loss:.4f}, {held}test "
+                f"{metric.name} {acc:.2f}{metric.unit}, {record.images_per_second:.0f} img/s, "
+                f"lr {lr:.4g}")  # fmt: skip
         if cfg.patience is not None and epoch + 1 - result.best_epoch >= cfg.patience:
             result.stopped_early = epoch + 1 < cfg.epochs
             if log and rank == 0 and result.stopped_early:

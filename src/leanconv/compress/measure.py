@@ -14,24 +14,31 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset
 
 from ..bench.timing import compare
 from ..cost import count
-from .evaluate import accuracy
+from .evaluate import ACCURACY, Metric
 
 
 @dataclass
 class ModelFigures:
-    accuracy: float
+    metric: float  # the task's metric (higher is better): accuracy in percent by default
     params: int
     macs: int  # per image
     latency_ms: dict[int, float] = field(default_factory=dict)  # batch size -> median ms
     # memory format -> batch size -> median ms (latency_ms holds the faster format's)
     latency_by_format: dict[str, dict[int, float]] = field(default_factory=dict)
+    metric_name: str = "accuracy"
+
+    @property
+    def accuracy(self) -> float | None:
+        """Top-1 accuracy in percent for a classifier judged by it, else ``None``."""
+        return self.metric if self.metric_name == "accuracy" else None
 
     def as_dict(self) -> dict:
         d = asdict(self)
+        if self.accuracy is not None:
+            d["accuracy"] = self.accuracy
         d["latency_ms"] = {str(k): v for k, v in self.latency_ms.items()}
         d["latency_by_format"] = {
             f: {str(k): v for k, v in by.items()} for f, by in self.latency_by_format.items()
@@ -55,9 +62,12 @@ def in_format(model: nn.Module, memory_format: str) -> nn.Module:
     return copy.deepcopy(model).to(memory_format=FORMATS[memory_format])
 
 
-def static_figures(model: nn.Module, dataset: Dataset, sample_shape) -> ModelFigures:
-    report = count(model, (1, *sample_shape))
-    return ModelFigures(accuracy(model, dataset), report.total.params, report.total.macs)
+def static_figures(model: nn.Module, data, example: torch.Tensor,
+                   metric: Metric = ACCURACY) -> ModelFigures:  # fmt: skip
+    """The metric on ``data``, and parameters and MACs per sample counted on ``example[:1]``."""
+    report = count(model, example[:1])
+    return ModelFigures(metric(model, data), report.total.params, report.total.macs,
+                        metric_name=metric.name)  # fmt: skip
 
 
 def input_at_batch(x: torch.Tensor, batch: int) -> torch.Tensor:

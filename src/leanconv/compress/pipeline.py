@@ -21,14 +21,18 @@ import torch
 from torch import nn
 
 from ..bench import allocator
+from ..data.batches import first_inputs
 from ..data.bundle import DataBundle
+from ..decompose.rank import canonical_method
 from ..errors import LeanconvError, OutputExistsError
 from ..report.files import write_text_atomic
+from . import serialize
 from .accuracy_budget import plan_for_accuracy
 from .algorithms import ALGORITHMS
+from .artefacts import write_artefacts
 from .closed_loop import plan_for_speedup
 from .deploy import Deployment
-from .evaluate import batches, check_classes
+from .evaluate import Metric, check_outputs, resolve_metric
 from .finetune import FinetuneConfig, finetune
 from .measure import ModelFigures, in_format, measure_formats, static_figures
 from .plan import Candidate, Plan, allocate, build_candidates
@@ -39,9 +43,9 @@ from .verify import SurgeryReport, decompose_model
 class CompressConfig:
     speedup: float | None = 3.0
     macs_ratio: float | None = None
-    max_drop: float | None = None  # accuracy points; alone, the target of a search
+    max_drop: float | None = None  # metric points; alone, the target of a search
     search_epochs: int = 1  # fine-tuning epochs of each trial of that search
-    methods: tuple[str, ...] = ("tucker2", "svd")
+    methods: tuple[str, ...] = ("tucker2", "spatial_svd")
     algorithms: tuple[str, ...] = tuple(ALGORITHMS)  # fast algorithms tried per candidate
     # how the compressed model runs (and the plan is measured): folding, fusion, layout
     deployment: Deployment = field(default_factory=Deployment)
@@ -56,6 +60,43 @@ class CompressConfig:
     repeats: int = 10
     finetune: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(epochs=5))
     seed: int = 0
+    # what the model is judged by: "accuracy", "top5", or metric(model, data) -> float
+    metric: object = "accuracy"
+    loss: object = None  # loss(outputs, targets) added to the distillation, or None
+    # the original must score at least this (default: clearly above chance, for class logits)
+    min_metric: float | None = None
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the setting (as the command line spells it) that cannot
+        work, before any work is done."""
+        if self.speedup is not None and not self.speedup > 0:
+            raise ValueError(f"--speedup {self.speedup:g}: must be a positive factor, e.g. 2")
+        if self.macs_ratio is not None and not 0 < self.macs_ratio < 1:
+            raise ValueError(
+                f"--macs-ratio {self.macs_ratio:g}: the share of MACs to keep, between 0 and 1"
+            )
+        if self.max_drop is not None and not self.max_drop >= 0:
+            raise ValueError(f"--max-drop {self.max_drop:g}: must not be negative")
+        for name, value, least in (("--batch", self.plan_batch, 1),
+                                   ("--calibration", self.calibration, 2),
+                                   ("--search-epochs", self.search_epochs, 1),
+                                   ("--repeats", self.repeats, 1)):  # fmt: skip
+            if value < least:
+                raise ValueError(f"{name} {value}: must be at least {least}")
+        if any(b < 1 for b in self.batch_sizes) or not self.batch_sizes:
+            raise ValueError(f"batch_sizes={self.batch_sizes}: positive batch sizes")
+        self.methods = tuple(canonical_method(m, "--methods") for m in self.methods)
+        unknown = [a for a in self.algorithms if a not in ALGORITHMS]
+        if unknown:
+            raise ValueError(
+                f"--algorithms: unknown {', '.join(unknown)}; choose from {', '.join(ALGORITHMS)}"
+                " or none"
+            )
+        if not self.methods and not self.algorithms:
+            raise ValueError("--methods and --algorithms are both empty: nothing to plan")
 
     def target_kwargs(self) -> dict:
         """The allocation target; ``{}`` when ``max_drop`` alone is the target (a search)."""
@@ -84,6 +125,10 @@ class CompressResult:
     seconds: float = 0.0
     # how latency was measured: threads, allocator setting (bench.allocator)
     measured_with: dict = field(default_factory=dict)
+    # the data and how its inputs were prepared (the CLI's flags; a user's loaders: their shape)
+    data: dict = field(default_factory=dict)
+    # the compressed model as deployed (folded, fast algorithms, fused, its faster layout)
+    model: nn.Module | None = field(default=None, repr=False)
 
     @property
     def speedup(self) -> dict[int, float]:
@@ -99,9 +144,15 @@ class CompressResult:
         by = self.baseline.latency_ms
         return {b: by[b] / self.after.latency_ms[b] for b in self.after.latency_ms if b in by}
 
+    @property
+    def metric_drop(self) -> float:
+        """How much the metric fell (negative: it rose), in its own unit."""
+        return self.before.metric - self.after.metric
+
     def as_dict(self) -> dict:
         main = max(self.after.latency_ms) if self.after.latency_ms else None
-        return {
+        out = {
+            "metric": self.before.metric_name,
             "before": self.before.as_dict(),
             "after": self.after.as_dict(),
             "speedup": self.speedup.get(main) if main else None,
@@ -110,7 +161,7 @@ class CompressResult:
             "speedup_over_baseline": {str(b): s for b, s in self.speedup_over_baseline.items()},
             "fused_activations": self.fused,
             "predicted_speedup": self.plan.predicted_speedup,
-            "accuracy_drop": self.before.accuracy - self.after.accuracy,
+            "metric_drop": self.metric_drop,
             "macs_ratio": self.after.macs / self.before.macs,
             "plan": self.plan.as_dict(),
             "surgery": self.surgery.as_dict(),
@@ -120,20 +171,80 @@ class CompressResult:
             "notes": self.notes,
             "seconds": self.seconds,
             "measured_with": self.measured_with,
+            "data": self.data,
         }
+        if self.before.accuracy is not None:
+            out["accuracy_drop"] = self.metric_drop
+        return out
 
 
-def _check_out(out_dir: Path, force: bool) -> None:
+class ImplausibleModelError(LeanconvError, ValueError):
+    """The original model scores so low on the data that its inputs or weights are wrong."""
+
+
+def plausibility_threshold(chance: float) -> float:
+    """The score a classifier must beat: twice chance, or halfway from chance to 100 % when
+    twice chance would be more (fewer than four classes)."""
+    return min(2 * chance, (chance + 100) / 2)
+
+
+def check_plausible(before: ModelFigures, metric: Metric, data: DataBundle, example: torch.Tensor,
+                    min_metric: float | None) -> None:  # fmt: skip
+    """Stop before any planning when the original scores below ``min_metric`` or, without it,
+    near chance (:func:`plausibility_threshold`), naming the likely causes with the numbers."""
+    chance = metric.chance(data.num_classes)
+    if min_metric is not None:
+        if before.metric >= min_metric:
+            return
+        why = f"below --min-metric {min_metric:g}"
+    elif chance is not None and before.metric < plausibility_threshold(chance):
+        why = f"near chance ({chance:.2f}% for {data.num_classes} classes)"
+    else:
+        return
+    x = example.double()
+    dims = [d for d in range(x.dim()) if d != 1] if x.dim() > 1 else [0]
+    mean, std = x.mean(dims).tolist(), x.std(dims).tolist()
+    prep = data.preprocessing
+    made = ", ".join(f"{k} {v}" for k, v in prep.items() if k not in ("data", "classes") and v)
+    lines = [
+        f"the original model scores {before.metric:.2f}{metric.unit} {metric.name} on the test "
+        f"data, {why}: its inputs are probably not prepared as in its training, or the weights "
+        "are not its trained ones. Likely causes:",
+        f"  input size: the model gets {'x'.join(map(str, example.shape[1:]))} "
+        f"({example.dtype}); was it trained at another size?",
+        "  normalisation: the inputs have per-channel mean "
+        + ", ".join(f"{v:.3f}" for v in mean[:4]) + " and std "
+        + ", ".join(f"{v:.3f}" for v in std[:4])
+        + (f" ({made})" if made else "")
+        + "; ImageNet-normalised inputs have mean ~0 and std ~1, raw pixels 0..1 mean ~0.45",
+    ]  # fmt: skip
+    if prep.get("classes"):
+        names = prep["classes"]
+        lines.append(
+            "  class order: class i is the i-th folder in sorted order ("
+            + ", ".join(f"{i}={n}" for i, n in enumerate(names[:6]))
+            + (", ..." if len(names) > 6 else "")
+            + ")"
+        )
+    lines.append("  weights: are they the trained ones (--weights)?")
+    lines.append(
+        "Give --input-size, --resize/--crop, --normalize or --mean/--std as in training; "
+        "--min-metric sets the score to reach (0 skips this check)."
+    )
+    raise ImplausibleModelError("\n".join(lines))
+
+
+def _check_out(out_dir: Path, force: bool, resume: bool) -> None:
     if out_dir.exists() and not force:
         raise OutputExistsError(f"output directory {str(out_dir)!r} exists; pass --force")
+    staging = out_dir.with_name(out_dir.name + ".partial")
+    if resume and not (staging / "plan.json").exists():
+        raise LeanconvError(f"--resume: no interrupted run in {str(staging)!r}")
 
 
 def _staging(out_dir: Path, resume: bool) -> Path:
     staging = out_dir.with_name(out_dir.name + ".partial")
-    if resume:
-        if not (staging / "plan.json").exists():
-            raise LeanconvError(f"--resume: no interrupted run in {str(staging)!r}")
-    elif staging.exists():
+    if not resume and staging.exists():
         shutil.rmtree(staging)
     staging.mkdir(parents=True, exist_ok=True)
     return staging
@@ -155,66 +266,91 @@ def _plan_from_json(data: dict) -> Plan:
                 data.get("sensitivity_se"))  # fmt: skip
 
 
+def _make_plan(original, data, config, metric, calibration, macs_before, say) -> Plan:
+    """Candidates measured on this machine, then the allocation for the target."""
+    say(f"[2/6] planning: {len(config.methods)} methods x {len(config.ratios)} ranks per "
+        f"layer, latency at batch {config.plan_batch}, sensitivity on "
+        f"{len(calibration)} images")  # fmt: skip
+    candidates, fixed, total = build_candidates(
+        original, calibration, methods=config.methods, ratios=config.ratios,
+        batch=config.plan_batch, repeats=max(3, config.repeats // 2),
+        algorithms=config.algorithms, deployment=config.deployment, log=say,
+        logits=metric.logits,
+    )  # fmt: skip
+    target = config.target_kwargs()
+    if "speedup" in target:
+        return plan_for_speedup(
+            original, candidates, fixed, total, macs_before, target["speedup"], calibration,
+            config.plan_batch, config.deployment, config.max_layer_error, config.repeats,
+            log=say, prefer_capacity=config.prefer_capacity,
+        )  # fmt: skip
+    if target:
+        return allocate(candidates, fixed, total, macs_before, **target)
+    return plan_for_accuracy(
+        original, candidates, fixed, total, macs_before, data, calibration,
+        config.max_drop, config.finetune, config.search_epochs,
+        config.max_layer_error, config.seed, config.plan_batch, config.deployment,
+        log=say, metric=metric, loss=config.loss,
+    )  # fmt: skip
+
+
+def _slower_notes(result: CompressResult) -> None:
+    """A note for every reported batch size at which the compressed model is slower."""
+    for bs, ratio in sorted(result.speedup.items()):
+        if ratio < 1:
+            result.notes.append(
+                f"at batch {bs} the compressed model is slower than the original ({ratio:.2f}x): "
+                f"the plan was made for batch {max(result.after.latency_ms)}, where its "
+                "decomposed layers' extra passes over the activations pay off; at small "
+                "batches they cost more than the MACs they save (plan with --batch "
+                f"{bs} to compress for that batch size)"
+            )
+
+
 def compress(
     model: nn.Module,
     data: DataBundle,
     config: CompressConfig,
-    out_dir: str | Path,
-    base: dict,
+    out_dir: str | Path | None = None,
+    base: dict | None = None,
     force: bool = False,
     resume: bool = False,
     log=print,
 ) -> CompressResult:
-    """Compress ``model`` (trained on ``data``) and write the artefacts into ``out_dir``."""
-    from . import serialize
-    from .artefacts import write_artefacts
+    """Compress ``model`` (trained on ``data``); with ``out_dir`` write the artefacts there.
 
+    ``base`` says how to rebuild the architecture for :func:`leanconv.load` (see
+    :func:`.serialize.save`). Every check that can fail on the user's input (the settings, the
+    output directory, the model's outputs, a plausible original metric) runs before planning.
+    """
     t_start = time.perf_counter()
     say = log or (lambda _m: None)
-    out_dir = Path(out_dir)
-    _check_out(out_dir, force)
-    check_classes(model, data.test, data.num_classes)
-    staging = _staging(out_dir, resume)
+    config.validate()
+    metric = resolve_metric(config.metric)
+    out_dir = Path(out_dir) if out_dir is not None else None
+    if out_dir is not None:
+        _check_out(out_dir, force, resume)
+    check_outputs(model, data.test, metric, data.num_classes)
     original = copy.deepcopy(model).eval()
-    shape = tuple(data.input_shape)
     torch.manual_seed(config.seed)
-    calibration = next(batches(data.train, config.calibration))[0]
+    calibration = first_inputs(data.train, config.calibration, where="training data")
+    example = first_inputs(data.test, max(config.batch_sizes), where="test data")
 
     say("[1/6] measuring the original model")
-    before = static_figures(original, data.test, shape)
-    say(f"      accuracy {before.accuracy:.2f}%, {before.params:,} params, "
-        f"{before.macs / 1e6:.1f} MMACs per image")  # fmt: skip
+    before = static_figures(original, data.test, example, metric)
+    say(f"      {metric.name} {before.metric:.2f}{metric.unit}, {before.params:,} params, "
+        f"{before.macs / 1e6:.1f} MMACs per sample")  # fmt: skip
+    check_plausible(before, metric, data, example, config.min_metric)
+    staging = _staging(out_dir, resume) if out_dir is not None else None
 
-    plan_file = staging / "plan.json"
+    plan_file = staging / "plan.json" if staging is not None else None
     if resume:
         plan = _plan_from_json(json.loads(plan_file.read_text()))
         say(f"[2/6] plan read back from {plan_file}")
     else:
-        say(f"[2/6] planning: {len(config.methods)} methods x {len(config.ratios)} ranks per "
-            f"layer, latency at batch {config.plan_batch}, sensitivity on "
-            f"{len(calibration)} images")  # fmt: skip
-        candidates, fixed, total = build_candidates(
-            original, calibration, methods=config.methods, ratios=config.ratios,
-            batch=config.plan_batch, repeats=max(3, config.repeats // 2),
-            algorithms=config.algorithms, deployment=config.deployment, log=say,
-        )  # fmt: skip
-        target = config.target_kwargs()
-        if "speedup" in target:
-            plan = plan_for_speedup(
-                original, candidates, fixed, total, before.macs, target["speedup"], calibration,
-                config.plan_batch, config.deployment, config.max_layer_error, config.repeats,
-                log=say, prefer_capacity=config.prefer_capacity,
-            )  # fmt: skip
-        elif target:
-            plan = allocate(candidates, fixed, total, before.macs, **target)
-        else:
-            plan = plan_for_accuracy(
-                original, candidates, fixed, total, before.macs, data, calibration,
-                config.max_drop, config.finetune, config.search_epochs,
-                config.max_layer_error, config.seed, config.plan_batch, config.deployment,
-                log=say,
-            )  # fmt: skip
-        write_text_atomic(plan_file, json.dumps(plan.as_dict()), force=True)
+        plan = _make_plan(original, data, config, metric, calibration, before.macs, say)
+        if plan_file is not None:
+            write_text_atomic(plan_file, json.dumps(plan.as_dict()), force=True)
     say(f"      {plan.target}: predicted {plan.predicted_speedup:.2f}x, "
         f"{len(plan.rewrites())} of {len(plan.choices)} layers rewritten"
         + ("" if plan.met else " (target not reachable: best plan found)"))  # fmt: skip
@@ -229,10 +365,10 @@ def compress(
 
     say(f"[4/6] fine-tuning with distillation ({config.finetune.epochs} epochs)")
     ft_cfg = copy.copy(config.finetune)
-    ft_cfg.checkpoint = staging / "checkpoint.pt"
-    ft_cfg.resume = resume and ft_cfg.checkpoint.exists()
-    history = finetune(compressed, data, original, ft_cfg, log=lambda m: say("      " + m))
-    result_notes = list(plan.notes)
+    ft_cfg.checkpoint = staging / "checkpoint.pt" if staging is not None else None
+    ft_cfg.resume = resume and ft_cfg.checkpoint is not None and ft_cfg.checkpoint.exists()
+    history = finetune(compressed, data, original, ft_cfg, log=lambda m: say("      " + m),
+                       metric=metric, loss=config.loss)  # fmt: skip
 
     say("[5/6] measuring before and after in one harness")
     # `fast` runs the algorithms (the same function up to rounding, so trained in plain form)
@@ -247,26 +383,33 @@ def compress(
     if algorithms:
         say(f"      {len(algorithms)} layers run by Winograd: "
             + ", ".join(f"{n} ({a})" for n, a in algorithms.items()))  # fmt: skip
-    after = static_figures(fast, data.test, shape)
-    baseline = ModelFigures(before.accuracy, before.params, before.macs)
+    after = static_figures(fast, data.test, example, metric)
+    baseline = ModelFigures(before.metric, before.params, before.macs, metric_name=metric.name)
     # all in both memory formats, interleaved; each keeps its faster format
     # on real test images, as the closed loop times plans on real training images
-    images = next(batches(data.test, max(config.batch_sizes)))[0]
+    shape = tuple(example.shape[1:])
     measure_formats({"before": original, "after": fast, "baseline": dep.apply(original)},
                     {"before": before, "after": after, "baseline": baseline}, shape,
-                    config.batch_sizes, config.repeats, images)  # fmt: skip
+                    config.batch_sizes, config.repeats, example)  # fmt: skip
     memory_format = after.best_format()
     say(f"      deployed in {memory_format} layout (before: fastest in {before.best_format()})")
     deploy = in_format(deploy, memory_format)
     measured_with = {"threads": torch.get_num_threads(), "allocator": allocator.describe()}
+    described = {"name": data.name, "input": {"shape": list(shape), "dtype": str(example.dtype)
+                 .removeprefix("torch.")}, **data.preprocessing}  # fmt: skip
     result = CompressResult(before, after, plan, surgery, [r.__dict__ for r in history.history],
-                            folded, baseline, deployed.fused, notes=result_notes,
-                            measured_with=measured_with)  # fmt: skip
-    if config.max_drop is not None and before.accuracy - after.accuracy > config.max_drop:
+                            folded, baseline, deployed.fused, notes=list(plan.notes),
+                            measured_with=measured_with, data=described,
+                            model=in_format(fast, memory_format))  # fmt: skip
+    if config.max_drop is not None and result.metric_drop > config.max_drop:
         result.notes.append(
-            f"accuracy dropped {before.accuracy - after.accuracy:.2f} points, more than "
-            f"--max-drop {config.max_drop}: use a smaller --speedup or more fine-tuning epochs"
+            f"{metric.name} dropped {result.metric_drop:.2f} points, more than --max-drop "
+            f"{config.max_drop}: use a smaller --speedup or more fine-tuning epochs"
         )
+    _slower_notes(result)
+    if out_dir is None:
+        result.seconds = time.perf_counter() - t_start
+        return result
 
     say("[6/6] writing the report, the model (safetensors + JSON) and ONNX")
     replaced: dict[str, nn.Module] = {n: deploy.get_submodule(n) for n in surgery.replaced}
@@ -275,14 +418,13 @@ def compress(
         if not any(conv == r or conv.startswith(r + ".") for r in surgery.replaced):
             replaced[conv] = deploy.get_submodule(conv)
     replaced.update({n: nn.Identity() for n in folded})
-    extra = {"folded_batchnorm": folded, "data": data.name}
-    serialize.save(deploy, staging / "model", base, replaced, extra=extra, force=True,
+    extra = {"folded_batchnorm": folded, "data": data.name, "input": described}
+    serialize.save(deploy, staging / "model", base or {}, replaced, extra=extra, force=True,
                    algorithms=algorithms, memory_format=memory_format,
                    fuse=dep.fuse)  # fmt: skip
     result.seconds = time.perf_counter() - t_start
-    write_artefacts(result, deploy, staging, shape, say)
-    for leftover in ("checkpoint.pt",):
-        (staging / leftover).unlink(missing_ok=True)
+    write_artefacts(result, deploy, staging, example[:2], say)
+    (staging / "checkpoint.pt").unlink(missing_ok=True)
     if out_dir.exists():
         shutil.rmtree(out_dir)
     staging.rename(out_dir)

@@ -9,7 +9,8 @@ and each of those again with its 3x3 convolutions computed by Winograd F(2x2), F
   batch, layout, threads and device), relative to the layer's original timed with it and put on
   one measurement of all the originals together (:func:`common_window`),
 - its **sensitivity**: the KL divergence of the whole model's predictions on a calibration set when
-  only that layer is rewritten (Kim et al. 2016 and later work rank layers this way); a fast
+  only that layer is rewritten (Kim et al. 2016 and later work rank layers this way; for a model
+  whose outputs are not class logits, their relative squared error, :mod:`.outputs`); a fast
   algorithm adds none to the rewrite it computes (it is exact up to float32 rounding). A
   truncated decomposition at a lower rank keeps a subspace of what a higher rank keeps (SVD and
   HOSVD truncations are nested), so a lower rank is taken to be at least as sensitive as any
@@ -42,20 +43,19 @@ import hashlib
 from dataclasses import asdict, dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .. import cache as cache_store
 from ..algorithms import native
 from ..bench.timing import compare
 from ..cost import count
-from ..decompose.rank import budget_rank, output_error
+from ..decompose.rank import budget_rank, canonical_method, output_error
 from ..errors import LeanconvError
-from . import capacity
+from . import capacity, outputs
 from .algorithms import ALGORITHMS, with_algorithm
 from .deploy import Deployment
 from .measure import FORMATS, input_at_batch
-from .replace import _SPEC_METHOD, decompose_layer
+from .replace import decompose_layer
 from .surgery import conv_layers, replace_modules
 from .verify import capture_inputs
 
@@ -184,9 +184,8 @@ def _latency_key(layer: nn.Module, key: tuple, shape, threads: int) -> str:
 
 def kl_per_image(logits: torch.Tensor, reference_log_probs: torch.Tensor) -> torch.Tensor:
     """``KL(p_i || q_i)`` for each image ``i``: ``p`` the reference's predictions (log
-    probabilities), ``q = softmax(logits)``; float64."""
-    log_q = F.log_softmax(logits.double(), 1)
-    return F.kl_div(log_q, reference_log_probs, reduction="none", log_target=True).sum(1)
+    probabilities), ``q = softmax(logits)``; float64 (:func:`.outputs.divergence`)."""
+    return outputs.divergence(logits, reference_log_probs, logits=True)
 
 
 def _kl_estimate(per_image: torch.Tensor) -> tuple[float, float, tuple[float, ...]]:
@@ -240,7 +239,7 @@ def build_candidates(
     model: nn.Module,
     calibration: torch.Tensor,
     layers: list[str] | None = None,
-    methods: tuple[str, ...] = ("tucker2", "svd"),
+    methods: tuple[str, ...] = ("tucker2", "spatial_svd"),
     ratios: tuple[float, ...] = DEFAULT_RATIOS,
     batch: int = 64,
     repeats: int = 5,
@@ -248,8 +247,12 @@ def build_candidates(
     algorithms: tuple[str, ...] = tuple(ALGORITHMS),
     deployment: Deployment = Deployment(),
     log=None,
+    logits: bool = True,
 ) -> tuple[dict[str, list[Candidate]], float, float]:
     """Candidates per layer (the first is "keep"), the fixed latency and the total latency.
+
+    ``logits``: the model returns class logits (sensitivities are KL divergences); otherwise its
+    outputs are compared by relative squared error (:mod:`.outputs`).
 
     Latencies are measured in the ``deployment`` form (:class:`.deploy.Deployment`: convolutions
     packed, weights and inputs in its memory format); the total is that of the model as given in
@@ -262,6 +265,7 @@ def build_candidates(
     form (batch norms folded, ReLUs fused); the total is the model as given, so the predicted
     speedup covers both the rewrites and the deployment form.
     """
+    methods = tuple(canonical_method(m, "methods") for m in methods)  # unknown names raise
     memory_format = deployment.memory_format
     fmt = FORMATS[memory_format]
     form = (memory_format, "packed" if deployment.fuse else "plain")
@@ -270,7 +274,7 @@ def build_candidates(
     layers = layers if layers is not None else conv_layers(model)
     inputs = capture_inputs(model, layers, calibration)
     with torch.no_grad():
-        reference = F.log_softmax(model(calibration).double(), 1)
+        reference = outputs.reference(model(calibration), logits)
     cache = cache_store.load(CACHE_FILE) if use_cache else {}
     threads = torch.get_num_threads()
     out: dict[str, list[Candidate]] = {}
@@ -283,14 +287,13 @@ def build_candidates(
         modules: dict[tuple, nn.Module] = {("keep", None, "direct"): layer}
         errors: dict[tuple, float] = {("keep", None, "direct"): 0.0}
         for method in methods:
-            spec_method = _SPEC_METHOD.get(method, method)
             seen = set()
             for ratio in ratios:
                 try:
                     from ..spec import ConvSpec
 
                     spec = ConvSpec.from_module(layer, tuple(x.shape), name)
-                    rank = budget_rank(spec, spec_method, ratio)
+                    rank = budget_rank(spec, method, ratio)
                 except (LeanconvError, ValueError):
                     continue
                 if rank in seen:
@@ -335,7 +338,9 @@ def build_candidates(
                 if algorithm == "direct":
                     trial = replace_modules(model, {name: mod}, inplace=False)
                     with torch.no_grad():
-                        sens = _kl_estimate(kl_per_image(trial(calibration), reference))
+                        sens = _kl_estimate(
+                            outputs.divergence(trial(calibration), reference, logits)
+                        )
                 else:
                     # an exact algorithm: the sensitivity of the rewrite it computes (its float32
                     # rounding, ~1e-5 of the output, shows in the output error), so that among

@@ -34,8 +34,7 @@ from ..errors import InvalidSpecError, LeanconvError
 from ..spec import ConvSpec
 from . import factor_memo
 
-METHODS = ("tucker2", "cp", "svd", "depthwise", "tt", "low_rank")
-_SPEC_METHOD = {"svd": "spatial_svd"}  # our method names -> rank.factor_specs names
+METHODS = ranks.METHODS
 
 
 class UnsupportedLayerError(LeanconvError, TypeError):
@@ -73,7 +72,7 @@ def _chain_weights(method: str, f) -> list[Tensor]:
             g3.permute(2, 0, 1)[:, :, None, :],
             g4[:, :, 0].t()[:, :, None, None],
         ]
-    if method == "svd":
+    if method == "spatial_svd":
         return [f.vertical, f.horizontal]
     if method == "low_rank":
         first, second = f.first, f.second
@@ -113,7 +112,7 @@ def _auto_rank(method: str, weight: Tensor, spec: ConvSpec, policy: str, name: s
     kind, _, value = policy.partition(":")
     g = spec.groups
     if kind == "budget":
-        return ranks.budget_rank(spec, _SPEC_METHOD.get(method, method), float(value or 0.33))
+        return ranks.budget_rank(spec, method, float(value or 0.33))
     if kind in ("vbmf", "energy"):
         per_group = weight.reshape(g, -1, *weight.shape[1:])[0]  # ranks of the first group
         if kind == "vbmf":
@@ -126,7 +125,7 @@ def _auto_rank(method: str, weight: Tensor, spec: ConvSpec, policy: str, name: s
             r_in = ranks.energy_rank(per_group, frac, 1, name=name)
         if method == "tucker2":
             return (max(1, r_out), max(1, r_in))
-        if method in ("cp", "svd", "low_rank"):
+        if method in ("cp", "spatial_svd", "low_rank"):
             return max(1, min(r_out, r_in))
         if method == "tt":
             return (max(1, r_in), max(1, r_in), max(1, r_out))
@@ -150,8 +149,7 @@ def decompose_layer(
     ``rank="auto"`` uses ``policy`` (default: ``vbmf`` for Tucker-2, ``budget:0.33`` otherwise).
     """
     label = name or type(module).__name__
-    if method not in METHODS:
-        raise InvalidRankError(f"layer {label!r}: method={method!r} is not one of {METHODS}")
+    method = ranks.canonical_method(method, f"layer {label!r}")
     if isinstance(module, nn.Linear):
         return _decompose_linear(module, rank, label)
     if type(module) is not nn.Conv2d:
@@ -165,7 +163,7 @@ def decompose_layer(
         )
     weight = module.weight.detach()
     kh, kw = module.kernel_size
-    if (kh, kw) == (1, 1) and method in ("tucker2", "cp", "svd", "tt"):
+    if (kh, kw) == (1, 1) and method in ("tucker2", "cp", "spatial_svd", "tt"):
         method = "low_rank"  # a pointwise convolution is a matrix: its best factorisation is SVD
         if isinstance(rank, tuple | list):
             rank = min(int(r) for r in rank)
@@ -197,7 +195,7 @@ def decompose_layer(
     weights = [
         torch.cat([w[i] for w in per_group], 0).to(weight.dtype) for i in range(len(per_group[0]))
     ]
-    specs = ranks.factor_specs(spec, _SPEC_METHOD.get(method, method), rank)
+    specs = ranks.factor_specs(spec, method, rank)
     bias = module.bias.detach() if module.bias is not None else None
     replacement = chain_module(specs, weights, bias).to(weight.device)
     dense = factors.to_dense().to(torch.float64)
@@ -213,7 +211,7 @@ def _factorise(method: str, compute: Tensor, rank, groups: int, label: str, seed
         return cp(compute, rank, groups=groups, name=label, seed=seed)
     if method == "tt":
         return tensor_train(compute, rank, groups=groups, name=label)
-    if method == "svd":
+    if method == "spatial_svd":
         return spatial_svd(compute, rank, groups=groups, name=label)
     if method == "low_rank":
         return low_rank(compute, rank, groups=groups, name=label)

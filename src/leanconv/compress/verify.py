@@ -20,6 +20,7 @@ from torch import nn
 from ..cost import count
 from ..decompose.rank import output_error
 from ..errors import LeanconvError
+from .outputs import relative_error
 from .replace import decompose_layer
 from .surgery import get_layer, replace_modules
 
@@ -73,11 +74,6 @@ def capture_inputs(model: nn.Module, names: list[str], x: torch.Tensor) -> dict[
     if missing:
         raise LeanconvError(f"layers {missing} did not run on the calibration input")
     return captured
-
-
-def relative_error(y: torch.Tensor, ref: torch.Tensor) -> float:
-    num = (y.double() - ref.double()).norm()
-    return float(num / ref.double().norm().clamp_min(1e-300))
 
 
 def decompose_model(

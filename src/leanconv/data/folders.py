@@ -1,33 +1,100 @@
 """Image folders: ``root/<class>/<image>`` (or ``root/train/<class>/...`` and ``root/test/...``).
 
-Images are read with Pillow, converted to RGB, resized to ``size x size`` and standardised with the
-training split's statistics. Without train/ and test/ sub-folders a fixed stratified split is made.
-Empty folders and unreadable files are errors that name the path.
+Images are read lazily, one at a time, by a ``DataLoader`` with worker processes: memory does not
+grow with the number of images. Each image is converted to RGB, then prepared as the user says and
+as torchvision's standard evaluation transforms do, and as nothing else:
+
+- ``resize=N``: the shorter side resized to ``N`` (aspect ratio kept, bilinear with antialiasing,
+  Pillow's ``resize``), then ``crop=N``: the centre ``N x N`` crop (the ImageNet evaluation recipe
+  is ``resize=256, crop=224``);
+- ``input_size=(H, W)``: every image resized to exactly ``H x W``; by default the images' own size,
+  which must then be the same for all of them (checked from the files' headers before any work);
+- pixel values scaled to [0, 1], then ``normalize``: ``"none"`` (the default: as ``ToTensor``
+  leaves them), ``"imagenet"`` (mean 0.485, 0.456, 0.406; std 0.229, 0.224, 0.225), ``"dataset"``
+  (the training images' own per-channel mean and standard deviation), or explicit ``mean`` and
+  ``std``: ``(x - mean) / std`` per channel.
+
+What was used is recorded in the bundle's ``preprocessing`` (and from there in ``report.json`` and
+the saved model's JSON). Without train/ and test/ sub-folders a fixed stratified split is made.
+Empty folders, unreadable files and images of different sizes are errors that name the path.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
-from torch.utils.data import TensorDataset
+from torch.utils.data import DataLoader, Dataset
 
-from .bundle import DataBundle, DataError
-from .transforms import normalise
+from .batches import DataError
+from .bundle import DataBundle
 
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+NORMALIZE = ("none", "imagenet", "dataset")
 
 
-def _read(path: Path, size: int) -> torch.Tensor:
-    from PIL import Image, UnidentifiedImageError
+class Preprocess:
+    """One image file -> a normalised ``3 x H x W`` float32 tensor (see the module docstring)."""
 
-    try:
-        with Image.open(path) as img:
-            img = img.convert("RGB").resize((size, size), Image.BILINEAR)
-            data = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
-    except (UnidentifiedImageError, OSError) as exc:
-        raise DataError(f"cannot read image {str(path)!r}: {exc}") from None
-    return data.view(size, size, 3).permute(2, 0, 1).float() / 255.0
+    def __init__(self, resize=None, crop=None, input_size=None, mean=None, std=None):
+        self.resize, self.crop, self.input_size = resize, crop, input_size
+        self.mean = None if mean is None else torch.tensor(mean, dtype=torch.float32)[:, None, None]
+        self.std = None if std is None else torch.tensor(std, dtype=torch.float32)[:, None, None]
+
+    def image(self, path: Path):
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(path) as img:
+                img = img.convert("RGB")
+                if self.resize:
+                    w, h = img.size
+                    s = self.resize / min(w, h)
+                    size = (self.resize, round(h * s)) if w <= h else (round(w * s), self.resize)
+                    img = img.resize(size, Image.BILINEAR)
+                if self.crop:
+                    w, h = img.size
+                    top, left = round((h - self.crop) / 2), round((w - self.crop) / 2)
+                    img = img.crop((left, top, left + self.crop, top + self.crop))
+                if self.input_size and img.size != (self.input_size[1], self.input_size[0]):
+                    img = img.resize((self.input_size[1], self.input_size[0]), Image.BILINEAR)
+                w, h = img.size
+                data = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
+        except (UnidentifiedImageError, OSError) as exc:
+            raise DataError(f"cannot read image {str(path)!r}: {exc}") from None
+        return data.view(h, w, 3).permute(2, 0, 1).float() / 255.0
+
+    def __call__(self, path: Path) -> torch.Tensor:
+        x = self.image(path)
+        if self.mean is not None:
+            x = (x - self.mean) / self.std
+        return x
+
+    def describe(self) -> dict:
+        def values(t):
+            return None if t is None else [round(float(v), 6) for v in t.flatten()]
+
+        return {
+            "resize": self.resize, "crop": self.crop,
+            "input_size": list(self.input_size) if self.input_size else None,
+            "mean": values(self.mean), "std": values(self.std),
+        }  # fmt: skip
+
+
+class ImageFiles(Dataset):
+    """``(image, label)`` samples read from ``files`` when asked for, by ``preprocess``."""
+
+    def __init__(self, files: list[Path], labels: list[int], preprocess: Preprocess):
+        self.files, self.labels, self.preprocess = files, labels, preprocess
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int):
+        return self.preprocess(self.files[i]), self.labels[i]
 
 
 def _scan(root: Path, classes: list[str] | None) -> tuple[list[Path], list[int], list[str]]:
@@ -35,6 +102,12 @@ def _scan(root: Path, classes: list[str] | None) -> tuple[list[Path], list[int],
     names = classes or [p.name for p in found]
     if not names:
         raise DataError(f"image folder {str(root)!r} has no class sub-folders")
+    if classes is not None:
+        extra = sorted({p.name for p in found} - set(classes))
+        if extra:
+            raise DataError(
+                f"{str(root)!r} has classes {extra} that the training folder does not have"
+            )
     files, labels = [], []
     for label, name in enumerate(names):
         folder = root / name
@@ -46,32 +119,132 @@ def _scan(root: Path, classes: list[str] | None) -> tuple[list[Path], list[int],
     return files, labels, names
 
 
-def image_folder(root: str | Path, size: int = 32, test_fraction: float = 0.2, seed: int = 0):
+def _common_size(files: list[Path], prep: Preprocess) -> tuple[int, int]:
+    """The ``(H, W)`` every image has after ``resize`` and ``crop``, read from the headers
+    (a crop is the size); raises naming two images that differ."""
+    from PIL import Image, UnidentifiedImageError
+
+    if prep.crop:
+        return (prep.crop, prep.crop)
+    sizes: dict[tuple[int, int], Path] = {}
+    for path in files:
+        try:
+            with Image.open(path) as img:
+                w, h = img.size
+        except (UnidentifiedImageError, OSError) as exc:
+            raise DataError(f"cannot read image {str(path)!r}: {exc}") from None
+        if prep.resize:
+            s = prep.resize / min(w, h)
+            w, h = (prep.resize, round(h * s)) if w <= h else (round(w * s), prep.resize)
+        sizes.setdefault((h, w), path)
+        if len(sizes) > 1:
+            (s0, p0), (s1, p1) = sizes.items()
+            raise DataError(
+                f"the images have different sizes ({s0[0]}x{s0[1]} in {str(p0)!r}, "
+                f"{s1[0]}x{s1[1]} in {str(p1)!r}): give --input-size H[,W], or --resize N "
+                "--crop N"
+            )
+    return next(iter(sizes))
+
+
+def _dataset_statistics(files: list[Path], prep: Preprocess, workers: int):
+    """Per-channel mean and standard deviation of the images as ``prep`` makes them (one pass)."""
+    loader = DataLoader(ImageFiles(files, [0] * len(files), prep), batch_size=64,
+                        num_workers=workers)  # fmt: skip
+    total = total_sq = None
+    count = 0
+    for x, _ in loader:
+        x = x.double()
+        s, sq = x.sum(dim=(0, 2, 3)), (x * x).sum(dim=(0, 2, 3))
+        total = s if total is None else total + s
+        total_sq = sq if total_sq is None else total_sq + sq
+        count += x.shape[0] * x.shape[2] * x.shape[3]
+    mean = total / count
+    std = (total_sq / count - mean * mean).clamp_min(1e-12).sqrt()
+    return tuple(mean.tolist()), tuple(max(v, 1e-6) for v in std.tolist())
+
+
+def _split(files, labels, test_fraction: float, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(files), generator=g).tolist()
+    cut = max(1, round(len(files) * test_fraction))
+    held = set(perm[:cut])
+    train = [(f, lab) for i, (f, lab) in enumerate(zip(files, labels)) if i not in held]
+    test = [(f, lab) for i, (f, lab) in enumerate(zip(files, labels)) if i in held]
+    if not train:
+        raise DataError("too few images to split into training and test images")
+    return (
+        [f for f, _ in train],
+        [lab for _, lab in train],
+        [f for f, _ in test],
+        [lab for _, lab in test],
+    )
+
+
+def default_workers() -> int:
+    """Worker processes that read images: one per core, at most 4, none on a single core."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return 0 if n < 2 else min(4, n)
+
+
+def image_folder(
+    root: str | Path,
+    size: int | None = None,
+    *,
+    input_size: tuple[int, int] | int | None = None,
+    resize: int | None = None,
+    crop: int | None = None,
+    normalize: str = "none",
+    mean=None,
+    std=None,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    batch_size: int = 64,
+    workers: int | None = None,
+) -> DataBundle:
+    """The images under ``root`` as a bundle of two ``DataLoader``s (see the module docstring).
+    ``size`` is ``input_size=(size, size)``."""
     root = Path(root)
     if not root.exists():
         raise DataError(f"image folder {str(root)!r} does not exist")
+    input_size = input_size if input_size is not None else size
+    if isinstance(input_size, int):
+        input_size = (input_size, input_size)
+    for name, v in (("resize", resize), ("crop", crop)):
+        if v is not None and v < 1:
+            raise DataError(f"--{name} {v} must be a positive number of pixels")
+    if input_size is not None and min(input_size) < 1:
+        raise DataError(f"--input-size {input_size} must be positive")
+    if normalize not in NORMALIZE:
+        raise DataError(f"--normalize {normalize!r} is not one of {', '.join(NORMALIZE)}")
+    if (mean is None) != (std is None):
+        raise DataError("give --mean and --std together")
+    for name, v in (("mean", mean), ("std", std)):
+        if v is not None and len(v) != 3:
+            raise DataError(f"--{name} needs three values (R,G,B), got {len(v)}")
+    if std is not None and min(std) <= 0:
+        raise DataError(f"--std {','.join(map(str, std))}: every value must be positive")
+    if mean is not None and normalize != "none":
+        raise DataError("give --normalize or --mean/--std, not both")
     if (root / "train").is_dir() and (root / "test").is_dir():
         tr_files, tr_labels, names = _scan(root / "train", None)
         te_files, te_labels, _ = _scan(root / "test", names)
     else:
         files, labels, names = _scan(root, None)
-        g = torch.Generator().manual_seed(seed)
-        perm = torch.randperm(len(files), generator=g).tolist()
-        cut = max(1, round(len(files) * test_fraction))
-        te = set(perm[:cut])
-        tr_files = [f for i, f in enumerate(files) if i not in te]
-        tr_labels = [lab for i, lab in enumerate(labels) if i not in te]
-        te_files = [f for i, f in enumerate(files) if i in te]
-        te_labels = [lab for i, lab in enumerate(labels) if i in te]
-        if not tr_files:
-            raise DataError(f"image folder {str(root)!r} has too few images to split")
-    train = torch.stack([_read(p, size) for p in tr_files])
-    test = torch.stack([_read(p, size) for p in te_files])
-    train, test = normalise(train, test)
-    return DataBundle(
-        f"folder:{root}",
-        TensorDataset(train, torch.tensor(tr_labels)),
-        TensorDataset(test, torch.tensor(te_labels)),
-        len(names),
-        (3, size, size),
-    )
+        tr_files, tr_labels, te_files, te_labels = _split(files, labels, test_fraction, seed)
+    prep = Preprocess(resize, crop, tuple(input_size) if input_size else None)
+    if prep.input_size is None:
+        prep.input_size = _common_size(tr_files + te_files, prep)
+    workers = default_workers() if workers is None else workers
+    if normalize == "imagenet":
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+    elif normalize == "dataset":
+        mean, std = _dataset_statistics(tr_files, prep, workers)
+    prep = Preprocess(resize, crop, prep.input_size, mean, std)
+    train = DataLoader(ImageFiles(tr_files, tr_labels, prep), batch_size=batch_size, shuffle=True,
+                       num_workers=workers)  # fmt: skip
+    test = DataLoader(ImageFiles(te_files, te_labels, prep), batch_size=batch_size,
+                      num_workers=workers)  # fmt: skip
+    record = {"data": f"folder:{root}", "normalize": normalize if mean is None or normalize !=
+              "none" else "mean/std", "classes": names, **prep.describe()}  # fmt: skip
+    return DataBundle(f"folder:{root}", train, test, len(names), (3, *prep.input_size), record)

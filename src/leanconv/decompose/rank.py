@@ -48,6 +48,25 @@ from .tt import max_tt_ranks
 
 Method = Literal["cp", "tucker2", "tt", "spatial_svd", "low_rank", "depthwise"]
 METHODS: tuple[str, ...] = ("cp", "tucker2", "tt", "spatial_svd", "low_rank", "depthwise")
+#: Other spellings accepted for a method; reports, plans and errors use the names of METHODS.
+ALIASES: dict[str, str] = {
+    "svd": "spatial_svd", "tucker": "tucker2", "tensor_train": "tt", "lowrank": "low_rank",
+    "depthwise_separable": "depthwise", "parafac": "cp",
+}  # fmt: skip
+
+
+def canonical_method(name: str, where_: str = "method") -> str:
+    """The name in :data:`METHODS` of ``name`` or of its alias; raises listing the valid ones."""
+    key = str(name).strip().lower()
+    if key in METHODS:
+        return key
+    if key in ALIASES:
+        return ALIASES[key]
+    aliases = ", ".join(f"{a} = {m}" for a, m in ALIASES.items())
+    raise InvalidRankError(
+        f"{where_}: unknown decomposition method {name!r}; choose from {', '.join(METHODS)} "
+        f"(also accepted: {aliases})"
+    )
 
 
 # ---------------------------------------------------------------------- spectra
@@ -347,7 +366,9 @@ def output_error(
 
 
 __all__ = [
+    "ALIASES",
     "METHODS",
+    "canonical_method",
     "VBMFResult",
     "budget_rank",
     "energy_rank",

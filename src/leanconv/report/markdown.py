@@ -10,6 +10,7 @@ def _ms(d: dict, b: int) -> str:
 def compress_report(result, model_name: str, data_name: str) -> str:
     b, a = result.before, result.after
     batches = sorted(a.latency_ms)
+    name = b.metric_name + (" (%)" if b.metric_name in ("accuracy", "top5") else "")
     lines = [
         f"# leanconv compress: {model_name} on {data_name}",
         "",
@@ -18,15 +19,18 @@ def compress_report(result, model_name: str, data_name: str) -> str:
         "",
         "| | before | after | ratio |",
         "|---|---:|---:|---:|",
-        f"| test accuracy (%) | {b.accuracy:.2f} | {a.accuracy:.2f} | "
-        f"{a.accuracy - b.accuracy:+.2f} points |",
+        f"| test {name} | {b.metric:.2f} | {a.metric:.2f} | {a.metric - b.metric:+.2f} points |",
         f"| parameters | {b.params:,} | {a.params:,} | {a.params / b.params:.3f} |",
         f"| MACs per image | {b.macs:,} | {a.macs:,} | {a.macs / b.macs:.3f} |",
     ]
     for bs in batches:
         lines.append(
             f"| latency, batch {bs} (ms) | {_ms(b.latency_ms, bs)} | {_ms(a.latency_ms, bs)} | "
-            f"{result.speedup[bs]:.2f}x faster |"
+            + (
+                f"{result.speedup[bs]:.2f}x faster |"
+                if result.speedup[bs] >= 1
+                else f"**{result.speedup[bs]:.2f}x: slower** |"
+            )
         )
     if b.latency_by_format and a.latency_by_format:
         lines += [
@@ -82,7 +86,7 @@ def compress_report(result, model_name: str, data_name: str) -> str:
     if result.plan.search:
         lines += ["", "## Accuracy-budget search", "",
                   "Trials on held-out training images (not the test split), each after a short "
-                  "fine-tune:", "", "| target | predicted | accuracy (%) | drop | within |",
+                  "fine-tune:", "", f"| target | predicted | {name} | drop | within |",
                   "|---:|---:|---:|---:|---|"]  # fmt: skip
         for t in result.plan.search:
             lines.append(f"| {t['target_speedup']:.2f}x | {t['predicted_speedup']:.2f}x | "
@@ -91,21 +95,21 @@ def compress_report(result, model_name: str, data_name: str) -> str:
     if result.onnx_max_error is not None:
         lines.append(f"ONNX Runtime vs PyTorch, max abs difference: {result.onnx_max_error:.2e}.")
     if result.finetune_history:
-        held = result.finetune_history[0].get("validation_accuracy") is not None
+        held = result.finetune_history[0].get("validation_metric") is not None
         lines += ["", "## Fine-tuning", "",
-                  "| epoch | loss |" + (" validation accuracy |" if held else "")
-                  + " test accuracy | img/s |", "|---:|---:|" + ("---:|" if held else "")
+                  "| epoch | loss |" + (f" validation {name} |" if held else "")
+                  + f" test {name} | img/s |", "|---:|---:|" + ("---:|" if held else "")
                   + "---:|---:|"]  # fmt: skip
         for r in result.finetune_history:
-            val = f" {r['validation_accuracy']:.2f} |" if held else ""
-            lines.append(f"| {r['epoch']} | {r['loss']:.4f} |{val} {r['accuracy']:.2f} | "
+            val = f" {r['validation_metric']:.2f} |" if held else ""
+            lines.append(f"| {r['epoch']} | {r['loss']:.4f} |{val} {r['metric']:.2f} | "
                          f"{r['images_per_second']:.0f} |")  # fmt: skip
         lines.append("")
         lines.append(
             "The epoch kept is the best on the validation images (held out from the training set)."
             if held
             else "The last epoch is kept (no validation split was held out; the "
-            "test accuracy above is reported, never used to choose)."
+            "test metric above is reported, never used to choose)."
         )
     if result.notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in result.notes]
