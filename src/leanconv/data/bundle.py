@@ -43,9 +43,10 @@ class DataBundle:
 
 
 def load_data(spec: str, size: int | None = None, seed: int = 0, **preprocessing) -> DataBundle:
-    """``digits`` (built in, at ``size`` x ``size``, 32 by default), ``folder:PATH`` (one sub-folder per class, optional train/ and
-    test/ splits; ``preprocessing`` as :func:`leanconv.data.folders.image_folder` takes it),
-    ``cifar10:PATH`` or ``cifar100:PATH`` (python-format batches)."""
+    """``digits`` (built in, at ``size`` x ``size``, 32 by default), ``folder:PATH`` (one
+    sub-folder per class, optional train/ and test/ splits; ``size`` and ``preprocessing`` as
+    :func:`leanconv.data.folders.image_folder` takes them), ``cifar10:PATH`` or ``cifar100:PATH``
+    (python-format batches)."""
     from .cifar import cifar
     from .digits import digits
     from .folders import image_folder
