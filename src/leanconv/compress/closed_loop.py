@@ -26,9 +26,23 @@ one-standard-error rule (:mod:`.capacity`, the default), the plan with the most 
 at the aim whose summed sensitivity is within one standard error of that most accurate plan's.
 The plan keeps what was measured: ``assembled_ms`` and ``original_ms``, from which its
 predicted speedup is then computed.
+
+Three guards keep the loop on the target (a user's model once went from a 2.1x plan through
+2.29x to 4.23x for a 2x target, on one measurement of 1.40x against a layer sum of 2.30x):
+
+- a measurement that disagrees with the plan's layer sum by more than the machine's run-to-run
+  spread (the largest disagreement seen between the repeated timings of one plan, at least
+  :data:`SPREAD_FLOOR`) is repeated, and the two averaged, before the plan is changed;
+- a round's step (the ratio of its latency budget to the previous one's) is at most twice the
+  previous step in log scale, and the first at most :data:`FIRST_STEP`;
+- of the plans measured at the aim, those at most :data:`CEILING` times the target are preferred;
+  when every plan overshoots, the mildest is kept: the final measurement, after fine-tuning, then
+  lands between the target and 1.25 times it.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -50,10 +64,19 @@ TOLERANCE = 0.04
 #: Two timings of a plan whose speedups differ by less than this are taken as agreeing (their
 #: mean is kept); otherwise a third decides.
 AGREE = 0.05
+#: The smallest run-to-run spread assumed for the machine (relative, of a measured speedup).
+SPREAD_FLOOR = 0.03
+#: The first re-planning step changes the latency budget by at most this factor.
+FIRST_STEP = 1.5
+#: Plans measured above this multiple of the target are kept only when none lands below it.
+CEILING = 1.2
 
 __all__ = [
     "AGREE",
+    "CEILING",
+    "FIRST_STEP",
     "MARGIN",
+    "SPREAD_FLOOR",
     "TOLERANCE",
     "faster_layout",
     "plan_for_speedup",
@@ -83,10 +106,12 @@ def time_assembled(
     max_layer_error: float = 0.9,
     repeats: int = 5,
     reference: nn.Module | None = None,
+    spreads: list[float] | None = None,
 ) -> float:
     """Build ``plan`` as it will be deployed (untrained), time it interleaved with the original
     in its faster layout (``reference``, from :func:`faster_layout`; found here when not given)
-    at ``batch`` (:func:`robust_timing`), store both in the plan, return the speedup."""
+    at ``batch`` (:func:`robust_timing`), store both in the plan, return the speedup. The
+    relative disagreement of the timings is appended to ``spreads``."""
     x = input_at_batch(calibration, batch)
     if reference is None:
         reference = faster_layout(original, x, deployment)
@@ -99,11 +124,11 @@ def time_assembled(
                         warmup=1, repeats=repeats)  # fmt: skip
         return t["original"].ms, t["planned"].ms
 
-    plan.original_ms, plan.assembled_ms = robust_timing(once)
+    plan.original_ms, plan.assembled_ms = robust_timing(once, spreads)
     return plan.original_ms / plan.assembled_ms
 
 
-def robust_timing(timed) -> tuple[float, float]:
+def robust_timing(timed, spreads: list[float] | None = None) -> tuple[float, float]:
     """``(original_ms, planned_ms)`` from two calls of ``timed()``, or three when they disagree.
 
     When the two speedups agree within :data:`AGREE`, their mean is kept (both latencies
@@ -115,6 +140,8 @@ def robust_timing(timed) -> tuple[float, float]:
     """
     pairs = [timed(), timed()]
     speedups = [o / p for o, p in pairs]
+    if spreads is not None:
+        spreads.append(abs(speedups[0] / speedups[1] - 1))
     if abs(speedups[0] / speedups[1] - 1) > AGREE:
         pairs.append(timed())
         return sorted(pairs, key=lambda t: t[0] / t[1])[1]
@@ -170,6 +197,12 @@ def plan_for_speedup(
     reference = faster_layout(original, input_at_batch(calibration, batch), deployment)
     tried: list[tuple[float, float, Plan]] = []
     known: dict[tuple, tuple[float, Plan]] = {}  # plan -> its measurement
+    spreads: list[float] = []  # disagreements between repeated timings of one plan
+
+    def measure(plan: Plan) -> float:
+        return time_assembled(original, plan, calibration, batch, deployment, max_layer_error,
+                              repeats, reference, spreads=spreads)  # fmt: skip
+
     for _ in range(8 * rounds):  # allocations are cheap; at most `rounds` are timed
         plan = allocate(candidates, fixed_ms, total_ms, macs_before, speedup=budget,
                         prefer_capacity=prefer_capacity)  # fmt: skip
@@ -179,21 +212,54 @@ def plan_for_speedup(
         elif len(known) == rounds:
             break
         else:
-            measured = time_assembled(original, plan, calibration, batch, deployment,
-                                      max_layer_error, repeats, reference)  # fmt: skip
+            measured = measure(plan)
+            spread = max([SPREAD_FLOOR, *spreads])
+            predicted = plan.layer_sum_speedup
+            if abs(measured / predicted - 1) > spread:
+                # far from the layer sum: measure again before the plan is changed on it
+                first = (plan.original_ms, plan.assembled_ms)
+                again = measure(plan)
+                spreads.append(abs(again / measured - 1))
+                plan.original_ms = (first[0] + plan.original_ms) / 2
+                plan.assembled_ms = (first[1] + plan.assembled_ms) / 2
+                say(f"      (measured {measured:.2f}x against a layer sum of {predicted:.2f}x, "
+                    f"beyond the machine's spread of {spread:.0%}: measured again, "
+                    f"{again:.2f}x)")  # fmt: skip
+                measured = plan.original_ms / plan.assembled_ms
             known[signature] = (measured, plan)
             say(f"      round {len(known)}: planned for {budget:.2f}x, layer sum predicts "
-                f"{plan.layer_sum_speedup:.2f}x, the assembled model measures "
-                f"{measured:.2f}x")  # fmt: skip
+                f"{predicted:.2f}x, the assembled model measures {measured:.2f}x")  # fmt: skip
         tried.append((budget, measured, plan))
         if not plan.met or aim <= measured <= aim * (1 + TOLERANCE):
             break
-        budget = _next_budget(tried, aim)
+        budget = _bounded_step(tried, _next_budget(tried, aim))
         if any(abs(budget - b) < 0.005 * aim for b, _, _ in tried):
             break  # the bracket has closed: no plan between those measured
-    fast = [t[2] for t in tried if t[1] >= aim]
-    if fast:
-        best = capacity.choose(fast) if prefer_capacity else min(fast, key=lambda p: p.sensitivity)
+    return _choose(tried, speedup, aim, prefer_capacity)
+
+
+def _bounded_step(tried: list[tuple[float, float, Plan]], budget: float) -> float:
+    """``budget``, its step from the last round's limited to twice the previous step (log
+    scale), the first step to :data:`FIRST_STEP`."""
+    last = tried[-1][0]
+    limit = math.log(FIRST_STEP)
+    if len(tried) >= 2 and tried[-2][0] != last:
+        limit = 2 * abs(math.log(last / tried[-2][0]))
+    step = math.log(budget / last)
+    return last * math.exp(max(-limit, min(limit, step)))
+
+
+def _choose(tried, speedup: float, aim: float, prefer_capacity: bool) -> Plan:
+    """The plan to keep of those measured (see the module docstring)."""
+    fast = [t for t in tried if t[1] >= aim]
+    within = [t for t in fast if t[1] <= speedup * CEILING]
+    if within:
+        plans = [t[2] for t in within]
+        best = (
+            capacity.choose(plans) if prefer_capacity else min(plans, key=lambda p: p.sensitivity)
+        )
+    elif fast:
+        best = min(fast, key=lambda t: t[1])[2]  # all overshoot: the mildest
     else:
         best = max((t[2] for t in tried), key=lambda p: p.predicted_speedup)
     best.target = f"speedup {speedup:g}x"
