@@ -12,6 +12,7 @@ A module description is a small tree: ``{"type": "Conv2d", "args": {...}}``, or 
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -146,11 +147,20 @@ def save(
 
 
 def load(
-    path: str | Path, device: str | torch.device = "cpu", algorithms: bool = True
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    algorithms: bool = True,
+    factory: Callable[[], nn.Module] | nn.Module | None = None,
 ) -> nn.Module:
     """Rebuild a model saved by :func:`save` (no pickle is read). With ``algorithms``, in its
     deployment form as recorded: the layers recorded with a fast algorithm run by it, and the
-    ReLUs fused and convolutions packed if they were; otherwise plain convolutions and ReLUs."""
+    ReLUs fused and convolutions packed if they were; otherwise plain convolutions and ReLUs.
+
+    ``factory``: the base architecture, a function returning it or the module itself (its
+    weights are not used), for a model compressed from Python without a recorded factory, or to
+    build it without importing the recorded one. The model returned carries
+    ``expected_input``: the input shape, dtype and preprocessing it was compressed with (``{}``
+    when not recorded)."""
     from safetensors.torch import load_file
 
     from ..loading import load_model
@@ -165,11 +175,21 @@ def load(
         raise LeanconvError(f"{str(meta_file)!r} is not valid JSON: {exc}") from None
     if description.get("format") != FORMAT:
         raise LeanconvError(f"{str(meta_file)!r} is not a {FORMAT} description")
-    base = description["base"]
+    base = description.get("base") or {}
     source = base.get("zoo") or base.get("factory")
-    if not source:
-        raise LeanconvError(f"{str(meta_file)!r} does not say how to build the base model")
-    model = load_model(source, device="meta", **base.get("kwargs", {})).module
+    if factory is not None:
+        model = factory if isinstance(factory, nn.Module) else factory()
+        if not isinstance(model, nn.Module):
+            raise LeanconvError(f"factory returned {type(model).__name__}, not an nn.Module")
+        model = copy.deepcopy(model).to("meta")
+    elif source:
+        model = load_model(source, device="meta", **base.get("kwargs", {})).module
+    else:
+        raise LeanconvError(
+            f"{str(meta_file)!r} does not say how to build the base model (it was compressed "
+            "from Python): pass leanconv.load(path, factory=build) with the function that builds "
+            "the original architecture"
+        )
     replacements = {name: build(d) for name, d in description["replaced"].items()}
     model = replace_modules(model, replacements, inplace=True)
     state = load_file(str(weights), device=str(device))
@@ -200,4 +220,6 @@ def load(
         from .fuse import fuse_activations
 
         model, _ = fuse_activations(model, inplace=True)
-    return model.to(memory_format=FORMATS[layout]).eval()
+    model = model.to(memory_format=FORMATS[layout]).eval()
+    model.expected_input = dict(description.get("extra", {}).get("input") or {})
+    return model
