@@ -11,6 +11,7 @@ from leanconv.cli.main import app
 from leanconv.compress import serialize
 from leanconv.compress.finetune import FinetuneConfig
 from leanconv.compress.pipeline import CompressConfig, compress
+from leanconv.compress.verify import decompose_model
 from leanconv.errors import LeanconvError, OutputExistsError
 
 from .test_finetune import tiny_data
@@ -166,3 +167,60 @@ def test_saved_layout_is_restored(tmp_path, factory):
     (path / "model.json").write_text(json.dumps(meta))
     with pytest.raises(LeanconvError, match="unknown memory format"):
         serialize.load(path)
+
+
+def test_load_with_the_factory_and_the_expected_input(tmp_path, factory):
+    # a model compressed from Python records no factory: load needs the architecture given
+    model = _model(factory).eval()
+    decomposed, _ = decompose_model(model, {"3": ("spatial_svd", 4)}, torch.randn(8, 1, 8, 8))
+    described = {"shape": [1, 8, 8], "dtype": "float32", "normalize": "imagenet"}
+    path = serialize.save(decomposed, tmp_path / "m", {}, {"3": decomposed.get_submodule("3")},
+                          extra={"input": described})  # fmt: skip
+    with pytest.raises(LeanconvError, match="factory=build"):
+        serialize.load(path)
+    for given in (lambda: _model(factory), _model(factory)):  # a function or the module itself
+        back = serialize.load(path, factory=given)
+        assert back.expected_input == described
+        x = torch.randn(3, 1, 8, 8)
+        with torch.no_grad():
+            torch.testing.assert_close(back(x), decomposed(x), rtol=1e-5, atol=1e-5)
+    with pytest.raises(LeanconvError, match="not an nn.Module"):
+        serialize.load(path, factory=lambda: "a string")
+
+
+def test_method_aliases_and_unknown_names():
+    from leanconv.compress.replace import decompose_layer
+
+    conv = torch.nn.Conv2d(8, 8, 3, padding=1)
+    assert decompose_layer(conv, "svd", 2).method == "spatial_svd"
+    assert decompose_layer(conv, "tucker", (2, 2)).method == "tucker2"
+    with pytest.raises(LeanconvError, match="spatial_svd") as err:
+        decompose_layer(conv, "nosuch", 2, name="features.0")
+    assert "features.0" in str(err.value) and "svd = spatial_svd" in str(err.value)
+    with pytest.raises(ValueError, match="--methods: unknown decomposition method 'spatal_svd'"):
+        CompressConfig(methods=("tucker2", "spatal_svd"))
+    assert CompressConfig(methods=("svd",)).methods == ("spatial_svd",)
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--speedup", "0"], "--speedup 0"),
+        (["--speedup=-1"], "--speedup -1"),
+        (["--macs-ratio", "0"], "--macs-ratio 0"),
+        (["--macs-ratio", "2"], "--macs-ratio 2"),
+        (["--batch", "0"], "--batch 0"),
+        (["--methods", "tucker2,nosuch"], "unknown decomposition method 'nosuch'"),
+        (["--algorithms", "winograd9"], "--algorithms: unknown winograd9"),
+        (["--methods", "none", "--algorithms", "none"], "nothing to plan"),
+    ],
+)
+def test_cli_arguments_are_checked_before_any_work(tmp_path, factory, args, words):
+    import time
+
+    t0 = time.perf_counter()
+    r = CliRunner().invoke(app, ["compress", f"{factory}:make", "--out", str(tmp_path / "o"),
+                                 *args])  # fmt: skip
+    assert r.exit_code == 2 and words in r.output, r.output
+    assert time.perf_counter() - t0 < 5  # before the data is read or anything measured
+    assert not list(tmp_path.glob("o*"))
