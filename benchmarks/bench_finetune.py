@@ -84,7 +84,7 @@ def main() -> None:
         t0 = time.perf_counter()
         cfg = FinetuneConfig(progress=False, **_setting(text))
         result = finetune(compressed, data, model, cfg, log=None)
-        epochs = " ".join(f"{e.accuracy:.2f}" for e in result.history)
+        epochs = " ".join(f"{e.metric:.2f}" for e in result.history)
         print(f"{text:32s} kept {accuracy(compressed.eval(), data.test):.2f}%  "
               f"epochs [{epochs}]  {time.perf_counter() - t0:.0f} s")  # fmt: skip
 

@@ -395,8 +395,9 @@ def compress(
     say(f"      deployed in {memory_format} layout (before: fastest in {before.best_format()})")
     deploy = in_format(deploy, memory_format)
     measured_with = {"threads": torch.get_num_threads(), "allocator": allocator.describe()}
-    described = {"name": data.name, "input": {"shape": list(shape), "dtype": str(example.dtype)
-                 .removeprefix("torch.")}, **data.preprocessing}  # fmt: skip
+    expected = {"shape": list(shape), "dtype": str(example.dtype).removeprefix("torch."),
+                **{k: v for k, v in data.preprocessing.items() if k != "data"}}  # fmt: skip
+    described = {"name": data.name, "input": expected}
     result = CompressResult(before, after, plan, surgery, [r.__dict__ for r in history.history],
                             folded, baseline, deployed.fused, notes=list(plan.notes),
                             measured_with=measured_with, data=described,
@@ -418,7 +419,7 @@ def compress(
         if not any(conv == r or conv.startswith(r + ".") for r in surgery.replaced):
             replaced[conv] = deploy.get_submodule(conv)
     replaced.update({n: nn.Identity() for n in folded})
-    extra = {"folded_batchnorm": folded, "data": data.name, "input": described}
+    extra = {"folded_batchnorm": folded, "data": data.name, "input": expected}
     serialize.save(deploy, staging / "model", base or {}, replaced, extra=extra, force=True,
                    algorithms=algorithms, memory_format=memory_format,
                    fuse=dep.fuse)  # fmt: skip
