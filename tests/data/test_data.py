@@ -107,3 +107,82 @@ def test_augment_is_deterministic_and_keeps_shape():
 def test_bad_data_spec():
     with pytest.raises(DataError, match="digits, folder:PATH"):
         load_data("imagenet")
+
+
+def _noise_png(path, w, h, seed):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    return pixels
+
+
+def _all(loader):
+    xs, ys = zip(*loader, strict=True)
+    return torch.cat(xs), torch.cat(ys)
+
+
+def test_image_folder_prepares_images_only_as_asked(tmp_path):
+    # reference: the same steps written out with Pillow and NumPy (torchvision's Resize(N) on a
+    # PIL image, CenterCrop(N), ToTensor, Normalize)
+    raw = {}
+    for i in range(6):
+        path = tmp_path / "train" / f"c{i % 2}" / f"{i}.png"
+        raw[path] = _noise_png(path, 40, 30, i)
+    for i in range(2):
+        path = tmp_path / "test" / f"c{i}" / f"t{i}.png"
+        raw[path] = _noise_png(path, 40, 30, 10 + i)
+    own = image_folder(tmp_path, workers=0)  # nothing asked: the images as they are, 0..1
+    x, y = _all(own.test)
+    assert own.input_shape == (3, 30, 40) and own.preprocessing["normalize"] == "none"
+    want = [torch.from_numpy(raw[p]).permute(2, 0, 1).float() / 255 for p in own.test.dataset.files]
+    torch.testing.assert_close(x, torch.stack(want), rtol=0, atol=0)
+    assert y.tolist() == [0, 1]
+
+    bundle = image_folder(tmp_path, resize=24, crop=20, normalize="imagenet", workers=0)
+    x, _ = _all(bundle.test)
+    assert bundle.input_shape == (3, 20, 20)
+    mean = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
+    std = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    for got, path in zip(x, bundle.test.dataset.files, strict=True):
+        img = Image.fromarray(raw[path]).resize((32, 24), Image.BILINEAR)  # shorter side 24
+        img = img.crop((6, 2, 26, 22))  # centre 20x20 of 32x24
+        ref = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float() / 255
+        torch.testing.assert_close(got, (ref - mean) / std, rtol=0, atol=1e-6)
+
+    stats = image_folder(tmp_path, normalize="dataset", workers=0)
+    x, _ = _all(stats.train)
+    every = torch.stack([torch.from_numpy(raw[p]).permute(2, 0, 1).double() / 255
+                         for p in stats.train.dataset.files])  # fmt: skip
+    torch.testing.assert_close(torch.tensor(stats.preprocessing["mean"]).double(),
+                               every.mean((0, 2, 3)), rtol=0, atol=1e-6)  # fmt: skip
+    assert x.double().mean((0, 2, 3)).abs().max() < 1e-5  # standardised by its own statistics
+
+    given = image_folder(tmp_path, mean=(0.5, 0.5, 0.5), std=(0.25, 0.5, 1.0), workers=0)
+    x, _ = _all(given.test)
+    ref = torch.stack([torch.from_numpy(raw[p]).permute(2, 0, 1).float() / 255
+                       for p in given.test.dataset.files])  # fmt: skip
+    scale = torch.tensor([0.25, 0.5, 1.0])[:, None, None]
+    torch.testing.assert_close(x, (ref - 0.5) / scale, rtol=0, atol=1e-6)
+    assert given.preprocessing["normalize"] == "mean/std"
+
+
+def test_image_folder_refuses_mixed_sizes_and_bad_settings(tmp_path):
+    _noise_png(tmp_path / "a" / "1.png", 40, 30, 0)
+    _noise_png(tmp_path / "a" / "2.png", 40, 30, 1)
+    _noise_png(tmp_path / "b" / "3.png", 32, 32, 2)
+    _noise_png(tmp_path / "b" / "4.png", 40, 30, 3)
+    with pytest.raises(DataError, match="different sizes .*--input-size") as err:
+        image_folder(tmp_path, workers=0)
+    assert "30x40" in str(err.value) and "32x32" in str(err.value)
+    assert image_folder(tmp_path, input_size=(16, 20), workers=0).input_shape == (3, 16, 20)
+    assert image_folder(tmp_path, resize=16, crop=16, workers=0).input_shape == (3, 16, 16)
+    for kwargs, words in (
+        ({"normalize": "imagnet"}, "--normalize 'imagnet'"),
+        ({"mean": (0.5, 0.5, 0.5)}, "--mean and --std together"),
+        ({"mean": (0.5,) * 3, "std": (1.0, 0.0, 1.0)}, "must be positive"),
+        ({"mean": (0.5,) * 2, "std": (1.0,) * 2}, "three values"),
+        ({"crop": 0}, "--crop 0"),
+        ({"normalize": "imagenet", "mean": (0.5,) * 3, "std": (1.0,) * 3}, "not both"),
+    ):
+        with pytest.raises(DataError, match=words):
+            image_folder(tmp_path, input_size=16, workers=0, **kwargs)
