@@ -176,7 +176,8 @@ def register(app: typer.Typer) -> None:
         if out.exists() and not force:
             raise OutputExistsError(f"output directory {str(out)!r} exists; pass --force")
         bundle = load_data(data, seed=seed, **given)
-        console.print(f"data: {bundle.describe()}" + _preprocessing_line(bundle.preprocessing))
+        console.print(f"data: {bundle.describe()}" + _preprocessing_line(bundle.preprocessing),
+                      soft_wrap=True)  # fmt: skip
         net, base = load_trainable(model, bundle.num_classes, weights, trust_pickle, width,
                                    model_args=args, log=console.print)  # fmt: skip
         if macs_ratio is not None:
@@ -190,7 +191,7 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(130) from None
         console.print(before_after_table(result))
         for note in result.notes:
-            console.print(f"[yellow]note:[/] {note}")
+            console.print(f"[yellow]note:[/] {note}", soft_wrap=True)
 
 
 def _preprocessing_line(prep: dict) -> str:

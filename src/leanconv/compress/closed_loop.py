@@ -222,10 +222,10 @@ def plan_for_speedup(
                 spreads.append(abs(again / measured - 1))
                 plan.original_ms = (first[0] + plan.original_ms) / 2
                 plan.assembled_ms = (first[1] + plan.assembled_ms) / 2
-                say(f"      (measured {measured:.2f}x against a layer sum of {predicted:.2f}x, "
-                    f"beyond the machine's spread of {spread:.0%}: measured again, "
-                    f"{again:.2f}x)")  # fmt: skip
                 measured = plan.original_ms / plan.assembled_ms
+                say(f"      ({first[0] / first[1]:.2f}x measured against a layer sum of "
+                    f"{predicted:.2f}x, beyond the machine's spread of {spread:.0%}: measured "
+                    f"again, {again:.2f}x; the two averaged: {measured:.2f}x)")  # fmt: skip
             known[signature] = (measured, plan)
             say(f"      round {len(known)}: planned for {budget:.2f}x, layer sum predicts "
                 f"{predicted:.2f}x, the assembled model measures {measured:.2f}x")  # fmt: skip

@@ -283,7 +283,7 @@ def build_candidates(
         layer = model.get_submodule(name)
         x = inputs[name]
         xb = input_at_batch(x, batch).contiguous(memory_format=fmt)
-        base = count(layer, xb)
+        base = count(layer, x[:1])  # per sample, as the model totals
         modules: dict[tuple, nn.Module] = {("keep", None, "direct"): layer}
         errors: dict[tuple, float] = {("keep", None, "direct"): 0.0}
         for method in methods:
@@ -359,7 +359,8 @@ def build_candidates(
         if log:
             keep = timings[("keep", None, "direct")]
             log(f"  planned {i + 1}/{len(layers)} {name}: {len(cands) - 1} candidates, "
-                f"{base.total.macs / 1e6:.1f} MMACs, {keep:.2f} ms")  # fmt: skip
+                f"{base.total.macs / 1e6:.1f} MMACs per sample, {keep:.2f} ms at batch "
+                f"{batch}")  # fmt: skip
     if use_cache:
         cache_store.save(CACHE_FILE, cache)
     xb_model = input_at_batch(calibration, batch)
