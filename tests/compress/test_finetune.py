@@ -167,3 +167,24 @@ def test_teacher_is_left_trainable():
     finetune(student, data, teacher, FinetuneConfig(epochs=1, batch_size=16, progress=False),
              log=None)  # fmt: skip
     assert all(p.requires_grad for p in teacher.parameters())
+
+
+def test_divergence_restarts_slower_then_gives_up():
+    # lr 10 makes the first steps explode (the loss 100x its first value): the run restarts from
+    # the weights it started with, at a quarter of the rate with clipped gradients, and finishes
+    logs = []
+    model = tiny_model()
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = FinetuneConfig(epochs=2, batch_size=16, lr=10.0, progress=False)
+    result = finetune(model, tiny_data(n=200), tiny_model(seed=1), cfg, log=logs.append)
+    restarted = [line for line in logs if "diverged" in line]
+    assert (
+        len(restarted) == 1 and "restarted from epoch 1 with the learning rate 2.5" in restarted[0]
+    )
+    assert [r.epoch for r in result.history] == [1, 2]  # the diverged attempt left no record
+    assert all(r.loss == r.loss and r.loss < 100 for r in result.history)
+    assert any(not torch.equal(v, start[k]) for k, v in model.state_dict().items())
+    # a rate that diverges whatever is done: an error naming the remedy, after two restarts
+    with pytest.raises(LeanconvError, match="after 2 restarts .* give a smaller --lr"):
+        finetune(tiny_model(), tiny_data(n=200), tiny_model(seed=1),
+                 FinetuneConfig(epochs=1, batch_size=16, lr=1000.0, progress=False), log=None)  # fmt: skip

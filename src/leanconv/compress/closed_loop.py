@@ -264,9 +264,9 @@ def _choose(tried, speedup: float, aim: float, prefer_capacity: bool) -> Plan:
         best = max((t[2] for t in tried), key=lambda p: p.predicted_speedup)
     best.target = f"speedup {speedup:g}x"
     best.met = best.predicted_speedup >= speedup
+    # the allocation's own notes name the loop's internal budgets, not the user's target
+    best.notes = [n for n in best.notes if "cannot be met" not in n]
     if not best.met:
-        # the allocation's own note names the loop's internal budget, not the user's target
-        best.notes = [n for n in best.notes if "cannot be met" not in n]
         best.notes.append(
             f"the {speedup:g}x target cannot be reached on this machine: the fastest plan found "
             f"measured {best.predicted_speedup:.2f}x assembled, before fine-tuning, and is the "

@@ -53,6 +53,17 @@ from ..errors import LeanconvError
 from . import outputs
 from .evaluate import ACCURACY, Metric, check_outputs, to_model
 
+#: Fine-tuning has diverged when a step's loss is not finite or exceeds DIVERGED times the run's
+#: first loss (at least DIVERGED_FLOOR): a user's model without normalisation layers, decomposed at
+#: low ranks, went 0.57, 1.19, 22.7, 224, 6.7e5, 1.6e35, NaN in its first steps at lr 0.01. It
+#: then restarts from the weights it started with, at most RETRIES times, each time with the
+#: learning rate divided by SLOWER and gradients clipped to norm CLIP.
+DIVERGED = 100.0
+DIVERGED_FLOOR = 0.1
+RETRIES = 2
+SLOWER = 4.0
+CLIP = 1.0
+
 
 @dataclass
 class FinetuneConfig:
@@ -217,14 +228,13 @@ def finetune(
     ]
     optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
     steps_per_epoch = source.num_batches(train_set, cfg.batch_size, world)
-    total_steps = steps_per_epoch * cfg.epochs
     warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
     amp = cfg.amp if cfg.amp is not None else device.type == "cuda"
     augment = Augment(pad=2) if cfg.augment else None
 
     result = FinetuneResult()
     best_state = copy.deepcopy(model.state_dict())
-    start_epoch = 0
+    start_epoch, lr_scale = 0, 1.0
     ckpt = Path(cfg.checkpoint) if cfg.checkpoint else None
     if cfg.resume:
         if ckpt is None or not ckpt.exists():
@@ -238,44 +248,43 @@ def finetune(
         result.best_metric = float(state["best_metric"])
         result.best_epoch = int(state["best_epoch"])
         result.resumed_from = start_epoch - 1
+        lr_scale = float(state.get("lr_scale", 1.0))
         if log and rank == 0:
             log(f"resumed from the checkpoint of epoch {start_epoch} in {ckpt}")
     progress = _Progress(cfg.progress and rank == 0 and sys.stderr.isatty(), steps_per_epoch)
-    for epoch in range(start_epoch, cfg.epochs):
-        model.train()
-        epoch_seed = cfg.seed * 1_000_003 + epoch
-        g = torch.Generator().manual_seed(epoch_seed)  # a dataset's order, then augmentation
-        t0, seen, total_loss = time.perf_counter(), 0, 0.0
-        progress.start(epoch, cfg.epochs)
-        # the order, and dropout and other global draws, follow from epoch_seed
-        train_batches = source.epoch(train_set, cfg.batch_size, epoch_seed, rank, world,
-                                     where="training data", generator=g)  # fmt: skip
-        for i, (x, y) in enumerate(train_batches):
-            step = epoch * steps_per_epoch + i
-            lr = _cosine(cfg.lr, step, total_steps, warmup_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            if augment is not None and x.dim() == 4 and x.is_floating_point():
-                x = augment(x, g)
-            x = to_model(x, model)
-            y = y.to(device) if isinstance(y, torch.Tensor) else y
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                out = train_model(x)
-                with torch.no_grad():
-                    t_out = teacher(x) if teacher is not None else None
-                value = distillation_loss(out, t_out, y, cfg.temperature, cfg.alpha,
-                                          metric.logits, loss)  # fmt: skip
-            if not torch.isfinite(value):
+    run = _Run(model, train_model, teacher, optimizer, cfg, metric, loss, augment, device, amp,
+               steps_per_epoch * cfg.epochs, warmup_steps, steps_per_epoch, rank, world,
+               progress, lr_scale)  # fmt: skip
+    # what a divergence restarts from: the weights fine-tuning started with (known to be sound)
+    initial = (copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict()),
+               len(result.history), copy.deepcopy(best_state), result.best_metric,
+               result.best_epoch)  # fmt: skip
+    epoch, restarts = start_epoch, 0
+    while epoch < cfg.epochs:
+        t0 = time.perf_counter()
+        try:
+            seen, total_loss, lr = run.epoch(epoch, train_set)
+        except _Diverged as exc:
+            run.progress.stop()
+            if restarts == RETRIES:
                 raise LeanconvError(
-                    f"fine-tuning diverged at epoch {epoch + 1}, step {i}: loss {value}"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            value.backward()
-            optimizer.step()
-            seen += len(x)
-            total_loss += value.item() * len(x)
-            progress.advance(seen / (time.perf_counter() - t0), value.item())
-        progress.stop()
+                    f"fine-tuning diverged at epoch {epoch + 1}, {exc}, after {RETRIES} restarts "
+                    f"with the learning rate down to {cfg.lr * run.lr_scale:.3g}: give a smaller "
+                    "--lr"
+                ) from None
+            restarts += 1
+            model.load_state_dict(initial[0])
+            optimizer.load_state_dict(initial[1])
+            del result.history[initial[2] :]
+            best_state = copy.deepcopy(initial[3])
+            result.best_metric, result.best_epoch = initial[4], initial[5]
+            run.lr_scale, run.clip, run.reference_loss = run.lr_scale / SLOWER, CLIP, None
+            if log and rank == 0:
+                log(f"fine-tuning diverged at epoch {epoch + 1}, {exc}: restarted from epoch "
+                    f"{start_epoch + 1} with the learning rate {cfg.lr * run.lr_scale:.3g} "
+                    f"and gradients clipped to norm {CLIP:g}")  # fmt: skip
+            epoch = start_epoch
+            continue
         seconds = time.perf_counter() - t0
         acc = metric(model, data.test) if rank == 0 else 0.0
         # every rank evaluates the validation images (the same weights everywhere after the
@@ -295,7 +304,8 @@ def finetune(
                 {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                  "best_model": best_state, "epoch": epoch,
                  "history": [asdict(r) for r in result.history],
-                 "best_metric": result.best_metric, "best_epoch": result.best_epoch},
+                 "best_metric": result.best_metric, "best_epoch": result.best_epoch,
+                 "lr_scale": run.lr_scale},
                 ckpt,
             )  # fmt: skip
         if log and rank == 0:
@@ -308,8 +318,79 @@ def finetune(
             if log and rank == 0 and result.stopped_early:
                 log(f"early stop: no improvement for {cfg.patience} epochs")
             break
+        epoch += 1
     model.load_state_dict(best_state)
     return result
+
+
+class _Diverged(Exception):
+    """The loss of a training step was not finite."""
+
+
+@dataclass
+class _Run:
+    """One fine-tuning run's fixed parts, and how it trains an epoch."""
+
+    model: nn.Module
+    train_model: nn.Module  # the model, or its DistributedDataParallel wrapper
+    teacher: nn.Module | None
+    optimizer: torch.optim.Optimizer
+    cfg: FinetuneConfig
+    metric: Metric
+    loss: Callable | None
+    augment: Augment | None
+    device: torch.device
+    amp: bool
+    total_steps: int
+    warmup_steps: int
+    steps_per_epoch: int
+    rank: int
+    world: int
+    progress: _Progress
+    lr_scale: float = 1.0  # lowered after a divergence (RETRIES), for the rest of the run
+    clip: float | None = None  # gradient norm bound, set after a divergence
+    reference_loss: float | None = None  # the run's first loss (see DIVERGED)
+
+    def epoch(self, epoch: int, train_set) -> tuple[int, float, float]:
+        cfg, model = self.cfg, self.model
+        model.train()
+        epoch_seed = cfg.seed * 1_000_003 + epoch
+        g = torch.Generator().manual_seed(epoch_seed)  # a dataset's order, then augmentation
+        t0, seen, total_loss, lr = time.perf_counter(), 0, 0.0, cfg.lr
+        self.progress.start(epoch, cfg.epochs)
+        # the order, and dropout and other global draws, follow from epoch_seed
+        train_batches = source.epoch(train_set, cfg.batch_size, epoch_seed, self.rank,
+                                     self.world, where="training data", generator=g)  # fmt: skip
+        for i, (x, y) in enumerate(train_batches):
+            step = epoch * self.steps_per_epoch + i
+            lr = _cosine(cfg.lr * self.lr_scale, step, self.total_steps, self.warmup_steps)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            if self.augment is not None and x.dim() == 4 and x.is_floating_point():
+                x = self.augment(x, g)
+            x = to_model(x, model)
+            y = y.to(self.device) if isinstance(y, torch.Tensor) else y
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                out = self.train_model(x)
+                with torch.no_grad():
+                    t_out = self.teacher(x) if self.teacher is not None else None
+                value = distillation_loss(out, t_out, y, cfg.temperature, cfg.alpha,
+                                          self.metric.logits, self.loss)  # fmt: skip
+            current = value.item()
+            if self.reference_loss is None:
+                self.reference_loss = max(current, DIVERGED_FLOOR)
+            if not math.isfinite(current) or current > DIVERGED * self.reference_loss:
+                raise _Diverged(f"step {i}: loss {current:.4g} (first {self.reference_loss:.4g})")
+            self.optimizer.zero_grad(set_to_none=True)
+            value.backward()
+            if self.clip is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), self.clip)
+            self.optimizer.step()
+            seen += len(x)
+            total_loss += current * len(x)
+            self.progress.advance(seen / (time.perf_counter() - t0), current)
+        self.progress.stop()
+        return seen, total_loss, lr
 
 
 class _Progress:
