@@ -100,17 +100,17 @@ def test_saved_model_records_and_reapplies_algorithms(tmp_path, factory):  # noq
     path = serialize.save(model, tmp_path / "m", {"factory": f"{factory}:make"},
                           algorithms={"3": "winograd4"})  # fmt: skip
     assert json.loads((path / "model.json").read_text())["algorithms"] == {"3": "winograd4"}
-    back = leanconv.load(path)
+    back = leanconv.load(path, trust_code=True)
     assert isinstance(back[3], WinogradConv2d)
-    assert type(leanconv.load(path, algorithms=False)[3]) is nn.Conv2d
+    assert type(leanconv.load(path, algorithms=False, trust_code=True)[3]) is nn.Conv2d
     x = torch.randn(2, 1, 8, 8)
     with torch.no_grad():
         _close(back(x), model(x))
     meta = json.loads((path / "model.json").read_text())
     meta["algorithms"] = {"3": "fastest"}
     (path / "model.json").write_text(json.dumps(meta))
-    with pytest.raises(LeanconvError, match="unknown algorithms"):
-        leanconv.load(path)
+    with pytest.raises(LeanconvError, match="unknown algorithm 'fastest'"):
+        leanconv.load(path, trust_code=True)
 
 
 def test_holdout_split_is_disjoint_and_fixed():

@@ -79,7 +79,7 @@ def test_compress_writes_every_artefact(tmp_path, factory):
     assert report["measured_with"]["threads"] == torch.get_num_threads()
     assert report["measured_with"]["allocator"]  # "default" or the retained-memory setting
     assert result.onnx_max_error < 1e-3
-    back = serialize.load(out / "model")
+    back = serialize.load(out / "model", trust_code=True)
     x = data.test.tensors[0][:4]
     with torch.no_grad():
         assert back(x).shape == (4, 3)
@@ -88,10 +88,16 @@ def test_compress_writes_every_artefact(tmp_path, factory):
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in back.modules())
     assert json.loads((out / "model" / "model.json").read_text())["fused"] is True
     assert not any(type(m) in (torch.nn.ReLU, torch.nn.Conv2d) for m in back.modules())
-    plain = serialize.load(out / "model", algorithms=False)
+    plain = serialize.load(out / "model", algorithms=False, trust_code=True)
     assert sum(type(m) is torch.nn.ReLU for m in plain.modules()) == 3
     with torch.no_grad():
         torch.testing.assert_close(back(x), plain(x), rtol=1e-4, atol=1e-4)
+    # without trust_code the recorded factory is not imported: the saved program serves
+    assert (out / "model" / "model.pt2").is_file()
+    program = serialize.load(out / "model")
+    with torch.no_grad():
+        torch.testing.assert_close(program(x), plain(x), rtol=1e-4, atol=1e-4)
+    assert program.expected_input["shape"] == [1, 8, 8]
     with pytest.raises(OutputExistsError):
         compress(_model(factory), data, _config(), out, {"factory": f"{factory}:make"}, log=None)
 
@@ -157,7 +163,7 @@ def test_saved_layout_is_restored(tmp_path, factory):
     model = _model(factory).eval()
     path = serialize.save(model, tmp_path / "m", {"factory": f"{factory}:make"},
                           memory_format="channels_last")  # fmt: skip
-    back = serialize.load(path)
+    back = serialize.load(path, trust_code=True)
     assert back[0].weight.is_contiguous(memory_format=torch.channels_last)
     x = torch.randn(2, 1, 8, 8)
     with torch.no_grad():
@@ -166,7 +172,7 @@ def test_saved_layout_is_restored(tmp_path, factory):
     meta["memory_format"] = "diagonal"
     (path / "model.json").write_text(json.dumps(meta))
     with pytest.raises(LeanconvError, match="unknown memory format"):
-        serialize.load(path)
+        serialize.load(path, trust_code=True)
 
 
 def test_load_with_the_factory_and_the_expected_input(tmp_path, factory):

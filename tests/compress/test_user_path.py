@@ -283,7 +283,7 @@ def test_cli_with_the_training_preprocessing_reports_the_users_own_accuracy(tmp_
 
     # the saved model rebuilds from the user's file and scores what the report says, on the
     # user's own tensors
-    back = leanconv.load(out / "model")
+    back = leanconv.load(out / "model", trust_code=True)
     after = correct(back, project.test_x, project.test_y)
     assert 100.0 * after / len(project.test_y) == pytest.approx(
         report["after"]["accuracy"], abs=1e-9

@@ -421,8 +421,8 @@ def compress(
     replaced.update({n: nn.Identity() for n in folded})
     extra = {"folded_batchnorm": folded, "data": data.name, "input": expected}
     serialize.save(deploy, staging / "model", base or {}, replaced, extra=extra, force=True,
-                   algorithms=algorithms, memory_format=memory_format,
-                   fuse=dep.fuse)  # fmt: skip
+                   algorithms=algorithms, memory_format=memory_format, fuse=dep.fuse,
+                   example=example[:2])  # fmt: skip
     result.seconds = time.perf_counter() - t_start
     write_artefacts(result, deploy, staging, example[:2], say)
     (staging / "checkpoint.pt").unlink(missing_ok=True)
