@@ -11,6 +11,7 @@ would have.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import shutil
 import time
@@ -26,7 +27,7 @@ from ..data.bundle import DataBundle
 from ..decompose.rank import canonical_method
 from ..errors import LeanconvError, OutputExistsError
 from ..report.files import write_text_atomic
-from . import serialize
+from . import run_record, serialize
 from .accuracy_budget import plan_for_accuracy
 from .algorithms import ALGORITHMS
 from .artefacts import write_artefacts
@@ -36,7 +37,8 @@ from .evaluate import Metric, check_outputs, resolve_metric
 from .finetune import FinetuneConfig, finetune
 from .measure import ModelFigures, in_format, measure_formats, static_figures
 from .plan import Candidate, Plan, allocate, build_candidates
-from .verify import SurgeryReport, decompose_model
+from .run_lock import RunLock, publish
+from .verify import LayerOutcome, SurgeryReport, decompose_model
 
 
 @dataclass
@@ -234,19 +236,33 @@ def check_plausible(before: ModelFigures, metric: Metric, data: DataBundle, exam
     raise ImplausibleModelError("\n".join(lines))
 
 
+def staging_of(out_dir: Path) -> Path:
+    return out_dir.with_name(out_dir.name + ".partial")
+
+
 def _check_out(out_dir: Path, force: bool, resume: bool) -> None:
+    """Refuse, before any work, an output that exists, an interrupted run that would be lost, or
+    a resume with nothing to resume."""
     if out_dir.exists() and not force:
         raise OutputExistsError(f"output directory {str(out_dir)!r} exists; pass --force")
-    staging = out_dir.with_name(out_dir.name + ".partial")
-    if resume and not (staging / "plan.json").exists():
+    staging = staging_of(out_dir)
+    if resume and not (staging / run_record.RUN_FILE).exists():
         raise LeanconvError(f"--resume: no interrupted run in {str(staging)!r}")
+    if not resume and not force and (staging / run_record.RUN_FILE).exists():
+        raise OutputExistsError(
+            f"an interrupted run is in {str(staging)!r}: --resume continues it, --force discards it"
+        )
 
 
-def _staging(out_dir: Path, resume: bool) -> Path:
-    staging = out_dir.with_name(out_dir.name + ".partial")
-    if not resume and staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir(parents=True, exist_ok=True)
+def _staging(out_dir: Path, resume: bool, record: dict) -> Path:
+    staging = staging_of(out_dir)
+    if resume:
+        run_record.check_resume(staging, record)
+        return staging
+    if staging.exists():
+        shutil.rmtree(staging)  # --force (checked in _check_out), or a run that saved nothing
+    staging.mkdir(parents=True)
+    run_record.write(staging, run_record.RUN_FILE, record)
     return staging
 
 
@@ -254,6 +270,8 @@ def _candidate(d: dict) -> Candidate:
     d = dict(d)
     if isinstance(d.get("rank"), list):
         d["rank"] = tuple(d["rank"])
+    if isinstance(d.get("kl_samples"), list):
+        d["kl_samples"] = tuple(d["kl_samples"])
     return Candidate(**d)
 
 
@@ -266,16 +284,28 @@ def _plan_from_json(data: dict) -> Plan:
                 data.get("sensitivity_se"))  # fmt: skip
 
 
-def _make_plan(original, data, config, metric, calibration, macs_before, say) -> Plan:
-    """Candidates measured on this machine, then the allocation for the target."""
+def _make_plan(original, data, config, metric, calibration, macs_before, say,
+               staging: Path | None = None) -> Plan:  # fmt: skip
+    """Candidates measured on this machine (each layer's kept in ``staging`` as it is finished,
+    and those kept by an interrupted run reused), then the allocation for the target."""
     say(f"[2/6] planning: {len(config.methods)} methods x {len(config.ratios)} ranks per "
         f"layer, latency at batch {config.plan_batch}, sensitivity on "
         f"{len(calibration)} images")  # fmt: skip
+    kept: dict[str, list] = {}
+    if staging is not None:
+        kept = run_record.read(staging, run_record.CANDIDATES_FILE) or {}
+
+    def keep(name: str, cands: list[Candidate]) -> None:
+        kept[name] = [dataclasses.asdict(c) for c in cands]
+        run_record.write(staging, run_record.CANDIDATES_FILE, kept)
+
     candidates, fixed, total = build_candidates(
         original, calibration, methods=config.methods, ratios=config.ratios,
         batch=config.plan_batch, repeats=max(3, config.repeats // 2),
         algorithms=config.algorithms, deployment=config.deployment, log=say,
         logits=metric.logits,
+        done={n: [_candidate(c) for c in cs] for n, cs in kept.items()},
+        on_layer=keep if staging is not None else None,
     )  # fmt: skip
     target = config.target_kwargs()
     if "speedup" in target:
@@ -323,11 +353,18 @@ def compress(
     :func:`.serialize.save`). Every check that can fail on the user's input (the settings, the
     output directory, the model's outputs, a plausible original metric) runs before planning.
     """
-    t_start = time.perf_counter()
     say = log or (lambda _m: None)
     config.validate()
+    if out_dir is None:
+        return _compress(model, data, config, None, base, force, resume, say)
+    out_dir = Path(out_dir)
+    with RunLock(out_dir, say):
+        return _compress(model, data, config, out_dir, base, force, resume, say)
+
+
+def _compress(model, data, config, out_dir, base, force, resume, say) -> CompressResult:
+    t_start = time.perf_counter()
     metric = resolve_metric(config.metric)
-    out_dir = Path(out_dir) if out_dir is not None else None
     if out_dir is not None:
         _check_out(out_dir, force, resume)
     check_outputs(model, data.test, metric, data.num_classes)
@@ -341,14 +378,18 @@ def compress(
     say(f"      {metric.name} {before.metric:.2f}{metric.unit}, {before.params:,} params, "
         f"{before.macs / 1e6:.1f} MMACs per sample")  # fmt: skip
     check_plausible(before, metric, data, example, config.min_metric)
-    staging = _staging(out_dir, resume) if out_dir is not None else None
+    staging = None
+    if out_dir is not None:
+        staging = _staging(
+            out_dir, resume, run_record.record(config, model, data, (calibration, example))
+        )
 
     plan_file = staging / "plan.json" if staging is not None else None
-    if resume:
+    if plan_file is not None and plan_file.exists():  # a resumed run: its plan, not a new one
         plan = _plan_from_json(json.loads(plan_file.read_text()))
         say(f"[2/6] plan read back from {plan_file}")
     else:
-        plan = _make_plan(original, data, config, metric, calibration, before.macs, say)
+        plan = _make_plan(original, data, config, metric, calibration, before.macs, say, staging)
         if plan_file is not None:
             write_text_atomic(plan_file, json.dumps(plan.as_dict()), force=True)
     say(f"      {plan.target}: predicted {plan.predicted_speedup:.2f}x, "
@@ -356,8 +397,20 @@ def compress(
         + ("" if plan.met else " (target not reachable: best plan found)"))  # fmt: skip
 
     say("[3/6] decomposing and verifying each layer")
-    compressed, surgery = decompose_model(original, plan.rewrites(), calibration,
+    rewrites = plan.rewrites()
+    decided = run_record.read(staging, run_record.SURGERY_FILE) if staging is not None else None
+    if decided is not None:  # a resumed run replaces exactly what it replaced before
+        rewrites = {n: r for n, r in rewrites.items() if n in decided["replaced"]}
+    compressed, surgery = decompose_model(original, rewrites, calibration,
                                           max_error=config.max_layer_error)  # fmt: skip
+    if decided is not None:
+        surgery.layers = [o for o in surgery.layers if o.name in decided["replaced"]] + [
+            LayerOutcome(**o) for o in decided["outcomes"] if o["name"] not in decided["replaced"]
+        ]
+    elif staging is not None:
+        decisions = {"replaced": sorted(surgery.replaced),
+                     "outcomes": surgery.as_dict()["layers"]}  # fmt: skip
+        run_record.write(staging, run_record.SURGERY_FILE, decisions)
     for o in surgery.layers:
         if o.status != "replaced":
             say(f"      {o.name}: {o.status} ({o.reason})")
@@ -366,7 +419,7 @@ def compress(
     say(f"[4/6] fine-tuning with distillation ({config.finetune.epochs} epochs)")
     ft_cfg = copy.copy(config.finetune)
     ft_cfg.checkpoint = staging / "checkpoint.pt" if staging is not None else None
-    ft_cfg.resume = resume and ft_cfg.checkpoint is not None and ft_cfg.checkpoint.exists()
+    ft_cfg.resume = ft_cfg.checkpoint is not None and ft_cfg.checkpoint.exists()
     history = finetune(compressed, data, original, ft_cfg, log=lambda m: say("      " + m),
                        metric=metric, loss=config.loss)  # fmt: skip
 
@@ -425,8 +478,7 @@ def compress(
                    example=example[:2])  # fmt: skip
     result.seconds = time.perf_counter() - t_start
     write_artefacts(result, deploy, staging, example[:2], say)
-    (staging / "checkpoint.pt").unlink(missing_ok=True)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    staging.rename(out_dir)
+    for leftover in ("checkpoint.pt", run_record.CANDIDATES_FILE):
+        (staging / leftover).unlink(missing_ok=True)
+    publish(staging, out_dir, force)
     return result

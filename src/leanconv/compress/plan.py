@@ -248,11 +248,15 @@ def build_candidates(
     deployment: Deployment = Deployment(),
     log=None,
     logits: bool = True,
+    done: dict[str, list[Candidate]] | None = None,
+    on_layer=None,
 ) -> tuple[dict[str, list[Candidate]], float, float]:
     """Candidates per layer (the first is "keep"), the fixed latency and the total latency.
 
     ``logits``: the model returns class logits (sensitivities are KL divergences); otherwise its
-    outputs are compared by relative squared error (:mod:`.outputs`).
+    outputs are compared by relative squared error (:mod:`.outputs`). ``done``: the candidates of
+    layers measured before (a resumed run), not measured again; ``on_layer(name, candidates)``
+    is called as each layer is finished (to keep them).
 
     Latencies are measured in the ``deployment`` form (:class:`.deploy.Deployment`: convolutions
     packed, weights and inputs in its memory format); the total is that of the model as given in
@@ -284,6 +288,13 @@ def build_candidates(
         x = inputs[name]
         xb = input_at_batch(x, batch).contiguous(memory_format=fmt)
         base = count(layer, x[:1])  # per sample, as the model totals
+        if done and name in done:
+            out[name] = done[name]
+            originals[name] = lambda m=deployment.layer(layer), xb=xb: m(xb)
+            if log:
+                log(f"  planned {i + 1}/{len(layers)} {name}: {len(done[name]) - 1} candidates, "
+                    "measured before the interruption")  # fmt: skip
+            continue
         modules: dict[tuple, nn.Module] = {("keep", None, "direct"): layer}
         errors: dict[tuple, float] = {("keep", None, "direct"): 0.0}
         for method in methods:
@@ -356,6 +367,8 @@ def build_candidates(
                                    sensitivity_se=sens[1], kl_samples=sens[2]))  # fmt: skip
         monotone_sensitivity(cands)
         out[name] = cands
+        if on_layer is not None:
+            on_layer(name, cands)
         if log:
             keep = timings[("keep", None, "direct")]
             log(f"  planned {i + 1}/{len(layers)} {name}: {len(cands) - 1} candidates, "
