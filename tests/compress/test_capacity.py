@@ -195,7 +195,13 @@ def test_cli_calibration_and_most_accurate(tmp_path, factory, monkeypatch):  # n
         raise LeanconvError("stopped by the test")
 
     monkeypatch.setattr(cli_compress, "compress", fake)
-    args = ["compress", f"{factory}:make", "--out", str(tmp_path / "o")]
+    from safetensors.torch import save_file
+
+    from leanconv.loading import load_model
+
+    weights = tmp_path / "w.safetensors"  # the digits have 10 classes
+    save_file(load_model(f"{factory}:make", num_classes=10).module.state_dict(), str(weights))
+    args = ["compress", f"{factory}:make", "--out", str(tmp_path / "o"), "--weights", str(weights)]
     r = CliRunner().invoke(app, [*args, "--calibration", "32", "--most-accurate"])
     assert r.exit_code == 2 and "stopped by the test" in r.output
     assert seen["config"].calibration == 32 and seen["config"].prefer_capacity is False

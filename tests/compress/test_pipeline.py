@@ -132,7 +132,7 @@ def test_cli_refusals(tmp_path, factory):
     empty = tmp_path / "empty"
     (empty / "cls").mkdir(parents=True)
     r = runner.invoke(app, ["compress", f"{factory}:make", "--data", f"folder:{empty}",
-                            "--out", str(tmp_path / "o")])  # fmt: skip
+                            "--out", str(tmp_path / "o"), "--train-first"])  # fmt: skip
     assert r.exit_code == 2 and "holds no images" in r.output
     pickled = tmp_path / "m.pt"
     torch.save(torch.nn.Conv2d(1, 1, 1), pickled)
@@ -148,7 +148,8 @@ def test_cli_refusals(tmp_path, factory):
     assert r.exit_code == 2 and "do not fit" in r.output
     existing = tmp_path / "exists"
     existing.mkdir()
-    r = runner.invoke(app, ["compress", f"{factory}:make", "--out", str(existing)])
+    r = runner.invoke(app, ["compress", f"{factory}:make", "--out", str(existing),
+                            "--train-first"])  # fmt: skip
     assert r.exit_code == 2 and "--force" in r.output
     r = runner.invoke(app, ["compress", f"{factory}:make", "--out", str(tmp_path / "o"),
                             "--speedup", "2", "--macs-ratio", "0.5"])  # fmt: skip
@@ -230,3 +231,56 @@ def test_cli_arguments_are_checked_before_any_work(tmp_path, factory, args, word
     assert r.exit_code == 2 and words in r.output, r.output
     assert time.perf_counter() - t0 < 5  # before the data is read or anything measured
     assert not list(tmp_path.glob("o*"))
+
+
+def _png_folder(root, counts, size=8):
+    from PIL import Image
+
+    for split, per_class in counts.items():
+        for c, n in enumerate(per_class):
+            for i in range(n):
+                path = root / split / f"class{c}" / f"{i}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.new("RGB", (size, size), (40 * c, 10 * i, 0)).save(path)
+
+
+@pytest.mark.parametrize(
+    "counts, words",
+    [
+        ({"train": [4], "test": [2]}, "has 1 class"),
+        ({"train": [1, 4], "test": [1, 1]}, "too few training images in class(es) class0 (1)"),
+        ({"train": [3, 3], "test": [1, 0]}, "test/class1' holds no images"),
+    ],
+)
+def test_cli_refuses_data_too_small_to_judge(tmp_path, factory, counts, words):
+    _png_folder(tmp_path / "d", counts)
+    r = CliRunner().invoke(app, ["compress", f"{factory}:make", "--data", f"folder:{tmp_path / 'd'}",
+                                 "--out", str(tmp_path / "o"), "--train-first"])  # fmt: skip
+    assert r.exit_code == 2 and words in r.output, r.output
+    assert not (tmp_path / "o").exists() and not (tmp_path / "o.partial").exists()
+
+
+def test_cli_needs_trained_weights_or_train_first(tmp_path, factory):
+    args = ["compress", f"{factory}:make", "--out", str(tmp_path / "o")]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 2 and "no --weights" in r.output and "--train-first" in r.output
+    weights = tmp_path / "w.safetensors"
+    save_file(_model(factory).state_dict(), str(weights))
+    r = CliRunner().invoke(app, [*args, "--weights", str(weights), "--train-first"])
+    assert r.exit_code == 2 and "drop --weights" in r.output
+    assert not (tmp_path / "o").exists() and not (tmp_path / "o.partial").exists()
+
+
+def test_cli_second_run_on_the_same_output_exits_at_once(tmp_path, factory):
+    import os
+    import time
+
+    from leanconv.compress.run_lock import RunLock
+
+    out = tmp_path / "o"
+    with RunLock(out):
+        t0 = time.perf_counter()
+        r = CliRunner().invoke(app, ["compress", f"{factory}:make", "--out", str(out),
+                                     "--train-first"])  # fmt: skip
+        assert time.perf_counter() - t0 < 5
+    assert r.exit_code == 2 and f"pid {os.getpid()}" in r.output and "started" in r.output

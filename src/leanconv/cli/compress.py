@@ -7,14 +7,17 @@ from pathlib import Path
 import typer
 
 from ..compress.deploy import Deployment
-from ..compress.finetune import FinetuneConfig
+from ..compress.finetune import FinetuneConfig, finetune
 from ..compress.pipeline import CompressConfig, compress
+from ..compress.run_lock import RunLock
 from ..data import load_data
 from ..decompose.rank import METHODS
 from ..errors import OutputExistsError
 from ..loading import load_trainable
 from .common import console, handle_errors
 from .tables import before_after_table
+
+MODEL_FILES = (".pt", ".pth", ".pt2", ".ts", ".jit")
 
 
 def _numbers(text: str | None, flag: str, count: tuple[int, ...], kind=float) -> tuple | None:
@@ -127,6 +130,11 @@ def register(app: typer.Typer) -> None:
         force: bool = typer.Option(False, "--force", help="replace an existing --out"),
         resume: bool = typer.Option(False, "--resume", help="continue an interrupted run"),
         trust_pickle: bool = typer.Option(False, "--trust-pickle", help="allow a pickled model"),
+        train_first: bool = typer.Option(
+            False, "--train-first", help="no --weights: train the model on --data first"
+        ),
+        train_epochs: int = typer.Option(5, "--train-epochs", help="epochs of --train-first"),
+        train_lr: float = typer.Option(0.05, "--train-lr", help="learning rate of --train-first"),
         seed: int = typer.Option(0, "--seed"),
     ) -> None:
         """Plan, decompose, verify, fine-tune, measure and report; writes report.md,
@@ -173,18 +181,33 @@ def register(app: typer.Typer) -> None:
             if workers is not None:
                 given["workers"] = workers
         args = _model_args(model_arg)
+        # a model file (TorchScript, torch.export, a pickle) carries its weights
+        trained = weights is not None or trust_pickle or Path(model).suffix in MODEL_FILES
+        if trained and train_first:
+            raise ValueError("--train-first trains a model that has no weights: drop --weights")
+        if not trained and not train_first:
+            raise ValueError(
+                f"no --weights for {model!r}: compressing an untrained model measures nothing. "
+                "Give the trained weights (--weights FILE), or --train-first to train it on "
+                "--data first"
+            )
+        if train_first and (train_epochs < 1 or not train_lr > 0):
+            raise ValueError("--train-epochs must be at least 1 and --train-lr positive")
         if out.exists() and not force:
             raise OutputExistsError(f"output directory {str(out)!r} exists; pass --force")
+        RunLock(out).acquire().release()  # another run on --out: say so now, not after loading
         bundle = load_data(data, seed=seed, **given)
         console.print(f"data: {bundle.describe()}" + _preprocessing_line(bundle.preprocessing),
                       soft_wrap=True)  # fmt: skip
+        bundle.check_counts()
         net, base = load_trainable(model, bundle.num_classes, weights, trust_pickle, width,
                                    model_args=args, log=console.print)  # fmt: skip
+        notes = [_train_reference(net, bundle, train_epochs, train_lr, seed)] if train_first else []
         if macs_ratio is not None:
             config.speedup = None
         try:
             result = compress(net, bundle, config, out, base, force=force, resume=resume,
-                              log=console.print)  # fmt: skip
+                              log=console.print, notes=notes)  # fmt: skip
         except KeyboardInterrupt:
             console.print(f"interrupted: the last checkpoint stays valid; rerun with --resume "
                           f"to continue ({out}.partial)")  # fmt: skip
@@ -192,6 +215,19 @@ def register(app: typer.Typer) -> None:
         console.print(before_after_table(result))
         for note in result.notes:
             console.print(f"[yellow]note:[/] {note}", soft_wrap=True)
+
+
+def _train_reference(net, bundle, epochs: int, lr: float, seed: int) -> str:
+    """``--train-first``: train the model on the data (cross-entropy, no teacher), in view;
+    returns the report's line about it."""
+    console.print(f"[0/6] training the model first (--train-first): {epochs} epochs, lr {lr:g}")
+    config = FinetuneConfig(epochs=epochs, lr=lr, warmup_epochs=min(1.0, epochs / 5), seed=seed)
+    result = finetune(net, bundle, None, config, log=lambda m: console.print("      " + m))
+    console.print(f"      trained: test accuracy {result.best_metric:.2f}%")
+    return (
+        f"the original was trained by leanconv first (--train-first: {epochs} epochs, lr "
+        f"{lr:g}, test accuracy {result.best_metric:.2f}%), not given trained weights"
+    )
 
 
 def _preprocessing_line(prep: dict) -> str:

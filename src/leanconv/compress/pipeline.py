@@ -346,8 +346,10 @@ def compress(
     force: bool = False,
     resume: bool = False,
     log=print,
+    notes: list[str] | None = None,
 ) -> CompressResult:
     """Compress ``model`` (trained on ``data``); with ``out_dir`` write the artefacts there.
+    ``notes``: lines for the report about what was done before (``--train-first``).
 
     ``base`` says how to rebuild the architecture for :func:`leanconv.load` (see
     :func:`.serialize.save`). Every check that can fail on the user's input (the settings, the
@@ -356,13 +358,13 @@ def compress(
     say = log or (lambda _m: None)
     config.validate()
     if out_dir is None:
-        return _compress(model, data, config, None, base, force, resume, say)
+        return _compress(model, data, config, None, base, force, resume, say, notes or [])
     out_dir = Path(out_dir)
     with RunLock(out_dir, say):
-        return _compress(model, data, config, out_dir, base, force, resume, say)
+        return _compress(model, data, config, out_dir, base, force, resume, say, notes or [])
 
 
-def _compress(model, data, config, out_dir, base, force, resume, say) -> CompressResult:
+def _compress(model, data, config, out_dir, base, force, resume, say, notes) -> CompressResult:
     t_start = time.perf_counter()
     metric = resolve_metric(config.metric)
     if out_dir is not None:
@@ -452,7 +454,7 @@ def _compress(model, data, config, out_dir, base, force, resume, say) -> Compres
                 **{k: v for k, v in data.preprocessing.items() if k != "data"}}  # fmt: skip
     described = {"name": data.name, "input": expected}
     result = CompressResult(before, after, plan, surgery, [r.__dict__ for r in history.history],
-                            folded, baseline, deployed.fused, notes=list(plan.notes),
+                            folded, baseline, deployed.fused, notes=[*notes, *plan.notes],
                             measured_with=measured_with, data=described,
                             model=in_format(fast, memory_format))  # fmt: skip
     if config.max_drop is not None and result.metric_drop > config.max_drop:

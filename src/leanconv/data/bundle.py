@@ -35,6 +35,41 @@ class DataBundle:
                           train, test, self.num_classes, self.input_shape,
                           self.preprocessing)  # fmt: skip
 
+    def class_counts(self) -> tuple[list[int], list[int]] | None:
+        """Images per class in the training and the test split, where the labels are known
+        without reading the images (built-in data, image folders); else ``None``."""
+        if not self.num_classes:
+            return None
+        counts = []
+        for source in (self.train, self.test):
+            labels = _labels(source)
+            if labels is None:
+                return None
+            counts.append([labels.count(c) for c in range(self.num_classes)])
+        return counts[0], counts[1]
+
+    def check_counts(self, least_train: int = 2, least_test: int = 1) -> None:
+        """Refuse data a compression cannot be judged on: fewer than two classes, or a class with
+        fewer than ``least_train`` training or ``least_test`` test images (numbers named)."""
+        if self.num_classes is not None and self.num_classes < 2:
+            raise DataError(
+                f"{self.name} has {self.num_classes} class: accuracy on it says nothing (every "
+                "prediction is right); give data with at least two classes"
+            )
+        counts = self.class_counts()
+        if counts is None:
+            return
+        names = self.preprocessing.get("classes") or [str(c) for c in range(self.num_classes)]
+        for split, have, least in (("training", counts[0], least_train),
+                                   ("test", counts[1], least_test)):  # fmt: skip
+            few = [f"{names[c]} ({n})" for c, n in enumerate(have) if n < least]
+            if few:
+                raise DataError(
+                    f"{self.name}: too few {split} images in class(es) {', '.join(few[:5])}; "
+                    f"each class needs at least {least} {split} image(s) to calibrate, fine-tune "
+                    "and measure on"
+                )
+
     def describe(self) -> str:
         sizes = [num_samples(s) for s in (self.train, self.test)]
         counts = f"{sizes[0]} train / {sizes[1]} test images, " if None not in sizes else ""
@@ -59,3 +94,14 @@ def load_data(spec: str, size: int | None = None, seed: int = 0, **preprocessing
     if kind in ("cifar10", "cifar100") and path:
         return cifar(path, classes=int(kind[5:]))
     raise DataError(f"--data {spec!r} is not digits, folder:PATH, cifar10:PATH or cifar100:PATH")
+
+
+def _labels(source) -> list[int] | None:
+    dataset = source if not hasattr(source, "dataset") else source.dataset
+    tensors = getattr(dataset, "tensors", None)
+    if tensors is not None and len(tensors) > 1:
+        return [int(v) for v in tensors[1].reshape(-1).tolist()]
+    labels = getattr(dataset, "labels", None)
+    if isinstance(labels, list):
+        return [int(v) for v in labels]
+    return None
