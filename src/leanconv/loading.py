@@ -112,13 +112,32 @@ def archive_kind(path: Path) -> str:
     return "pickle"
 
 
+def _check_file(path: Path, what: str = "model file") -> None:
+    """Raise naming what is wrong with ``path`` as a file to read: missing, a directory, empty."""
+    if path.is_dir():
+        raise ModelLoadError(f"{what} {str(path)!r} is a directory, not a file")
+    if not path.exists():
+        raise ModelLoadError(f"{what} {str(path)!r} does not exist")
+    if path.stat().st_size == 0:
+        raise ModelLoadError(f"{what} {str(path)!r} is empty (0 bytes)")
+
+
 def _from_archive(path: Path, device: str) -> nn.Module:
-    if not path.is_file():
-        raise ModelLoadError(f"model file {str(path)!r} does not exist")
+    """A TorchScript archive (loaded straight onto ``device``, ``meta`` included) or a
+    ``torch.export`` program; anything else is refused, saying what it is."""
+    _check_file(path)
+    zipped = zipfile.is_zipfile(path)
+    if not zipped and path.suffix in (".pt2", ".jit", ".ts"):
+        kind = "torch.export" if path.suffix == ".pt2" else "TorchScript"
+        raise ModelLoadError(
+            f"{str(path)!r} is not a zip archive, so not a {kind} file (those are zip archives); "
+            "is it truncated or another format?"
+        )
     kind = archive_kind(path)
     try:
         if kind == "export":
-            return torch.export.load(str(path)).module()
+            module = torch.export.load(str(path)).module()
+            return module.to(device) if device != "meta" else module
         if kind == "torchscript":
             return torch.jit.load(str(path), map_location=device)
     except Exception as exc:
@@ -151,9 +170,7 @@ def load_model(spec: str, device: str = "cpu", **kwargs) -> LoadedModel:
         return LoadedModel(_from_module_factory(text, kwargs), text, None)
     path = Path(text)
     if path.suffix in (".pt", ".pth", ".ts", ".pt2", ".jit"):
-        return LoadedModel(
-            _from_archive(path, device if device != "meta" else "cpu"), path.name, None
-        )
+        return LoadedModel(_from_archive(path, device), path.name, None)
     if path.suffix == ".py":
         raise ModelLoadError(f"{text!r}: name the factory too, as {text}:make_model")
     raise ModelLoadError(

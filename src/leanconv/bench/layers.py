@@ -139,7 +139,7 @@ def profile(
     machine's roofline. The model is put in eval mode and not otherwise changed."""
     model.eval()
     threads = num_threads or torch.get_num_threads()
-    report = count(model, example, convention or Convention(), name)
+    report = count(model, example, convention=convention or Convention(), name=name)
     peak = peak or measure_peak(example.device, example.dtype)
     costs: dict[str, list] = OrderedDict()
     for row in report.rows:

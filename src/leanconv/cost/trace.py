@@ -10,7 +10,9 @@ define :data:`MODULE_RULES` entries (e.g. deformable convolution) are counted by
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import dataclasses
 import re
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
@@ -171,37 +173,154 @@ def _example(example, dtype: torch.dtype | None) -> torch.Tensor:
     return torch.empty(shape, device="meta", dtype=dtype or torch.float32)
 
 
+def _is_shape(value) -> bool:
+    return (isinstance(value, tuple | list) and bool(value)
+            and all(type(v) is int for v in value))  # fmt: skip
+
+
+def _inputs(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """The call's arguments as given: tensors, shapes (``(1, 3, 224, 224)``, ``"1,3,224,224"``:
+    a tensor of the model's floating dtype) and other Python values; one list or tuple of tensors
+    and shapes stands for several positional arguments (``count(m, (x, y))``)."""
+    several = len(args) == 1 and isinstance(args[0], tuple | list) and bool(args[0])
+    if (
+        several
+        and not _is_shape(args[0])
+        and all(isinstance(v, torch.Tensor) or _is_shape(v) for v in args[0])
+    ):
+        args = tuple(args[0])
+    if not args and not kwargs:
+        raise InputShapeError("count() needs the model's input: a tensor or a shape")
+
+    def one(v):
+        if _is_shape(v):
+            return Shape(parse_shape(v))
+        if isinstance(v, str) and re.fullmatch(r"\s*\d+([,x]\d+)*\s*", v):
+            return Shape(parse_shape(v))
+        return v
+
+    return tuple(one(v) for v in args), {k: one(v) for k, v in kwargs.items()}
+
+
+class Shape(tuple):
+    """A tensor asked for by its shape (created in the model's floating dtype where it runs)."""
+
+
+def _materialise(value, device: str | torch.device, dtype: torch.dtype, batch: int | None = None):
+    """``value`` made for a run on ``device``: a shape becomes an empty tensor of ``dtype``, a
+    tensor an empty one like it (values matter only on the CPU, where they are kept); ``batch``
+    replaces the first dimension of every tensor."""
+    if isinstance(value, Shape):
+        shape = (batch, *value[1:]) if batch is not None else tuple(value)
+        if str(device) == "cpu":
+            return torch.randn(shape, dtype=dtype)
+        return torch.empty(shape, device=device, dtype=dtype)
+    if isinstance(value, torch.Tensor):
+        t = value
+        if batch is not None and t.dim():
+            t = t[:batch] if t.shape[0] >= batch else t.expand(batch, *t.shape[1:])
+        if str(device) == "cpu" and t.device.type not in ("meta",):
+            return t.detach().to("cpu").clone()
+        if str(device) == "cpu":
+            return torch.zeros(t.shape, dtype=t.dtype)
+        return torch.empty(t.shape, dtype=t.dtype, device=device)
+    if isinstance(value, tuple | list):
+        return type(value)(_materialise(v, device, dtype, batch) for v in value)
+    return value
+
+
+def _first_tensor_shape(args: tuple, kwargs: dict) -> tuple[int, ...]:
+    for v in [*args, *kwargs.values()]:
+        if isinstance(v, Shape):
+            return tuple(v)
+        if isinstance(v, torch.Tensor):
+            return tuple(v.shape)
+    return ()
+
+
+def _batch(args: tuple, kwargs: dict) -> int | None:
+    shape = _first_tensor_shape(args, kwargs)
+    return shape[0] if shape else None
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The module a ``torch.compile`` wrapper runs (its ``_orig_mod``), or ``model``."""
+    inner = getattr(model, "_orig_mod", None)
+    return inner if isinstance(inner, nn.Module) else model
+
+
 def count(
     model: nn.Module,
-    example: torch.Tensor | Sequence[int] | str,
-    convention: Convention = DEFAULT,
+    *args,
+    convention: Convention | None = None,
     name: str = "",
+    **kwargs,
 ) -> CostReport:
-    """Count every operation of ``model`` on an input like ``example`` (a tensor or a shape).
+    """Count every operation of ``model`` called with ``args`` and ``kwargs``.
+
+    Each argument is a tensor, a shape (``(1, 3, 224, 224)`` or ``"1,3,224,224"``: a tensor of the
+    model's floating dtype), or any other Python value, passed through; ``count(model, (x, y))``
+    passes ``x`` and ``y`` as two arguments. A :class:`Convention` may be given positionally
+    after the inputs (``count(model, x, Convention(valid_taps=True))``).
 
     Returns a :class:`CostReport` with one row per operation call, attributed to the innermost
     module that ran it, and one ``params`` entry per module that owns parameters. The model is
-    not modified and nothing is computed. Raises :class:`ForwardError` when the forward fails.
+    not modified and nothing moves to its device. It runs, in this order of preference:
+
+    1. on a parameter-free copy on the ``meta`` device: nothing is computed or allocated;
+    2. under ``FakeTensorMode`` when the forward cannot run on ``meta`` (a tensor created on the
+       CPU inside ``forward``): still nothing is computed;
+    3. for real on the CPU at batch 1 (parameters materialised), when the forward needs values
+       (``.item()``, an ``if`` on a tensor): run again at batch 2, and when the counts double
+       exactly the model is batch-linear and its counts are scaled to the requested batch;
+       otherwise it runs once at the requested batch.
+
+    The report's ``method`` and notes say which way was used. A model that fails all three raises
+    :class:`ForwardError` with the first error, named by layer.
     """
     if not isinstance(model, nn.Module):
         raise LeanconvError(f"count() needs an nn.Module, got {type(model).__name__}")
-    on_meta = all(t.device.type == "meta" for t in [*model.parameters(), *model.buffers()])
-    meta_model = model if on_meta else meta_copy(model)
-    was_training = meta_model.training
-    meta_model.eval()
-    dtype = next((p.dtype for p in meta_model.parameters() if p.is_floating_point()), None)
-    x = _example(example, dtype)
-    names = {id(m): n for n, m in meta_model.named_modules()}
+    if len(args) >= 2 and isinstance(args[-2], Convention) and isinstance(args[-1], str):
+        name, args = args[-1], args[:-1]  # the older form count(model, x, convention, name)
+    if args and isinstance(args[-1], Convention):
+        convention, args = args[-1], args[:-1]
+    convention = convention or DEFAULT
+    model = _unwrap(model)
+    args, kwargs = _inputs(args, kwargs)
+    errors = []
+    for way in (_on_meta, _on_fake, _on_cpu):
+        try:
+            report = way(model, args, kwargs, convention, name)
+        except _NeedsAnotherWay as exc:
+            errors.append(exc.error)
+            continue
+        if errors:
+            report.notes.append(
+                f"counted {report.method}: the forward cannot run on the meta device ({errors[0]})"
+            )
+        return report
+    raise errors[0]
+
+
+class _NeedsAnotherWay(Exception):
+    def __init__(self, error: ForwardError):
+        super().__init__(str(error))
+        self.error = error
+
+
+def _run(model, args, kwargs, convention, name, context, method: str) -> CostReport:
+    """Run ``model(*args, **kwargs)`` under counting (and ``context``), collect the rows."""
+    names = {id(m): n for n, m in model.named_modules()}
     rows: list[LayerCost] = []
     tracker = _Tracker(names)
 
-    def on_opaque_exit(module, args, output):
-        kind, cost = module_rule(module)(module, args, output, convention)
+    def on_opaque_exit(module, margs, output):
+        kind, cost = module_rule(module)(module, margs, output, convention)
         rows.append(
             LayerCost(
                 names.get(id(module), ""),
                 kind,
-                first_shape(args),
+                first_shape(margs),
                 first_shape(output),
                 0,
                 cost.macs,
@@ -210,25 +329,147 @@ def count(
             )  # fmt: skip
         )
 
+    was_training = model.training
+    model.eval()
     try:
-        with (
-            tracker.hooks(on_opaque_exit),
-            _CountingMode(tracker, convention, rows),
-            torch.no_grad(),
-        ):
-            meta_model(x)
+        counting = _CountingMode(tracker, convention, rows)
+        with context, tracker.hooks(on_opaque_exit), torch.no_grad(), counting:
+            model(*args, **kwargs)
     except LeanconvError:
         raise
     except Exception as exc:  # the user's forward failed: say where
         where = tracker.current() or type(model).__name__
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ForwardError(
-            f"forward pass failed in layer {where!r} on input {tuple(x.shape)}: {msg}"
-        ) from exc
+        shape = _first_tensor_shape(args, kwargs)
+        raise _NeedsAnotherWay(ForwardError(
+            f"forward pass failed in layer {where!r} on input {shape}: {msg}"
+        )) from exc  # fmt: skip
     finally:
-        if on_meta:
-            meta_model.train(was_training)
-    return CostReport(_attach_params(meta_model, rows), tuple(x.shape), convention, name)
+        model.train(was_training)
+    report = CostReport(_attach_params(model, rows), _first_tensor_shape(args, kwargs),
+                        convention, name)  # fmt: skip
+    report.method = method
+    return report
+
+
+def _model_dtype(model: nn.Module) -> torch.dtype:
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+
+
+def _on_meta(model, args, kwargs, convention, name) -> CostReport:
+    on_meta = all(t.device.type == "meta" for t in [*model.parameters(), *model.buffers()])
+    if on_meta:
+        meta_model = model
+    elif isinstance(model, torch.jit.ScriptModule):
+        meta_model = with_tensors(model, lambda t: torch.empty_like(t, device="meta"))
+    else:
+        meta_model = meta_copy(model)
+    dtype = _model_dtype(meta_model)
+    margs = tuple(_materialise(a, "meta", dtype) for a in args)
+    mkw = {k: _materialise(v, "meta", dtype) for k, v in kwargs.items()}
+    return _run(meta_model, margs, mkw, convention, name, contextlib.nullcontext(), "on meta")
+
+
+def with_tensors(model: nn.Module, make) -> nn.Module:
+    """A copy of ``model`` whose every parameter and buffer ``t`` is ``make(t)`` (no data of the
+    original is copied; a TorchScript module, which ``deepcopy``'s memo cannot reach, gets its
+    tensors set one by one on its copy)."""
+    if isinstance(model, torch.jit.ScriptModule):
+        out = copy.deepcopy(model)
+        for kind in ("parameters", "buffers"):
+            for qual, t in list(getattr(out, f"named_{kind}")()):
+                *path, leaf = qual.split(".")
+                owner = out
+                for part in path:
+                    owner = getattr(owner, part)
+                new = make(t)
+                if kind == "parameters":
+                    new = nn.Parameter(new, requires_grad=t.requires_grad)
+                setattr(owner, leaf, new)
+        return out
+    memo: dict[int, object] = {}
+    for t in [*model.parameters(), *model.buffers()]:
+        new = make(t)
+        if isinstance(t, nn.Parameter):
+            new = nn.Parameter(new, requires_grad=t.requires_grad)
+        memo[id(t)] = new
+    return copy.deepcopy(model, memo)
+
+
+def _on_fake(model, args, kwargs, convention, name) -> CostReport:
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    with mode:
+
+        def fake(t):
+            device = "cpu" if t.device.type == "meta" else t.device
+            return torch.empty(t.shape, dtype=t.dtype, device=device)
+
+        fake_model = with_tensors(model, fake)
+        dtype = _model_dtype(model)
+        fargs = tuple(_materialise(a, "cpu", dtype) for a in args)  # fakes, under the mode
+        fkw = {k: _materialise(v, "cpu", dtype) for k, v in kwargs.items()}
+    return _run(fake_model, fargs, fkw, convention, name, mode, "under FakeTensorMode")
+
+
+def _cpu_model(model: nn.Module) -> nn.Module:
+    """A CPU copy of ``model`` with real parameters: its own values, or small random ones for
+    parameters that have none (``meta``: materialised here, on demand)."""
+
+    def real(t):
+        if t.device.type != "meta":
+            return t.detach().cpu().clone()
+        if t.is_floating_point():
+            return torch.randn(t.shape, dtype=t.dtype) * 0.01
+        return torch.zeros(t.shape, dtype=t.dtype)
+
+    return with_tensors(model, real)
+
+
+def _on_cpu(model, args, kwargs, convention, name) -> CostReport:
+    cpu_model = _cpu_model(model)
+    dtype = _model_dtype(model)
+    batch = _batch(args, kwargs)
+
+    def at(b):
+        cargs = tuple(_materialise(a, "cpu", dtype, b) for a in args)
+        ckw = {k: _materialise(v, "cpu", dtype, b) for k, v in kwargs.items()}
+        return _run(cpu_model, cargs, ckw, convention, name, contextlib.nullcontext(), "")
+
+    if batch is None or batch <= 2:
+        report = at(None)
+        report.method = "on the CPU"
+        return report
+    one, two = at(1), at(2)
+    linear = len(one.rows) == len(two.rows) and all(
+        (r2.macs, r2.flops) == (2 * r1.macs, 2 * r1.flops) and r1.name == r2.name
+        for r1, r2 in zip(one.rows, two.rows, strict=True)
+    )  # fmt: skip
+    if not linear:
+        report = at(None)
+        report.method = f"on the CPU at batch {batch}"
+        return report
+    rows = [
+        dataclasses.replace(r, macs=r.macs * batch, flops=r.flops * batch,
+                            bytes=_bytes_at(r, r2, batch),
+                            input_shape=_rebatch(r.input_shape, batch),
+                            output_shape=_rebatch(r.output_shape, batch))
+        for r, r2 in zip(one.rows, two.rows, strict=True)
+    ]  # fmt: skip
+    report = CostReport(rows, _first_tensor_shape(args, kwargs), convention, name)
+    report.method = f"on the CPU at batch 1, scaled to batch {batch}"
+    return report
+
+
+def _bytes_at(r1: LayerCost, r2: LayerCost, batch: int) -> int:
+    """Bytes at ``batch`` from batch 1 and 2: the part that grows with the batch (activations)
+    plus the part that does not (weights): ``b1 + (batch - 1) * (b2 - b1)``."""
+    return r1.bytes + (batch - 1) * (r2.bytes - r1.bytes)
+
+
+def _rebatch(shape: tuple[int, ...], batch: int) -> tuple[int, ...]:
+    return (batch, *shape[1:]) if shape else shape
 
 
 def _attach_params(model: nn.Module, rows: list[LayerCost]) -> list[LayerCost]:
@@ -254,6 +495,20 @@ def _attach_params(model: nn.Module, rows: list[LayerCost]) -> list[LayerCost]:
             out.append(LayerCost(**{**r.__dict__, "params": own.pop(r.name)}))
         else:
             out.append(r)
+    # a TorchScript module runs no Python hooks: its parameters go to the nearest module above
+    # it that has rows (the whole model's row "" at least), not to "unused"
+    scripted = [n for n, m in model.named_modules() if isinstance(m, torch.jit.ScriptModule)]
+    named = {r.name for r in out}
+    for mname in list(own):
+        if not any(mname == s or mname.startswith(s + ".") or not s for s in scripted):
+            continue
+        parts = mname.split(".") if mname else []
+        for cut in range(len(parts), -1, -1):
+            holder = ".".join(parts[:cut])
+            if holder in named:
+                i = next(i for i, r in enumerate(out) if r.name == holder)
+                out[i] = dataclasses.replace(out[i], params=out[i].params + own.pop(mname))
+                break
     for mname, n in own.items():  # parameters of modules that did not run (or counted as a whole)
         out.append(LayerCost(mname, "unused", (), (), n, 0, 0, 0, detail="parameters not used"))
     return out
