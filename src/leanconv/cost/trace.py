@@ -495,9 +495,11 @@ def _attach_params(model: nn.Module, rows: list[LayerCost]) -> list[LayerCost]:
             out.append(LayerCost(**{**r.__dict__, "params": own.pop(r.name)}))
         else:
             out.append(r)
-    # a TorchScript module runs no Python hooks: its parameters go to the nearest module above
-    # it that has rows (the whole model's row "" at least), not to "unused"
-    scripted = [n for n, m in model.named_modules() if isinstance(m, torch.jit.ScriptModule)]
+    # a TorchScript module runs no Python hooks, and a torch.export / fx graph reads its
+    # submodules' parameters without calling them: their parameters go to the nearest module
+    # above that has rows (the whole model's row "" at least), not to "unused"
+    graphs = (torch.jit.ScriptModule, torch.fx.GraphModule)
+    scripted = [n for n, m in model.named_modules() if isinstance(m, graphs)]
     named = {r.name for r in out}
     for mname in list(own):
         if not any(mname == s or mname.startswith(s + ".") or not s for s in scripted):
