@@ -59,6 +59,47 @@ def main() -> None:
     t50 = median_seconds(lambda: leanconv.count(big, (1, 3, 224, 224)))
     verdict = "met" if t50 < 1.0 else "NOT met"
     print(f"target: resnet50 at 1x3x224x224 under 1 s -> {t50:.3f} s ({verdict})")
+    fallback_paths()
+
+
+class _Arange(torch.nn.Module):
+    """A ResNet-18 that adds a CPU ``torch.arange`` to its logits: fails on meta."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = zoo.create("resnet18")
+
+    def forward(self, x):
+        y = self.net(x)
+        return y + torch.arange(y.shape[-1], dtype=y.dtype)
+
+
+class _Item(_Arange):
+    """A ResNet-18 that branches on ``.item()``: needs values, so a real run."""
+
+    def forward(self, x):
+        y = self.net(x)
+        return y * 2 if y.abs().max().item() > 1e30 else y
+
+
+def fallback_paths() -> None:
+    """The three ways of counting, on the same ResNet-18 at batch 1 and 16: the time of each and
+    its ratio to counting on meta (what a forward that cannot run on meta costs)."""
+    print(f"\n{'way':<44}{'batch':>6}{'count (s)':>12}{'vs meta':>9}{'MACs equal':>12}")
+    for batch in (1, 16):
+        shape = (batch, 3, 224, 224)
+        meta = zoo.create("resnet18").eval()
+        arange, item = _Arange().eval(), _Item().eval()
+        t_meta = median_seconds(lambda m=meta, s=shape: leanconv.count(m, s), repeats=3)
+        want = leanconv.count(meta, shape).total.macs
+        for label, model in (("on meta (plain ResNet-18)", meta),
+                             ("FakeTensorMode (torch.arange in forward)", arange),
+                             ("CPU, batch 1, scaled (.item() in forward)", item)):  # fmt: skip
+            report = leanconv.count(model, shape)
+            t = median_seconds(lambda m=model, s=shape: leanconv.count(m, s), repeats=3)
+            same = report.total.macs == want  # the extra ops do no multiply-accumulates
+            print(f"{label:<44}{batch:>6}{t:>12.3f}{t / t_meta:>8.1f}x{str(same):>12}"
+                  f"   ({report.method})")  # fmt: skip
 
 
 if __name__ == "__main__":
