@@ -96,3 +96,41 @@ def test_cost_torch_export_file(tmp_path):
     result = run("cost", str(path), "--input", "1,3,8,8", "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["total"]["macs"] == 36 * 4 * 27
+
+
+@pytest.fixture
+def lstm_file(tmp_path):
+    src = tmp_path / "rnn.py"
+    src.write_text("import torch.nn as nn\ndef make():\n    return nn.LSTM(8, 16, num_layers=2)\n")
+    return f"{src}:make"
+
+
+def _totals_line(text):
+    return next(line for line in text.splitlines() if "exact totals" in line).strip()
+
+
+def test_cost_folds_many_rows_and_all_prints_them(lstm_file, tmp_path):
+    args = ("cost", lstm_file, "--input", "100,1,8")
+    rows = json.loads(run(*args, "--json").stdout)["layers"]
+    assert len(rows) > 2000  # 100 steps x 2 layers of LSTM cells: thousands of op rows
+    folded = run(*args)
+    assert folded.exit_code == 0, folded.output
+    assert len(folded.stdout.splitlines()) < 250
+    assert f"{len(rows):,} rows folded" in folded.stdout and "--all" in folded.stdout
+    assert "linear x400" in folded.stdout  # grouped by module and kind, with the count
+    every = run(*args, "--all")
+    assert every.exit_code == 0, every.output
+    assert len(every.stdout.splitlines()) > len(rows) and "folded" not in every.stdout
+    assert _totals_line(folded.stdout) == _totals_line(every.stdout)
+    assert "358,400 MACs" in _totals_line(folded.stdout)
+    out = tmp_path / "rows.csv"
+    assert run(*args, "--csv", str(out)).exit_code == 0
+    assert len(out.read_text().splitlines()) == len(rows) + 1  # CSV keeps every row
+    merged = run(*args, "--depth", "0")
+    assert merged.exit_code == 0 and "folded" not in merged.stdout
+
+
+def test_cost_small_models_are_not_folded():
+    result = run("cost", "resnet18", "--input", "1,3,224,224")
+    assert result.exit_code == 0 and "folded" not in result.stdout
+    assert "layer4.1.conv2" in result.stdout

@@ -12,6 +12,18 @@ from ..loading import load_model
 from ..report.files import write_text_atomic
 from .common import console, handle_errors
 
+# More rows than this are folded in the printed table (not in --json or --csv) unless --all or
+# --depth: an RNN over 100 steps makes thousands of rows.
+MAX_ROWS = 200
+
+
+def _fold_message(total: int, shown: int, depth: int | None) -> str:
+    by = "module" if depth is None else f"module cut to depth {depth}"
+    return (
+        f"{total:,} rows folded into {shown} (rows of one {by} and kind summed); --all prints "
+        "every row, --json and --csv hold them all"
+    )
+
 
 def register(app: typer.Typer) -> None:
     @app.command("cost")
@@ -36,6 +48,9 @@ def register(app: typer.Typer) -> None:
             False, "--count-all", help="add bias, norm, activation, element-wise and pooling FLOPs"
         ),
         force: bool = typer.Option(False, "--force", help="overwrite an existing --csv file"),
+        all_rows: bool = typer.Option(
+            False, "--all", help=f"print every row (above {MAX_ROWS}, rows are folded by module)"
+        ),
     ) -> None:
         """Count what every layer of MODEL costs on an input of the given shape."""
         loaded = load_model(model, device="meta")
@@ -60,7 +75,12 @@ def register(app: typer.Typer) -> None:
         if json_out:
             typer.echo(report.to_json())
             return
-        console.print(report.to_table())
+        shown, fold_depth = report, None
+        if depth is None and not all_rows and len(report.rows) > MAX_ROWS:
+            shown, fold_depth = report.fold(MAX_ROWS)
+        console.print(shown.to_table())
+        if shown is not report:
+            console.print(_fold_message(len(report.rows), len(shown.rows), fold_depth))
         if report.uncounted:
             ops = ", ".join(sorted({r.detail for r in report.uncounted}))
             console.print(f"[bold red]uncounted ops[/] (their MACs are unknown, not zero): {ops}")

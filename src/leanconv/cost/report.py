@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import asdict, dataclass, field, replace
 
 from .convention import DEFAULT, Convention
@@ -134,6 +134,21 @@ class CostReport:
             )
         return replace(self, rows=rows)
 
+    def fold(self, max_rows: int) -> tuple[CostReport, int | None]:
+        """At most ``max_rows`` rows, for reading: the rows of one module and kind become one row
+        (kind ``"linear x400"``, sums of every column; an RNN makes thousands of rows, a few per
+        step). If that is still more than ``max_rows``, modules are merged into their ancestors
+        at the deepest depth that fits (depth 0: one row per kind). Returns the folded report and
+        that depth (None when every module keeps its own rows); totals are unchanged."""
+        if max_rows < 1:
+            raise ValueError(f"max_rows={max_rows} must be >= 1")
+        deepest = max((len(r.name.split(".")) for r in self.rows if r.name), default=0)
+        for depth in range(deepest, -1, -1):
+            rows = _fold_rows(self.rows, depth)
+            if len(rows) <= max_rows:
+                break
+        return replace(self, rows=rows), None if depth == deepest else depth
+
     # ------------------------------------------------------------------ renderings
     def as_dict(self) -> dict:
         t = self.total
@@ -201,3 +216,35 @@ class CostReport:
                 style=style,
             )
         return table
+
+
+def _fold_rows(rows: list[LayerCost], depth: int) -> list[LayerCost]:
+    """Rows grouped by (module name cut to ``depth`` dotted parts, kind; the op for an uncounted
+    row), in order of first appearance; a group of several rows becomes one row of their sums."""
+    groups: OrderedDict[tuple[str, str, str], list[LayerCost]] = OrderedDict()
+    for r in rows:
+        name = ".".join(r.name.split(".")[:depth])
+        groups.setdefault((name, r.kind, "" if r.counted else r.detail), []).append(r)
+    return [
+        replace(rs[0], name=name) if len(rs) == 1 else _summed(name, kind, op, rs)
+        for (name, kind, op), rs in groups.items()
+    ]
+
+
+def _summed(name: str, kind: str, op: str, rs: list[LayerCost]) -> LayerCost:
+    """One row for the ``len(rs)`` rows of a module and kind (``op``: an uncounted op's name)."""
+    n = len(rs)
+    ops = Counter(r.detail for r in rs)  # in order of first appearance
+    detail = f"{op} x{n}" if op else ", ".join(f"{d} x{c}" for d, c in ops.items())
+    return LayerCost(
+        name=name,
+        kind=kind if op else f"{kind} x{n}",
+        input_shape=rs[0].input_shape,
+        output_shape=rs[-1].output_shape,
+        params=sum(r.params for r in rs),
+        macs=sum(r.macs for r in rs),
+        flops=sum(r.flops for r in rs),
+        bytes=sum(r.bytes for r in rs),
+        counted=not op,
+        detail=detail,
+    )

@@ -19,6 +19,7 @@ where the algorithm allows (compiled Winograd, oneDNN), so that a following ``nn
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +36,17 @@ from ..errors import InvalidSpecError
 from ..spec import ConvSpec
 
 __all__ = ["FFTConv2d", "PackedConv2d", "WinogradConv2d"]
+
+
+@contextmanager
+def _normal_tensors():
+    """Tensors made here are normal ones even under ``torch.inference_mode()``, and record no
+    gradient. A layer's parameters and cached transforms are made so: an inference tensor has no
+    version counter (the caches' key, :meth:`_FastConv2d._weight_key`) and cannot be used by
+    autograd once inference mode ends, so a layer built or first run under inference mode would
+    fail there, or later outside it."""
+    with torch.inference_mode(False), torch.no_grad():
+        yield
 
 
 class _FastConv2d(nn.Module):
@@ -84,9 +96,10 @@ class _FastConv2d(nn.Module):
         probe = torch.empty((in_channels, 2**20, 2**20), device="meta")
         normalise(probe, self._weight_shape(), None, stride, padding, dilation, groups, where)
         factory = {"device": device, "dtype": dtype}
-        self.weight = nn.Parameter(torch.empty(self._weight_shape(), **factory))
-        self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
-        self.reset_parameters()
+        with _normal_tensors():
+            self.weight = nn.Parameter(torch.empty(self._weight_shape(), **factory))
+            self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
+            self.reset_parameters()
 
     def _weight_shape(self) -> tuple[int, int, int, int]:
         return (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
@@ -123,7 +136,7 @@ class _FastConv2d(nn.Module):
         )
 
     def _copy_from(self, conv: nn.Conv2d) -> None:
-        with torch.no_grad():
+        with _normal_tensors():
             self.weight.copy_(conv.weight)
             if self.bias is not None:
                 self.bias.copy_(conv.bias)
@@ -217,7 +230,7 @@ class WinogradConv2d(_FastConv2d):
             )
         key = self._weight_key()
         if self._cache is None or self._cache[0] != key:
-            with torch.no_grad():
+            with _normal_tensors():
                 filt = _winograd.transform_filter(
                     self.weight, self.tile, self.stride, self.dilation, self.groups
                 )
@@ -298,7 +311,7 @@ class FFTConv2d(_FastConv2d):
         key = self._weight_key()
         hit = self._cache.get(size)
         if hit is None or hit[0] != key:
-            with torch.no_grad():
+            with _normal_tensors():
                 hit = (key, _fft.transform_filter(self.weight, size, self.groups, self.dilation))
             self._cache = {k: v for k, v in self._cache.items() if v[0] == key}
             self._cache[size] = hit
