@@ -14,6 +14,7 @@ from ..data import load_data
 from ..decompose.rank import METHODS
 from ..errors import OutputExistsError
 from ..loading import load_trainable
+from .arguments import key_values
 from .common import console, handle_errors
 from .tables import before_after_table
 
@@ -31,25 +32,6 @@ def _numbers(text: str | None, flag: str, count: tuple[int, ...], kind=float) ->
     if len(values) not in count:
         raise ValueError(f"{flag} {text!r}: give {' or '.join(map(str, count))} number(s)")
     return values
-
-
-def _literal(text: str):
-    import ast
-
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text  # a bare word: a string
-
-
-def _model_args(items: list[str] | None) -> dict:
-    out = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip().isidentifier():
-            raise ValueError(f"--model-arg {item!r}: give KEY=VALUE, e.g. --model-arg width=32")
-        out[key.strip()] = _literal(value.strip())
-    return out
 
 
 def register(app: typer.Typer) -> None:
@@ -180,7 +162,7 @@ def register(app: typer.Typer) -> None:
             given.setdefault("normalize", "none")
             if workers is not None:
                 given["workers"] = workers
-        args = _model_args(model_arg)
+        args = key_values(model_arg, "--model-arg")
         # a model file (TorchScript, torch.export, a pickle) carries its weights
         trained = weights is not None or trust_pickle or Path(model).suffix in MODEL_FILES
         if trained and train_first:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 import typer
 
-from ..cost import Convention, count, parse_shape
-from ..errors import InputShapeError
+from ..cost import Convention, count
+from ..errors import ForwardError, InputShapeError
 from ..loading import load_model
 from ..report.files import write_text_atomic
+from .arguments import input_spec, key_values
 from .common import console, handle_errors
 
 # More rows than this are folded in the printed table (not in --json or --csv) unless --all or
@@ -25,6 +27,24 @@ def _fold_message(total: int, shown: int, depth: int | None) -> str:
     )
 
 
+def _count(spec: str, loaded, values: list, kwargs: dict, convention):
+    """Count ``loaded``; a TorchScript archive loaded onto ``meta`` whose forward needs its
+    constants' values (``.item()`` of a traced constant) is loaded again onto the CPU."""
+    try:
+        return count(loaded.module, *values, convention=convention, name=loaded.name, **kwargs)
+    except ForwardError as first:
+        if not isinstance(loaded.module, torch.jit.ScriptModule):
+            raise
+        on_cpu = load_model(spec, device="cpu")
+        try:
+            report = count(on_cpu.module, *values, convention=convention, name=loaded.name,
+                           **kwargs)  # fmt: skip
+        except ForwardError:
+            raise first from None
+        report.notes.append(f"loaded onto the CPU: on meta, {first}")
+        return report
+
+
 def register(app: typer.Typer) -> None:
     @app.command("cost")
     @handle_errors
@@ -32,7 +52,16 @@ def register(app: typer.Typer) -> None:
         model: str = typer.Argument(
             ..., help="zoo name, file.py:factory, TorchScript or .pt2 file"
         ),
-        input: str = typer.Option(None, "--input", "-i", help="input shape, e.g. 1,3,224,224"),
+        inputs: list[str] = typer.Option(
+            None,
+            "--input",
+            "-i",
+            help="input shape, e.g. 1,3,224,224, or 1,128:int64; "
+            "once per positional tensor argument",
+        ),  # fmt: skip
+        arg: list[str] = typer.Option(
+            None, "--arg", help="NAME=VALUE keyword argument of forward, a Python literal"
+        ),
         json_out: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
         csv: Path = typer.Option(None, "--csv", help="also write the rows as CSV to this file"),
         depth: int = typer.Option(None, "--depth", help="merge rows below this module depth"),
@@ -53,9 +82,12 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Count what every layer of MODEL costs on an input of the given shape."""
+        values = [input_spec(text) for text in inputs or []]
+        kwargs = key_values(arg, "--arg")
         loaded = load_model(model, device="meta")
-        shape = parse_shape(input) if input else loaded.default_input
-        if shape is None:
+        if not values and loaded.default_input is not None:
+            values = [loaded.default_input]
+        if not values and not kwargs:
             raise InputShapeError(f"model {model!r} needs --input, e.g. --input 1,3,224,224")
         if depth is not None and depth < 0:
             raise InputShapeError(f"--depth {depth} must be 0 or more")
@@ -67,7 +99,7 @@ def register(app: typer.Typer) -> None:
             count_pooling=count_all,
             valid_taps=valid_taps,
         )
-        report = count(loaded.module, shape, convention, name=loaded.name)
+        report = _count(model, loaded, values, kwargs, convention)
         if depth is not None:
             report = report.aggregate(depth)
         if csv is not None:
@@ -79,6 +111,8 @@ def register(app: typer.Typer) -> None:
         if depth is None and not all_rows and len(report.rows) > MAX_ROWS:
             shown, fold_depth = report.fold(MAX_ROWS)
         console.print(shown.to_table())
+        for note in report.notes:
+            console.print(f"note: {note}", soft_wrap=True, highlight=False)
         if shown is not report:
             console.print(_fold_message(len(report.rows), len(shown.rows), fold_depth))
         if report.uncounted:

@@ -76,6 +76,9 @@ class CostReport:
     convention: Convention = DEFAULT
     model: str = ""
     notes: list[str] = field(default_factory=list)
+    # how the model ran: "on meta", "under FakeTensorMode", "on the CPU at batch 1, scaled to
+    # batch N" or "on the CPU at batch N" (leanconv.cost.trace.count)
+    method: str = "on meta"
 
     # ------------------------------------------------------------------ queries
     @property
@@ -159,6 +162,7 @@ class CostReport:
             "total": {"params": t.params, "macs": t.macs, "flops": t.flops, "bytes": t.bytes},
             "uncounted": sorted({r.detail or r.kind for r in self.uncounted}),
             "notes": list(self.notes),
+            "method": self.method,
             "layers": [r.as_dict() for r in self.rows],
         }
 

@@ -339,7 +339,7 @@ def _run(model, args, kwargs, convention, name, context, method: str) -> CostRep
         raise
     except Exception as exc:  # the user's forward failed: say where
         where = tracker.current() or type(model).__name__
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        msg = _one_line(exc)
         shape = _first_tensor_shape(args, kwargs)
         raise _NeedsAnotherWay(ForwardError(
             f"forward pass failed in layer {where!r} on input {shape}: {msg}"
@@ -350,6 +350,17 @@ def _run(model, args, kwargs, convention, name, context, method: str) -> CostRep
                         convention, name)  # fmt: skip
     report.method = method
     return report
+
+
+def _one_line(exc: Exception) -> str:
+    """The line of an error that says what went wrong (for TorchScript, its last line: the first
+    only says that the interpreter failed)."""
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    if not lines:
+        return type(exc).__name__
+    if lines[0].startswith("The following operation failed in the TorchScript interpreter"):
+        return lines[-1]
+    return lines[0]
 
 
 def _model_dtype(model: nn.Module) -> torch.dtype:
