@@ -18,7 +18,7 @@ class Steps(nn.Module):
     def forward(self, x):
         for _ in range(self.steps):
             x = torch.tanh(self.cell(x))
-        return torch.special.bessel_j0(x) + torch.cumsum(x, 1)
+        return torch.special.bessel_j0(x) + torch.special.bessel_y0(x)
 
 
 def test_rows_of_one_module_and_kind_are_summed():
@@ -28,7 +28,7 @@ def test_rows_of_one_module_and_kind_are_summed():
     by_name = {(r.name, r.kind) for r in folded.rows}
     assert ("cell", "linear x150") in by_name and ("", "activation x150") in by_name
     uncounted = sorted(r.detail for r in folded.uncounted)
-    assert uncounted == ["cumsum", "special_bessel_j0"]  # unknown ops stay apart, by name
+    assert uncounted == ["special_bessel_j0", "special_bessel_y0"]  # unknown ops stay apart, by name
     assert len(folded.rows) < 10
 
 

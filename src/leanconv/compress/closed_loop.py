@@ -232,6 +232,8 @@ def plan_for_speedup(
         tried.append((budget, measured, plan))
         if not plan.met or aim <= measured <= aim * (1 + TOLERANCE):
             break
+        if measured >= aim and not plan.rewrites():
+            break  # faster than needed with no layer decomposed: nothing to give back
         budget = _bounded_step(tried, _next_budget(tried, aim))
         if any(abs(budget - b) < 0.005 * aim for b, _, _ in tried):
             break  # the bracket has closed: no plan between those measured
