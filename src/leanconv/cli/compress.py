@@ -8,7 +8,7 @@ import typer
 
 from ..compress.deploy import Deployment
 from ..compress.finetune import FinetuneConfig, finetune
-from ..compress.pipeline import CompressConfig, compress
+from ..compress.pipeline import CompressConfig, compress, staging_of
 from ..compress.run_lock import RunLock
 from ..data import load_data
 from ..decompose.rank import METHODS
@@ -177,7 +177,7 @@ def register(app: typer.Typer) -> None:
             raise ValueError("--train-epochs must be at least 1 and --train-lr positive")
         if out.exists() and not force:
             raise OutputExistsError(f"output directory {str(out)!r} exists; pass --force")
-        RunLock(out).acquire().release()  # another run on --out: say so now, not after loading
+        RunLock.probe(out)  # another run on --out: say so now, not after loading
         bundle = load_data(data, seed=seed, **given)
         console.print(f"data: {bundle.describe()}" + _preprocessing_line(bundle.preprocessing),
                       soft_wrap=True)  # fmt: skip
@@ -191,8 +191,11 @@ def register(app: typer.Typer) -> None:
             result = compress(net, bundle, config, out, base, force=force, resume=resume,
                               log=console.print, notes=notes)  # fmt: skip
         except KeyboardInterrupt:
-            console.print(f"interrupted: the last checkpoint stays valid; rerun with --resume "
-                          f"to continue ({out}.partial)")  # fmt: skip
+            if (staging_of(out) / "run.json").exists():
+                console.print(f"interrupted: what was done is kept; rerun with --resume to "
+                              f"continue ({staging_of(out)})")  # fmt: skip
+            else:
+                console.print("interrupted before anything was saved: nothing to resume")
             raise typer.Exit(130) from None
         console.print(before_after_table(result))
         for note in result.notes:

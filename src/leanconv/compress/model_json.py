@@ -92,19 +92,25 @@ def describe(module: nn.Module) -> dict:
     raise LeanconvError(f"cannot describe a {type(module).__name__} for saving without pickle")
 
 
-def build(desc: dict) -> nn.Module:
-    """Build an (uninitialised, ``meta``) module from a validated description."""
+def build(desc: dict, field: str = "module") -> nn.Module:
+    """Build an (uninitialised, ``meta``) module from a validated description; arguments the
+    module itself refuses (groups that do not divide the channels, ...) raise
+    :class:`ModelFileError` naming ``field``."""
     kind = desc["type"]
     if kind == "Sequential":
-        return nn.Sequential(*[build(c) for c in desc.get("children", [])])
+        children = desc.get("children", [])
+        return nn.Sequential(*[build(c, f"{field}.children[{i}]") for i, c in enumerate(children)])
     args = dict(desc.get("args", {}))
     for key in ("kernel_size", "stride", "dilation"):
         if isinstance(args.get(key), list):
             args[key] = tuple(args[key])
     if isinstance(args.get("padding"), list):
         args["padding"] = tuple(tuple(p) if isinstance(p, list) else p for p in args["padding"])
-    with torch.device("meta"):
-        return module_types()[kind][0](**args)
+    try:
+        with torch.device("meta"):
+            return module_types()[kind][0](**args)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ModelFileError(f"model.json: {field} does not build a {kind}: {exc}") from None
 
 
 # ---------------------------------------------------------------------- the allow-list
@@ -276,8 +282,11 @@ def validate(description) -> dict:
         _fail("memory_format", f"names an unknown memory format "
               f"{description.get('memory_format')!r}")  # fmt: skip
     _bool(description.get("fused", False), "fused")
-    if not isinstance(description.get("extra", {}), dict):
+    extra = description.get("extra", {})
+    if not isinstance(extra, dict):
         _fail("extra", "must be an object")
+    if not isinstance(extra.get("input", {}), dict):
+        _fail("extra.input", "must be an object")
     program = description.get("program")
     if program is not None and program != PROGRAM_FILE:
         _fail("program", f"must be {PROGRAM_FILE!r} (a file beside model.json) or null")

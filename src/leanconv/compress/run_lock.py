@@ -92,6 +92,28 @@ class RunLock:
             return self
         raise RunningError(f"cannot lock {str(self.path)!r}: it keeps being replaced")
 
+    @staticmethod
+    def probe(out_dir: str | Path) -> None:
+        """Raise :class:`RunningError` if a live run holds the lock of ``out_dir``; change
+        nothing otherwise (no directory made, no stale lock taken over or removed)."""
+        path = lock_path(Path(out_dir))
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                owner = _read_owner(fd)
+                raise RunningError(
+                    f"another leanconv run is writing {str(out_dir)!r} ({_describe(owner)}); "
+                    f"wait for it to finish, or choose another --out (lock: {str(path)!r})"
+                ) from None
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
     def release(self) -> None:
         if self.fd is None:
             return

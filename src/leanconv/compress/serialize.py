@@ -134,7 +134,7 @@ def save(
 def _read_description(meta_file: Path) -> dict:
     try:
         description = json.loads(meta_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise ModelFileError(f"{str(meta_file)!r} is not valid JSON: {exc}") from None
     try:
         return validate(description)
@@ -200,12 +200,21 @@ def _base_model(description: dict, path: Path, factory, trust_code: bool) -> nn.
     )
 
 
-def _load_program(path: Path, description: dict, device) -> nn.Module:
+def _load_program(path: Path, description: dict, device, state: dict) -> nn.Module:
+    """The saved program's module, with the weights of ``model.safetensors`` (the program's own
+    copy must name the same tensors)."""
     try:
         program = torch.export.load(str(path / PROGRAM_FILE))
     except Exception as exc:
         raise LeanconvError(f"{str(path / PROGRAM_FILE)!r} cannot be read: {exc}") from None
     model = program.module().to(device)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = " ".join(str(exc).strip().splitlines()[:2])[:300]
+        raise LeanconvError(
+            f"{str(path / 'model.safetensors')!r} does not match {PROGRAM_FILE}: {first}"
+        ) from None
     model.expected_input = dict(description.get("extra", {}).get("input") or {})
     return model
 
@@ -267,10 +276,13 @@ def load(
     if not meta_file.is_file() or not weights.is_file():
         raise LeanconvError(f"{str(path)!r} holds no model.json and model.safetensors")
     description = _read_description(meta_file)
+    # every replacement is built (on meta) before any base is: a description that does not
+    # build fails before a trusted factory is imported
+    replacements = {name: build(d, f"replaced[{name!r}]")
+                    for name, d in description.get("replaced", {}).items()}  # fmt: skip
     model = _base_model(description, path, factory, trust_code)
     if model is None:
-        return _load_program(path, description, device)
-    replacements = {name: build(d) for name, d in description.get("replaced", {}).items()}
+        return _load_program(path, description, device, _read_weights(weights, device))
     try:
         model = replace_modules(model, replacements, inplace=True)
     except LeanconvError as exc:
