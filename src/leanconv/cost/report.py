@@ -121,20 +121,9 @@ class CostReport:
         rows = []
         for key, rs in merged.items():
             kinds = sorted({r.kind for r in rs})
-            rows.append(
-                LayerCost(
-                    name=key,
-                    kind=kinds[0] if len(kinds) == 1 else "block",
-                    input_shape=rs[0].input_shape,
-                    output_shape=rs[-1].output_shape,
-                    params=sum(r.params for r in rs),
-                    macs=sum(r.macs for r in rs),
-                    flops=sum(r.flops for r in rs),
-                    bytes=sum(r.bytes for r in rs),
-                    counted=all(r.counted for r in rs),
-                    detail=", ".join(f"{k} x{sum(r.kind == k for r in rs)}" for k in kinds),
-                )
-            )
+            kind = kinds[0] if len(kinds) == 1 else "block"
+            detail = ", ".join(f"{k} x{sum(r.kind == k for r in rs)}" for k in kinds)
+            rows.append(_sum_rows(key, kind, rs, all(r.counted for r in rs), detail))
         return replace(self, rows=rows)
 
     def fold(self, max_rows: int) -> tuple[CostReport, int | None]:
@@ -240,15 +229,14 @@ def _summed(name: str, kind: str, op: str, rs: list[LayerCost]) -> LayerCost:
     n = len(rs)
     ops = Counter(r.detail for r in rs)  # in order of first appearance
     detail = f"{op} x{n}" if op else ", ".join(f"{d} x{c}" for d, c in ops.items())
+    return _sum_rows(name, kind if op else f"{kind} x{n}", rs, not op, detail)
+
+
+def _sum_rows(name: str, kind: str, rs: list[LayerCost], counted: bool, detail: str) -> LayerCost:
+    """One row standing for ``rs``: their sums, the first's input and the last's output."""
     return LayerCost(
-        name=name,
-        kind=kind if op else f"{kind} x{n}",
-        input_shape=rs[0].input_shape,
-        output_shape=rs[-1].output_shape,
-        params=sum(r.params for r in rs),
-        macs=sum(r.macs for r in rs),
-        flops=sum(r.flops for r in rs),
-        bytes=sum(r.bytes for r in rs),
-        counted=not op,
+        name=name, kind=kind, input_shape=rs[0].input_shape, output_shape=rs[-1].output_shape,
+        params=sum(r.params for r in rs), macs=sum(r.macs for r in rs),
+        flops=sum(r.flops for r in rs), bytes=sum(r.bytes for r in rs), counted=counted,
         detail=detail,
-    )
+    )  # fmt: skip
