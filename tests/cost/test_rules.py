@@ -131,6 +131,8 @@ def _dev(x):
 
 
 SPECIAL = {
+    # a Device made from a string (traced models that create tensors on a fixed device)
+    "device": lambda x: (aten.device("cpu"), a(x))[1],
     # views
     "view": lambda x: aten.view(a(x), [6, 4]),
     "reshape": lambda x: aten.reshape(a(x), [6, 4]),

@@ -475,7 +475,7 @@ FREE: frozenset[str] = frozenset({
     "sym_size", "sym_stride", "sym_numel", "sym_storage_offset", "size", "stride", "numel", "dim",
     "is_same_size", "_has_compatible_shallow_copy_type", "is_nonzero", "is_contiguous", "item",
     "_local_scalar_dense", "set_", "resize_", "resize_as_", "_resize_output_", "result_type",
-    "_shape_as_tensor",
+    "_shape_as_tensor", "device",
     # asserts and symbolic shapes
     "_assert_async", "_assert_tensor_metadata", "_functional_assert_async", "_assert_scalar",
     "_functional_assert_scalar", "sym_constrain_range", "sym_constrain_range_for_size",
