@@ -28,7 +28,8 @@ def test_rows_of_one_module_and_kind_are_summed():
     by_name = {(r.name, r.kind) for r in folded.rows}
     assert ("cell", "linear x150") in by_name and ("", "activation x150") in by_name
     uncounted = sorted(r.detail for r in folded.uncounted)
-    assert uncounted == ["special_bessel_j0", "special_bessel_y0"]  # unknown ops stay apart, by name
+    # unknown ops stay apart, by name
+    assert uncounted == ["special_bessel_j0", "special_bessel_y0"]
     assert len(folded.rows) < 10
 
 
