@@ -110,7 +110,7 @@ def test_early_stopping():
 def test_class_mismatch_and_bad_config(tmp_path):
     with pytest.raises(LeanconvError, match="3 classes"):
         finetune(tiny_model(classes=5), tiny_data(), None, FinetuneConfig(progress=False), log=None)
-    with pytest.raises(ValueError, match="epochs=0"):
+    with pytest.raises(ValueError, match="--epochs 0: must be at least 1"):
         FinetuneConfig(epochs=0)
     with pytest.raises(LeanconvError, match="no checkpoint"):
         finetune(tiny_model(), tiny_data(), None,

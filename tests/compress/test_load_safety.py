@@ -74,13 +74,18 @@ def test_a_recorded_factory_never_runs_untrusted(saved, tmp_path, monkeypatch):
     marker = tmp_path / "marker"
     (tmp_path / "evil.py").write_text(EVIL.format(marker=str(marker)))
     for target in (path, bare):
-        _edit(target, lambda m: m["base"].update(factory=f"{tmp_path / 'evil.py'}:build"))
+        _edit(target, lambda m: m["base"].update(factory="../evil.py:build"))
     leanconv.load(path)  # the program serves; the factory is not touched
     with pytest.raises(LeanconvError, match="trust_code=True"):
         leanconv.load(bare)
     # trusted, but the file is not the one saved: refused before importing
-    with pytest.raises(LeanconvError, match="relative|not there|changed"):
+    with pytest.raises(LeanconvError, match="changed since the model was saved"):
         leanconv.load(bare, trust_code=True)
+    # an absolute path is not a path relative to the model directory: refused as it is read
+    _edit(bare, lambda m: m["base"].update(factory=f"{tmp_path / 'evil.py'}:build"))
+    for trust in (False, True):
+        with pytest.raises(ModelFileError, match="relative to the model directory"):
+            leanconv.load(bare, trust_code=trust)
     # a relative name is looked for beside model.json, never in the current directory
     monkeypatch.chdir(tmp_path)
     (tmp_path / "models.py").write_text(EVIL.format(marker=str(marker)))

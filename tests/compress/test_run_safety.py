@@ -103,3 +103,20 @@ def test_resume_without_an_interrupted_run(tmp_path, factory):  # noqa: F811
     with pytest.raises(LeanconvError, match="no interrupted run"):
         compress(_model(factory), tiny_data(n=64), _config(), tmp_path / "out", {}, resume=True,
                  log=None)  # fmt: skip
+
+
+def test_a_lock_path_that_is_a_directory_is_named(tmp_path):
+    out = tmp_path / "out"
+    lock_path(out).mkdir()
+    for attempt in (lambda: RunLock(out).acquire(), lambda: RunLock.probe(out)):
+        with pytest.raises(LeanconvError, match=r"out\.lock' \(the lock of --out\) is a directory"):
+            attempt()
+
+
+def test_batches_beyond_the_cap_are_refused_before_any_work():
+    from leanconv.compress.pipeline import MAX_BATCH, CompressConfig
+
+    with pytest.raises(ValueError, match=f"--batch {MAX_BATCH + 1}: at most {MAX_BATCH}"):
+        CompressConfig(plan_batch=MAX_BATCH + 1)
+    with pytest.raises(ValueError, match="batch sizes from 1"):
+        CompressConfig(batch_sizes=(1, 10**8))

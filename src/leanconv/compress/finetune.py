@@ -85,22 +85,28 @@ class FinetuneConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        """Each setting checked, named as the command line spells it (and as the field is)."""
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"finetune: {name}={getattr(self, name)} must be at least 1")
-        if self.lr <= 0:
-            raise ValueError(f"finetune: lr={self.lr} must be positive")
+                raise ValueError(f"{_flag(name)} {getattr(self, name)}: must be at least 1")
+        for name in ("lr", "temperature"):
+            value = getattr(self, name)
+            if not (value > 0 and math.isfinite(value)):
+                raise ValueError(f"{_flag(name)} {value}: must be a positive number")
         if not 0 <= self.alpha <= 1:
-            raise ValueError(f"finetune: alpha={self.alpha} must be in [0, 1]")
-        if self.temperature <= 0:
-            raise ValueError(f"finetune: temperature={self.temperature} must be positive")
+            raise ValueError(f"alpha={self.alpha}: must be in [0, 1]")
         if not 0 <= self.validation < 1:
-            raise ValueError(f"finetune: validation={self.validation} must be in [0, 1)")
+            raise ValueError(f"--validation {self.validation}: a fraction in [0, 1)")
         if self.patience is not None and self.validation == 0:
             raise ValueError(
-                "finetune: patience (early stopping) needs a validation split: set validation, "
+                "--patience (early stopping) needs a validation split: set --validation, "
                 "for example 0.1 (the test split is never used for choices)"
             )
+
+
+def _flag(field_name: str) -> str:
+    """How the command line names a fine-tuning setting (``lr`` -> ``--lr``)."""
+    return {"batch_size": "batch_size="}.get(field_name, "--" + field_name.replace("_", "-"))
 
 
 @dataclass

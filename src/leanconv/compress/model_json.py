@@ -236,6 +236,10 @@ def _check_base(base, names: list[str]) -> None:
         and (_FILE_FACTORY.match(factory) or _MODULE_FACTORY.match(factory))
     ):
         _fail("base.factory", f"{factory!r} is not file.py:function or package.module:function")
+    if factory is not None and factory.rsplit(":", 1)[0].endswith(".py"):
+        file = factory.rsplit(":", 1)[0]
+        if file.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", file):
+            _fail("base.factory", f"{factory!r} must be a path relative to the model directory")
     sha = base.get("sha256")
     if sha is not None and not (isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha)):
         _fail("base.sha256", "must be 64 hexadecimal digits")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -39,6 +40,10 @@ from .measure import ModelFigures, in_format, measure_formats, static_figures
 from .plan import Candidate, Plan, allocate, build_candidates
 from .run_lock import RunLock, publish
 from .verify import LayerOutcome, SurgeryReport, decompose_model
+
+#: The largest planning or measuring batch: beyond it one candidate's input alone would need
+#: gigabytes (a ResNet stem at 224x224 holds 12.8 MB of activations per image).
+MAX_BATCH = 4096
 
 
 @dataclass
@@ -74,7 +79,7 @@ class CompressConfig:
     def validate(self) -> None:
         """Raise ``ValueError`` naming the setting (as the command line spells it) that cannot
         work, before any work is done."""
-        if self.speedup is not None and not self.speedup > 0:
+        if self.speedup is not None and not (self.speedup > 0 and math.isfinite(self.speedup)):
             raise ValueError(f"--speedup {self.speedup:g}: must be a positive factor, e.g. 2")
         if self.macs_ratio is not None and not 0 < self.macs_ratio < 1:
             raise ValueError(
@@ -88,8 +93,11 @@ class CompressConfig:
                                    ("--repeats", self.repeats, 1)):  # fmt: skip
             if value < least:
                 raise ValueError(f"{name} {value}: must be at least {least}")
-        if any(b < 1 for b in self.batch_sizes) or not self.batch_sizes:
-            raise ValueError(f"batch_sizes={self.batch_sizes}: positive batch sizes")
+        if self.plan_batch > MAX_BATCH:
+            raise ValueError(f"--batch {self.plan_batch}: at most {MAX_BATCH} (planning times "
+                             "every candidate at this batch)")  # fmt: skip
+        if not self.batch_sizes or any(not 1 <= b <= MAX_BATCH for b in self.batch_sizes):
+            raise ValueError(f"batch_sizes={self.batch_sizes}: batch sizes from 1 to {MAX_BATCH}")
         self.methods = tuple(canonical_method(m, "--methods") for m in self.methods)
         unknown = [a for a in self.algorithms if a not in ALGORITHMS]
         if unknown:

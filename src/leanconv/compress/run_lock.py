@@ -59,6 +59,8 @@ class RunLock:
 
     def acquire(self) -> RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.is_dir():
+            raise LeanconvError(f"{str(self.path)!r} (the lock of --out) is a directory: remove it")
         for _ in range(5):
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
@@ -97,6 +99,8 @@ class RunLock:
         """Raise :class:`RunningError` if a live run holds the lock of ``out_dir``; change
         nothing otherwise (no directory made, no stale lock taken over or removed)."""
         path = lock_path(Path(out_dir))
+        if path.is_dir():
+            raise LeanconvError(f"{str(path)!r} (the lock of --out) is a directory: remove it")
         try:
             fd = os.open(path, os.O_RDWR)
         except (FileNotFoundError, NotADirectoryError):

@@ -220,15 +220,20 @@ def _load_program(path: Path, description: dict, device, state: dict) -> nn.Modu
 
 
 def _read_weights(weights: Path, device) -> dict[str, torch.Tensor]:
+    """The tensors of ``model.safetensors``, every one finite."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     try:
-        return load_file(str(weights), device=str(device))
+        state = load_file(str(weights), device=str(device))
     except (SafetensorError, OSError, ValueError) as exc:
         raise LeanconvError(
             f"{str(weights)!r} cannot be read (truncated or not a safetensors file): {exc}"
         ) from None
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise LeanconvError(f"{str(weights)!r} holds NaN or infinite values in {bad[:3]}")
+    return state
 
 
 def _check_shapes(model: nn.Module, state: dict[str, torch.Tensor], weights: Path) -> None:
@@ -291,9 +296,6 @@ def load(
     _check_shapes(model, state, weights)
     model = model.to_empty(device=device)
     model.load_state_dict(state, strict=True)
-    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
-        raise LeanconvError(f"{str(weights)!r} holds NaN or infinite values in {bad[:3]}")
     layout = description.get("memory_format", "contiguous")
     chosen = description.get("algorithms") or {}
     if algorithms and chosen:
