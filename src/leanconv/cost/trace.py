@@ -19,6 +19,7 @@ from contextlib import contextmanager
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..errors import ForwardError, InputShapeError, LeanconvError
@@ -101,6 +102,41 @@ class _Tracker:
             if id(module) in self.names:
                 return self.names[id(module)]
         return ""
+
+
+def _composite_functions() -> dict:
+    """Python functions that reach the dispatcher only as pieces that hide their MACs (composite
+    ATen ops: ``linalg_vecdot`` arrives as ``mul`` + ``sum``), counted whole by the rule of their
+    ATen op instead."""
+    aten = torch.ops.aten
+    return {torch.linalg.vecdot: aten.linalg_vecdot.default}
+
+
+class _CompositeMode(TorchFunctionMode):
+    """Counts the functions of :func:`_composite_functions` whole (their pieces are not counted
+    again), attributed like every other row."""
+
+    def __init__(self, tracker: _Tracker, convention: Convention, rows: list[LayerCost]):
+        super().__init__()
+        self.tracker, self.convention, self.rows = tracker, convention, rows
+        self.functions = _composite_functions()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        op = self.functions.get(func)
+        if op is None or self.tracker.opaque_depth:
+            return func(*args, **kwargs)
+        self.tracker.opaque_depth += 1
+        try:
+            out = func(*args, **kwargs)
+        finally:
+            self.tracker.opaque_depth -= 1
+        kind, cost = rule_for(op)(args, kwargs, out, self.convention)
+        self.rows.append(
+            LayerCost(self.tracker.current(), kind, first_shape(args), cost.output_shape, 0,
+                      cost.macs, cost.flops, cost.bytes, detail=op.overloadpacket.__name__)
+        )  # fmt: skip
+        return out
 
 
 class _CountingMode(TorchDispatchMode):
@@ -333,7 +369,8 @@ def _run(model, args, kwargs, convention, name, context, method: str) -> CostRep
     model.eval()
     try:
         counting = _CountingMode(tracker, convention, rows)
-        with context, tracker.hooks(on_opaque_exit), torch.no_grad(), counting:
+        composites = _CompositeMode(tracker, convention, rows)
+        with context, tracker.hooks(on_opaque_exit), torch.no_grad(), counting, composites:
             model(*args, **kwargs)
     except LeanconvError:
         raise
