@@ -1,4 +1,4 @@
-"""A train/test pair with what a model needs to know about it, and the ``--data SPEC`` parser.
+"""A train/test pair with what a model needs to know about it.
 
 ``train`` and ``test`` are any sources :mod:`.batches` reads: the built-in data are
 ``TensorDataset``s, a user's are their own ``DataLoader``s, datasets or lists of batches.
@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from .batches import DataError, first_inputs, holdout, num_samples
 
-__all__ = ["DataBundle", "DataError", "load_data"]
+__all__ = ["DataBundle", "DataError"]
 
 
 @dataclass
@@ -75,25 +75,6 @@ class DataBundle:
         counts = f"{sizes[0]} train / {sizes[1]} test images, " if None not in sizes else ""
         classes = f"{self.num_classes} classes, " if self.num_classes else ""
         return f"{self.name}: {counts}{classes}{'x'.join(map(str, self.input_shape))}"
-
-
-def load_data(spec: str, size: int | None = None, seed: int = 0, **preprocessing) -> DataBundle:
-    """``digits`` (built in, at ``size`` x ``size``, 32 by default), ``folder:PATH`` (one
-    sub-folder per class, optional train/ and test/ splits; ``size`` and ``preprocessing`` as
-    :func:`leanconv.data.folders.image_folder` takes them), ``cifar10:PATH`` or ``cifar100:PATH``
-    (python-format batches)."""
-    from .cifar import cifar
-    from .digits import digits
-    from .folders import image_folder
-
-    kind, _, path = spec.partition(":")
-    if kind == "digits" and not path:
-        return digits(size=size or 32, seed=seed)
-    if kind == "folder" and path:
-        return image_folder(path, size, seed=seed, **preprocessing)
-    if kind in ("cifar10", "cifar100") and path:
-        return cifar(path, classes=int(kind[5:]))
-    raise DataError(f"--data {spec!r} is not digits, folder:PATH, cifar10:PATH or cifar100:PATH")
 
 
 def _labels(source) -> list[int] | None:
