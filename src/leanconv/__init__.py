@@ -1,10 +1,10 @@
 """leanconv: exact convolution costs, fast convolution algorithms, compression of trained CNNs."""
 
 from . import algorithms, compress, decompose, errors, nn, zoo
-from .algorithms.tuner import accelerate
 from .compress.serialize import load, save
 from .cost import Convention, CostReport, conv_cost, count
 from .cost.whatif import whatif
+from .selection.tuner import accelerate
 from .spec import ConvSpec
 
 __version__ = "0.1.0"

@@ -8,11 +8,11 @@ import torch
 import typer
 from rich.table import Table
 
-from ..algorithms.benchmark import benchmark_conv
 from ..bench.timing import threads as fixed_threads
 from ..cost import parse_shape
 from ..errors import InputShapeError
 from ..loading import load_model
+from ..selection.benchmark import benchmark_conv
 from .common import console, handle_errors
 
 

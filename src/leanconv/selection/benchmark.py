@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..algorithms import conv2d
 from ..bench.timing import compare
 from ..errors import InvalidSpecError
-from . import conv2d
 
 VARIANTS: tuple[tuple[str, str, object], ...] = (
     ("direct", "direct", None),
