@@ -2,12 +2,10 @@
 factor containers (:mod:`.factors`); the layers that run them live in :mod:`leanconv.nn`.
 
 The package is also callable: ``leanconv.decompose(module, method=..., rank=...)`` returns a
-drop-in replacement for one layer (see :func:`leanconv.compress.replace.decompose`); the layer
-itself is left untouched.
+drop-in replacement for one layer (see :func:`leanconv.compress.replace.decompose`; the call is
+attached in ``leanconv/__init__.py``, which stands above both packages); the layer itself is left
+untouched.
 """
-
-import sys
-import types
 
 from ..errors import (
     DecompositionError,
@@ -75,13 +73,3 @@ __all__ = [
     "vbmf",
     "vbmf_rank",
 ]
-
-
-class _CallablePackage(types.ModuleType):
-    def __call__(self, module, method: str = "tucker2", rank="auto", **kwargs):
-        from ..compress.replace import decompose
-
-        return decompose(module, method, rank, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallablePackage
