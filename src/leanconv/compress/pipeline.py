@@ -34,10 +34,11 @@ from .algorithms import ALGORITHMS
 from .artefacts import write_artefacts
 from .closed_loop import plan_for_speedup
 from .deploy import Deployment
-from .evaluate import Metric, check_outputs, resolve_metric
+from .evaluate import check_outputs, resolve_metric
 from .finetune import FinetuneConfig, finetune
 from .measure import ModelFigures, in_format, measure_formats, static_figures
 from .plan import Candidate, Plan, allocate, build_candidates
+from .plausibility import check_plausible
 from .run_lock import RunLock, publish
 from .verify import LayerOutcome, SurgeryReport, decompose_model
 
@@ -188,62 +189,6 @@ class CompressResult:
         return out
 
 
-class ImplausibleModelError(LeanconvError, ValueError):
-    """The original model scores so low on the data that its inputs or weights are wrong."""
-
-
-def plausibility_threshold(chance: float) -> float:
-    """The score a classifier must beat: twice chance, or halfway from chance to 100 % when
-    twice chance would be more (fewer than four classes)."""
-    return min(2 * chance, (chance + 100) / 2)
-
-
-def check_plausible(before: ModelFigures, metric: Metric, data: DataBundle, example: torch.Tensor,
-                    min_metric: float | None) -> None:  # fmt: skip
-    """Stop before any planning when the original scores below ``min_metric`` or, without it,
-    near chance (:func:`plausibility_threshold`), naming the likely causes with the numbers."""
-    chance = metric.chance(data.num_classes)
-    if min_metric is not None:
-        if before.metric >= min_metric:
-            return
-        why = f"below --min-metric {min_metric:g}"
-    elif chance is not None and before.metric < plausibility_threshold(chance):
-        why = f"near chance ({chance:.2f}% for {data.num_classes} classes)"
-    else:
-        return
-    x = example.double()
-    dims = [d for d in range(x.dim()) if d != 1] if x.dim() > 1 else [0]
-    mean, std = x.mean(dims).tolist(), x.std(dims).tolist()
-    prep = data.preprocessing
-    made = ", ".join(f"{k} {v}" for k, v in prep.items() if k not in ("data", "classes") and v)
-    lines = [
-        f"the original model scores {before.metric:.2f}{metric.unit} {metric.name} on the test "
-        f"data, {why}: its inputs are probably not prepared as in its training, or the weights "
-        "are not its trained ones. Likely causes:",
-        f"  input size: the model gets {'x'.join(map(str, example.shape[1:]))} "
-        f"({example.dtype}); was it trained at another size?",
-        "  normalisation: the inputs have per-channel mean "
-        + ", ".join(f"{v:.3f}" for v in mean[:4]) + " and std "
-        + ", ".join(f"{v:.3f}" for v in std[:4])
-        + (f" ({made})" if made else "")
-        + "; ImageNet-normalised inputs have mean ~0 and std ~1, raw pixels 0..1 mean ~0.45",
-    ]  # fmt: skip
-    if prep.get("classes"):
-        names = prep["classes"]
-        lines.append(
-            "  class order: class i is the i-th folder in sorted order ("
-            + ", ".join(f"{i}={n}" for i, n in enumerate(names[:6]))
-            + (", ..." if len(names) > 6 else "")
-            + ")"
-        )
-    lines.append("  weights: are they the trained ones (--weights)?")
-    lines.append(
-        "Give --input-size, --resize/--crop, --normalize or --mean/--std as in training; "
-        "--min-metric sets the score to reach (0 skips this check)."
-    )
-    raise ImplausibleModelError("\n".join(lines))
-
-
 def staging_of(out_dir: Path) -> Path:
     return out_dir.with_name(out_dir.name + ".partial")
 
@@ -372,47 +317,82 @@ def compress(
         return _compress(model, data, config, out_dir, base, force, resume, say, notes or [])
 
 
+@dataclass
+class _Run:
+    """What the stages of one run share."""
+
+    data: DataBundle
+    config: CompressConfig
+    metric: object
+    original: nn.Module
+    calibration: torch.Tensor  # training inputs the sensitivities and the surgery use
+    example: torch.Tensor  # test inputs the latencies are measured on
+    staging: Path | None
+    say: object
+
+
 def _compress(model, data, config, out_dir, base, force, resume, say, notes) -> CompressResult:
+    """The stages in order: measure, plan, decompose, fine-tune, measure again, write."""
     t_start = time.perf_counter()
     metric = resolve_metric(config.metric)
     if out_dir is not None:
         _check_out(out_dir, force, resume)
     check_outputs(model, data.test, metric, data.num_classes)
-    original = copy.deepcopy(model).eval()
     torch.manual_seed(config.seed)
-    calibration = first_inputs(data.train, config.calibration, where="training data")
-    example = first_inputs(data.test, max(config.batch_sizes), where="test data")
-
-    say("[1/6] measuring the original model")
-    before = static_figures(original, data.test, example, metric)
-    say(f"      {metric.name} {before.metric:.2f}{metric.unit}, {before.params:,} params, "
-        f"{before.macs / 1e6:.1f} MMACs per sample")  # fmt: skip
-    check_plausible(before, metric, data, example, config.min_metric)
-    staging = None
+    run = _Run(data, config, metric, copy.deepcopy(model).eval(),
+               first_inputs(data.train, config.calibration, where="training data"),
+               first_inputs(data.test, max(config.batch_sizes), where="test data"), None,
+               say)  # fmt: skip
+    before = _measure_original(run)
     if out_dir is not None:
-        staging = _staging(
-            out_dir, resume, run_record.record(config, model, data, (calibration, example))
-        )
+        record = run_record.record(config, model, data, (run.calibration, run.example))
+        run.staging = _staging(out_dir, resume, record)
+    plan = _plan_stage(run, before)
+    compressed, surgery = _surgery_stage(run, plan)
+    history = _finetune_stage(run, compressed)
+    result, deployed = _measure_stage(run, before, plan, surgery, history, compressed, notes)
+    if out_dir is not None:
+        _write_stage(run, result, deployed, base, out_dir, force, t_start)
+    result.seconds = time.perf_counter() - t_start
+    return result
 
-    plan_file = staging / "plan.json" if staging is not None else None
+
+def _measure_original(run: _Run) -> ModelFigures:
+    run.say("[1/6] measuring the original model")
+    before = static_figures(run.original, run.data.test, run.example, run.metric)
+    run.say(f"      {run.metric.name} {before.metric:.2f}{run.metric.unit}, {before.params:,} "
+            f"params, {before.macs / 1e6:.1f} MMACs per sample")  # fmt: skip
+    check_plausible(before, run.metric, run.data, run.example, run.config.min_metric)
+    return before
+
+
+def _plan_stage(run: _Run, before: ModelFigures) -> Plan:
+    """A new plan, or the one an interrupted run had made."""
+    plan_file = run.staging / "plan.json" if run.staging is not None else None
     if plan_file is not None and plan_file.exists():  # a resumed run: its plan, not a new one
         plan = _plan_from_json(json.loads(plan_file.read_text()))
-        say(f"[2/6] plan read back from {plan_file}")
+        run.say(f"[2/6] plan read back from {plan_file}")
     else:
-        plan = _make_plan(original, data, config, metric, calibration, before.macs, say, staging)
+        plan = _make_plan(run.original, run.data, run.config, run.metric, run.calibration,
+                          before.macs, run.say, run.staging)  # fmt: skip
         if plan_file is not None:
             write_text_atomic(plan_file, json.dumps(plan.as_dict()), force=True)
-    say(f"      {plan.target}: predicted {plan.predicted_speedup:.2f}x, "
-        f"{len(plan.rewrites())} of {len(plan.choices)} layers rewritten"
-        + ("" if plan.met else " (target not reachable: best plan found)"))  # fmt: skip
+    run.say(f"      {plan.target}: predicted {plan.predicted_speedup:.2f}x, "
+            f"{len(plan.rewrites())} of {len(plan.choices)} layers rewritten"
+            + ("" if plan.met else " (target not reachable: best plan found)"))  # fmt: skip
+    return plan
 
-    say("[3/6] decomposing and verifying each layer")
+
+def _surgery_stage(run: _Run, plan: Plan) -> tuple[nn.Module, SurgeryReport]:
+    """Decompose and verify each planned layer; a resumed run replaces exactly what it did."""
+    run.say("[3/6] decomposing and verifying each layer")
     rewrites = plan.rewrites()
+    staging = run.staging
     decided = run_record.read(staging, run_record.SURGERY_FILE) if staging is not None else None
-    if decided is not None:  # a resumed run replaces exactly what it replaced before
+    if decided is not None:
         rewrites = {n: r for n, r in rewrites.items() if n in decided["replaced"]}
-    compressed, surgery = decompose_model(original, rewrites, calibration,
-                                          max_error=config.max_layer_error)  # fmt: skip
+    compressed, surgery = decompose_model(run.original, rewrites, run.calibration,
+                                          max_error=run.config.max_layer_error)  # fmt: skip
     if decided is not None:
         surgery.layers = [o for o in surgery.layers if o.name in decided["replaced"]] + [
             LayerOutcome(**o) for o in decided["outcomes"] if o["name"] not in decided["replaced"]
@@ -423,72 +403,85 @@ def _compress(model, data, config, out_dir, base, force, resume, say, notes) -> 
         run_record.write(staging, run_record.SURGERY_FILE, decisions)
     for o in surgery.layers:
         if o.status != "replaced":
-            say(f"      {o.name}: {o.status} ({o.reason})")
-    say(f"      model output error before fine-tuning: {surgery.model_output_error:.3f}")
+            run.say(f"      {o.name}: {o.status} ({o.reason})")
+    run.say(f"      model output error before fine-tuning: {surgery.model_output_error:.3f}")
+    return compressed, surgery
 
-    say(f"[4/6] fine-tuning with distillation ({config.finetune.epochs} epochs)")
+
+def _finetune_stage(run: _Run, compressed: nn.Module):
+    config = run.config
+    run.say(f"[4/6] fine-tuning with distillation ({config.finetune.epochs} epochs)")
     ft_cfg = copy.copy(config.finetune)
-    ft_cfg.checkpoint = staging / "checkpoint.pt" if staging is not None else None
+    ft_cfg.checkpoint = run.staging / "checkpoint.pt" if run.staging is not None else None
     ft_cfg.resume = ft_cfg.checkpoint is not None and ft_cfg.checkpoint.exists()
-    history = finetune(compressed, data, original, ft_cfg, log=lambda m: say("      " + m),
-                       metric=metric, loss=config.loss)  # fmt: skip
+    return finetune(compressed, run.data, run.original, ft_cfg,
+                    log=lambda m: run.say("      " + m), metric=run.metric,
+                    loss=config.loss)  # fmt: skip
 
-    say("[5/6] measuring before and after in one harness")
+
+def _measure_stage(run: _Run, before, plan, surgery, history, compressed, notes):
+    """Deploy (fold, algorithms, fuse), then measure before and after in one harness; returns
+    the result and the deployment (what is saved)."""
+    run.say("[5/6] measuring before and after in one harness")
     # `fast` runs the algorithms (the same function up to rounding, so trained in plain form)
-    # with the activations fused; `deploy` (folded, plain layers) is what is saved
-    dep = config.deployment
+    # with the activations fused; `deployed.folded` (plain layers) is what is saved
+    dep, metric = run.config.deployment, run.metric
     deployed = dep.deploy(compressed, plan.algorithms())
-    fast, deploy, folded, algorithms = (deployed.model, deployed.folded, deployed.folded_norms,
-                                        deployed.algorithms)  # fmt: skip
     if dep.fuse:
-        say(f"      {len(deployed.fused)} ReLUs fused into the convolutions before them, "
-            "convolutions packed for oneDNN")  # fmt: skip
-    if algorithms:
-        say(f"      {len(algorithms)} layers run by Winograd: "
-            + ", ".join(f"{n} ({a})" for n, a in algorithms.items()))  # fmt: skip
-    after = static_figures(fast, data.test, example, metric)
+        run.say(f"      {len(deployed.fused)} ReLUs fused into the convolutions before them, "
+                "convolutions packed for oneDNN")  # fmt: skip
+    if deployed.algorithms:
+        run.say(f"      {len(deployed.algorithms)} layers run by Winograd: "
+                + ", ".join(f"{n} ({a})" for n, a in deployed.algorithms.items()))  # fmt: skip
+    after = static_figures(deployed.model, run.data.test, run.example, metric)
     baseline = ModelFigures(before.metric, before.params, before.macs, metric_name=metric.name)
-    # all in both memory formats, interleaved; each keeps its faster format
-    # on real test images, as the closed loop times plans on real training images
-    shape = tuple(example.shape[1:])
-    measure_formats({"before": original, "after": fast, "baseline": dep.apply(original)},
-                    {"before": before, "after": after, "baseline": baseline}, shape,
-                    config.batch_sizes, config.repeats, example)  # fmt: skip
+    # all in both memory formats, interleaved; each keeps its faster format, on real test
+    # images, as the closed loop times plans on real training images
+    shape = tuple(run.example.shape[1:])
+    measure_formats(
+        {"before": run.original, "after": deployed.model, "baseline": dep.apply(run.original)},
+        {"before": before, "after": after, "baseline": baseline}, shape,
+        run.config.batch_sizes, run.config.repeats, run.example,
+    )  # fmt: skip
     memory_format = after.best_format()
-    say(f"      deployed in {memory_format} layout (before: fastest in {before.best_format()})")
-    deploy = in_format(deploy, memory_format)
+    run.say(f"      deployed in {memory_format} layout (before: fastest in "
+            f"{before.best_format()})")  # fmt: skip
     measured_with = {"threads": torch.get_num_threads(), "allocator": allocator.describe()}
-    expected = {"shape": list(shape), "dtype": str(example.dtype).removeprefix("torch."),
-                **{k: v for k, v in data.preprocessing.items() if k != "data"}}  # fmt: skip
-    described = {"name": data.name, "input": expected}
+    expected = {"shape": list(shape), "dtype": str(run.example.dtype).removeprefix("torch."),
+                **{k: v for k, v in run.data.preprocessing.items() if k != "data"}}  # fmt: skip
     result = CompressResult(before, after, plan, surgery, [r.__dict__ for r in history.history],
-                            folded, baseline, deployed.fused, notes=[*notes, *plan.notes],
-                            measured_with=measured_with, data=described,
-                            model=in_format(fast, memory_format))  # fmt: skip
-    if config.max_drop is not None and result.metric_drop > config.max_drop:
+                            deployed.folded_norms, baseline, deployed.fused,
+                            notes=[*notes, *plan.notes], measured_with=measured_with,
+                            data={"name": run.data.name, "input": expected},
+                            model=in_format(deployed.model, memory_format))  # fmt: skip
+    if run.config.max_drop is not None and result.metric_drop > run.config.max_drop:
         result.notes.append(
             f"{metric.name} dropped {result.metric_drop:.2f} points, more than --max-drop "
-            f"{config.max_drop}: use a smaller --speedup or more fine-tuning epochs"
+            f"{run.config.max_drop}: use a smaller --speedup or more fine-tuning epochs"
         )
     _slower_notes(result)
-    if out_dir is None:
-        result.seconds = time.perf_counter() - t_start
-        return result
+    return result, deployed
 
-    say("[6/6] writing the report, the model (safetensors + JSON) and ONNX")
-    replaced: dict[str, nn.Module] = {n: deploy.get_submodule(n) for n in surgery.replaced}
+
+def _write_stage(run: _Run, result, deployed, base, out_dir: Path, force: bool, t_start) -> None:
+    """The saved model (its faster layout), report, plots and ONNX, then the staging directory
+    renamed into place."""
+    run.say("[6/6] writing the report, the model (safetensors + JSON) and ONNX")
+    staging, memory_format = run.staging, result.after.best_format()
+    deploy = in_format(deployed.folded, memory_format)
+    replaced = {n: deploy.get_submodule(n) for n in result.surgery.replaced}
     # a folded conv gained a bias: describe it too, unless in a chain
     for conv in deployed.folded_convs:
-        if not any(conv == r or conv.startswith(r + ".") for r in surgery.replaced):
+        if not any(conv == r or conv.startswith(r + ".") for r in result.surgery.replaced):
             replaced[conv] = deploy.get_submodule(conv)
-    replaced.update({n: nn.Identity() for n in folded})
-    extra = {"folded_batchnorm": folded, "data": data.name, "input": expected}
+    replaced.update({n: nn.Identity() for n in deployed.folded_norms})
+    extra = {"folded_batchnorm": deployed.folded_norms, "data": run.data.name,
+             "input": result.data["input"]}  # fmt: skip
     serialize.save(deploy, staging / "model", base or {}, replaced, extra=extra, force=True,
-                   algorithms=algorithms, memory_format=memory_format, fuse=dep.fuse,
-                   example=example[:2])  # fmt: skip
+                   algorithms=deployed.algorithms, memory_format=memory_format,
+                   fuse=run.config.deployment.fuse, example=run.example[:2])  # fmt: skip
     result.seconds = time.perf_counter() - t_start
-    write_artefacts(result, deploy, staging, example[:2], say)
+    write_artefacts(result, deploy, staging, run.example[:2], run.say)
     for leftover in ("checkpoint.pt", run_record.CANDIDATES_FILE):
         (staging / leftover).unlink(missing_ok=True)
     publish(staging, out_dir, force)
-    return result
