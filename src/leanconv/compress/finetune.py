@@ -224,15 +224,7 @@ def finetune(
     if world > 1:
         ids = [device.index] if device.type == "cuda" else None
         train_model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (no_decay if p.dim() <= 1 else decay).append(p)
-    groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+    optimizer = _optimizer(model, cfg)
     steps_per_epoch = source.num_batches(train_set, cfg.batch_size, world)
     warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
     amp = cfg.amp if cfg.amp is not None else device.type == "cuda"
@@ -243,18 +235,7 @@ def finetune(
     start_epoch, lr_scale = 0, 1.0
     ckpt = Path(cfg.checkpoint) if cfg.checkpoint else None
     if cfg.resume:
-        if ckpt is None or not ckpt.exists():
-            raise LeanconvError(f"--resume: no checkpoint at {str(ckpt)!r}")
-        state = _load_checkpoint(ckpt)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        best_state = state["best_model"]
-        start_epoch = int(state["epoch"]) + 1
-        result.history = [EpochRecord(**r) for r in state["history"]]
-        result.best_metric = float(state["best_metric"])
-        result.best_epoch = int(state["best_epoch"])
-        result.resumed_from = start_epoch - 1
-        lr_scale = float(state.get("lr_scale", 1.0))
+        best_state, start_epoch, lr_scale = _restore(ckpt, model, optimizer, result)
         if log and rank == 0:
             log(f"resumed from the checkpoint of epoch {start_epoch} in {ckpt}")
     progress = _Progress(cfg.progress and rank == 0 and sys.stderr.isatty(), steps_per_epoch)
@@ -298,13 +279,7 @@ def finetune(
         val = metric(model, val_set) if val_set is not None else None
         record = EpochRecord(epoch + 1, total_loss / max(1, seen), acc, lr, seconds,
                              seen * world / seconds, val)  # fmt: skip
-        result.history.append(record)
-        if val_set is None:  # no choice to make: the last epoch is kept
-            result.best_metric, result.best_epoch = acc, epoch + 1
-            best_state = model.state_dict()
-        elif result.best_epoch < 0 or val > _best_validation(result):
-            result.best_metric, result.best_epoch = acc, epoch + 1
-            best_state = copy.deepcopy(model.state_dict())
+        best_state = _keep_best(result, record, model, best_state)
         if ckpt is not None and rank == 0:
             _save_atomic(
                 {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -327,6 +302,50 @@ def finetune(
         epoch += 1
     model.load_state_dict(best_state)
     return result
+
+
+def _optimizer(model: nn.Module, cfg: FinetuneConfig) -> torch.optim.Optimizer:
+    """SGD with Nesterov momentum; weight decay on weights, none on biases and norms."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.dim() <= 1 else decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+
+
+def _restore(
+    ckpt: Path | None, model, optimizer, result: FinetuneResult
+) -> tuple[dict, int, float]:
+    """Model, optimiser and history from the checkpoint; returns the best state kept so far, the
+    epoch to start from and the learning-rate scale (lowered by divergences)."""
+    if ckpt is None or not ckpt.exists():
+        raise LeanconvError(f"--resume: no checkpoint at {str(ckpt)!r}")
+    state = _load_checkpoint(ckpt)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    start_epoch = int(state["epoch"]) + 1
+    result.history = [EpochRecord(**r) for r in state["history"]]
+    result.best_metric = float(state["best_metric"])
+    result.best_epoch = int(state["best_epoch"])
+    result.resumed_from = start_epoch - 1
+    return state["best_model"], start_epoch, float(state.get("lr_scale", 1.0))
+
+
+def _keep_best(result: FinetuneResult, record: EpochRecord, model, best_state: dict) -> dict:
+    """Add the epoch to the history; the weights to keep: the last epoch's without a validation
+    split, else those of the best epoch on it."""
+    result.history.append(record)
+    if record.validation_metric is None:  # no choice to make: the last epoch is kept
+        result.best_metric, result.best_epoch = record.metric, record.epoch
+        return model.state_dict()
+    if result.best_epoch < 0 or record.validation_metric > _best_validation(result):
+        result.best_metric, result.best_epoch = record.metric, record.epoch
+        return copy.deepcopy(model.state_dict())
+    return best_state
 
 
 class _Diverged(Exception):
