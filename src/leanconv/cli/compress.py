@@ -147,34 +147,9 @@ def register(app: typer.Typer) -> None:
             seed=seed,
             min_metric=min_metric,
         )
-        prep = {
-            "input_size": _numbers(input_size, "--input-size", (1, 2), int),
-            "resize": resize, "crop": crop, "normalize": normalize,
-            "mean": _numbers(mean, "--mean", (3,)), "std": _numbers(std, "--std", (3,)),
-        }  # fmt: skip
-        if prep["input_size"] and len(prep["input_size"]) == 1:
-            prep["input_size"] = prep["input_size"] * 2
-        given = {k: v for k, v in prep.items() if v is not None}
-        if given and not data.startswith("folder:"):
-            flags = ", ".join("--" + k.replace("_", "-") for k in given)
-            raise ValueError(f"{flags}: preprocessing applies to --data folder:PATH only")
-        if data.startswith("folder:"):
-            given.setdefault("normalize", "none")
-            if workers is not None:
-                given["workers"] = workers
+        given = _preprocessing(data, input_size, resize, crop, normalize, mean, std, workers)
         args = key_values(model_arg, "--model-arg")
-        # a model file (TorchScript, torch.export, a pickle) carries its weights
-        trained = weights is not None or trust_pickle or Path(model).suffix in MODEL_FILES
-        if trained and train_first:
-            raise ValueError("--train-first trains a model that has no weights: drop --weights")
-        if not trained and not train_first:
-            raise ValueError(
-                f"no --weights for {model!r}: compressing an untrained model measures nothing. "
-                "Give the trained weights (--weights FILE), or --train-first to train it on "
-                "--data first"
-            )
-        if train_first and (train_epochs < 1 or not train_lr > 0):
-            raise ValueError("--train-epochs must be at least 1 and --train-lr positive")
+        _check_weights(model, weights, trust_pickle, train_first, train_epochs, train_lr)
         if out.exists() and not force:
             raise OutputExistsError(f"output directory {str(out)!r} exists; pass --force")
         RunLock.probe(out)  # another run on --out: say so now, not after loading
@@ -185,21 +160,58 @@ def register(app: typer.Typer) -> None:
         net, base = load_trainable(model, bundle.num_classes, weights, trust_pickle, width,
                                    model_args=args, log=console.print)  # fmt: skip
         notes = [_train_reference(net, bundle, train_epochs, train_lr, seed)] if train_first else []
-        if macs_ratio is not None:
-            config.speedup = None
         try:
             result = compress(net, bundle, config, out, base, force=force, resume=resume,
                               log=console.print, notes=notes)  # fmt: skip
         except KeyboardInterrupt:
-            if (staging_of(out) / "run.json").exists():
-                console.print(f"interrupted: what was done is kept; rerun with --resume to "
-                              f"continue ({staging_of(out)})")  # fmt: skip
-            else:
-                console.print("interrupted before anything was saved: nothing to resume")
+            _say_interrupted(out)
             raise typer.Exit(130) from None
         console.print(before_after_table(result))
         for note in result.notes:
             console.print(f"[yellow]note:[/] {note}", soft_wrap=True)
+
+
+def _preprocessing(data: str, input_size, resize, crop, normalize, mean, std, workers) -> dict:
+    """The image-folder settings given on the command line (refused for other data)."""
+    prep = {
+        "input_size": _numbers(input_size, "--input-size", (1, 2), int),
+        "resize": resize, "crop": crop, "normalize": normalize,
+        "mean": _numbers(mean, "--mean", (3,)), "std": _numbers(std, "--std", (3,)),
+    }  # fmt: skip
+    if prep["input_size"] and len(prep["input_size"]) == 1:
+        prep["input_size"] = prep["input_size"] * 2
+    given = {k: v for k, v in prep.items() if v is not None}
+    if given and not data.startswith("folder:"):
+        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise ValueError(f"{flags}: preprocessing applies to --data folder:PATH only")
+    if data.startswith("folder:"):
+        given.setdefault("normalize", "none")
+        if workers is not None:
+            given["workers"] = workers
+    return given
+
+
+def _check_weights(model: str, weights, trust_pickle, train_first, epochs, lr) -> None:
+    """Trained weights, or ``--train-first``: one of the two (a model file carries its own)."""
+    trained = weights is not None or trust_pickle or Path(model).suffix in MODEL_FILES
+    if trained and train_first:
+        raise ValueError("--train-first trains a model that has no weights: drop --weights")
+    if not trained and not train_first:
+        raise ValueError(
+            f"no --weights for {model!r}: compressing an untrained model measures nothing. "
+            "Give the trained weights (--weights FILE), or --train-first to train it on "
+            "--data first"
+        )
+    if train_first and (epochs < 1 or not lr > 0):
+        raise ValueError("--train-epochs must be at least 1 and --train-lr positive")
+
+
+def _say_interrupted(out: Path) -> None:
+    if (staging_of(out) / "run.json").exists():
+        console.print(f"interrupted: what was done is kept; rerun with --resume to continue "
+                      f"({staging_of(out)})")  # fmt: skip
+    else:
+        console.print("interrupted before anything was saved: nothing to resume")
 
 
 def _train_reference(net, bundle, epochs: int, lr: float, seed: int) -> str:
