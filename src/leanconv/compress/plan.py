@@ -280,7 +280,6 @@ def build_candidates(
     with torch.no_grad():
         reference = outputs.reference(model(calibration), logits)
     cache = cache_store.load(CACHE_FILE) if use_cache else {}
-    threads = torch.get_num_threads()
     out: dict[str, list[Candidate]] = {}
     originals: dict[str, object] = {}  # each layer's original on its input, timed again below
     for i, name in enumerate(layers):
@@ -295,82 +294,18 @@ def build_candidates(
                 log(f"  planned {i + 1}/{len(layers)} {name}: {len(done[name]) - 1} candidates, "
                     "measured before the interruption")  # fmt: skip
             continue
-        modules: dict[tuple, nn.Module] = {("keep", None, "direct"): layer}
-        errors: dict[tuple, float] = {("keep", None, "direct"): 0.0}
-        for method in methods:
-            seen = set()
-            for ratio in ratios:
-                try:
-                    from ..spec import ConvSpec
-
-                    spec = ConvSpec.from_module(layer, tuple(x.shape), name)
-                    rank = budget_rank(spec, method, ratio)
-                except (LeanconvError, ValueError):
-                    continue
-                if rank in seen:
-                    continue
-                seen.add(rank)
-                try:
-                    d = decompose_layer(layer, method, rank, name=name,
-                                        input_size=tuple(x.shape[2:]))  # fmt: skip
-                except (LeanconvError, ValueError):
-                    continue
-                modules[(d.method, d.rank, "direct")] = d.module.eval().to(memory_format=fmt)
-                errors[(d.method, d.rank, "direct")] = d.weight_error
-        for (method, rank, _), mod in list(modules.items()):
-            for algorithm in algorithms:
-                fast = with_algorithm(mod, algorithm)
-                if fast is not None:
-                    modules[(method, rank, algorithm)] = fast.eval().to(memory_format=fmt)
-                    errors[(method, rank, algorithm)] = errors[(method, rank, "direct")]
-        # latency: measured or cached, interleaved with the original
-        timings: dict[tuple, float] = {}
-        todo = {}
-        for key, mod in modules.items():
-            ck = _latency_key(layer, key, (*xb.shape, *form), threads)
-            if use_cache and ck in cache:
-                timings[key] = cache[ck]
-            else:
-                todo[key] = (ck, deployment.layer(mod))
-        if todo:
-            measured = compare({str(k): (lambda m=m, xb=xb: m(xb)) for k, (_, m) in todo.items()},
-                               warmup=1, repeats=repeats)  # fmt: skip
-            for key, (ck, _) in todo.items():
-                timings[key] = cache[ck] = measured[str(key)].ms
-        keep_form = deployment.layer(layer)
-        originals[name] = lambda m=keep_form, xb=xb: m(xb)
-        cands = []
-        sensitivity: dict[tuple, tuple] = {}
-        for key, mod in modules.items():
-            method, rank, algorithm = key
-            if key == ("keep", None, "direct"):
-                sens, out_err = (0.0, 0.0, None), 0.0
-            else:
-                if algorithm == "direct":
-                    trial = replace_modules(model, {name: mod}, inplace=False)
-                    with torch.no_grad():
-                        sens = _kl_estimate(
-                            outputs.divergence(trial(calibration), reference, logits)
-                        )
-                else:
-                    # an exact algorithm: the sensitivity of the rewrite it computes (its float32
-                    # rounding, ~1e-5 of the output, shows in the output error), so that among
-                    # equally accurate candidates the allocation takes the fastest
-                    sens = sensitivity[(method, rank, "direct")]
-                out_err = output_error(layer, mod, x, name=name)
-            sensitivity[key] = sens
-            # MACs and params per image, as the model totals; a fast algorithm keeps the
-            # conventional count of the convolution it computes
-            c = count(modules[(method, rank, "direct")], x[:1])
-            cands.append(Candidate(name, method, rank, c.total.macs, c.total.params,
-                                   timings[key], sens[0], errors[key], out_err, algorithm,
-                                   sensitivity_se=sens[1], kl_samples=sens[2]))  # fmt: skip
+        modules, errors = _rewrites(layer, name, x, methods, ratios, algorithms, fmt)
+        timings = _latencies(layer, modules, xb, (*xb.shape, *form), cache, use_cache,
+                             repeats, deployment)  # fmt: skip
+        originals[name] = lambda m=deployment.layer(layer), xb=xb: m(xb)
+        cands = _measured(model, name, layer, x, modules, errors, timings, calibration,
+                          reference, logits)  # fmt: skip
         monotone_sensitivity(cands)
         out[name] = cands
         if on_layer is not None:
             on_layer(name, cands)
         if log:
-            keep = timings[("keep", None, "direct")]
+            keep = cands[0].latency_ms
             log(f"  planned {i + 1}/{len(layers)} {name}: {len(cands) - 1} candidates, "
                 f"{base.total.macs / 1e6:.1f} MMACs per sample, {keep:.2f} ms at batch "
                 f"{batch}")  # fmt: skip
@@ -388,6 +323,91 @@ def build_candidates(
     # what no candidate changes, as it will run deployed (batch norms folded, ReLUs fused)
     fixed = max(0.0, timings["deployed"].ms - conv_total)
     return out, fixed, total
+
+
+def _rewrites(layer, name, x, methods, ratios, algorithms, fmt):
+    """The candidate modules of one layer, keyed ``(method, rank, algorithm)``: the layer kept,
+    each method at the rank of each MACs ratio (each rank once), and each of those again run by
+    each fast algorithm that applies; and the weight error of each."""
+    from ..spec import ConvSpec
+
+    keep = ("keep", None, "direct")
+    modules: dict[tuple, nn.Module] = {keep: layer}
+    errors: dict[tuple, float] = {keep: 0.0}
+    for method in methods:
+        seen = set()
+        for ratio in ratios:
+            try:
+                spec = ConvSpec.from_module(layer, tuple(x.shape), name)
+                rank = budget_rank(spec, method, ratio)
+            except (LeanconvError, ValueError):
+                continue
+            if rank in seen:
+                continue
+            seen.add(rank)
+            try:
+                d = decompose_layer(layer, method, rank, name=name, input_size=tuple(x.shape[2:]))
+            except (LeanconvError, ValueError):
+                continue
+            modules[(d.method, d.rank, "direct")] = d.module.eval().to(memory_format=fmt)
+            errors[(d.method, d.rank, "direct")] = d.weight_error
+    for (method, rank, _), mod in list(modules.items()):
+        for algorithm in algorithms:
+            fast = with_algorithm(mod, algorithm)
+            if fast is not None:
+                modules[(method, rank, algorithm)] = fast.eval().to(memory_format=fmt)
+                errors[(method, rank, algorithm)] = errors[(method, rank, "direct")]
+    return modules, errors
+
+
+def _latencies(layer, modules, xb, shape_form, cache, use_cache, repeats, deployment):
+    """Each candidate's latency in its deployment form on ``xb``: from the cache, or measured
+    interleaved with the others (and cached)."""
+    threads = torch.get_num_threads()
+    timings: dict[tuple, float] = {}
+    todo = {}
+    for key, mod in modules.items():
+        ck = _latency_key(layer, key, shape_form, threads)
+        if use_cache and ck in cache:
+            timings[key] = cache[ck]
+        else:
+            todo[key] = (ck, deployment.layer(mod))
+    if todo:
+        measured = compare({str(k): (lambda m=m, xb=xb: m(xb)) for k, (_, m) in todo.items()},
+                           warmup=1, repeats=repeats)  # fmt: skip
+        for key, (ck, _) in todo.items():
+            timings[key] = cache[ck] = measured[str(key)].ms
+    return timings
+
+
+def _measured(model, name, layer, x, modules, errors, timings, calibration, reference, logits):
+    """The :class:`Candidate` of each module: its sensitivity (the whole model's divergence on
+    the calibration inputs with only this layer rewritten), output error, MACs and latency."""
+    cands = []
+    sensitivity: dict[tuple, tuple] = {}
+    for key, mod in modules.items():
+        method, rank, algorithm = key
+        if key == ("keep", None, "direct"):
+            sens, out_err = (0.0, 0.0, None), 0.0
+        else:
+            if algorithm == "direct":
+                trial = replace_modules(model, {name: mod}, inplace=False)
+                with torch.no_grad():
+                    sens = _kl_estimate(outputs.divergence(trial(calibration), reference, logits))
+            else:
+                # an exact algorithm: the sensitivity of the rewrite it computes (its float32
+                # rounding, ~1e-5 of the output, shows in the output error), so that among
+                # equally accurate candidates the allocation takes the fastest
+                sens = sensitivity[(method, rank, "direct")]
+            out_err = output_error(layer, mod, x, name=name)
+        sensitivity[key] = sens
+        # MACs and params per image, as the model totals; a fast algorithm keeps the
+        # conventional count of the convolution it computes
+        c = count(modules[(method, rank, "direct")], x[:1])
+        cands.append(Candidate(name, method, rank, c.total.macs, c.total.params, timings[key],
+                               sens[0], errors[key], out_err, algorithm, sensitivity_se=sens[1],
+                               kl_samples=sens[2]))  # fmt: skip
+    return cands
 
 
 # ---------------------------------------------------------------------- allocation
@@ -523,17 +543,3 @@ def allocate(
         plan.notes.append(f"the target ({target}) cannot be met with these candidates; "
                           "this is the cheapest plan found")  # fmt: skip
     return plan
-
-
-def make_plan(
-    model: nn.Module,
-    calibration: torch.Tensor,
-    speedup: float | None = None,
-    macs_ratio: float | None = None,
-    max_sensitivity: float | None = None,
-    **kwargs,
-) -> Plan:
-    """Candidates (measured) and allocation in one call."""
-    candidates, fixed, total = build_candidates(model, calibration, **kwargs)
-    macs_before = count(model, calibration[:1]).total.macs
-    return allocate(candidates, fixed, total, macs_before, speedup, macs_ratio, max_sensitivity)
