@@ -69,6 +69,9 @@ def test_compress_writes_every_artefact(tmp_path, factory):
         for b in ("1", "8"):
             assert report[side]["latency_ms"][b] == min(by[f][b] for f in by)
     assert report["predicted_speedup"] > 0 and report["speedup"] > 0
+    md = (out / "report.md").read_text()
+    # the tables name the metric (never a layer's name)
+    assert "| test accuracy (%) |" in md and "| epoch | loss | test accuracy (%) | img/s |" in md
     assert report["plan"]["layers"]
     # the original in the same deployment form, measured in the same harness
     assert set(report["baseline"]["latency_ms"]) == {"1", "8"}

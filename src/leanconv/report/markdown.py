@@ -10,7 +10,7 @@ def _ms(d: dict, b: int) -> str:
 def compress_report(result, model_name: str, data_name: str) -> str:
     b, a = result.before, result.after
     batches = sorted(a.latency_ms)
-    name = b.metric_name + (" (%)" if b.metric_name in ("accuracy", "top5") else "")
+    label = b.metric_name + (" (%)" if b.metric_name in ("accuracy", "top5") else "")
     lines = [
         f"# leanconv compress: {model_name} on {data_name}",
         "",
@@ -19,7 +19,7 @@ def compress_report(result, model_name: str, data_name: str) -> str:
         "",
         "| | before | after | ratio |",
         "|---|---:|---:|---:|",
-        f"| test {name} | {b.metric:.2f} | {a.metric:.2f} | {a.metric - b.metric:+.2f} points |",
+        f"| test {label} | {b.metric:.2f} | {a.metric:.2f} | {a.metric - b.metric:+.2f} points |",
         f"| parameters | {b.params:,} | {a.params:,} | {a.params / b.params:.3f} |",
         f"| MACs per image | {b.macs:,} | {a.macs:,} | {a.macs / b.macs:.3f} |",
     ]
@@ -61,6 +61,26 @@ def compress_report(result, model_name: str, data_name: str) -> str:
         "sensitivity | output error | status |",
         "|---|---|---|---|---:|---:|---:|---:|---:|---|",
     ]
+    lines += _plan_rows(result)
+    lines += _search_section(result, label)
+    if result.onnx_max_error is not None:
+        lines.append(f"ONNX Runtime vs PyTorch, max abs difference: {result.onnx_max_error:.2e}.")
+    lines += _finetune_section(result, label)
+    if result.notes:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in result.notes]
+    lines += [
+        "",
+        "Plots: `candidates.png` (latency vs sensitivity of every candidate, chosen marked), "
+        "`layer_latency.png`, `ranks.png`. Model: `model/model.safetensors` + "
+        "`model/model.json` (`leanconv.load`), `model.onnx`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _plan_rows(result) -> list[str]:
+    """One row per layer of the plan, then the surgery's and deployment's figures."""
+    lines = []
     outcomes = {o.name: o for o in result.surgery.layers}
     for name, c in result.plan.choices.items():
         base = result.plan.candidates[name][0]
@@ -83,22 +103,32 @@ def compress_report(result, model_name: str, data_name: str) -> str:
         w = result.measured_with
         lines.append(f"Latency measured with {w.get('threads')} threads; memory allocator: "
                      f"{w.get('allocator')}.")  # fmt: skip
+    return lines
+
+
+def _search_section(result, label: str) -> list[str]:
+    """The trials of an accuracy-budget search (none for other targets)."""
+    lines: list[str] = []
     if result.plan.search:
         lines += ["", "## Accuracy-budget search", "",
                   "Trials on held-out training images (not the test split), each after a short "
-                  "fine-tune:", "", f"| target | predicted | {name} | drop | within |",
+                  "fine-tune:", "", f"| target | predicted | {label} | drop | within |",
                   "|---:|---:|---:|---:|---|"]  # fmt: skip
         for t in result.plan.search:
             lines.append(f"| {t['target_speedup']:.2f}x | {t['predicted_speedup']:.2f}x | "
                          f"{t['accuracy']:.2f} | {t['drop']:+.2f} | "
                          f"{'yes' if t['within_budget'] else 'no'} |")  # fmt: skip
-    if result.onnx_max_error is not None:
-        lines.append(f"ONNX Runtime vs PyTorch, max abs difference: {result.onnx_max_error:.2e}.")
+    return lines
+
+
+def _finetune_section(result, label: str) -> list[str]:
+    """The fine-tuning epochs, and which one was kept."""
+    lines: list[str] = []
     if result.finetune_history:
         held = result.finetune_history[0].get("validation_metric") is not None
         lines += ["", "## Fine-tuning", "",
-                  "| epoch | loss |" + (f" validation {name} |" if held else "")
-                  + f" test {name} | img/s |", "|---:|---:|" + ("---:|" if held else "")
+                  "| epoch | loss |" + (f" validation {label} |" if held else "")
+                  + f" test {label} | img/s |", "|---:|---:|" + ("---:|" if held else "")
                   + "---:|---:|"]  # fmt: skip
         for r in result.finetune_history:
             val = f" {r['validation_metric']:.2f} |" if held else ""
@@ -111,13 +141,4 @@ def compress_report(result, model_name: str, data_name: str) -> str:
             else "The last epoch is kept (no validation split was held out; the "
             "test metric above is reported, never used to choose)."
         )
-    if result.notes:
-        lines += ["", "## Notes", ""] + [f"- {n}" for n in result.notes]
-    lines += [
-        "",
-        "Plots: `candidates.png` (latency vs sensitivity of every candidate, chosen marked), "
-        "`layer_latency.png`, `ranks.png`. Model: `model/model.safetensors` + "
-        "`model/model.json` (`leanconv.load`), `model.onnx`.",
-        "",
-    ]
-    return "\n".join(lines)
+    return lines
