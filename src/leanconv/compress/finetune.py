@@ -252,20 +252,8 @@ def finetune(
         try:
             seen, total_loss, lr = run.epoch(epoch, train_set)
         except _Diverged as exc:
-            run.progress.stop()
-            if restarts == RETRIES:
-                raise LeanconvError(
-                    f"fine-tuning diverged at epoch {epoch + 1}, {exc}, after {RETRIES} restarts "
-                    f"with the learning rate down to {cfg.lr * run.lr_scale:.3g}: give a smaller "
-                    "--lr"
-                ) from None
             restarts += 1
-            model.load_state_dict(initial[0])
-            optimizer.load_state_dict(initial[1])
-            del result.history[initial[2] :]
-            best_state = copy.deepcopy(initial[3])
-            result.best_metric, result.best_epoch = initial[4], initial[5]
-            run.lr_scale, run.clip, run.reference_loss = run.lr_scale / SLOWER, CLIP, None
+            best_state = run.restart(initial, result, restarts, f"epoch {epoch + 1}, {exc}")
             if log and rank == 0:
                 log(f"fine-tuning diverged at epoch {epoch + 1}, {exc}: restarted from epoch "
                     f"{start_epoch + 1} with the learning rate {cfg.lr * run.lr_scale:.3g} "
@@ -281,14 +269,7 @@ def finetune(
                              seen * world / seconds, val)  # fmt: skip
         best_state = _keep_best(result, record, model, best_state)
         if ckpt is not None and rank == 0:
-            _save_atomic(
-                {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "best_model": best_state, "epoch": epoch,
-                 "history": [asdict(r) for r in result.history],
-                 "best_metric": result.best_metric, "best_epoch": result.best_epoch,
-                 "lr_scale": run.lr_scale},
-                ckpt,
-            )  # fmt: skip
+            run.save(ckpt, best_state, epoch, result)
         if log and rank == 0:
             held = "" if val is None else f"validation {val:.2f}{metric.unit}, "
             log(f"epoch {epoch + 1}/{cfg.epochs}: loss {record.loss:.4f}, {held}test "
@@ -375,6 +356,35 @@ class _Run:
     lr_scale: float = 1.0  # lowered after a divergence (RETRIES), for the rest of the run
     clip: float | None = None  # gradient norm bound, set after a divergence
     reference_loss: float | None = None  # the run's first loss (see DIVERGED)
+
+    def restart(self, initial: tuple, result: FinetuneResult, restarts: int, where: str) -> dict:
+        """After a divergence: the model, optimiser and history as they were when fine-tuning
+        started, the learning rate divided by :data:`SLOWER` and gradients clipped (an error
+        after :data:`RETRIES` restarts); returns the best state to keep."""
+        self.progress.stop()
+        if restarts > RETRIES:
+            raise LeanconvError(
+                f"fine-tuning diverged at {where}, after {RETRIES} restarts with the learning "
+                f"rate down to {self.cfg.lr * self.lr_scale:.3g}: give a smaller --lr"
+            )
+        model_state, optimizer_state, n_history, best_state, best_metric, best_epoch = initial
+        self.model.load_state_dict(model_state)
+        self.optimizer.load_state_dict(optimizer_state)
+        del result.history[n_history:]
+        result.best_metric, result.best_epoch = best_metric, best_epoch
+        self.lr_scale, self.clip, self.reference_loss = self.lr_scale / SLOWER, CLIP, None
+        return copy.deepcopy(best_state)
+
+    def save(self, ckpt: Path, best_state: dict, epoch: int, result: FinetuneResult) -> None:
+        """The checkpoint of ``epoch``: enough to continue exactly (written atomically)."""
+        _save_atomic(
+            {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+             "best_model": best_state, "epoch": epoch,
+             "history": [asdict(r) for r in result.history],
+             "best_metric": result.best_metric, "best_epoch": result.best_epoch,
+             "lr_scale": self.lr_scale},
+            ckpt,
+        )  # fmt: skip
 
     def epoch(self, epoch: int, train_set) -> tuple[int, float, float]:
         cfg, model = self.cfg, self.model
