@@ -11,7 +11,7 @@ from ..compress.finetune import FinetuneConfig, finetune
 from ..compress.pipeline import CompressConfig, compress, staging_of
 from ..compress.run_lock import RunLock
 from ..data import load_data
-from ..decompose.rank import METHODS
+from ..decompose import METHODS
 from ..errors import OutputExistsError
 from ..loading import load_trainable
 from .arguments import key_values

@@ -22,19 +22,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from ..decompose import methods
 from ..decompose import rank as ranks
 from ..decompose._errors import InvalidRankError
-from ..decompose.cp import cp
-from ..decompose.depthwise import depthwise_separable
 from ..decompose.grouped import GroupedFactors
-from ..decompose.svd import low_rank, spatial_svd
-from ..decompose.tt import tensor_train
-from ..decompose.tucker import tucker2
+from ..decompose.svd import low_rank
 from ..errors import InvalidSpecError, LeanconvError
 from ..spec import ConvSpec
 from . import factor_memo
-
-METHODS = ranks.METHODS
 
 
 class UnsupportedLayerError(LeanconvError, TypeError):
@@ -54,32 +49,7 @@ class Decomposed:
 # ---------------------------------------------------------------------- factors -> conv weights
 def _chain_weights(method: str, f) -> list[Tensor]:
     """Conv weights of one group's factor chain, in the order of ``factor_specs``."""
-    if method == "cp":
-        r = f.rank
-        return [
-            f.input.t().reshape(r, -1, 1, 1),
-            f.height.t().reshape(r, 1, -1, 1),
-            f.width.t().reshape(r, 1, 1, -1),
-            f.scaled_output().reshape(-1, r, 1, 1),
-        ]
-    if method == "tucker2":
-        return [f.input.t()[:, :, None, None], f.core, f.output[:, :, None, None]]
-    if method == "tt":
-        g1, g2, g3, g4 = f.cores
-        return [
-            g1[0].t()[:, :, None, None],
-            g2.permute(2, 0, 1)[:, :, :, None],
-            g3.permute(2, 0, 1)[:, :, None, :],
-            g4[:, :, 0].t()[:, :, None, None],
-        ]
-    if method == "spatial_svd":
-        return [f.vertical, f.horizontal]
-    if method == "low_rank":
-        first, second = f.first, f.second
-        return [first, second if second.dim() == 4 else second[:, :, None, None]]
-    if method == "depthwise":
-        return [f.depthwise, f.pointwise]
-    raise InvalidRankError(f"method={method!r} is not one of {METHODS}")
+    return methods.get(method).weights(f)
 
 
 def _conv_from_spec(s: ConvSpec, weight: Tensor, bias: Tensor | None) -> nn.Module:
@@ -123,12 +93,9 @@ def _auto_rank(method: str, weight: Tensor, spec: ConvSpec, policy: str, name: s
             frac = float(value or 0.95)
             r_out = ranks.energy_rank(per_group, frac, 0, name=name)
             r_in = ranks.energy_rank(per_group, frac, 1, name=name)
-        if method == "tucker2":
-            return (max(1, r_out), max(1, r_in))
-        if method in ("cp", "spatial_svd", "low_rank"):
-            return max(1, min(r_out, r_in))
-        if method == "tt":
-            return (max(1, r_in), max(1, r_in), max(1, r_out))
+        auto = methods.get(method).auto_rank
+        if auto is not None:
+            return auto(r_out, r_in)
     raise InvalidRankError(
         f"layer {name!r}: rank policy {policy!r} is not vbmf[:w], energy[:f] or budget[:ratio]"
     )
@@ -204,18 +171,8 @@ def decompose_layer(
 
 
 def _factorise(method: str, compute: Tensor, rank, groups: int, label: str, seed: int):
-    """The factors of ``compute`` (float64) by ``method`` (:mod:`leanconv.decompose`)."""
-    if method == "tucker2":
-        return tucker2(compute, rank, groups=groups, name=label)
-    if method == "cp":
-        return cp(compute, rank, groups=groups, name=label, seed=seed)
-    if method == "tt":
-        return tensor_train(compute, rank, groups=groups, name=label)
-    if method == "spatial_svd":
-        return spatial_svd(compute, rank, groups=groups, name=label)
-    if method == "low_rank":
-        return low_rank(compute, rank, groups=groups, name=label)
-    return depthwise_separable(compute, rank, name=label)
+    """The factors of ``compute`` (float64) by ``method`` (its record in the registry)."""
+    return methods.get(method).factorise(compute, rank, groups, label, seed)
 
 
 def _decompose_linear(module: nn.Linear, rank, label: str) -> Decomposed:

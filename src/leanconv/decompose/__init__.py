@@ -25,7 +25,6 @@ from .factors import (
 )
 from .grouped import GroupedFactors
 from .rank import (
-    METHODS,
     VBMFResult,
     budget_rank,
     energy_rank,
@@ -51,6 +50,8 @@ __all__ = [
     "InvalidWeightError",
     "LowRankFactors",
     "METHODS",
+    "Method",
+    "register",
     "SpatialSVDFactors",
     "TTFactors",
     "Tucker2Factors",
@@ -73,3 +74,9 @@ __all__ = [
     "vbmf",
     "vbmf_rank",
 ]
+
+from . import methods as _registry  # noqa: E402 (every method above has registered)
+from .methods import Method, register  # noqa: E402
+
+#: The decomposition methods, in the order their modules registered them (see :mod:`.methods`).
+METHODS = _registry.names()

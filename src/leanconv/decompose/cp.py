@@ -58,6 +58,7 @@ from ._common import F64, check_int, check_weight, leading_left, out, unfold, wh
 from ._errors import DegenerateDecompositionError, InvalidRankError
 from .factors import CPFactors
 from .grouped import GroupedFactors, per_group
+from .methods import Method, register
 
 Init = Literal["svd", "random"] | CPFactors
 
@@ -334,3 +335,26 @@ def cp(
 
 
 __all__ = ["CPResult", "cp", "cp_als", "max_cp_rank"]
+
+
+def _cp_weights(f) -> list[Tensor]:
+    r = f.rank
+    return [
+        f.input.t().reshape(r, -1, 1, 1),
+        f.height.t().reshape(r, 1, -1, 1),
+        f.width.t().reshape(r, 1, 1, -1),
+        f.scaled_output().reshape(-1, r, 1, 1),
+    ]
+
+
+register(Method(
+    name="cp", aliases=("parafac",),
+    # 1x1 C -> R, depthwise kh x 1, depthwise 1 x kw, 1x1 R -> K (Lebedev et al. 2015)
+    chain=lambda c, k, kh, kw, g, rank: [
+        (c, g * rank, 1, "1x1", g), (g * rank, g * rank, (kh, 1), "h", g * rank),
+        (g * rank, g * rank, (1, kw), "w", g * rank), (g * rank, k, 1, "1x1", g)],
+    budget_ranks=lambda t, k, c, kh, kw: (t, max_cp_rank((k, c, kh, kw))),
+    factorise=lambda w, rank, groups, name, seed: cp(w, rank, groups=groups, name=name, seed=seed),
+    weights=_cp_weights,
+    auto_rank=lambda r_out, r_in: max(1, min(r_out, r_in)),
+))  # fmt: skip

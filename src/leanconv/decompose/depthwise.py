@@ -25,6 +25,7 @@ from torch import Tensor
 
 from ._common import check_int, check_weight, out
 from .grouped import GroupedFactors, per_group
+from .methods import Method, register
 
 
 @dataclass(frozen=True, eq=False)
@@ -92,3 +93,14 @@ def depthwise_separable(
 
 
 __all__ = ["DepthwiseSeparableFactors", "depthwise_separable"]
+
+
+register(Method(
+    name="depthwise", aliases=("depthwise_separable",),
+    # depthwise kh x kw C -> C M (multiplier M), 1x1 C M -> K (MobileNet's form, fitted)
+    chain=lambda c, k, kh, kw, g, rank: [
+        (c, c * rank, (kh, kw), "full", c), (c * rank, k, 1, "1x1", g)],
+    budget_ranks=lambda t, k, c, kh, kw: (t, min(k, kh * kw)),
+    factorise=lambda w, rank, groups, name, seed: depthwise_separable(w, rank, name=name),
+    weights=lambda f: [f.depthwise, f.pointwise],
+))  # fmt: skip

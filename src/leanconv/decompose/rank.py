@@ -41,32 +41,22 @@ from torch import Tensor
 
 from ..cost.formulas import conv_cost
 from ..spec import ConvSpec
+from . import methods as registry
 from ._common import F64, check_fraction, check_int, check_weight, svd, unfold, where
 from ._errors import DecompositionError, InvalidRankError
-from .cp import max_cp_rank
-from .tt import max_tt_ranks
 
 Method = Literal["cp", "tucker2", "tt", "spatial_svd", "low_rank", "depthwise"]
-METHODS: tuple[str, ...] = ("cp", "tucker2", "tt", "spatial_svd", "low_rank", "depthwise")
-#: Other spellings accepted for a method; reports, plans and errors use the names of METHODS.
-ALIASES: dict[str, str] = {
-    "svd": "spatial_svd", "tucker": "tucker2", "tensor_train": "tt", "lowrank": "low_rank",
-    "depthwise_separable": "depthwise", "parafac": "cp",
-}  # fmt: skip
+canonical_method = registry.canonical_method
 
 
-def canonical_method(name: str, where_: str = "method") -> str:
-    """The name in :data:`METHODS` of ``name`` or of its alias; raises listing the valid ones."""
-    key = str(name).strip().lower()
-    if key in METHODS:
-        return key
-    if key in ALIASES:
-        return ALIASES[key]
-    aliases = ", ".join(f"{a} = {m}" for a, m in ALIASES.items())
-    raise InvalidRankError(
-        f"{where_}: unknown decomposition method {name!r}; choose from {', '.join(METHODS)} "
-        f"(also accepted: {aliases})"
-    )
+def __getattr__(name: str):
+    """``METHODS`` and ``ALIASES``, read from the registry (:mod:`.methods`) when asked, once
+    every method module has registered itself."""
+    if name == "METHODS":
+        return registry.names()
+    if name == "ALIASES":
+        return registry.aliases()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ---------------------------------------------------------------------- spectra
@@ -213,30 +203,12 @@ def factor_specs(spec: ConvSpec, method: Method, rank) -> list[ConvSpec]:
     where_ = where(spec.name)
     if spec.ndim != 2 or spec.transposed:
         raise InvalidRankError(f"{where_}only 2-D direct convolutions are decomposed: {spec}")
-    if method not in METHODS:
-        raise InvalidRankError(f"{where_}method={method!r} is not one of {METHODS}")
-    g = spec.groups
+    if method not in registry.REGISTRY:
+        raise InvalidRankError(f"{where_}method={method!r} is not one of {registry.names()}")
     kh, kw = spec.kernel_size
-    c, k = spec.in_channels, spec.out_channels
-    chain: list[tuple] = []  # (c_in, c_out, kernel, part, groups)
-    if method == "cp":
-        r = g * rank
-        chain = [(c, r, 1, "1x1", g), (r, r, (kh, 1), "h", r), (r, r, (1, kw), "w", r),
-                 (r, k, 1, "1x1", g)]  # fmt: skip
-    elif method == "tucker2":
-        r_out, r_in = rank
-        chain = [(c, g * r_in, 1, "1x1", g), (g * r_in, g * r_out, (kh, kw), "full", g),
-                 (g * r_out, k, 1, "1x1", g)]  # fmt: skip
-    elif method == "tt":
-        r1, r2, r3 = (g * r for r in rank)
-        chain = [(c, r1, 1, "1x1", g), (r1, r2, (kh, 1), "h", g), (r2, r3, (1, kw), "w", g),
-                 (r3, k, 1, "1x1", g)]  # fmt: skip
-    elif method == "spatial_svd":
-        chain = [(c, g * rank, (kh, 1), "h", g), (g * rank, k, (1, kw), "w", g)]
-    elif method == "low_rank":
-        chain = [(c, g * rank, (kh, kw), "full", g), (g * rank, k, 1, "1x1", g)]
-    elif method == "depthwise":
-        chain = [(c, c * rank, (kh, kw), "full", c), (c * rank, k, 1, "1x1", g)]
+    # (c_in, c_out, kernel, part, groups) per factor, from the method's record
+    chain = registry.REGISTRY[method].chain(spec.in_channels, spec.out_channels, kh, kw,
+                                            spec.groups, rank)  # fmt: skip
     specs: list[ConvSpec] = []
     size = spec.input_size
     for n, (c_in, c_out, kernel, part, groups) in enumerate(chain):
@@ -252,19 +224,7 @@ def factor_specs(spec: ConvSpec, method: Method, rank) -> list[ConvSpec]:
 
 def _ranks_of(method: str, t: int, k: int, c: int, kh: int, kw: int):
     """The rank(s) of ``method`` at budget step ``t`` (per group), and the largest step."""
-    if method == "tucker2":
-        top = max(k, c)
-        return (max(1, round(t * k / top)), max(1, round(t * c / top))), top
-    if method == "tt":
-        caps = max_tt_ranks((k, c, kh, kw))
-        return tuple(min(t, cap) for cap in caps), max(caps)
-    limits = {
-        "cp": max_cp_rank((k, c, kh, kw)),
-        "spatial_svd": min(c * kh, k * kw),
-        "low_rank": min(k, c * kh * kw),
-        "depthwise": min(k, kh * kw),
-    }
-    return t, limits[method]
+    return registry.REGISTRY[method].budget_ranks(t, k, c, kh, kw)
 
 
 def budget_rank(
@@ -312,8 +272,8 @@ def budget_rank(
         total = sum(getattr(conv_cost(s), by) for s in factor_specs(spec, method, ranks))
         return total / reference
 
-    if method not in METHODS:
-        raise InvalidRankError(f"{where(label)}method={method!r} is not one of {METHODS}")
+    if method not in registry.REGISTRY:
+        raise InvalidRankError(f"{where(label)}method={method!r} is not one of {registry.names()}")
     top = _ranks_of(method, 1, k, c, kh, kw)[1]
     if ratio(1) > target_ratio:
         raise InvalidRankError(
@@ -366,8 +326,6 @@ def output_error(
 
 
 __all__ = [
-    "ALIASES",
-    "METHODS",
     "canonical_method",
     "VBMFResult",
     "budget_rank",

@@ -33,6 +33,7 @@ from torch import Tensor
 
 from ._common import check_int, check_weight, out, svd
 from .grouped import GroupedFactors, per_group
+from .methods import Method, register
 
 
 def _shape(t: Tensor) -> tuple[int, ...]:
@@ -149,3 +150,26 @@ def low_rank(
 
 
 __all__ = ["LowRankFactors", "SpatialSVDFactors", "low_rank", "spatial_svd"]
+
+
+register(Method(
+    name="spatial_svd", aliases=("svd",),
+    # kh x 1 C -> R, 1 x kw R -> K (Jaderberg et al. 2014)
+    chain=lambda c, k, kh, kw, g, rank: [
+        (c, g * rank, (kh, 1), "h", g), (g * rank, k, (1, kw), "w", g)],
+    budget_ranks=lambda t, k, c, kh, kw: (t, min(c * kh, k * kw)),
+    factorise=lambda w, rank, groups, name, seed: spatial_svd(w, rank, groups=groups, name=name),
+    weights=lambda f: [f.vertical, f.horizontal],
+    auto_rank=lambda r_out, r_in: max(1, min(r_out, r_in)),
+))  # fmt: skip
+
+register(Method(
+    name="low_rank", aliases=("lowrank",),
+    # kh x kw C -> R, 1x1 R -> K (the truncated SVD of the K x (C kh kw) matrix)
+    chain=lambda c, k, kh, kw, g, rank: [
+        (c, g * rank, (kh, kw), "full", g), (g * rank, k, 1, "1x1", g)],
+    budget_ranks=lambda t, k, c, kh, kw: (t, min(k, c * kh * kw)),
+    factorise=lambda w, rank, groups, name, seed: low_rank(w, rank, groups=groups, name=name),
+    weights=lambda f: [f.first, f.second if f.second.dim() == 4 else f.second[:, :, None, None]],
+    auto_rank=lambda r_out, r_in: max(1, min(r_out, r_in)),
+))  # fmt: skip

@@ -27,6 +27,7 @@ from ._common import check_int, check_weight, out, svd, where
 from ._errors import InvalidRankError
 from .factors import TTFactors
 from .grouped import GroupedFactors, per_group
+from .methods import Method, register
 
 
 def max_tt_ranks(shape: Sequence[int]) -> tuple[int, int, int]:
@@ -110,3 +111,28 @@ def _tt_svd(
 
 
 __all__ = ["max_tt_ranks", "tensor_train"]
+
+
+def _tt_weights(f) -> list[Tensor]:
+    g1, g2, g3, g4 = f.cores
+    return [
+        g1[0].t()[:, :, None, None],
+        g2.permute(2, 0, 1)[:, :, :, None],
+        g3.permute(2, 0, 1)[:, :, None, :],
+        g4[:, :, 0].t()[:, :, None, None],
+    ]
+
+
+register(Method(
+    name="tt", aliases=("tensor_train",),
+    # 1x1 C -> r1, kh x 1 r1 -> r2, 1 x kw r2 -> r3, 1x1 r3 -> K (Oseledets 2011, TT-SVD)
+    chain=lambda c, k, kh, kw, g, rank: [
+        (c, g * rank[0], 1, "1x1", g), (g * rank[0], g * rank[1], (kh, 1), "h", g),
+        (g * rank[1], g * rank[2], (1, kw), "w", g), (g * rank[2], k, 1, "1x1", g)],
+    budget_ranks=lambda t, k, c, kh, kw: (
+        tuple(min(t, cap) for cap in max_tt_ranks((k, c, kh, kw))),
+        max(max_tt_ranks((k, c, kh, kw)))),
+    factorise=lambda w, rank, groups, name, seed: tensor_train(w, rank, groups=groups, name=name),
+    weights=_tt_weights,
+    auto_rank=lambda r_out, r_in: (max(1, r_in), max(1, r_in), max(1, r_out)),
+))  # fmt: skip

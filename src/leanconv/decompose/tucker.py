@@ -30,6 +30,7 @@ from ._common import check_int, check_weight, leading_left, out, unfold, where
 from ._errors import InvalidRankError
 from .factors import Tucker2Factors
 from .grouped import GroupedFactors, per_group
+from .methods import Method, register
 
 
 def _ranks(ranks: int | Sequence[int], shape, name: str | None) -> tuple[int, int]:
@@ -97,3 +98,17 @@ def _hooi(
 
 
 __all__ = ["tucker2"]
+
+
+register(Method(
+    name="tucker2", aliases=("tucker",),
+    # 1x1 C -> R_in, kh x kw R_in -> R_out (the core), 1x1 R_out -> K (Kim et al. 2016)
+    chain=lambda c, k, kh, kw, g, rank: [
+        (c, g * rank[1], 1, "1x1", g), (g * rank[1], g * rank[0], (kh, kw), "full", g),
+        (g * rank[0], k, 1, "1x1", g)],
+    budget_ranks=lambda t, k, c, kh, kw: (
+        (max(1, round(t * k / max(k, c))), max(1, round(t * c / max(k, c)))), max(k, c)),
+    factorise=lambda w, rank, groups, name, seed: tucker2(w, rank, groups=groups, name=name),
+    weights=lambda f: [f.input.t()[:, :, None, None], f.core, f.output[:, :, None, None]],
+    auto_rank=lambda r_out, r_in: (max(1, r_out), max(1, r_in)),
+))  # fmt: skip
