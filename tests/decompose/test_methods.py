@@ -25,10 +25,20 @@ def test_every_method_is_registered_once_with_its_aliases():
         methods.get("nosuch")
 
 
+class _Split:
+    """Factors of a toy method: the first ``rank`` output channels, then a selection matrix."""
+
+    def __init__(self, w, rank):
+        self.first = w[:rank]
+        self.select = torch.eye(w.shape[0], rank, dtype=w.dtype)
+
+    def to_dense(self):
+        return torch.einsum("kr,rchw->kchw", self.select, self.first)
+
+
 def _rows_then_columns(w, rank, groups, name, seed):
-    """A toy method: the K x (C kh kw) matrix split as (first ``rank`` output rows, identity):
-    exact when ``rank`` equals K."""
-    return w, rank
+    """Exact when ``rank`` is the number of output channels."""
+    return _Split(w, rank)
 
 
 @pytest.fixture
@@ -39,7 +49,7 @@ def toy():
                                              (rank, k, 1, "1x1", g)],
         budget_ranks=lambda t, k, c, kh, kw: (t, k),
         factorise=_rows_then_columns,
-        weights=lambda f: [f[0][: f[1]], torch.eye(f[0].shape[0], f[1], dtype=f[0].dtype)],
+        weights=lambda f: [f.first, f.select],
     ))  # fmt: skip
     yield record
     methods.REGISTRY.pop("toy_split")

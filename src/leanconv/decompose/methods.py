@@ -12,7 +12,8 @@ record says:
   their cost is the chain's cost;
 - ``budget_ranks(t, k, c, kh, kw)``: the rank at budget step ``t`` (per group) and the largest
   step, which :func:`leanconv.decompose.rank.budget_rank` searches;
-- ``factorise(weight, rank, groups, name, seed)``: the factors of a float64 weight;
+- ``factorise(weight, rank, groups, name, seed)``: the factors of a float64 weight (a container
+  with ``to_dense()``, the weight it stands for);
 - ``weights(factors)``: one convolution weight per element of the chain (of one group);
 - ``auto_rank(r_out, r_in)``: the rank from the ranks found for the output and input modes
   (energy or VBMF); ``None`` when the method has no such policy.
