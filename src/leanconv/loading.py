@@ -352,6 +352,11 @@ def load_weights(model: nn.Module, path: str | Path, log=None) -> None:
         raise ModelLoadError(
             f"weights {str(path)!r} do not fit the model: {' '.join(first[:3])[:400]}"
         ) from None
+    check_finite(state, f"weights {str(path)!r}")
+
+
+def check_finite(state: dict[str, torch.Tensor], what: str) -> None:
+    """Raise :class:`ModelLoadError` naming the tensors of ``state`` that hold NaN or infinity."""
     bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
-        raise ModelLoadError(f"weights {str(path)!r} hold NaN or infinite values in {bad[:3]}")
+        raise ModelLoadError(f"{what} hold(s) NaN or infinite values in {bad[:3]}")

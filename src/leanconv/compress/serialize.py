@@ -224,15 +224,15 @@ def _read_weights(weights: Path, device) -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    from ..loading import check_finite
+
     try:
         state = load_file(str(weights), device=str(device))
     except (SafetensorError, OSError, ValueError) as exc:
         raise LeanconvError(
             f"{str(weights)!r} cannot be read (truncated or not a safetensors file): {exc}"
         ) from None
-    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
-        raise LeanconvError(f"{str(weights)!r} holds NaN or infinite values in {bad[:3]}")
+    check_finite(state, repr(str(weights)))
     return state
 
 
