@@ -60,6 +60,35 @@ def norm_act(channels: int, norm: Norm, activation: Activation) -> list[nn.Modul
     return out
 
 
+def conv_norm_act(
+    in_channels: int,
+    out_channels: int,
+    kernel_size,
+    stride=1,
+    padding=None,
+    dilation: int = 1,
+    groups: int = 1,
+    norm: Norm = nn.BatchNorm2d,
+    activation: Activation = None,
+    bias: bool | None = None,
+) -> list[nn.Module]:
+    """The one convolution-norm-activation builder (as timm's ``ConvNormAct``): ``Conv2d``, then
+    ``norm(out_channels)`` and ``activation()`` where given, as a list for an ``nn.Sequential``
+    (where deployment can fold the norm and fuse the activation, :mod:`leanconv.compress`).
+    ``padding=None``: 'same' for an odd square kernel, ``d (k - 1) / 2``; ``bias=None``: a bias
+    only when there is no norm to absorb it."""
+    if padding is None:
+        padding = same_padding("conv_norm_act", kernel_size, dilation)
+    conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
+                     bias=norm is None if bias is None else bias)  # fmt: skip
+    return [conv, *norm_act(out_channels, norm, activation)]
+
+
+def relu() -> nn.Module:
+    """An in-place ReLU (what the blocks use after a norm)."""
+    return nn.ReLU(inplace=True)
+
+
 def shape4(where: str, input_shape: Sequence[int]) -> Shape:
     shape = tuple(int(v) for v in input_shape)
     if len(shape) != 4:

@@ -33,7 +33,16 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from ._common import Activation, AnalyticCost, Norm, Shape, check_positive, norm_act, same_padding
+from ._common import (
+    Activation,
+    AnalyticCost,
+    Norm,
+    Shape,
+    check_positive,
+    conv_norm_act,
+    norm_act,
+    same_padding,
+)
 from ._common import spec_of as _spec_of
 
 
@@ -85,8 +94,8 @@ def dilated_conv_bn(
     where = "dilated_conv_bn"
     check_positive(where, in_channels=in_channels, out_channels=out_channels, dilation=dilation)
     pad = same_padding(where, kernel_size, dilation)
-    conv = nn.Conv2d(in_channels, out_channels, kernel_size, 1, pad, dilation, bias=norm is None)
-    return nn.Sequential(conv, *norm_act(out_channels, norm, activation))
+    return nn.Sequential(*conv_norm_act(in_channels, out_channels, kernel_size, 1, pad, dilation,
+                                        norm=norm, activation=activation))  # fmt: skip
 
 
 class ASPPPooling(nn.Module):

@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ._common import AnalyticCost, Shape, check_positive, same_padding, spec_of
+from ._common import AnalyticCost, Shape, check_positive, conv_norm_act, same_padding, spec_of
 
 
 class GroupedConv2d(AnalyticCost, nn.Conv2d):
@@ -94,10 +94,7 @@ class ChannelShuffle(nn.Module):
 
 
 def _conv_bn(c_in: int, c_out: int, k: int, stride: int = 1, groups: int = 1) -> list[nn.Module]:
-    return [
-        nn.Conv2d(c_in, c_out, k, stride, k // 2, groups=groups, bias=False),
-        nn.BatchNorm2d(c_out),
-    ]
+    return conv_norm_act(c_in, c_out, k, stride, k // 2, groups=groups)
 
 
 class ShuffleNetV1Unit(AnalyticCost, nn.Module):

@@ -27,7 +27,16 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 
-from ._common import AnalyticCost, Norm, Shape, check_positive, pool_shape, spec_of
+from ._common import (
+    AnalyticCost,
+    Norm,
+    Shape,
+    check_positive,
+    conv_norm_act,
+    pool_shape,
+    relu,
+    spec_of,
+)
 from .stacked import StackedConv2d
 
 _BN = partial(nn.BatchNorm2d, eps=1e-3)
@@ -47,13 +56,8 @@ class ConvNormReLU(nn.Sequential):
         norm: Norm = _BN,
     ):
         check_positive(type(self).__name__, in_channels=in_channels, out_channels=out_channels)
-        layers: list[nn.Module] = [
-            nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias=False)
-        ]
-        if norm is not None:
-            layers.append(norm(out_channels))
-        layers.append(nn.ReLU(inplace=True))
-        super().__init__(*layers)
+        super().__init__(*conv_norm_act(in_channels, out_channels, kernel_size, stride, padding,
+                                        norm=norm, activation=relu, bias=False))  # fmt: skip
 
 
 def _walk(module: nn.Module, shape: Shape):

@@ -23,6 +23,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from ._common import conv_norm_act
+from ._common import relu as _relu
+
 Attention = Callable[[int], nn.Module] | None
 
 
@@ -40,11 +43,8 @@ def conv_bn(
     """``k x k`` convolution (no bias, 'same' padding for odd k) followed by batch norm (and ReLU
     when ``relu``: in one ``nn.Sequential``, where deployment can fuse it into the convolution,
     :mod:`leanconv.compress.fuse`)."""
-    layers = [
-        nn.Conv2d(c_in, c_out, k, stride, k // 2, groups=groups, bias=False),
-        nn.BatchNorm2d(c_out),
-    ]
-    return nn.Sequential(*layers, *([nn.ReLU(inplace=True)] if relu else []))
+    return nn.Sequential(*conv_norm_act(c_in, c_out, k, stride, k // 2, groups=groups,
+                                        activation=_relu if relu else None))  # fmt: skip
 
 
 def _shortcut(c_in: int, c_out: int, stride: int) -> nn.Module:

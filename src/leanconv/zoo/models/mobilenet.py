@@ -17,7 +17,7 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 
-from ...nn._common import make_divisible
+from ...nn._common import conv_norm_act, make_divisible
 from ...nn.bottleneck import InvertedResidual
 from ...nn.separable import DepthwiseSeparableConv2d
 from ..registry import register
@@ -42,9 +42,7 @@ def _check(name: str, num_classes: int, width: float) -> None:
 
 
 def _conv_bn_act(c_in: int, c_out: int, k: int, stride: int, act) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(c_in, c_out, k, stride, k // 2, bias=False), nn.BatchNorm2d(c_out), act()
-    )
+    return nn.Sequential(*conv_norm_act(c_in, c_out, k, stride, k // 2, activation=act))
 
 
 def _init(model: nn.Module) -> None:
