@@ -8,7 +8,7 @@ import typer
 
 from ..compress.deploy import Deployment
 from ..compress.finetune import FinetuneConfig, finetune
-from ..compress.pipeline import CompressConfig, compress, staging_of
+from ..compress.pipeline import DEFAULT_SPEEDUP, CompressConfig, compress, staging_of
 from ..compress.run_lock import RunLock
 from ..data import load_data
 from ..decompose import METHODS
@@ -131,7 +131,7 @@ def register(app: typer.Typer) -> None:
         targeted = speedup is not None or macs_ratio is not None or max_drop is not None
         # every setting is checked here, before the data or the model is read
         config = CompressConfig(
-            speedup=speedup if targeted else 2.0,
+            speedup=speedup if targeted else DEFAULT_SPEEDUP,
             macs_ratio=macs_ratio,
             max_drop=max_drop,
             search_epochs=search_epochs,

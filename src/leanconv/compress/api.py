@@ -28,7 +28,7 @@ from ..errors import LeanconvError
 from .evaluate import resolve_metric, to_model
 from .finetune import FinetuneConfig
 from .outputs import logits_of
-from .pipeline import CompressConfig, CompressResult
+from .pipeline import DEFAULT_SPEEDUP, CompressConfig, CompressResult
 from .pipeline import compress as run_pipeline
 
 _CONFIG = {f.name for f in dataclasses.fields(CompressConfig)} - {
@@ -98,7 +98,7 @@ def compress(
     )
     targeted = speedup is not None or macs_ratio is not None or max_drop is not None
     config = CompressConfig(
-        speedup=speedup if targeted else 2.0,
+        speedup=speedup if targeted else DEFAULT_SPEEDUP,
         macs_ratio=macs_ratio, max_drop=max_drop, metric=metric, loss=loss, finetune=finetune,
         **{k: v for k, v in options.items() if k in _CONFIG},
     )  # fmt: skip

@@ -37,11 +37,13 @@ from .deploy import Deployment
 from .evaluate import check_outputs, resolve_metric
 from .finetune import FinetuneConfig, finetune
 from .measure import ModelFigures, in_format, measure_formats, static_figures
-from .plan import Candidate, Plan, allocate, build_candidates
+from .plan import DEFAULT_RATIOS, Candidate, Plan, allocate, build_candidates
 from .plausibility import check_plausible
 from .run_lock import RunLock, publish
 from .verify import LayerOutcome, SurgeryReport, decompose_model
 
+#: The target when none is given (the command line's and the Python API's too).
+DEFAULT_SPEEDUP = 2.0
 #: The largest planning or measuring batch: beyond it one candidate's input alone would need
 #: gigabytes (a ResNet stem at 224x224 holds 12.8 MB of activations per image).
 MAX_BATCH = 4096
@@ -49,7 +51,7 @@ MAX_BATCH = 4096
 
 @dataclass
 class CompressConfig:
-    speedup: float | None = 3.0
+    speedup: float | None = DEFAULT_SPEEDUP
     macs_ratio: float | None = None
     max_drop: float | None = None  # metric points; alone, the target of a search
     search_epochs: int = 1  # fine-tuning epochs of each trial of that search
@@ -57,7 +59,7 @@ class CompressConfig:
     algorithms: tuple[str, ...] = tuple(ALGORITHMS)  # fast algorithms tried per candidate
     # how the compressed model runs (and the plan is measured): folding, fusion, layout
     deployment: Deployment = field(default_factory=Deployment)
-    ratios: tuple[float, ...] = (0.06, 0.1, 0.15, 0.25, 0.4, 0.6)
+    ratios: tuple[float, ...] = DEFAULT_RATIOS
     plan_batch: int = 64
     batch_sizes: tuple[int, ...] = (1, 64)
     calibration: int = 128
@@ -117,7 +119,7 @@ class CompressConfig:
             return {"macs_ratio": self.macs_ratio}
         if self.max_drop is not None:
             return {}
-        return {"speedup": 2.0}
+        return {"speedup": DEFAULT_SPEEDUP}
 
 
 @dataclass

@@ -59,7 +59,8 @@ from .replace import decompose_layer
 from .surgery import conv_layers, replace_modules
 from .verify import capture_inputs
 
-DEFAULT_RATIOS = (0.08, 0.15, 0.25, 0.4, 0.6)
+#: The MACs budgets (shares of the layer's MACs) whose ranks each method is tried at.
+DEFAULT_RATIOS = (0.06, 0.1, 0.15, 0.25, 0.4, 0.6)
 CACHE_FILE = "latency.json"
 
 
