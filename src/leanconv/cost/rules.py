@@ -23,6 +23,22 @@ aten = torch.ops.aten
 
 Rule = Callable[[tuple, dict, object, Convention], tuple[str, OpCost]]
 
+#: ATen op packet -> its rule. A rule is registered next to its formula with :func:`counts`, as
+#: ``torch.utils.flop_counter`` registers its formulas.
+RULES: dict[object, Rule] = {}
+
+
+def counts(*names: str):
+    """Decorator: the rule below counts the ATen ops ``names`` (those this torch build has)."""
+
+    def register(rule: Rule) -> Rule:
+        for name in names:
+            if hasattr(aten, name):
+                RULES[getattr(aten, name)] = rule
+        return rule
+
+    return register
+
 
 def _tensors(values) -> list[torch.Tensor]:
     out = []
@@ -92,6 +108,7 @@ def conv_spec_from_aten(args: tuple) -> ConvSpec:
     )
 
 
+@counts("convolution", "_convolution")
 def _conv(args, kwargs, out, conv: Convention):
     spec = conv_spec_from_aten(args)
     kind = f"conv{spec.ndim}d" + ("_transposed" if spec.transposed else "")
@@ -106,11 +123,13 @@ def _product(macs: int, bias_elems: int, args, out, conv: Convention) -> OpCost:
     return OpCost(0, macs, flops, io_bytes(args, out), first_shape(out))
 
 
+@counts("mm")
 def _mm(args, kwargs, out, conv):
     a, b = args[0], args[1]
     return "matmul", _product(a.shape[0] * a.shape[1] * b.shape[1], 0, args, out, conv)
 
 
+@counts("addmm", "addmm_", "_addmm_activation")
 def _addmm(args, kwargs, out, conv):
     """``addmm``, ``addmm_``, ``_addmm_activation``: bias + (n, k) @ (k, m): n k m MACs."""
     bias, a, b = args[0], args[1], args[2]
@@ -118,11 +137,13 @@ def _addmm(args, kwargs, out, conv):
     return "linear", _product(macs, out.numel() if bias is not None else 0, args, out, conv)
 
 
+@counts("bmm")
 def _bmm(args, kwargs, out, conv):
     a, b = args[0], args[1]
     return "matmul", _product(a.shape[0] * a.shape[1] * a.shape[2] * b.shape[2], 0, args, out, conv)
 
 
+@counts("baddbmm", "baddbmm_")
 def _baddbmm(args, kwargs, out, conv):
     """``baddbmm``: input + b1 @ b2 per batch, b1 (b, n, m), b2 (b, m, p): b n m p MACs; the input
     (b, n, p after broadcasting) is a bias of ``out.numel()`` additions."""
@@ -131,6 +152,7 @@ def _baddbmm(args, kwargs, out, conv):
     return "matmul", _product(macs, out.numel(), args, out, conv)
 
 
+@counts("addbmm", "addbmm_")
 def _addbmm(args, kwargs, out, conv):
     """``addbmm``: input + sum over the batch of b1 @ b2, b1 (b, n, m), b2 (b, m, p): b n m p
     MACs (the sum over the batch is part of the accumulation); the input (n, p) is a bias."""
@@ -139,17 +161,20 @@ def _addbmm(args, kwargs, out, conv):
     return "matmul", _product(macs, out.numel(), args, out, conv)
 
 
+@counts("addmv", "addmv_")
 def _addmv(args, kwargs, out, conv):
     """``addmv``: input + M @ v, M (rows, cols): rows cols MACs; the input is a bias of rows."""
     m = args[1]
     return "matmul", _product(m.shape[0] * m.shape[1], out.numel(), args, out, conv)
 
 
+@counts("addr", "addr_")
 def _addr(args, kwargs, out, conv):
     """``addr``: input + outer(v1, v2): one MAC per output element, the input a bias."""
     return "matmul", _product(args[1].numel() * args[2].numel(), out.numel(), args, out, conv)
 
 
+@counts("dot", "vdot", "mv")
 def _dot(args, kwargs, out, conv):
     """``dot``, ``vdot`` (n MACs), ``mv`` (rows cols MACs)."""
     a = args[0]
@@ -157,6 +182,7 @@ def _dot(args, kwargs, out, conv):
     return "matmul", _product(macs, 0, args, out, conv)
 
 
+@counts("linalg_vecdot")
 def _vecdot(args, kwargs, out, conv):
     """``linalg_vecdot(x, y, dim)``: the length of ``dim`` MACs per output element (broadcast)."""
     x, y = args[0], args[1]
@@ -165,6 +191,7 @@ def _vecdot(args, kwargs, out, conv):
     return "matmul", _product(out.numel() * n, 0, args, out, conv)
 
 
+@counts("_cdist_forward")
 def _cdist(args, kwargs, out, conv):
     """``_cdist_forward(x1 (..., P, M), x2 (..., R, M))``: one squared (or p-th power) difference
     accumulated per pair and coordinate, prod(batch) P R M MACs, however the kernel is chosen."""
@@ -225,6 +252,7 @@ def trilinear_macs(
     return unroll * (macs1 + macs2)
 
 
+@counts("_trilinear")
 def _trilinear(args, kwargs, out, conv):
     i1, i2, i3, e1, e2, e3, sumdim = args[:7]
     unroll = _arg(args, kwargs, 7, "unroll_dim", 1)
@@ -233,6 +261,13 @@ def _trilinear(args, kwargs, out, conv):
 
 
 # ---------------------------------------------------------------------- attention
+@counts(
+    "_scaled_dot_product_flash_attention_for_cpu",
+    "_scaled_dot_product_flash_attention",
+    "_scaled_dot_product_efficient_attention",
+    "_scaled_dot_product_cudnn_attention",
+    "_scaled_dot_product_fused_attention_overrideable",
+)
 def _sdpa(args, kwargs, out, conv):
     """The fused scaled-dot-product attentions (``_scaled_dot_product_*_attention``, the CPU
     ``_for_cpu`` kernel): q (..., L, E), k (..., S, E), v (..., S, Ev); ``q k^T`` and ``p v`` cost
@@ -243,6 +278,7 @@ def _sdpa(args, kwargs, out, conv):
     return "attention", _product(macs, 0, args, out, conv)
 
 
+@counts("_native_multi_head_attention")
 def _native_mha(args, kwargs, out, conv):
     """``_native_multi_head_attention`` (the CPU fast path of ``nn.MultiheadAttention``): q (B, L,
     E), k, v (B, S, E): projections B (L + 2S) E^2, output projection B L E^2, attention
@@ -255,6 +291,7 @@ def _native_mha(args, kwargs, out, conv):
     return "attention", _product(macs, bias, args, out, conv)
 
 
+@counts("_transformer_encoder_layer_fwd")
 def _encoder_layer(args, kwargs, out, conv):
     """``_transformer_encoder_layer_fwd`` (the CPU fast path of ``nn.TransformerEncoderLayer``):
     the qkv, output-projection and two feed-forward weights once per token, plus the attention's
@@ -349,6 +386,7 @@ def _rnn_library(hidden_index: int, layers_index: int, bidirectional_index: int)
     return rule
 
 
+@counts("mkldnn_rnn_layer")
 def _mkldnn_rnn_layer(args, kwargs, out, conv):
     """``mkldnn_rnn_layer`` (CPU, oneDNN): one layer in one direction; weight0 = w_ih,
     weight1 = w_hh, weight2 and weight3 the biases when ``has_biases`` (else placeholders)."""
@@ -389,6 +427,15 @@ def _fused_cell(kind: str):
 
 
 # ---------------------------------------------------------------------- normalisation
+@counts(
+    "_native_batch_norm_legit_no_training",
+    "_native_batch_norm_legit",
+    "native_batch_norm",
+    "_native_batch_norm_legit_functional",
+    "native_layer_norm",
+    "native_group_norm",
+    "_fused_rms_norm",
+)
 def _norm(args, kwargs, out, conv):
     x = args[0]
     y = out[0] if isinstance(out, (list, tuple)) else out
@@ -592,81 +639,39 @@ _NO_MAC_RULES: dict[str, Rule] = {
     "resize": _upsample,
 }
 
-RULES: dict[object, Rule] = {}
 for _kind, _names in NO_MACS.items():
     if _kind == "free":
         continue
     for _name in sorted(_names):
         if hasattr(aten, _name):
-            RULES[getattr(aten, _name)] = _NO_MAC_RULES[_kind]
+            RULES.setdefault(getattr(aten, _name), _NO_MAC_RULES[_kind])
 
-_MAC_RULES: dict[str, Rule] = {
-    "convolution": _conv,
-    "_convolution": _conv,
-    "mm": _mm,
-    "addmm": _addmm,
-    "addmm_": _addmm,
-    "_addmm_activation": _addmm,
-    "bmm": _bmm,
-    "baddbmm": _baddbmm,
-    "baddbmm_": _baddbmm,
-    "addbmm": _addbmm,
-    "addbmm_": _addbmm,
-    "addmv": _addmv,
-    "addmv_": _addmv,
-    "addr": _addr,
-    "addr_": _addr,
-    "dot": _dot,
-    "vdot": _dot,
-    "mv": _dot,
-    "linalg_vecdot": _vecdot,
-    "_cdist_forward": _cdist,
-    "_trilinear": _trilinear,
-    "_scaled_dot_product_flash_attention_for_cpu": _sdpa,
-    "_scaled_dot_product_flash_attention": _sdpa,
-    "_scaled_dot_product_efficient_attention": _sdpa,
-    "_scaled_dot_product_cudnn_attention": _sdpa,
-    "_scaled_dot_product_fused_attention_overrideable": _sdpa,
-    "_native_multi_head_attention": _native_mha,
-    "_transformer_encoder_layer_fwd": _encoder_layer,
-    "lstm": _whole_rnn("lstm"),
-    "gru": _whole_rnn("gru"),
-    "rnn_tanh": _whole_rnn("rnn"),
-    "rnn_relu": _whole_rnn("rnn"),
-    "lstm_cell": _cell("lstm"),
-    "gru_cell": _cell("gru"),
-    "rnn_tanh_cell": _cell("rnn"),
-    "rnn_relu_cell": _cell("rnn"),
-    "_thnn_fused_lstm_cell": _fused_cell("lstm"),
-    "_thnn_fused_gru_cell": _fused_cell("gru"),
-    "mkldnn_rnn_layer": _mkldnn_rnn_layer,
-    # (input, weight, weight_stride0, weight_buf, hx, cx, mode, hidden_size, proj_size,
-    #  num_layers, batch_first, dropout, train, bidirectional, ...)
-    "_cudnn_rnn": _rnn_library(7, 9, 13),
-    # (input, weight, weight_stride0, hx, cx, mode, hidden_size, num_layers, batch_first,
-    #  dropout, train, bidirectional, ...)
-    "miopen_rnn": _rnn_library(6, 7, 11),
-    "_native_batch_norm_legit_no_training": _norm,
-    "_native_batch_norm_legit": _norm,
-    "native_batch_norm": _norm,
-    "_native_batch_norm_legit_functional": _norm,
-    "native_layer_norm": _norm,
-    "native_group_norm": _norm,
-    "_fused_rms_norm": _norm,
-    "max_pool1d": _pool(1),
-    "max_pool2d_with_indices": _pool(1),
-    "max_pool3d_with_indices": _pool(1),
-    "avg_pool1d": _pool(1),
-    "avg_pool2d": _pool(1),
-    "avg_pool3d": _pool(1),
-    "_adaptive_avg_pool2d": _pool(None),
-    "_adaptive_avg_pool3d": _pool(None),
-    "adaptive_max_pool2d": _pool(None),
-    "adaptive_max_pool3d": _pool(None),
-}
-for _name, _rule in _MAC_RULES.items():
-    if hasattr(aten, _name):
-        RULES[getattr(aten, _name)] = _rule
+# rules made by factories, registered here (the others are registered where they are defined)
+counts("lstm")(_whole_rnn("lstm"))
+counts("gru")(_whole_rnn("gru"))
+counts("rnn_tanh", "rnn_relu")(_whole_rnn("rnn"))
+counts("lstm_cell")(_cell("lstm"))
+counts("gru_cell")(_cell("gru"))
+counts("rnn_tanh_cell", "rnn_relu_cell")(_cell("rnn"))
+counts("_thnn_fused_lstm_cell")(_fused_cell("lstm"))
+counts("_thnn_fused_gru_cell")(_fused_cell("gru"))
+# (input, weight, weight_stride0, weight_buf, hx, cx, mode, hidden_size, proj_size,
+#  num_layers, batch_first, dropout, train, bidirectional, ...)
+counts("_cudnn_rnn")(_rnn_library(7, 9, 13))
+# (input, weight, weight_stride0, hx, cx, mode, hidden_size, num_layers, batch_first,
+#  dropout, train, bidirectional, ...)
+counts("miopen_rnn")(_rnn_library(6, 7, 11))
+counts(
+    "max_pool1d",
+    "max_pool2d_with_indices",
+    "max_pool3d_with_indices",
+    "avg_pool1d",
+    "avg_pool2d",
+    "avg_pool3d",
+)(_pool(1))
+counts(
+    "_adaptive_avg_pool2d", "_adaptive_avg_pool3d", "adaptive_max_pool2d", "adaptive_max_pool3d"
+)(_pool(None))
 
 
 def rule_for(func) -> Rule | None:
