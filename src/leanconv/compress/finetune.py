@@ -220,10 +220,7 @@ def finetune(
         train_set, val_set = split.train, split.test
     if teacher is not None:  # run under no_grad below; its parameters are left as they are
         teacher = teacher.to(device).eval()
-    train_model: nn.Module = model
-    if world > 1:
-        ids = [device.index] if device.type == "cuda" else None
-        train_model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    train_model = _distributed(model, device, world)
     optimizer = _optimizer(model, cfg)
     steps_per_epoch = source.num_batches(train_set, cfg.batch_size, world)
     warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
@@ -283,6 +280,14 @@ def finetune(
         epoch += 1
     model.load_state_dict(best_state)
     return result
+
+
+def _distributed(model: nn.Module, device: torch.device, world: int) -> nn.Module:
+    """The model, wrapped in DistributedDataParallel when ``world`` processes train it."""
+    if world == 1:
+        return model
+    ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 
 def _optimizer(model: nn.Module, cfg: FinetuneConfig) -> torch.optim.Optimizer:

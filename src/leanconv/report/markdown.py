@@ -23,33 +23,7 @@ def compress_report(result, model_name: str, data_name: str) -> str:
         f"| parameters | {b.params:,} | {a.params:,} | {a.params / b.params:.3f} |",
         f"| MACs per image | {b.macs:,} | {a.macs:,} | {a.macs / b.macs:.3f} |",
     ]
-    for bs in batches:
-        lines.append(
-            f"| latency, batch {bs} (ms) | {_ms(b.latency_ms, bs)} | {_ms(a.latency_ms, bs)} | "
-            + (
-                f"{result.speedup[bs]:.2f}x faster |"
-                if result.speedup[bs] >= 1
-                else f"**{result.speedup[bs]:.2f}x: slower** |"
-            )
-        )
-    if b.latency_by_format and a.latency_by_format:
-        lines += [
-            "",
-            f"Latency: each model measured in both memory layouts and given in its faster one "
-            f"(before: {b.best_format()}, after: {a.best_format()}; both in `report.json`, "
-            "`latency_by_format`).",
-        ]
-    over = result.speedup_over_baseline
-    if over:
-        lines += [
-            "",
-            "The original in the same deployment form (batch norms folded, ReLUs fused, "
-            "convolutions packed, its faster layout): "
-            + ", ".join(f"{result.baseline.latency_ms[bs]:.2f} ms at batch {bs}" for bs in over)
-            + "; the plan's rewrites alone are "
-            + ", ".join(f"{over[bs]:.2f}x (batch {bs})" for bs in over)
-            + ".",
-        ]
+    lines += _latency_rows(result)
     lines += [
         "",
         f"Measured speedup at batch {max(batches)}: {result.speedup[max(batches)]:.2f}x; "
@@ -76,6 +50,37 @@ def compress_report(result, model_name: str, data_name: str) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _latency_rows(result) -> list[str]:
+    """The latency per batch size (slower ones marked), the layouts, and the original in the
+    same deployment form."""
+    b, a = result.before, result.after
+    lines = []
+    for bs in sorted(a.latency_ms):
+        ratio = result.speedup[bs]
+        change = f"{ratio:.2f}x faster |" if ratio >= 1 else f"**{ratio:.2f}x: slower** |"
+        lines.append(f"| latency, batch {bs} (ms) | {_ms(b.latency_ms, bs)} | "
+                     f"{_ms(a.latency_ms, bs)} | {change}")  # fmt: skip
+    if b.latency_by_format and a.latency_by_format:
+        lines += [
+            "",
+            f"Latency: each model measured in both memory layouts and given in its faster one "
+            f"(before: {b.best_format()}, after: {a.best_format()}; both in `report.json`, "
+            "`latency_by_format`).",
+        ]
+    over = result.speedup_over_baseline
+    if over:
+        lines += [
+            "",
+            "The original in the same deployment form (batch norms folded, ReLUs fused, "
+            "convolutions packed, its faster layout): "
+            + ", ".join(f"{result.baseline.latency_ms[bs]:.2f} ms at batch {bs}" for bs in over)
+            + "; the plan's rewrites alone are "
+            + ", ".join(f"{over[bs]:.2f}x (batch {bs})" for bs in over)
+            + ".",
+        ]
+    return lines
 
 
 def _plan_rows(result) -> list[str]:
