@@ -48,7 +48,3 @@ def handle_errors(fn: Callable) -> Callable:
             )
 
     return wrapper
-
-
-def stdout_is_tty() -> bool:
-    return sys.stdout.isatty()

@@ -3,7 +3,6 @@
 from .convention import DEFAULT, Convention
 from .formulas import (
     OpCost,
-    batchnorm_cost,
     conv_cost,
     conv_macs,
     conv_params,
@@ -17,7 +16,7 @@ from .report import CostReport, LayerCost, Totals
 from .trace import count, meta_copy, parse_shape, register_module_rule
 
 __all__ = [
-    "DEFAULT", "Convention", "OpCost", "batchnorm_cost", "conv_cost", "conv_macs", "conv_params",
+    "DEFAULT", "Convention", "OpCost", "conv_cost", "conv_macs", "conv_params",
     "deform_conv_cost", "einsum_macs", "linear_cost", "matmul_macs", "pool_cost", "CostReport",
     "LayerCost", "Totals", "count", "meta_copy", "parse_shape", "register_module_rule",
 ]  # fmt: skip

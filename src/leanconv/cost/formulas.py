@@ -192,21 +192,6 @@ def elementwise_cost(
     return OpCost(0, 0, flops, (operands + 1) * n * dtype_bytes(dtype), tuple(shape))
 
 
-def batchnorm_cost(
-    shape: Sequence[int], dtype: torch.dtype = torch.float32, convention: Convention = DEFAULT
-) -> OpCost:
-    """Inference batch norm folds to ``y = a x + b`` per channel: 2 FLOPs per element, 4C params."""
-    channels = shape[1] if len(shape) > 1 else 1
-    cost = elementwise_cost(shape, 1, 2, convention.count_norm, dtype)
-    return OpCost(
-        4 * channels,
-        0,
-        cost.flops,
-        cost.bytes + 4 * channels * dtype_bytes(dtype),
-        cost.output_shape,
-    )
-
-
 def deform_conv_cost(
     spec: ConvSpec,
     offset_groups: int = 1,
