@@ -25,7 +25,8 @@ IntOrTuple = int | Sequence[int]
 PaddingArg = int | str | Sequence[int] | Sequence[Sequence[int]]
 
 
-def _tuple(value: IntOrTuple, ndim: int, arg: str, where: str) -> tuple[int, ...]:
+def normalise_tuple(value: IntOrTuple, ndim: int, arg: str, where: str) -> tuple[int, ...]:
+    """``value`` (an int, or one or ``ndim`` ints) as ``ndim`` ints; raises naming ``arg``."""
     if isinstance(value, int):
         return (value,) * ndim
     out = tuple(int(v) for v in value)
@@ -38,7 +39,7 @@ def _tuple(value: IntOrTuple, ndim: int, arg: str, where: str) -> tuple[int, ...
     return out
 
 
-def _padding(
+def normalise_padding(
     value: PaddingArg,
     ndim: int,
     kernel: tuple[int, ...],
@@ -66,8 +67,27 @@ def _padding(
                 f"{where}padding={value} has {len(pairs)} pairs, expected {ndim}"
             )
         return pairs
-    flat = _tuple(tuple(items), ndim, "padding", where)
+    flat = normalise_tuple(tuple(items), ndim, "padding", where)
     return tuple((p, p) for p in flat)
+
+
+def part_geometry(stride, padding, dilation, part: str):
+    """The ``(stride, ((top, bottom), (left, right)), dilation)`` of a factor of a 2-D
+    convolution that convolves along ``part`` of it: ``"full"`` both dimensions (all of the
+    layer's geometry), ``"h"`` the height only, ``"w"`` the width only, ``"1x1"`` neither. A
+    decomposition gives each dimension's stride, padding and dilation to the factor that
+    convolves along it, so the chain has the layer's output shape."""
+    (sh, sw), ((t, b), (l, r)), (dh, dw) = stride, padding, dilation
+    return {
+        "1x1": ((1, 1), ((0, 0), (0, 0)), (1, 1)),
+        "full": ((sh, sw), ((t, b), (l, r)), (dh, dw)),
+        "h": ((sh, 1), ((t, b), (0, 0)), (dh, 1)),
+        "w": ((1, sw), ((0, 0), (l, r)), (1, dw)),
+    }[part]
+
+
+# the names the rest of the package used before these were public
+_tuple, _padding = normalise_tuple, normalise_padding
 
 
 @dataclass(frozen=True)

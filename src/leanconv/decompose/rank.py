@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 
 from ..cost.formulas import conv_cost
-from ..spec import ConvSpec
+from ..spec import ConvSpec, part_geometry
 from . import methods as registry
 from ._common import F64, check_fraction, check_int, check_weight, svd, unfold, where
 from ._errors import DecompositionError, InvalidRankError
@@ -182,13 +182,7 @@ def vbmf_rank(
 
 # ---------------------------------------------------------------------- cost budget
 def _geometry(spec: ConvSpec, part: str):
-    (sh, sw), ((t, b), (l, r)), (dh, dw) = spec.stride, spec.padding, spec.dilation
-    return {
-        "1x1": ((1, 1), 0, (1, 1)),
-        "full": ((sh, sw), ((t, b), (l, r)), (dh, dw)),
-        "h": ((sh, 1), ((t, b), (0, 0)), (dh, 1)),
-        "w": ((1, sw), ((0, 0), (l, r)), (1, dw)),
-    }[part]
+    return part_geometry(spec.stride, spec.padding, spec.dilation, part)
 
 
 def factor_specs(spec: ConvSpec, method: Method, rank) -> list[ConvSpec]:

@@ -41,7 +41,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..decompose.factors import CPFactors, TTFactors, Tucker2Factors
-from ..spec import ConvSpec, PaddingArg, _padding, _tuple
+from ..spec import ConvSpec, PaddingArg, part_geometry
+from ..spec import normalise_padding as _padding
+from ..spec import normalise_tuple as _tuple
 from ._common import AnalyticCost, Shape
 
 Pairs = tuple[tuple[int, int], tuple[int, int]]
@@ -82,9 +84,9 @@ def _conv(
 
 
 def _split(stride, padding, dilation):
-    """The height-only and width-only parts of a 2-D geometry."""
-    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
-    return ((sh, 1), (ph, (0, 0)), (dh, 1)), ((1, sw), ((0, 0), pw), (1, dw))
+    """The height-only and width-only parts of a 2-D geometry (:func:`spec.part_geometry`)."""
+    return (part_geometry(stride, padding, dilation, "h"),
+            part_geometry(stride, padding, dilation, "w"))  # fmt: skip
 
 
 def _pointwise(matrix: Tensor) -> Tensor:
