@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import pickle
 import re
 import sys
 import zipfile
@@ -288,7 +289,7 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], list[str
     else:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle_errors() as exc:
+        except (pickle.UnpicklingError, AttributeError, TypeError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UnsafeFileError(
                 f"--weights {str(path)!r} cannot be read safely (torch.load with "
@@ -304,12 +305,6 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], list[str
             state = {k[len(prefix) :]: v for k, v in state.items()}
             said.append(f"removed the prefix {prefix!r} from every key")
     return state, said
-
-
-def pickle_errors() -> tuple[type[BaseException], ...]:
-    import pickle
-
-    return (pickle.UnpicklingError, AttributeError, TypeError)
 
 
 def _is_state(d) -> bool:

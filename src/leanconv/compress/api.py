@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from ..data.batches import check_source, first_inputs
@@ -40,10 +41,8 @@ _FINETUNE = {f.name for f in dataclasses.fields(FinetuneConfig)} - {
 _RUN = {"force", "resume", "log", "factory", "factory_kwargs"}
 
 
-def _num_classes(model: nn.Module, test) -> int | None:
-    import torch
-
-    x = first_inputs(test, 2, where="test data")
+def _num_classes(model: nn.Module, x: torch.Tensor) -> int:
+    """The number of class logits ``model`` returns for the inputs ``x``."""
     was = model.training
     model.eval()
     try:
@@ -103,8 +102,9 @@ def compress(
         **{k: v for k, v in options.items() if k in _CONFIG},
     )  # fmt: skip
     judged = resolve_metric(metric)
-    classes = _num_classes(model, test) if judged.logits else None
-    data = DataBundle("user data", train, test, classes)
+    x = first_inputs(test, 2, where="test data")  # read once: a loader may start workers
+    classes = _num_classes(model, x) if judged.logits else None
+    data = DataBundle("user data", train, test, classes, tuple(x.shape[1:]))
     base = {}
     if options.get("factory"):
         base = {"factory": str(options["factory"]), "kwargs": options.get("factory_kwargs") or {}}

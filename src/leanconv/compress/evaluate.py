@@ -145,8 +145,3 @@ def check_outputs(model: nn.Module, data, metric: Metric, num_classes: int | Non
             f"the data's targets run from {int(y.min())} to {int(y.max())} but the model "
             f"outputs {logits.shape[1]} logits"
         )
-
-
-def check_classes(model: nn.Module, dataset, num_classes: int) -> None:
-    """Raise if the model's output does not have one logit per class of the data."""
-    check_outputs(model, dataset, ACCURACY, num_classes)

@@ -252,6 +252,17 @@ def _check_base(base, names: list[str]) -> None:
         _check_json_value(value, f"base.kwargs.{key}")
 
 
+def _by_layer(description: dict, field: str) -> dict:
+    """``description[field]``: an object whose keys are module paths."""
+    value = description.get(field, {})
+    if not isinstance(value, dict):
+        _fail(field, "must be an object")
+    for name in value:
+        if not (isinstance(name, str) and _PATH.match(name)):
+            _fail(field, f"has a key {name!r} that is not a module path")
+    return value
+
+
 def validate(description) -> dict:
     """``description`` (parsed ``model.json``) if every field is allowed; raises
     :class:`ModelFileError` naming the first field that is not."""
@@ -267,19 +278,9 @@ def validate(description) -> dict:
     if description.get("format") != FORMAT:
         _fail("format", f"must be {FORMAT!r}, not {description.get('format')!r}")
     _check_base(description.get("base", {}), zoo.names())
-    replaced = description.get("replaced", {})
-    if not isinstance(replaced, dict):
-        _fail("replaced", "must be an object")
-    for name, desc in replaced.items():
-        if not (isinstance(name, str) and _PATH.match(name)):
-            _fail("replaced", f"has a key {name!r} that is not a module path")
+    for name, desc in _by_layer(description, "replaced").items():
         _check_module(desc, f"replaced[{name!r}]")
-    algorithms = description.get("algorithms", {})
-    if not isinstance(algorithms, dict):
-        _fail("algorithms", "must be an object")
-    for name, algorithm in algorithms.items():
-        if not (isinstance(name, str) and _PATH.match(name)):
-            _fail("algorithms", f"has a key {name!r} that is not a module path")
+    for name, algorithm in _by_layer(description, "algorithms").items():
         if algorithm not in ALGORITHMS:
             _fail(f"algorithms[{name!r}]", f"names an unknown algorithm {algorithm!r}")
     if description.get("memory_format", "contiguous") not in FORMATS:

@@ -44,15 +44,6 @@ def logits_of(out, where: str = "the model") -> Tensor:
     )
 
 
-def describe(out) -> str:
-    """A short description of an output's structure, for messages."""
-    ts = tensors(out)
-    shapes = ", ".join("x".join(map(str, t.shape)) for t in ts[:4]) + (
-        ", ..." if len(ts) > 4 else ""
-    )
-    return f"{type(out).__name__} of {len(ts)} tensor(s) [{shapes}]"
-
-
 def reference(out, logits: bool):
     """What :func:`divergence` compares against: log probabilities (float64) of class logits,
     else the output tensors in float64 with their mean squared norm per sample."""

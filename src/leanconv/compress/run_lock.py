@@ -48,6 +48,23 @@ def _describe(owner: dict) -> str:
     return f"pid {owner.get('pid', '?')} on {owner.get('host', '?')}, started {when}"
 
 
+def _refuse_directory(path: Path) -> None:
+    if path.is_dir():
+        raise LeanconvError(f"{str(path)!r} (the lock of --out) is a directory: remove it")
+
+
+def _lock_or_name_owner(fd: int, out_dir, path: Path) -> None:
+    """Take the exclusive lock of ``fd`` without waiting, or raise :class:`RunningError` naming
+    the run that holds it."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise RunningError(
+            f"another leanconv run is writing {str(out_dir)!r} ({_describe(_read_owner(fd))}); "
+            f"wait for it to finish, or choose another --out (lock: {str(path)!r})"
+        ) from None
+
+
 class RunLock:
     """The lock of one run on ``out_dir`` (a context manager; see the module docstring)."""
 
@@ -59,19 +76,14 @@ class RunLock:
 
     def acquire(self) -> RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.is_dir():
-            raise LeanconvError(f"{str(self.path)!r} (the lock of --out) is a directory: remove it")
+        _refuse_directory(self.path)
         for _ in range(5):
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                owner = _read_owner(fd)
+                _lock_or_name_owner(fd, self.out_dir, self.path)
+            except RunningError:
                 os.close(fd)
-                raise RunningError(
-                    f"another leanconv run is writing {str(self.out_dir)!r} ({_describe(owner)}); "
-                    f"wait for it to finish, or choose another --out (lock: {str(self.path)!r})"
-                ) from None
+                raise
             try:
                 same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
             except FileNotFoundError:
@@ -99,21 +111,13 @@ class RunLock:
         """Raise :class:`RunningError` if a live run holds the lock of ``out_dir``; change
         nothing otherwise (no directory made, no stale lock taken over or removed)."""
         path = lock_path(Path(out_dir))
-        if path.is_dir():
-            raise LeanconvError(f"{str(path)!r} (the lock of --out) is a directory: remove it")
+        _refuse_directory(path)
         try:
             fd = os.open(path, os.O_RDWR)
         except (FileNotFoundError, NotADirectoryError):
             return
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                owner = _read_owner(fd)
-                raise RunningError(
-                    f"another leanconv run is writing {str(out_dir)!r} ({_describe(owner)}); "
-                    f"wait for it to finish, or choose another --out (lock: {str(path)!r})"
-                ) from None
+            _lock_or_name_owner(fd, out_dir, path)
             fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)

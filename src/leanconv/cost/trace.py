@@ -202,13 +202,6 @@ def parse_shape(text: str | Sequence[int]) -> tuple[int, ...]:
     return shape
 
 
-def _example(example, dtype: torch.dtype | None) -> torch.Tensor:
-    if isinstance(example, torch.Tensor):
-        return torch.empty_like(example, device="meta")
-    shape = parse_shape(example)
-    return torch.empty(shape, device="meta", dtype=dtype or torch.float32)
-
-
 def _is_shape(value) -> bool:
     return (isinstance(value, tuple | list) and bool(value)
             and all(type(v) is int for v in value))  # fmt: skip

@@ -181,10 +181,6 @@ def vbmf_rank(
 
 
 # ---------------------------------------------------------------------- cost budget
-def _geometry(spec: ConvSpec, part: str):
-    return part_geometry(spec.stride, spec.padding, spec.dilation, part)
-
-
 def factor_specs(spec: ConvSpec, method: Method, rank) -> list[ConvSpec]:
     """The chain of convolutions a ``method`` at ``rank`` replaces ``spec`` by, in order.
 
@@ -206,7 +202,7 @@ def factor_specs(spec: ConvSpec, method: Method, rank) -> list[ConvSpec]:
     specs: list[ConvSpec] = []
     size = spec.input_size
     for n, (c_in, c_out, kernel, part, groups) in enumerate(chain):
-        stride, padding, dilation = _geometry(spec, part)
+        stride, padding, dilation = part_geometry(spec.stride, spec.padding, spec.dilation, part)
         last = n == len(chain) - 1
         s = ConvSpec(c_in, c_out, kernel, size, stride, padding, dilation, groups=groups,
                      bias=spec.bias and last, batch=spec.batch, dtype=spec.dtype,
