@@ -23,7 +23,10 @@ from ..errors import InvalidSpecError
 from ..spec import ConvSpec
 from .algorithms import winograd_multiplications
 from .convention import DEFAULT, Convention
-from .formulas import conv_cost
+from .formulas import OpCost, conv_cost
+
+#: The fields of an :class:`Alternative` that its JSON row holds as they are, in this order.
+_FIGURES = ("name", "description", "params", "macs", "per_output")
 
 
 @dataclass(frozen=True)
@@ -49,17 +52,13 @@ class Alternative:
         return self.macs / self.baseline_macs if self.baseline_macs else float("nan")
 
     def as_dict(self) -> dict:
-        return {
-            "name": self.name,
-            "description": self.description,
-            "params": self.params,
-            "macs": self.macs,
-            "per_output": self.per_output,
-            "params_ratio": None if self.skipped else self.params_ratio,
-            "macs_ratio": None if self.skipped else self.macs_ratio,
-            "layers": [s.describe() for s in self.layers],
-            "skipped": self.skipped,
-        }
+        """The JSON row: the figures, the ratios (``None`` when skipped), the layers described."""
+        row = {key: getattr(self, key) for key in _FIGURES}
+        row["params_ratio"] = None if self.skipped else self.params_ratio
+        row["macs_ratio"] = None if self.skipped else self.macs_ratio
+        row["layers"] = [s.describe() for s in self.layers]
+        row["skipped"] = self.skipped
+        return row
 
 
 @dataclass(frozen=True)
@@ -253,74 +252,78 @@ def whatif(
     Alternatives that do not apply (say, Winograd for a strided layer) are listed with the reason.
     """
     base = conv_cost(spec, convention)
-    outputs = _outputs(spec)
-    rows = [
-        Alternative(
-            "original",
-            spec.describe(),
-            base.params,
-            base.macs,
-            base.macs / outputs,
-            base.params,
-            base.macs,
-            (spec,),
-        )  # fmt: skip
-    ]
+    original = Alternative("original", spec.describe(), base.params, base.macs,
+                           base.macs / _outputs(spec), base.params, base.macs, (spec,))  # fmt: skip
+    rewrites = {
+        "stacked_3x3": lambda: stacked_3x3(spec),
+        "spatially_separable": lambda: spatially_separable(spec),
+        f"bottleneck_1x1 (squeeze {squeeze})": lambda: bottleneck(spec, squeeze),
+        f"depthwise_separable (multiplier {multiplier})": (
+            lambda: depthwise_separable(spec, multiplier)
+        ),
+        f"grouped (g={groups}) + shuffle": lambda: grouped(spec, groups),
+    }
+    rows = [original]
+    rows += [_rewrite_row(name, build, spec, base, convention) for name, build in rewrites.items()]
+    rows += [_winograd_row(spec, m, base) for m in tiles]
+    rows += _wider_but_fewer(spec, depth, base, convention)
+    return WhatIf(spec, tuple(rows))
 
-    def add(name: str, build, describe=None) -> None:
-        try:
-            layers = build()
-        except InvalidSpecError as exc:
-            rows.append(Alternative(name, "", 0, 0, 0.0, base.params, base.macs, skipped=str(exc)))
-            return
-        params, macs = _chain_cost(layers, convention)
-        text = describe or " -> ".join(s.describe() for s in layers)
-        rows.append(
-            Alternative(name, text, params, macs, macs / outputs, base.params, base.macs, layers)
-        )
 
+def _skipped(name: str, exc: InvalidSpecError, base: OpCost) -> Alternative:
+    """The row of an alternative that does not apply, with the reason."""
+    return Alternative(name, "", 0, 0, 0.0, base.params, base.macs, skipped=str(exc))
+
+
+def _rewrite_row(name: str, build, spec: ConvSpec, base: OpCost, convention) -> Alternative:
+    """The row of the chain of layers ``build()`` returns in place of ``spec``."""
+    try:
+        layers = build()
+    except InvalidSpecError as exc:
+        return _skipped(name, exc, base)
+    params, macs = _chain_cost(layers, convention)
+    text = " -> ".join(s.describe() for s in layers)
+    return Alternative(name, text, params, macs, macs / _outputs(spec), base.params, base.macs,
+                       layers)  # fmt: skip
+
+
+def _winograd_row(spec: ConvSpec, m: int, base: OpCost) -> Alternative:
+    """Winograd ``F(m x m, k)``: the original's weights, fewer multiplications per output."""
     k = spec.kernel_size
-    add("stacked_3x3", lambda: stacked_3x3(spec))
-    add("spatially_separable", lambda: spatially_separable(spec))
-    add(f"bottleneck_1x1 (squeeze {squeeze})", lambda: bottleneck(spec, squeeze))
-    add(
-        f"depthwise_separable (multiplier {multiplier})",
-        lambda: depthwise_separable(spec, multiplier),
-    )
-    add(f"grouped (g={groups}) + shuffle", lambda: grouped(spec, groups))
-    for m in tiles:
-        name = f"winograd F({m}x{m},{k[0]}x{k[-1]})"
-        try:
-            w = winograd_multiplications(spec, m)
-        except InvalidSpecError as exc:
-            rows.append(Alternative(name, "", 0, 0, 0.0, base.params, base.macs, skipped=str(exc)))
-            continue
-        rows.append(
-            Alternative(
-                name,
-                f"{w.per_tile} vs {w.direct_per_tile} multiplications per {m}x{m} tile",
-                base.params,
-                w.multiplications,
-                w.multiplications / outputs,
-                base.params,
-                base.macs,
-            )  # fmt: skip
-        )
+    name = f"winograd F({m}x{m},{k[0]}x{k[-1]})"
+    try:
+        w = winograd_multiplications(spec, m)
+    except InvalidSpecError as exc:
+        return _skipped(name, exc, base)
+    return Alternative(
+        name,
+        f"{w.per_tile} vs {w.direct_per_tile} multiplications per {m}x{m} tile",
+        base.params,
+        w.multiplications,
+        w.multiplications / _outputs(spec),
+        base.params,
+        base.macs,
+    )  # fmt: skip
+
+
+def _wider_but_fewer(spec: ConvSpec, depth: int, base: OpCost, convention) -> list[Alternative]:
+    """One layer ``sqrt(depth)`` times wider in place of ``depth`` layers (same params); no row
+    unless ``spec`` keeps its width (``C_in == C_out``, groups 1) and ``depth > 1``."""
     wide = max(1, round(spec.in_channels * math.sqrt(depth)))
     square = spec.in_channels == spec.out_channels and spec.groups == 1
-    if depth > 1 and square and wide > spec.in_channels:
-        layer = spec.with_(in_channels=wide, out_channels=wide)
-        cost = conv_cost(layer, convention)
-        rows.append(
-            Alternative(
-                f"wider_but_fewer (1 in place of {depth})",
-                f"1 layer of {wide} channels vs {depth} layers of {spec.in_channels}",
-                cost.params,
-                cost.macs,
-                cost.macs / _outputs(layer),
-                depth * base.params,
-                depth * base.macs,
-                (layer,),
-            )  # fmt: skip
-        )
-    return WhatIf(spec, tuple(rows))
+    if not (depth > 1 and square and wide > spec.in_channels):
+        return []
+    layer = spec.with_(in_channels=wide, out_channels=wide)
+    cost = conv_cost(layer, convention)
+    return [
+        Alternative(
+            f"wider_but_fewer (1 in place of {depth})",
+            f"1 layer of {wide} channels vs {depth} layers of {spec.in_channels}",
+            cost.params,
+            cost.macs,
+            cost.macs / _outputs(layer),
+            depth * base.params,
+            depth * base.macs,
+            (layer,),
+        )  # fmt: skip
+    ]
