@@ -25,8 +25,17 @@ IntOrTuple = int | Sequence[int]
 PaddingArg = int | str | Sequence[int] | Sequence[Sequence[int]]
 
 
-def normalise_tuple(value: IntOrTuple, ndim: int, arg: str, where: str) -> tuple[int, ...]:
-    """``value`` (an int, or one or ``ndim`` ints) as ``ndim`` ints; raises naming ``arg``."""
+def normalise_tuple(
+    value: IntOrTuple, ndim: int, arg: str, where: str, *, strict: bool = False
+) -> tuple[int, ...]:
+    """``value`` (an int, or one or ``ndim`` ints) as ``ndim`` ints; raises naming ``arg``.
+
+    ``where`` prefixes every message (``"layer 'conv1': "``, or ``""``). Entries go through
+    ``int()``; with ``strict`` (what the ``conv2d`` functions take, as ``F.conv2d`` does) they must
+    be ``int`` already: no bool, float or tensor.
+    """
+    if strict:
+        _check_ints(value, arg, where)
     if isinstance(value, int):
         return (value,) * ndim
     out = tuple(int(v) for v in value)
@@ -39,6 +48,23 @@ def normalise_tuple(value: IntOrTuple, ndim: int, arg: str, where: str) -> tuple
     return out
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_ints(value, arg: str, where: str) -> None:
+    """``value`` is an int or an iterable of ints (bools excluded)."""
+    message = f"{where}{arg}={value!r} must be an int or a tuple of ints"
+    if _is_int(value):
+        return
+    try:
+        items = tuple(value)
+    except TypeError:
+        raise InvalidSpecError(message) from None
+    if not all(_is_int(v) for v in items):
+        raise InvalidSpecError(message)
+
+
 def normalise_padding(
     value: PaddingArg,
     ndim: int,
@@ -46,17 +72,20 @@ def normalise_padding(
     dilation: tuple[int, ...],
     stride: tuple[int, ...],
     where: str,
+    *,
+    strict: bool = False,
 ) -> tuple[tuple[int, int], ...]:
+    """Padding as ``ndim`` ``(lo, hi)`` pairs, from an int, one or ``ndim`` ints, ``ndim``
+    ``(lo, hi)`` pairs, ``"same"`` or ``"valid"``.
+
+    With ``strict`` (what the ``conv2d`` functions take) also ``2 ndim`` ints in the order of
+    ``torch.nn.functional.pad`` (last dimension first: ``(left, right, top, bottom)`` in 2-D), and
+    every entry must be a non-negative ``int``.
+    """
     if isinstance(value, str):
-        if value == "valid":
-            return ((0, 0),) * ndim
-        if value == "same":
-            if any(s != 1 for s in stride):
-                raise InvalidSpecError(f"{where}padding='same' needs stride 1, got stride={stride}")
-            # PyTorch puts the extra element of an odd total on the high side.
-            totals = [d * (k - 1) for k, d in zip(kernel, dilation, strict=True)]
-            return tuple((t // 2, t - t // 2) for t in totals)
-        raise InvalidSpecError(f"{where}padding={value!r} is not 'same', 'valid' or a number")
+        return _named_padding(value, ndim, kernel, dilation, stride, where)
+    if strict:
+        return _strict_padding(value, ndim, where)
     if isinstance(value, int):
         return ((value, value),) * ndim
     items = list(value)
@@ -69,6 +98,60 @@ def normalise_padding(
         return pairs
     flat = normalise_tuple(tuple(items), ndim, "padding", where)
     return tuple((p, p) for p in flat)
+
+
+def _named_padding(
+    value: str,
+    ndim: int,
+    kernel: tuple[int, ...],
+    dilation: tuple[int, ...],
+    stride: tuple[int, ...],
+    where: str,
+) -> tuple[tuple[int, int], ...]:
+    """``"valid"`` (none) or ``"same"`` (stride 1 only; PyTorch puts the extra element of an odd
+    total on the high side)."""
+    if value == "valid":
+        return ((0, 0),) * ndim
+    if value == "same":
+        if any(s != 1 for s in stride):
+            raise InvalidSpecError(f"{where}padding='same' needs stride 1, got stride={stride}")
+        totals = [d * (k - 1) for k, d in zip(kernel, dilation, strict=True)]
+        return tuple((t // 2, t - t // 2) for t in totals)
+    raise InvalidSpecError(f"{where}padding={value!r} is not 'same', 'valid' or a number")
+
+
+def _strict_padding(value: PaddingArg, ndim: int, where: str) -> tuple[tuple[int, int], ...]:
+    """The numeric forms of :func:`normalise_padding` with ``strict``."""
+    if _is_int(value):
+        return _non_negative(((value, value),) * ndim, value, where)
+    try:
+        items = list(value)
+    except TypeError:
+        raise InvalidSpecError(f"{where}padding={value!r} is not understood") from None
+    ints = all(isinstance(v, int) for v in items)
+    if len(items) == ndim and all(isinstance(v, Sequence) and len(v) == 2 for v in items):
+        pairs = tuple(tuple(v) for v in items)
+    elif len(items) == 2 * ndim and ints:
+        pairs = tuple((items[2 * i], items[2 * i + 1]) for i in reversed(range(ndim)))
+    elif len(items) in (1, ndim) and ints:
+        flat = normalise_tuple(tuple(items), ndim, "padding", where, strict=True)
+        pairs = tuple((p, p) for p in flat)
+    else:
+        forms = "(ph, pw), ((top, bottom), (left, right)), (left, right, top, bottom)"
+        if ndim != 2:
+            forms = f"{ndim} ints, {ndim} (lo, hi) pairs, {2 * ndim} ints in F.pad order"
+        raise InvalidSpecError(
+            f"{where}padding={value!r} must be an int, {forms}, 'same' or 'valid'"
+        )
+    if not all(_is_int(p) for pair in pairs for p in pair):
+        raise InvalidSpecError(f"{where}padding={value!r} must hold integers")
+    return _non_negative(pairs, value, where)
+
+
+def _non_negative(pairs, value, where: str) -> tuple[tuple[int, int], ...]:
+    if any(p < 0 for pair in pairs for p in pair):
+        raise InvalidSpecError(f"{where}padding={value!r} must not be negative")
+    return tuple((int(lo), int(hi)) for lo, hi in pairs)
 
 
 def part_geometry(stride, padding, dilation, part: str):

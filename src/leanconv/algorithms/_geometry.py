@@ -1,8 +1,10 @@
 """Arguments shared by every convolution algorithm: checking them and reducing stride and dilation.
 
 ``normalise`` checks ``conv2d`` arguments as ``torch.nn.functional.conv2d`` would and names the bad
-one. ``phases`` rewrites one spatial dimension of a strided, dilated correlation as stride-1,
-dilation-1 sub-problems (polyphase decomposition). With ``g = gcd(s, d)``, ``s = g s'``,
+one; the geometry itself (ints or pairs, padding in every accepted form, ``"same"``) is parsed by
+:mod:`leanconv.spec` (``strict=True``: ints only, as ``F.conv2d`` takes them). ``phases``
+rewrites one spatial dimension of a strided, dilated correlation as stride-1, dilation-1
+sub-problems (polyphase decomposition). With ``g = gcd(s, d)``, ``s = g s'``,
 ``d = g d'`` and ``L = lcm(s, d) = g s' d'``::
 
     y[o] = sum_k w[k] x[o s + k d]
@@ -22,8 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import InvalidSpecError
-
-PaddingArg = int | str | Sequence[int] | Sequence[Sequence[int]]
+from ..spec import PaddingArg, normalise_padding, normalise_tuple
 
 
 @dataclass(frozen=True)
@@ -47,23 +48,8 @@ class ConvArgs:
 
 
 def pair(value: int | Sequence[int], arg: str, where: str) -> tuple[int, int]:
-    if isinstance(value, bool):
-        raise InvalidSpecError(f"{where}: {arg}={value!r} must be an int or a pair of ints")
-    if isinstance(value, int):
-        out = (value, value)
-    else:
-        try:
-            items = tuple(value)
-        except TypeError:
-            raise InvalidSpecError(f"{where}: {arg}={value!r} must be an int or a pair") from None
-        if len(items) == 1:
-            items = items * 2
-        if len(items) != 2 or not all(
-            isinstance(v, int) and not isinstance(v, bool) for v in items
-        ):
-            raise InvalidSpecError(f"{where}: {arg}={value!r} must be an int or a pair of ints")
-        out = (int(items[0]), int(items[1]))
-    return out
+    """``value`` (an int, or one or two ints) as two ints (:func:`spec.normalise_tuple`)."""
+    return normalise_tuple(value, 2, arg, f"{where}: ", strict=True)
 
 
 def padding4(
@@ -75,42 +61,11 @@ def padding4(
 ) -> tuple[int, int, int, int]:
     """``(top, bottom, left, right)`` from an int, ``(ph, pw)``, ``((top, bottom), (left, right))``,
     ``(left, right, top, bottom)`` (the order of ``torch.nn.functional.pad``), ``"same"`` or
-    ``"valid"``."""
-    if isinstance(padding, str):
-        if padding == "valid":
-            return (0, 0, 0, 0)
-        if padding == "same":
-            if stride != (1, 1):
-                raise InvalidSpecError(f"{where}: padding='same' needs stride 1, got {stride}")
-            th, tw = (d * (k - 1) for k, d in zip(kernel, dilation, strict=True))
-            return (th // 2, th - th // 2, tw // 2, tw - tw // 2)
-        raise InvalidSpecError(f"{where}: padding={padding!r} is not 'same', 'valid' or a number")
-    if isinstance(padding, int) and not isinstance(padding, bool):
-        out = (padding,) * 4
-    else:
-        try:
-            items = list(padding)
-        except TypeError:
-            raise InvalidSpecError(f"{where}: padding={padding!r} is not understood") from None
-        if len(items) == 2 and all(isinstance(v, Sequence) for v in items):
-            (top, bottom), (left, right) = (tuple(v) for v in items)
-            out = (top, bottom, left, right)
-        elif len(items) == 4 and all(isinstance(v, int) for v in items):
-            left, right, top, bottom = items
-            out = (top, bottom, left, right)
-        elif len(items) in (1, 2) and all(isinstance(v, int) for v in items):
-            ph, pw = pair(tuple(items), "padding", where)
-            out = (ph, ph, pw, pw)
-        else:
-            raise InvalidSpecError(
-                f"{where}: padding={padding!r} must be an int, (ph, pw), ((top, bottom), "
-                "(left, right)), (left, right, top, bottom), 'same' or 'valid'"
-            )
-    if not all(isinstance(p, int) and not isinstance(p, bool) for p in out):
-        raise InvalidSpecError(f"{where}: padding={padding!r} must hold integers")
-    if any(p < 0 for p in out):
-        raise InvalidSpecError(f"{where}: padding={padding!r} must not be negative")
-    return tuple(int(p) for p in out)
+    ``"valid"`` (:func:`spec.normalise_padding`)."""
+    (top, bottom), (left, right) = normalise_padding(
+        padding, 2, kernel, dilation, stride, f"{where}: ", strict=True
+    )
+    return (top, bottom, left, right)
 
 
 def check_tensors(x: torch.Tensor, weight: torch.Tensor, where: str) -> None:
