@@ -41,6 +41,7 @@ from typing import Literal
 
 import torch
 
+from ..cost.algorithms import TileMultiplications, winograd_tile_multiplications
 from ..errors import InvalidSpecError
 
 Matrix = tuple[tuple[Fraction, ...], ...]
@@ -150,9 +151,43 @@ def _fmt(v: Fraction) -> str:
     return str(v.numerator) if v.denominator == 1 else f"{v.numerator}/{v.denominator}"
 
 
+# ------------------------------------------------------------------------------------ counts
+class _Counted:
+    """Multiplication counts of an algorithm with tile ``m`` and filter ``r`` (ints in 1-D, pairs
+    nested in 2-D), from :func:`leanconv.cost.algorithms.winograd_tile_multiplications`."""
+
+    m: int | tuple[int, int]
+    r: int | tuple[int, int]
+
+    @property
+    def counts(self) -> TileMultiplications:
+        return winograd_tile_multiplications(self.m, self.r)
+
+    @property
+    def multiplications(self) -> int:
+        """Multiplications per tile in the element-wise stage: ``m + r - 1`` (in 2-D
+        ``(m + r - 1)(n + s - 1)``)."""
+        return self.counts.per_tile
+
+    @property
+    def direct_multiplications(self) -> int:
+        """Multiplications of direct correlation for the same outputs: ``m r`` (``m n r s``)."""
+        return self.counts.direct_per_tile
+
+    @property
+    def multiplications_per_output(self) -> Fraction:
+        """``(m + r - 1) / m`` (in 2-D the product over both dimensions)."""
+        return self.counts.per_output
+
+    @property
+    def reduction(self) -> Fraction:
+        """How many times fewer multiplications than direct: ``m r / (m + r - 1)``."""
+        return self.counts.reduction
+
+
 # ------------------------------------------------------------------------------------ 1-D class
 @dataclass(frozen=True)
-class WinogradTransform:
+class WinogradTransform(_Counted):
     """Exact matrices of the 1-D algorithm F(m, r): ``y = AT [(G g) ⊙ (BT d)]``.
 
     ``points`` are the finite interpolation points (the point at infinity is always the last row).
@@ -170,26 +205,6 @@ class WinogradTransform:
     def alpha(self) -> int:
         """Input tile length ``a = m + r - 1``."""
         return self.m + self.r - 1
-
-    @property
-    def multiplications(self) -> int:
-        """Multiplications per tile in the element-wise stage: ``m + r - 1``."""
-        return self.alpha
-
-    @property
-    def direct_multiplications(self) -> int:
-        """Multiplications of direct correlation for the same ``m`` outputs: ``m r``."""
-        return self.m * self.r
-
-    @property
-    def multiplications_per_output(self) -> Fraction:
-        """``(m + r - 1) / m``."""
-        return Fraction(self.alpha, self.m)
-
-    @property
-    def reduction(self) -> Fraction:
-        """How many times fewer multiplications than direct: ``m r / (m + r - 1)``."""
-        return Fraction(self.direct_multiplications, self.multiplications)
 
     @property
     def name(self) -> str:
@@ -281,7 +296,7 @@ def winograd_transform(
 
 # ------------------------------------------------------------------------------------ 2-D class
 @dataclass(frozen=True)
-class WinogradTransform2D:
+class WinogradTransform2D(_Counted):
     """Nested F(m x n, r x s): ``Y = AT_h [(G_h g G_w^T) ⊙ (BT_h d BT_w^T)] AT_w^T``.
 
     On row-major flattened tiles this is again a bilinear algorithm with Kronecker-product matrices
@@ -314,24 +329,6 @@ class WinogradTransform2D:
     @property
     def BT(self) -> Matrix:
         return _kron(self.rows.BT, self.cols.BT)
-
-    @property
-    def multiplications(self) -> int:
-        """Per tile: ``(m + r - 1)(n + s - 1)``."""
-        return self.rows.multiplications * self.cols.multiplications
-
-    @property
-    def direct_multiplications(self) -> int:
-        """Direct correlation for the same ``m n`` outputs: ``m n r s``."""
-        return self.rows.direct_multiplications * self.cols.direct_multiplications
-
-    @property
-    def multiplications_per_output(self) -> Fraction:
-        return self.rows.multiplications_per_output * self.cols.multiplications_per_output
-
-    @property
-    def reduction(self) -> Fraction:
-        return self.rows.reduction * self.cols.reduction
 
     @property
     def name(self) -> str:

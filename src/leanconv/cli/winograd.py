@@ -11,6 +11,7 @@ import typer
 from rich.table import Table
 
 from ..algorithms.toomcook import nest, verify, winograd_transform
+from ..cost.algorithms import TileMultiplications
 from ..errors import InvalidSpecError
 from .common import console, err_console, handle_errors
 
@@ -45,14 +46,13 @@ def _parse_points(text: str | None) -> list[str] | None:
     return items
 
 
-def _counts(m: int, r: int, per_tile: int, direct: int) -> dict:
-    per_output = Fraction(per_tile, m)
+def _counts(counts: TileMultiplications) -> dict:
     return {
-        "per_tile": per_tile,
-        "per_output": _fmt(per_output),
-        "direct_per_tile": direct,
-        "direct_per_output": _fmt(Fraction(direct, m)),
-        "reduction": _fmt(Fraction(direct, per_tile)),
+        "per_tile": counts.per_tile,
+        "per_output": _fmt(counts.per_output),
+        "direct_per_tile": counts.direct_per_tile,
+        "direct_per_output": _fmt(counts.direct_per_output),
+        "reduction": _fmt(counts.reduction),
     }
 
 
@@ -74,8 +74,7 @@ def describe(m: int, r: int, points: list[str] | None = None, fractions: str = "
     t = winograd_transform(m, r, points, fractions)  # type: ignore[arg-type]
     verify(t)
     t2 = nest(t)
-    one_d = _counts(m, r, t.multiplications, t.direct_multiplications)
-    two_d = _counts(m * m, r * r, t2.multiplications, t2.direct_multiplications)
+    one_d, two_d = _counts(t.counts), _counts(t2.counts)
     return {
         "name": t.name,
         "m": m,

@@ -18,7 +18,9 @@ radix-2 transform of ``n = t^2`` points, halved for real input, 4 real each).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 
 from ..errors import InvalidSpecError
 from ..spec import ConvSpec
@@ -38,6 +40,50 @@ class AlgorithmCost:
     @property
     def total(self) -> int:
         return self.multiplications + self.transform_multiplications
+
+
+@dataclass(frozen=True)
+class TileMultiplications:
+    """Multiplications of Winograd F(m, r), or of the nested F(m_1 x m_2, r_1 x r_2), for one tile
+    and one (input, output) channel pair.
+
+    The element-wise stage takes ``prod_i (m_i + r_i - 1)`` multiplications (one per point of the
+    input tile), direct correlation ``prod_i m_i r_i`` for the same ``prod_i m_i`` outputs
+    (Winograd 1980; Lavin & Gray 2016, eq. 8 for the nesting).
+    """
+
+    outputs: int  # per tile: prod m_i
+    per_tile: int  # prod (m_i + r_i - 1)
+    direct_per_tile: int  # prod m_i r_i
+
+    @property
+    def per_output(self) -> Fraction:
+        """``prod (m_i + r_i - 1) / prod m_i``."""
+        return Fraction(self.per_tile, self.outputs)
+
+    @property
+    def direct_per_output(self) -> Fraction:
+        """``prod r_i``."""
+        return Fraction(self.direct_per_tile, self.outputs)
+
+    @property
+    def reduction(self) -> Fraction:
+        """How many times fewer multiplications than direct: ``prod m_i r_i / (m_i + r_i - 1)``."""
+        return Fraction(self.direct_per_tile, self.per_tile)
+
+
+def winograd_tile_multiplications(
+    m: int | Sequence[int], r: int | Sequence[int]
+) -> TileMultiplications:
+    """The counts of F(m, r) for ints, of the nested F(m_1 x m_2 x ..., r_1 x r_2 x ...) for
+    sequences (one tile size and one filter size per dimension)."""
+    ms = (m,) if isinstance(m, int) else tuple(m)
+    rs = (r,) if isinstance(r, int) else tuple(r)
+    return TileMultiplications(
+        outputs=math.prod(ms),
+        per_tile=math.prod(a + b - 1 for a, b in zip(ms, rs, strict=True)),
+        direct_per_tile=math.prod(a * b for a, b in zip(ms, rs, strict=True)),
+    )
 
 
 def _stride1_2d(spec: ConvSpec, algorithm: str) -> None:
@@ -67,16 +113,22 @@ def winograd_multiplications(spec: ConvSpec, m: int, transforms: bool = False) -
     r, s = spec.kernel_size
     ho, wo = spec.output_size
     a, b = m + r - 1, m + s - 1
+    counts = winograd_tile_multiplications((m, m), (r, s))
     tiles = math.ceil(ho / m) * math.ceil(wo / m)
     pairs = spec.in_channels * spec.out_channels // spec.groups
-    elementwise = spec.batch * tiles * a * b * pairs
+    elementwise = spec.batch * tiles * counts.per_tile * pairs
     extra = 0
     if transforms:
         per_in = a * b * (a + b)  # B^T d B, dense
         per_out = a * b * m + a * m * m  # A^T M A, dense
         extra = spec.batch * tiles * (per_in * spec.in_channels + per_out * spec.out_channels)
     return AlgorithmCost(
-        f"winograd F({m}x{m},{r}x{s})", elementwise, extra, tiles, a * b, m * m * r * s
+        f"winograd F({m}x{m},{r}x{s})",
+        elementwise,
+        extra,
+        tiles,
+        counts.per_tile,
+        counts.direct_per_tile,
     )
 
 
