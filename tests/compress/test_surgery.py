@@ -1,5 +1,8 @@
 """Layer replacement, verification with rollback, fx lifting, saving without pickle, ONNX."""
 
+import copy
+from dataclasses import dataclass, field
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,12 +14,7 @@ import leanconv
 from leanconv import zoo
 from leanconv.compress import serialize
 from leanconv.compress.replace import UnsupportedLayerError, decompose_layer
-from leanconv.compress.surgery import (
-    LayerNotFoundError,
-    conv_layers,
-    lift_functional_convs,
-    replace_modules,
-)
+from leanconv.compress.surgery import LayerNotFoundError, conv_layers, replace_modules
 from leanconv.compress.verify import decompose_model
 from leanconv.decompose._errors import InvalidRankError
 from leanconv.decompose.tt import max_tt_ranks
@@ -152,6 +150,87 @@ def test_rollback_and_report():
     assert 0 <= report.model_output_error < 1
     with pytest.raises(LayerNotFoundError):
         decompose_model(model, plan, x, strict=True)
+
+
+# fx lifting: turning F.conv2d(x, <parameter>) calls into nn.Conv2d submodules so that the
+# usual surgery applies. Only this test uses it, so it lives here rather than in the library.
+
+
+@dataclass
+class LiftResult:
+    model: nn.Module
+    lifted: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+def lift_functional_convs(model: nn.Module) -> LiftResult:
+    """Turn ``F.conv2d(x, <parameter>, <parameter or None>, ...)`` calls into ``nn.Conv2d``
+    submodules of an ``fx.GraphModule`` (a new model; ``model`` is untouched)."""
+    try:
+        gm = torch.fx.symbolic_trace(copy.deepcopy(model))
+    except Exception as exc:  # tracing is best effort by nature
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return LiftResult(model, skipped={"(model)": f"torch.fx could not trace it: {msg}"})
+    result = LiftResult(gm)
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target not in (F.conv2d, torch.conv2d):
+            continue
+        args = list(node.args) + [None] * (7 - len(node.args))
+        kw = dict(node.kwargs)
+        x, w, b = args[0], kw.get("weight", args[1]), kw.get("bias", args[2])
+        stride = kw.get("stride", args[3] if args[3] is not None else 1)
+        padding = kw.get("padding", args[4] if args[4] is not None else 0)
+        dilation = kw.get("dilation", args[5] if args[5] is not None else 1)
+        groups = kw.get("groups", args[6] if args[6] is not None else 1)
+        where = node.name
+        if getattr(w, "op", None) != "get_attr" or (
+            b is not None and getattr(b, "op", None) != "get_attr"
+        ):
+            result.skipped[where] = "its weight is computed, not a parameter"
+            continue
+        if any(isinstance(v, torch.fx.Node) for v in (stride, padding, dilation, groups)):
+            result.skipped[where] = "its geometry is computed at run time"
+            continue
+        weight = gm.get_parameter(w.target) if _is_param(gm, w.target) else None
+        bias = gm.get_parameter(b.target) if b is not None and _is_param(gm, b.target) else None
+        if weight is None or (b is not None and bias is None):
+            result.skipped[where] = "its weight is a buffer or constant, not a parameter"
+            continue
+        k, c_g = weight.shape[:2]
+        conv = nn.Conv2d(c_g * groups, k, tuple(weight.shape[2:]), stride, padding, dilation,
+                         groups, bias=bias is not None, device=weight.device,
+                         dtype=weight.dtype)  # fmt: skip
+        conv.weight = weight
+        if bias is not None:
+            conv.bias = bias
+        name = f"lifted_{w.target.replace('.', '_')}"
+        gm.add_submodule(name, conv)
+        with gm.graph.inserting_after(node):
+            new = gm.graph.call_module(name, (x,))
+        node.replace_all_uses_with(new)
+        gm.graph.erase_node(node)
+        result.lifted.append(name)
+    gm.graph.eliminate_dead_code()
+    still_used = {n.target for n in gm.graph.nodes if n.op == "get_attr"}
+    for name in result.lifted:  # drop the old attribute: the parameter now lives in the conv
+        for attr in ("weight", "bias"):
+            param = getattr(gm.get_submodule(name), attr)
+            for target in [t for t, p in gm.named_parameters(remove_duplicate=False) if p is param]:
+                if target.startswith(name + ".") or target in still_used:
+                    continue
+                owner, _, leaf = target.rpartition(".")
+                delattr(gm.get_submodule(owner) if owner else gm, leaf)
+    gm.graph.lint()
+    gm.recompile()
+    return result
+
+
+def _is_param(gm: nn.Module, target: str) -> bool:
+    try:
+        gm.get_parameter(target)
+        return True
+    except AttributeError:
+        return False
 
 
 def test_lift_functional_convs_then_decompose():

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..cost import Convention, count
+from ..modules import capture_calls
 from . import allocator
 from .roofline import Peak, Roofline, measure_peak, roofline
 from .timing import compare, measure
@@ -106,24 +107,9 @@ class ProfileReport:
 
 
 def _leaf_inputs(model: nn.Module, example: torch.Tensor) -> dict[str, tuple]:
-    captured: dict[str, tuple] = OrderedDict()
-    handles = []
-    for name, module in model.named_modules():
-        if name and not any(True for _ in module.children()):
-            handles.append(
-                module.register_forward_pre_hook(
-                    lambda m, args, name=name: captured.setdefault(
-                        name, tuple(a.detach().clone() if torch.is_tensor(a) else a for a in args)
-                    )
-                )
-            )
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for h in handles:
-            h.remove()
-    return captured
+    """The arguments of each leaf module's first call while ``model`` runs on ``example``."""
+    leaves = [n for n, m in model.named_modules() if n and not any(True for _ in m.children())]
+    return capture_calls(model, leaves, example)
 
 
 def profile(

@@ -20,9 +20,11 @@ from torch import nn
 from ..cost import count
 from ..decompose.rank import output_error
 from ..errors import LeanconvError
+from ..modules import capture_inputs, get_layer, replace_modules
 from .outputs import relative_error
 from .replace import decompose_layer
-from .surgery import get_layer, replace_modules
+
+__all__ = ["LayerOutcome", "SurgeryReport", "capture_inputs", "decompose_model"]
 
 
 @dataclass
@@ -53,27 +55,6 @@ class SurgeryReport:
             d["rank"] = list(layer.rank) if isinstance(layer.rank, tuple) else layer.rank
             rows.append(d)
         return {"model_output_error": self.model_output_error, "layers": rows}
-
-
-def capture_inputs(model: nn.Module, names: list[str], x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The input each named layer receives when ``model`` runs on ``x``."""
-    captured: dict[str, torch.Tensor] = {}
-    handles = [
-        get_layer(model, n).register_forward_pre_hook(
-            lambda m, a, n=n: captured.setdefault(n, a[0].detach())
-        )
-        for n in names
-    ]
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
-    missing = [n for n in names if n not in captured]
-    if missing:
-        raise LeanconvError(f"layers {missing} did not run on the calibration input")
-    return captured
 
 
 def decompose_model(
