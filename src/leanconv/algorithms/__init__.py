@@ -16,8 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InvalidSpecError
-from . import fft, im2col, native, toomcook, winograd
+from . import eligibility, fft, im2col, native, toomcook, winograd
 from ._geometry import PaddingArg, all_finite, check_tensors, normalise, pad_input
+from .eligibility import FFTLimits, WinogradLimits
 from .toomcook import (
     WinogradTransform,
     WinogradTransform2D,
@@ -93,31 +94,27 @@ def choose(
       apply) and at least ``WINOGRAD_MIN_TILES`` output tiles of 4x4 in the batch: Winograd
       F(4x4, 3x3);
     - anything else: direct (oneDNN runs close to GEMM peak; only fewer multiplications win).
+
+    The kernel, stride, dilation and channel conditions are the rules of :mod:`.eligibility`
+    (shared with the tuner and the planner) with these thresholds as their limits.
     """
     args = normalise(x, weight.shape, None, stride, padding, dilation, groups, "auto")
     k_out, cg, r, s = weight.shape
-    kg = k_out // groups
     if x.dtype not in (torch.float32, torch.float64):
         return AlgorithmChoice("direct", None, f"{x.dtype}: fast algorithms lose accuracy")
-    eff = tuple(d * (k - 1) + 1 for k, d in zip((r, s), args.dilation, strict=True))
-    fft_min = FFT_MIN_KERNEL_DEPTHWISE if cg == 1 and groups > 1 else FFT_MIN_KERNEL
-    if args.stride == (1, 1) and min(eff) >= fft_min:
-        return AlgorithmChoice("fft", None, f"kernel {eff[0]}x{eff[1]} >= {fft_min}")
+    geometry = ((r, s), args.stride, args.dilation, groups, cg * groups)
+    fast = eligibility.fft(*geometry, FFTLimits(FFT_MIN_KERNEL, FFT_MIN_KERNEL_DEPTHWISE))
+    if fast:
+        return AlgorithmChoice("fft", None, fast.reason)
     ho, wo = args.output_size(*x.shape[-2:])
     batch = x.shape[0] if x.dim() == 4 else 1
     tiles = batch * -(-ho // WINOGRAD_TILE) * -(-wo // WINOGRAD_TILE)
     compiled = x.device.type == "cpu" and x.dtype == torch.float32 and native.available()
     min_channels = WINOGRAD_MIN_CHANNELS if compiled else WINOGRAD_MIN_CHANNELS_PYTORCH
-    if (
-        (r, s) == (3, 3)
-        and args.stride == (1, 1)
-        and args.dilation == (1, 1)
-        and min(cg, kg) >= min_channels
-        and tiles >= WINOGRAD_MIN_TILES
-    ):
-        return AlgorithmChoice(
-            "winograd", WINOGRAD_TILE, f"3x3 stride 1 with {cg}->{kg} channels per group"
-        )
+    limits = WinogradLimits(3, 3, max_stride=1, max_dilation=1, min_channels=min_channels)
+    fast = eligibility.winograd(*geometry, k_out, limits)
+    if fast and tiles >= WINOGRAD_MIN_TILES:
+        return AlgorithmChoice("winograd", WINOGRAD_TILE, fast.reason)
     return AlgorithmChoice("direct", None, "no fast algorithm is expected to win here")
 
 

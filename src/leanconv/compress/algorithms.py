@@ -5,7 +5,8 @@ A plan may give a layer an algorithm besides its rewrite, ``"winograd2"``, ``"wi
 from the latency measured on this machine. It applies to every eligible convolution inside the
 layer's module: the layer itself when it is kept, or the 3x3 core of its Tucker-2 chain. Eligible:
 a plain ``nn.Conv2d`` with a 3x3 kernel, stride 1, dilation 1, one group, zero padding and at
-least ``MIN_CHANNELS`` channels in and out.
+least ``MIN_CHANNELS`` channels in and out: the Winograd rule the tuner and ``"auto"`` apply too,
+with the planner's limits (:data:`leanconv.selection.eligibility.WINOGRAD_PLANNER`).
 
 The algorithm computes the same function up to float32 rounding (docs/algorithms.md, "Accuracy"),
 so the compress pipeline fine-tunes and folds batch norms on plain convolutions and applies the
@@ -19,25 +20,18 @@ import copy
 
 from torch import nn
 
-from .surgery import replace_modules
+from ..modules import replace_modules
+from ..selection.eligibility import WINOGRAD_PLANNER, winograd
 
 ALGORITHMS = {"winograd2": 2, "winograd4": 4, "winograd6": 6}
-MIN_CHANNELS = 16
+MIN_CHANNELS = WINOGRAD_PLANNER.min_channels  # below it Winograd does not pay
 
 __all__ = ["ALGORITHMS", "apply_algorithms", "eligible", "with_algorithm"]
 
 
 def eligible(conv: nn.Module) -> bool:
-    """A convolution that Winograd F(m x m, 3x3) can compute (see the module docstring)."""
-    return (
-        type(conv) is nn.Conv2d
-        and conv.kernel_size == (3, 3)
-        and conv.stride == (1, 1)
-        and conv.dilation == (1, 1)
-        and conv.groups == 1
-        and conv.padding_mode == "zeros"
-        and min(conv.in_channels, conv.out_channels) >= MIN_CHANNELS
-    )
+    """A convolution the planner runs by Winograd F(m x m, 3x3) (see the module docstring)."""
+    return bool(winograd(conv, WINOGRAD_PLANNER))
 
 
 def with_algorithm(module: nn.Module, algorithm: str) -> nn.Module | None:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..algorithms import conv2d
+from ..algorithms import conv2d, eligibility
 from ..bench.timing import compare
 from ..errors import InvalidSpecError
 
@@ -58,6 +58,24 @@ def _prepared(algorithm, tile, x, weight, bias, stride, padding, dilation, group
     return lambda: module(x)
 
 
+def relative_errors(y: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """``|y - ref|`` per element over the largest ``|ref|`` (floored at the dtype's smallest
+    normal number, for an all-zero reference)."""
+    scale = ref.abs().max().clamp_min(torch.finfo(ref.dtype).tiny)
+    return (y - ref).abs() / scale
+
+
+def _applies(algorithm: str, x: torch.Tensor, weight: torch.Tensor, stride, dilation, groups):
+    """Whether ``algorithm`` computes this convolution at all (:mod:`.eligibility`'s rules with
+    their default limits: the benchmark tries everything the algorithms compute)."""
+    geometry = (tuple(weight.shape[2:]), stride, dilation, groups, x.shape[-3])
+    if algorithm == "winograd":
+        return eligibility.winograd(*geometry, weight.shape[0])
+    if algorithm == "fft":
+        return eligibility.fft(*geometry)
+    return eligibility.Verdict(True, f"{algorithm} computes every convolution")
+
+
 @dataclass(frozen=True)
 class AlgorithmResult:
     name: str
@@ -83,13 +101,15 @@ def benchmark_conv(
     with torch.no_grad():
         reference = F.conv2d(x.double(), weight.double(), None if bias is None else bias.double(),
                              stride, padding, dilation, groups)  # fmt: skip
-    scale = reference.abs().max().clamp_min(1e-30)
     fns = {"F.conv2d": lambda: F.conv2d(x, weight, bias, stride, padding, dilation, groups)}
     results: dict[str, AlgorithmResult] = {}
     for name, algorithm, tile in variants:
         if algorithm == "direct":
             continue  # F.conv2d itself is the baseline
-
+        verdict = _applies(algorithm, x, weight, stride, dilation, groups)
+        if not verdict:
+            results[name] = AlgorithmResult(name, None, None, None, None, verdict.reason)
+            continue
         try:
             run = _prepared(algorithm, tile, x, weight, bias, stride, padding, dilation, groups)
             with torch.no_grad():
@@ -98,7 +118,7 @@ def benchmark_conv(
             results[name] = AlgorithmResult(name, None, None, None, None,
                                             str(exc).splitlines()[0])  # fmt: skip
             continue
-        err = (y.double() - reference).abs() / scale
+        err = relative_errors(y.double(), reference)
         results[name] = AlgorithmResult(name, None, None, float(err.max()), float(err.mean()))
         fns[name] = run
     timings = compare(fns, warmup=2, repeats=repeats)

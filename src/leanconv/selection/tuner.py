@@ -24,6 +24,9 @@ from torch import nn
 
 from .. import cache as cache_store
 from ..bench.timing import compare
+from ..modules import capture_inputs, conv_layers, replace_modules
+from . import eligibility
+from .benchmark import relative_errors
 
 CACHE_FILE = "tuner.json"
 
@@ -73,19 +76,18 @@ class TuneReport:
 
 
 def candidate_builders(conv: nn.Conv2d) -> dict[str, Callable[[], nn.Module]]:
-    """The fast forms that apply to ``conv``, by name, each as a builder of a module."""
+    """The fast forms that apply to ``conv`` (:mod:`.eligibility` with the tuner's limits), by
+    name, each as a builder of a module."""
     from ..nn.fast import FFTConv2d, PackedConv2d, WinogradConv2d
 
-    kh, kw = conv.kernel_size
     out: dict[str, Callable[[], nn.Module]] = {}
-    if isinstance(conv.padding, str) or conv.padding_mode != "zeros":
+    if not eligibility.packed(conv):
         return out
     out["packed"] = lambda: PackedConv2d.from_conv(conv)
-    small = max(kh, kw) <= 5 and conv.groups == 1 and min(conv.in_channels, conv.out_channels) >= 8
-    if small and max(conv.stride) <= 2:
+    if eligibility.winograd(conv, eligibility.WINOGRAD_TUNER):
         for m in (2, 4, 6):
             out[f"winograd{m}"] = lambda m=m: WinogradConv2d.from_conv(conv, tile=m)
-    if max(kh, kw) >= 7 and conv.stride == (1, 1):
+    if eligibility.fft(conv, eligibility.FFT_TUNER):
         out["fft"] = lambda: FFTConv2d.from_conv(conv)
     return out
 
@@ -112,34 +114,99 @@ def _key(conv: nn.Conv2d, x: torch.Tensor, name: str) -> str:
 
 
 def _rel_error(y: torch.Tensor, ref: torch.Tensor) -> float:
-    scale = ref.abs().max().clamp_min(torch.finfo(ref.dtype).tiny)
-    err = ((y - ref).abs().max() / scale).item()
+    err = relative_errors(y, ref).max().item()
     return err if err == err else float("inf")  # NaN -> inf
 
 
-def _capture_inputs(model: nn.Module, example: torch.Tensor) -> dict[str, torch.Tensor]:
-    inputs: dict[str, torch.Tensor] = {}
-    handles = []
-    for name, module in model.named_modules():
-        if type(module) is nn.Conv2d:
-            handles.append(
-                module.register_forward_pre_hook(
-                    lambda m, a, name=name: inputs.setdefault(name, a[0].detach())
-                )
-            )
-    try:
-        with torch.no_grad():  # not inference_mode: fast modules track the weight's version
-            model(example)
-    finally:
-        for h in handles:
-            h.remove()
-    return inputs
+def _checked_forms(
+    conv: nn.Conv2d,
+    builders: dict[str, Callable[[], nn.Module]],
+    x: torch.Tensor,
+    tolerance: float,
+    choice: LayerChoice,
+) -> dict[str, nn.Module]:
+    """Build each form of ``conv`` and check it on ``x``: the forms within ``tolerance``, with
+    each error and each rejection recorded in ``choice``."""
+    modules: dict[str, nn.Module] = {}
+    with torch.no_grad():
+        ref = conv(x)
+        for algo, build in builders.items():
+            try:
+                module = build().to(device=x.device, dtype=x.dtype).eval()
+                choice.errors[algo] = _rel_error(module(x), ref)
+            except (ValueError, RuntimeError) as exc:
+                choice.rejected[algo] = str(exc).splitlines()[0]
+                continue
+            if choice.errors[algo] <= tolerance:
+                modules[algo] = module
+            else:
+                choice.rejected[algo] = f"error {choice.errors[algo]:.2e} > {tolerance:.0e}"
+    return modules
 
 
-def _set(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, module)
+def _timed(
+    conv: nn.Conv2d,
+    x: torch.Tensor,
+    modules: dict[str, nn.Module],
+    key: str,
+    cache: dict | None,
+    report: TuneReport,
+    timing: dict,
+) -> dict[str, float]:
+    """Median ms of the native layer and of each form, from ``cache`` when it holds them all
+    (``None``: no cache), else measured interleaved (and cached)."""
+    timed = cache.get(key) if cache is not None else None
+    if timed is not None and set(modules) <= set(timed):
+        report.cache_hits += 1
+        return timed
+    fns = {"native": lambda c=conv, x=x: c(x)}
+    fns |= {a: (lambda m=m, x=x: m(x)) for a, m in modules.items()}
+    timed = {a: t.ms for a, t in compare(fns, warmup=2, **timing).items()}
+    if cache is not None:
+        cache[key] = timed
+    return timed
+
+
+def _tune_layer(
+    name: str, conv: nn.Conv2d, x: torch.Tensor, tolerance: float, margin: float,
+    cache: dict | None, report: TuneReport, timing: dict,
+) -> nn.Module | None:  # fmt: skip
+    """Record ``conv``'s :class:`LayerChoice` in ``report``; the fast module chosen, or None."""
+    choice = LayerChoice(name, _geometry(conv, x), 0.0, {}, {})
+    report.layers.append(choice)
+    builders = candidate_builders(conv)
+    if not builders:
+        return None
+    modules = _checked_forms(conv, builders, x, tolerance, choice)
+    timed = _timed(conv, x, modules, _key(conv, x, name), cache, report, timing)
+    choice.native_ms = timed["native"]
+    choice.candidates = {a: timed[a] for a in modules}
+    best = min(choice.candidates, key=choice.candidates.get, default=None)
+    if best is None or choice.candidates[best] >= (1 - margin) * choice.native_ms:
+        return None
+    choice.chosen = best
+    return modules[best]
+
+
+def _slower_end_to_end(
+    original: nn.Module, model: nn.Module, example: torch.Tensor, report: TuneReport, timing: dict
+) -> bool:
+    """Time both models on ``example`` into ``report``; True (and every layer back to native in
+    the report) when the accelerated one is slower."""
+    timings = compare(
+        {"native": lambda: original(example), "fast": lambda: model(example)}, warmup=2, **timing
+    )
+    report.native_ms, report.accelerated_ms = timings["native"].ms, timings["fast"].ms
+    if report.accelerated_ms <= report.native_ms:
+        return False
+    report.reverted = True
+    report.notes.append(
+        f"end to end {report.accelerated_ms:.2f} ms > native {report.native_ms:.2f} ms: "
+        "kept the native layers"
+    )
+    for layer in report.layers:
+        layer.chosen = "native"
+    return True
 
 
 def accelerate(
@@ -158,65 +225,21 @@ def accelerate(
     """
     model = copy.deepcopy(model).eval()
     original = copy.deepcopy(model)
-    inputs = _capture_inputs(model, example_input)
-    cache = cache_store.load(CACHE_FILE) if use_cache else {}
+    inputs = capture_inputs(model, conv_layers(model), example_input, strict=False)
+    cache = cache_store.load(CACHE_FILE) if use_cache else None
     report = TuneReport([])
-    device = example_input.device
+    timing = dict(repeats=repeats, num_threads=num_threads, device=example_input.device)
+    chosen = {}
     for name, x in inputs.items():
-        conv = model.get_submodule(name)
-        builders = candidate_builders(conv)
-        choice = LayerChoice(name, _geometry(conv, x), 0.0, {}, {})
-        report.layers.append(choice)
-        if not builders:
-            continue
-        with torch.no_grad():
-            ref = conv(x)
-            modules = {}
-            for algo, build in builders.items():
-                try:
-                    module = build().to(device=device, dtype=x.dtype).eval()
-                    choice.errors[algo] = _rel_error(module(x), ref)
-                except (ValueError, RuntimeError) as exc:
-                    choice.rejected[algo] = str(exc).splitlines()[0]
-                    continue
-                if choice.errors[algo] <= tolerance:
-                    modules[algo] = module
-                else:
-                    choice.rejected[algo] = f"error {choice.errors[algo]:.2e} > {tolerance:.0e}"
-        key = _key(conv, x, name)
-        timed = cache.get(key) if use_cache else None
-        if timed is not None and set(modules) <= set(timed):
-            report.cache_hits += 1
-        else:
-            fns = {"native": lambda c=conv, x=x: c(x)}
-            fns |= {a: (lambda m=m, x=x: m(x)) for a, m in modules.items()}
-            timings = compare(fns, warmup=2, repeats=repeats, num_threads=num_threads,
-                              device=device)  # fmt: skip
-            timed = {a: t.ms for a, t in timings.items()}
-            cache[key] = timed
-        choice.native_ms = timed["native"]
-        choice.candidates = {a: timed[a] for a in modules}
-        best = min(choice.candidates, key=choice.candidates.get, default=None)
-        if best is not None and choice.candidates[best] < (1 - margin) * choice.native_ms:
-            choice.chosen = best
-            _set(model, name, modules[best])
-    if use_cache:
+        fast = _tune_layer(name, model.get_submodule(name), x, tolerance, margin, cache, report,
+                           timing)  # fmt: skip
+        if fast is not None:
+            chosen[name] = fast
+    replace_modules(model, chosen, inplace=True)
+    if cache is not None:
         cache_store.save(CACHE_FILE, cache)
-    if any(layer.chosen != "native" for layer in report.layers):
-        timings = compare(
-            {"native": lambda: original(example_input), "fast": lambda: model(example_input)},
-            warmup=2, repeats=repeats, num_threads=num_threads, device=device,
-        )  # fmt: skip
-        report.native_ms, report.accelerated_ms = timings["native"].ms, timings["fast"].ms
-        if report.accelerated_ms > report.native_ms:
-            report.reverted = True
-            report.notes.append(
-                f"end to end {report.accelerated_ms:.2f} ms > native {report.native_ms:.2f} ms: "
-                "kept the native layers"
-            )
-            for layer in report.layers:
-                layer.chosen = "native"
-            return original, report
+    if chosen and _slower_end_to_end(original, model, example_input, report, timing):
+        return original, report
     return model, report
 
 
