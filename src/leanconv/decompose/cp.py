@@ -298,19 +298,18 @@ def cp(
     n_iter: int = 100,
     tol: float = 1e-8,
     *,
-    seed: int = 0,
-    init: Init = "svd",
-    ridge: float = 1e-6,
-    max_norm_ratio: float = 10.0,
     on_degenerate: Literal["raise", "warn", "ignore"] = "raise",
     groups: int = 1,
     name: str | None = None,
+    **als_options,
 ) -> CPFactors | GroupedFactors:
     """Rank-``rank`` CP factors of ``weight (K, C, kh, kw)`` (:func:`cp_als`), checked.
 
-    A degenerate run raises :class:`DegenerateDecompositionError` (its ``result`` holds the
-    :class:`CPResult`), or warns, or passes, by ``on_degenerate``. With ``groups > 1`` the
-    weight is ``(K, C/g, kh, kw)`` and each group gets its own rank-``rank`` CP.
+    ``n_iter``, ``tol`` and the keywords ``seed``, ``init``, ``ridge`` and ``max_norm_ratio`` are
+    :func:`cp_als`'s, with its defaults. A degenerate run raises
+    :class:`DegenerateDecompositionError` (its ``result`` holds the :class:`CPResult`), or warns,
+    or passes, by ``on_degenerate``. With ``groups > 1`` the weight is ``(K, C/g, kh, kw)`` and
+    each group gets its own rank-``rank`` CP.
     """
     if on_degenerate not in ("raise", "warn", "ignore"):
         raise InvalidRankError(
@@ -318,8 +317,7 @@ def cp(
         )
 
     def one(w: Tensor, label: str | None) -> CPFactors:
-        result = cp_als(w, rank, n_iter, tol, seed=seed, init=init, ridge=ridge,
-                        max_norm_ratio=max_norm_ratio, name=label)  # fmt: skip
+        result = cp_als(w, rank, n_iter, tol, name=label, **als_options)
         if result.degenerate and on_degenerate != "ignore":
             text = (
                 f"{where(label)}CP-ALS at rank {rank} is degenerate: {result.message} "

@@ -32,12 +32,9 @@ import torch
 from torch import Tensor
 
 from ._common import check_int, check_weight, out, svd
+from .factors import _need, _shape
 from .grouped import GroupedFactors, per_group
 from .methods import Method, register
-
-
-def _shape(t: Tensor) -> tuple[int, ...]:
-    return tuple(t.shape)
 
 
 @dataclass(frozen=True, eq=False)
@@ -49,11 +46,9 @@ class SpatialSVDFactors:
 
     def __post_init__(self) -> None:
         v, h = _shape(self.vertical), _shape(self.horizontal)
-        if len(v) != 4 or len(h) != 4 or v[3] != 1 or h[2] != 1 or v[0] != h[1]:
-            raise ValueError(
-                f"SpatialSVDFactors: vertical {v} must be (R, C, kh, 1) and horizontal {h} "
-                "(K, R, 1, kw) with the same R"
-            )
+        ok = len(v) == 4 and len(h) == 4 and v[3] == 1 and h[2] == 1 and v[0] == h[1]
+        shapes = f"vertical {v} must be (R, C, kh, 1) and horizontal {h} (K, R, 1, kw)"
+        _need(ok, "SpatialSVDFactors", shapes + " with the same R")
 
     @property
     def rank(self) -> int:
@@ -80,14 +75,9 @@ class LowRankFactors:
 
     def __post_init__(self) -> None:
         f, s = _shape(self.first), _shape(self.second)
-        ok = len(f) == len(s) and len(f) in (2, 4) and f[0] == s[1]
-        if ok and len(f) == 4:
-            ok = s[2:] == (1, 1)
-        if not ok:
-            raise ValueError(
-                f"LowRankFactors: first {f} and second {s} must be (R, in), (out, R) or "
-                "(R, C, kh, kw), (K, R, 1, 1)"
-            )
+        ok = len(f) == len(s) and len(f) in (2, 4) and f[0] == s[1] and s[2:] in ((), (1, 1))
+        layouts = "(R, in), (out, R) or (R, C, kh, kw), (K, R, 1, 1)"
+        _need(ok, "LowRankFactors", f"first {f} and second {s} must be {layouts}")
 
     @property
     def rank(self) -> int:
