@@ -287,6 +287,105 @@ def _write_tiles(
         o[..., full_rows * mh :, fw * mw :].copy_(y[:, :, :, full_rows, :rh, fw, :rw])
 
 
+class _Stopwatch:
+    """Adds the seconds since the last lap to ``timings[stage]`` (nothing without ``timings``)."""
+
+    def __init__(self, timings: dict[str, float] | None) -> None:
+        self.timings = timings
+        self.last = time.perf_counter() if timings is not None else 0.0
+
+    def restart(self) -> None:
+        if self.timings is not None:
+            self.last = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        if self.timings is not None:
+            now = time.perf_counter()
+            self.timings[stage] = self.timings.get(stage, 0.0) + now - self.last
+            self.last = now
+
+
+class _Buffers:
+    """One buffer per stage of :func:`_winograd_valid`, shared by every chunk (the last one may use
+    a prefix); with ``reuse`` False (while autograd records) none: each stage returns a fresh
+    tensor, since buffers overwritten by the next chunk cannot be saved for backward."""
+
+    def __init__(self, x: torch.Tensor, sizes: dict[str, int], reuse: bool) -> None:
+        self.reuse = reuse
+        self.store = {k: x.new_empty(v) if reuse else None for k, v in sizes.items()}
+
+    def run(self, fn, *args, key: str, shape: tuple[int, ...]) -> torch.Tensor:
+        """``fn(*args)`` viewed as ``shape``, written into the buffer ``key`` when reused."""
+        if not self.reuse:
+            return fn(*args).view(shape)
+        buf = self.store[key][: math.prod(shape)].view(shape)
+        return fn(*args, out=buf)
+
+
+def _stage_buffers(x: torch.Tensor, tiling: _Tiling, kg: int, most: int, reuse: bool) -> _Buffers:
+    """Buffers for chunks of at most ``most`` tiles (``d``, ``V`` in two steps, ``M``, ``Y`` in
+    two steps)."""
+    (mh, mw), (ah, aw), g = tiling.tile, tiling.alpha, tiling.groups
+    t, cg = ah * aw, tiling.c // g
+    size_in, size_out = t * g * most * cg, t * g * most * kg
+    sizes = {
+        "d": size_in,
+        "v1": size_in,
+        "v": size_in,
+        "m": size_out,
+        "y1": mh * aw * g * most * kg,
+        "y": mh * mw * g * most * kg,
+    }
+    return _Buffers(x, sizes, reuse)
+
+
+def _input_tiles(
+    xl: torch.Tensor,
+    tiling: _Tiling,
+    bufs: _Buffers,
+    bt: tuple[torch.Tensor, torch.Tensor],
+    chunk: tuple[int, int, int, int],
+) -> torch.Tensor:
+    """``V = B^T d B`` ``[a_h, a_w, g * tiles * C/g]`` for the tiles ``d`` of one chunk of the
+    padded channels-last input ``xl`` (two products over the tile dimensions)."""
+    (mh, mw), (ah, aw), (_, nw), g = tiling.tile, tiling.alpha, tiling.tiles, tiling.groups
+    n0, n1, th0, th1 = chunk
+    nb, rows, cg = n1 - n0, th1 - th0, tiling.c // g
+    p = nb * rows * nw
+    sn, sh, sw, _ = xl.stride()
+    # Overlapping tiles as a strided view, gathered into [a_h, a_w, g, tiles, C/g].
+    view = xl.as_strided(
+        (ah, aw, g, nb, rows, nw, cg),
+        (sh, sw, cg, sn, mh * sh, mw * sw, 1),
+        xl.storage_offset() + n0 * sn + th0 * mh * sh,
+    )
+    if bufs.reuse:
+        d = bufs.store["d"][: ah * aw * g * p * cg].view(ah, -1)
+        d.view(view.shape).copy_(view)
+    else:
+        d = view.reshape(ah, -1)
+    v1 = bufs.run(torch.mm, bt[0], d, key="v1", shape=(ah, aw * g * p * cg))
+    return bufs.run(torch.matmul, bt[1], v1.view(ah, aw, -1), key="v", shape=(ah, aw, g * p * cg))
+
+
+def _output_tiles(
+    mm: torch.Tensor,
+    tiling: _Tiling,
+    bufs: _Buffers,
+    at: tuple[torch.Tensor, torch.Tensor],
+    chunk: tuple[int, int, int, int],
+) -> torch.Tensor:
+    """``A^T M A`` of one chunk's products ``mm`` ``[T * g, tiles, K/g]``, as output tiles
+    ``(N', g, K/g, rows, mh, nw, mw)`` (the layout :func:`_write_tiles` takes)."""
+    (mh, mw), (ah, aw), (_, nw), g = tiling.tile, tiling.alpha, tiling.tiles, tiling.groups
+    n0, n1, th0, th1 = chunk
+    nb, rows, kg = n1 - n0, th1 - th0, mm.shape[-1]
+    p = nb * rows * nw
+    y1 = bufs.run(torch.mm, at[0], mm.view(ah, -1), key="y1", shape=(mh, aw * g * p * kg))
+    y = bufs.run(torch.matmul, at[1], y1.view(mh, aw, -1), key="y", shape=(mh, mw, g * p * kg))
+    return y.view(mh, mw, g, nb, rows, nw, kg).permute(3, 2, 6, 4, 0, 5, 1)
+
+
 def _winograd_valid(
     x: torch.Tensor,
     u: torch.Tensor,
@@ -303,11 +402,11 @@ def _winograd_valid(
     ``u`` (``[T * groups, C/g, K/g]``), written into ``out`` (N, K, H_o, W_o) or a new tensor.
 
     Per chunk of tiles: gather ``d`` (channels last) -> ``V = B^T d B`` (two products over the
-    tile dimensions) -> ``M[t] = V[t] @ U[t]`` (one batched GEMM) -> ``A^T M A`` -> ``out``.
-    ``timings``, when given, accumulates seconds per stage (``input``, ``gemm``, ``output``).
-    With ``gemm`` (the filter's :class:`TileGemm` for a number of tiles), float32 CPU tensors and
-    no autograd recording, the compiled transforms of :mod:`.native` run instead
-    (:func:`_winograd_valid_native`), applying ``epilogue`` on the way.
+    tile dimensions, :func:`_input_tiles`) -> ``M[t] = V[t] @ U[t]`` (one batched GEMM) ->
+    ``A^T M A`` (:func:`_output_tiles`) -> ``out``. ``timings``, when given, accumulates seconds
+    per stage (``input``, ``gemm``, ``output``). With ``gemm`` (the filter's :class:`TileGemm` for
+    a number of tiles), float32 CPU tensors and no autograd recording, the compiled transforms of
+    :mod:`.native` run instead (:func:`_winograd_valid_native`), applying ``epilogue`` on the way.
     """
     n, c, height, width = x.shape
     tiling = _Tiling(n, c, height, width, tile, kernel, groups, pad)
@@ -320,69 +419,25 @@ def _winograd_valid(
     dev = str(x.device)
     at_h, _, bt_h = _matrices(mh, kernel[0], x.dtype, dev)
     at_w, _, bt_w = _matrices(mw, kernel[1], x.dtype, dev)
-    ho, wo = tiling.out
     if out is None:
-        out = x.new_empty((n, g * kg, ho, wo))
-    clock = time.perf_counter if timings is not None else None
-    t0 = clock() if clock else 0.0
-
+        out = x.new_empty((n, g * kg, *tiling.out))
+    watch = _Stopwatch(timings)
     xl = _padded_channels_last(x, tiling)
-    sn, sh, sw, _ = xl.stride()
     chunks = _chunks(tiling, t * max(c, g * kg) * x.element_size())
     most = max((n1 - n0) * (th1 - th0) * nw for n0, n1, th0, th1 in chunks)
-    # One set of buffers for every chunk (the last one may use a prefix); while autograd records,
-    # fresh tensors instead (buffers overwritten by the next chunk cannot be saved for backward).
-    reuse = not (torch.is_grad_enabled() and (x.requires_grad or u.requires_grad))
-    size_in, size_out = t * g * most * cg, t * g * most * kg
-    bufs = {
-        "d": size_in,
-        "v1": size_in,
-        "v": size_in,
-        "m": size_out,
-        "y1": mh * aw * g * most * kg,
-        "y": mh * mw * g * most * kg,
-    }
-    bufs = {k: x.new_empty(v) if reuse else None for k, v in bufs.items()}
-
-    def run(fn, *args, key: str, shape: tuple[int, ...]):
-        if not reuse:
-            return fn(*args).view(shape)
-        buf = bufs[key][: math.prod(shape)].view(shape)
-        return fn(*args, out=buf)
-
-    if clock:
-        timings["input"] = timings.get("input", 0.0) + clock() - t0
-    for n0, n1, th0, th1 in chunks:
-        nb, rows = n1 - n0, th1 - th0
-        p = nb * rows * nw
-        if clock:
-            t0 = clock()
-        # Overlapping tiles as a strided view, gathered into [a_h, a_w, g, tiles, C/g].
-        view = xl.as_strided(
-            (ah, aw, g, nb, rows, nw, cg),
-            (sh, sw, cg, sn, mh * sh, mw * sw, 1),
-            xl.storage_offset() + n0 * sn + th0 * mh * sh,
-        )
-        if reuse:
-            d = bufs["d"][: t * g * p * cg].view(ah, -1)
-            d.view(view.shape).copy_(view)
-        else:
-            d = view.reshape(ah, -1)
-        v1 = run(torch.mm, bt_h, d, key="v1", shape=(ah, aw * g * p * cg))
-        v = run(torch.matmul, bt_w, v1.view(ah, aw, -1), key="v", shape=(ah, aw, g * p * cg))
-        if clock:
-            t1 = clock()
-            timings["input"] += t1 - t0
-        mm = run(torch.bmm, v.view(t * g, p, cg), u, key="m", shape=(t * g, p, kg))
-        if clock:
-            t2 = clock()
-            timings["gemm"] = timings.get("gemm", 0.0) + t2 - t1
-        y1 = run(torch.mm, at_h, mm.view(ah, -1), key="y1", shape=(mh, aw * g * p * kg))
-        y = run(torch.matmul, at_w, y1.view(mh, aw, -1), key="y", shape=(mh, mw, g * p * kg))
-        y = y.view(mh, mw, g, nb, rows, nw, kg).permute(3, 2, 6, 4, 0, 5, 1)
+    bufs = _stage_buffers(x, tiling, kg, most, reuse=not recording)
+    watch.lap("input")
+    for chunk in chunks:
+        n0, n1, th0, th1 = chunk
+        p = (n1 - n0) * (th1 - th0) * nw
+        watch.restart()
+        v = _input_tiles(xl, tiling, bufs, (bt_h, bt_w), chunk)
+        watch.lap("input")
+        mm = bufs.run(torch.bmm, v.view(t * g, p, cg), u, key="m", shape=(t * g, p, kg))
+        watch.lap("gemm")
+        y = _output_tiles(mm, tiling, bufs, (at_h, at_w), chunk)
         _write_tiles(y, out, tiling, n0, th0, th1)
-        if clock:
-            timings["output"] = timings.get("output", 0.0) + clock() - t2
+        watch.lap("output")
     return out
 
 
@@ -414,13 +469,13 @@ def _winograd_valid_native(
     gemm = gemm_for(most)
     if out is None:
         out = x.new_empty((n, gemm.blocks * gemm.kg // (ah * aw), *tiling.out))
-    clock = time.perf_counter if timings is not None else None
+    watch = _Stopwatch(timings)
     v_all = x.new_empty((most, ah * aw * c))
     pad = (tiling.pad[0], tiling.pad[2])
     bias, relu = (epilogue.bias, epilogue.relu) if epilogue is not None else (None, False)
     finite = True
     for n0, n1, th0, th1 in chunks:
-        t0 = clock() if clock else 0.0
+        watch.restart()
         images, rows = n1 - n0, th1 - th0
         tiles = images * rows * nw
         v = v_all[:tiles]
@@ -429,18 +484,13 @@ def _winograd_valid_native(
         finite &= native.input_transform(
             x, v, pad, (n0, th0), images, rows, nw, (mh, mw), bt_h, bt_w
         )
-        if clock:
-            t1 = clock()
-            timings["input"] = timings.get("input", 0.0) + t1 - t0
+        watch.lap("input")
         m = gemm(v_all)[:tiles]
-        if clock:
-            t2 = clock()
-            timings["gemm"] = timings.get("gemm", 0.0) + t2 - t1
+        watch.lap("gemm")
         native.output_transform(
             m, out, (n0, th0), images, rows, nw, (mh, mw), at_h, at_w, bias, relu
         )
-        if clock:
-            timings["output"] = timings.get("output", 0.0) + clock() - t2
+        watch.lap("output")
     if epilogue is not None:
         epilogue.applied, epilogue.finite = True, finite
     return out
