@@ -25,6 +25,7 @@ from leanconv.bench.allocator import describe, retain_freed_memory
 from leanconv.compress.deploy import Deployment
 from leanconv.compress.finetune import FinetuneConfig, finetune
 from leanconv.compress.pipeline import CompressConfig, compress
+from leanconv.compress.planning import Speedup
 from leanconv.compress.verify import capture_inputs
 from leanconv.cost.algorithms import direct_multiplications, winograd_multiplications
 from leanconv.data import digits
@@ -67,7 +68,7 @@ def main() -> None:
     p.add_argument(
         "--most-accurate",
         action="store_true",
-        help="plain allocation: no one-standard-error rule (compress/capacity.py)",
+        help="plain allocation: no one-standard-error rule (compress/planning/capacity.py)",
     )
     p.add_argument(
         "--default-allocator",
@@ -93,7 +94,7 @@ def main() -> None:
     out = tempfile.mkdtemp(prefix="bench-compress-")
     shutil.rmtree(out)
     config = CompressConfig(
-        speedup=args.speedup, methods=tuple(args.methods.split(",")),
+        target=Speedup(args.speedup), methods=tuple(args.methods.split(",")),
         ratios=(0.03, 0.05, 0.08, 0.12, 0.2, 0.35, 0.6), calibration=args.calibration,
         finetune=FinetuneConfig(epochs=args.epochs, lr=0.01, progress=False), seed=args.seed,
         deployment=Deployment(fuse=not args.no_fuse), prefer_capacity=not args.most_accurate,

@@ -16,7 +16,6 @@ comma-separated (defaults: lr 0.01 as in ``bench_compress.py``).
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from dataclasses import fields
@@ -29,7 +28,7 @@ from leanconv import zoo
 from leanconv.bench.allocator import retain_freed_memory
 from leanconv.compress.evaluate import accuracy, batches
 from leanconv.compress.finetune import FinetuneConfig, finetune
-from leanconv.compress.pipeline import _plan_from_json
+from leanconv.compress.planning import Plan
 from leanconv.compress.verify import decompose_model
 from leanconv.data import digits
 
@@ -76,7 +75,7 @@ def main() -> None:
         save_file(model.state_dict(), str(ref))
     model.eval()
     print(f"reference {args.model}: test accuracy {accuracy(model, data.test):.2f}% ({ref})")
-    rewrites = _plan_from_json(json.loads((args.out / "plan.json").read_text())).rewrites()
+    rewrites = Plan.from_json((args.out / "plan.json").read_text()).rewrites()
     torch.manual_seed(args.seed)  # the calibration batch compress draws
     calibration = next(batches(data.train, 64))[0]
     for text in args.settings:

@@ -37,6 +37,7 @@ from leanconv.compress import serialize
 from leanconv.compress.finetune import FinetuneConfig
 from leanconv.compress.model_json import ModelFileError
 from leanconv.compress.pipeline import CompressConfig, compress
+from leanconv.compress.planning import MacsRatio, Speedup
 from leanconv.compress.run_lock import RunLock, RunningError, lock_path
 from leanconv.errors import LeanconvError
 from leanconv.loading import load_model
@@ -572,7 +573,7 @@ def _gray_model(factory: Path):
 
 def _config(epochs: int = 2, **target) -> CompressConfig:
     """MACs ratio 0.5 by default: a plan chosen by MACs and sensitivity, not by timings."""
-    target = target or {"speedup": None, "macs_ratio": 0.5}
+    target = {"target": Speedup(target["speedup"])} if target else {"target": MacsRatio(0.5)}
     return CompressConfig(**target, ratios=(0.15, 0.4), calibration=32, repeats=2, plan_batch=8,
                           batch_sizes=(1, 8), min_metric=0, algorithms=(),
                           finetune=FinetuneConfig(epochs=epochs, batch_size=16,

@@ -15,6 +15,7 @@ import torch
 from . import zoo
 from .compress.finetune import FinetuneConfig, finetune
 from .compress.pipeline import CompressConfig, CompressResult, compress
+from .compress.planning import Speedup
 from .data import digits
 from .errors import OutputExistsError
 
@@ -51,7 +52,7 @@ def run_demo(
     train = FinetuneConfig(epochs=train_epochs, lr=0.05, warmup_epochs=1, seed=seed)
     finetune(model, data, None, train, log=lambda m: log("      " + m))
     config = CompressConfig(
-        speedup=speedup,
+        target=Speedup(speedup),
         ratios=(0.05, 0.1, 0.2, 0.35, 0.6),
         calibration=64,
         repeats=8,

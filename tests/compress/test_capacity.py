@@ -9,9 +9,8 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from leanconv.compress import capacity
-from leanconv.compress.pipeline import _plan_from_json
-from leanconv.compress.plan import Candidate, allocate, build_candidates, kl_per_image
+from leanconv.compress.planning import Candidate, Plan, allocate, build_candidates, capacity
+from leanconv.compress.planning.sensitivity import kl_per_image
 
 from .test_pipeline import _model, factory  # noqa: F401 (fixture)
 
@@ -134,7 +133,7 @@ def test_candidates_carry_per_image_divergences(factory):  # noqa: F811
     saved = plan.as_dict()
     assert (saved["sensitivity"], saved["sensitivity_se"]) == plan.sensitivity
     # read back (--resume): the same figures, though the per-image values are not saved
-    assert _plan_from_json(saved).sensitivity == pytest.approx(plan.sensitivity)
+    assert Plan.from_dict(saved).sensitivity == pytest.approx(plan.sensitivity)
 
 
 def test_choose_among_measured_plans():
@@ -151,12 +150,11 @@ def test_choose_among_measured_plans():
 
 
 def test_the_closed_loop_follows_the_rule(monkeypatch):
-    from leanconv.compress import closed_loop
-    from leanconv.compress.closed_loop import plan_for_speedup
+    from leanconv.compress.planning import closed_loop
+    from leanconv.compress.planning.closed_loop import plan_for_speedup
 
     def timed(original, plan, *args, **kwargs):  # the assembled model runs 30 % faster
-        plan.original_ms, plan.assembled_ms = 1.0, 1.0 / (plan.layer_sum_speedup * 1.3)
-        return plan.predicted_speedup
+        return plan.replace(original_ms=1.0, assembled_ms=1.0 / (plan.layer_sum_speedup * 1.3))
 
     monkeypatch.setattr(closed_loop, "time_assembled", timed)
     monkeypatch.setattr(closed_loop, "faster_layout", lambda *a, **k: None)

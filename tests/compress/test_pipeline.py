@@ -11,6 +11,7 @@ from leanconv.cli.main import app
 from leanconv.compress import serialize
 from leanconv.compress.finetune import FinetuneConfig
 from leanconv.compress.pipeline import CompressConfig, compress
+from leanconv.compress.planning import Speedup
 from leanconv.compress.verify import decompose_model
 from leanconv.errors import LeanconvError, OutputExistsError
 
@@ -45,7 +46,7 @@ def _model(factory):
 
 def _config(epochs=1):
     # min_metric=0: the tiny model is untrained (near chance), which is the point of no test here
-    return CompressConfig(speedup=1.5, ratios=(0.15, 0.4), calibration=32, repeats=2,
+    return CompressConfig(target=Speedup(1.5), ratios=(0.15, 0.4), calibration=32, repeats=2,
                           plan_batch=8, batch_sizes=(1, 8), min_metric=0,
                           finetune=FinetuneConfig(epochs=epochs, batch_size=16, progress=False))  # fmt: skip
 

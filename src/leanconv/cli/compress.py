@@ -8,7 +8,8 @@ import typer
 
 from ..compress.deploy import Deployment
 from ..compress.finetune import FinetuneConfig, finetune
-from ..compress.pipeline import DEFAULT_SPEEDUP, CompressConfig, compress, staging_of
+from ..compress.pipeline import CompressConfig, compress, staging_of
+from ..compress.planning import target_from
 from ..compress.run_lock import RunLock
 from ..data import load_data
 from ..decompose import METHODS
@@ -124,16 +125,13 @@ def register(app: typer.Typer) -> None:
 
         Target: --speedup (measured latency), --macs-ratio, or --max-drop alone (the fastest plan
         whose trial stays within that many accuracy points); none given: --speedup 2."""
-        if speedup is not None and macs_ratio is not None:
-            raise ValueError("give --speedup or --macs-ratio, not both")
+        target, allowed_drop = target_from(speedup, macs_ratio, max_drop)
         chosen = tuple(m.strip() for m in methods.split(",") if m.strip() not in ("", "none"))
         fast = tuple(a.strip() for a in algorithms.split(",") if a.strip() not in ("", "none"))
-        targeted = speedup is not None or macs_ratio is not None or max_drop is not None
         # every setting is checked here, before the data or the model is read
         config = CompressConfig(
-            speedup=speedup if targeted else DEFAULT_SPEEDUP,
-            macs_ratio=macs_ratio,
-            max_drop=max_drop,
+            target=target,
+            max_drop=allowed_drop,
             search_epochs=search_epochs,
             algorithms=fast,
             methods=chosen,

@@ -29,11 +29,12 @@ from ..errors import LeanconvError
 from .evaluate import resolve_metric, to_model
 from .finetune import FinetuneConfig
 from .outputs import logits_of
-from .pipeline import DEFAULT_SPEEDUP, CompressConfig, CompressResult
+from .pipeline import CompressConfig, CompressResult
 from .pipeline import compress as run_pipeline
+from .planning import target_from
 
 _CONFIG = {f.name for f in dataclasses.fields(CompressConfig)} - {
-    "finetune", "speedup", "macs_ratio", "max_drop", "metric", "loss",
+    "finetune", "target", "max_drop", "metric", "loss",
 }  # fmt: skip
 _FINETUNE = {f.name for f in dataclasses.fields(FinetuneConfig)} - {
     "epochs", "checkpoint", "resume", "progress",
@@ -87,18 +88,20 @@ def compress(
             f"compress(): unknown option(s) {', '.join(unknown)}; known: "
             + ", ".join(sorted(_CONFIG | _FINETUNE | _RUN))
         )
-    if speedup is not None and macs_ratio is not None:
-        raise LeanconvError("compress(): give speedup or macs_ratio, not both")
     finetune = FinetuneConfig(
         epochs=epochs,
         augment=False,
         seed=options.get("seed", 0),
         **{k: v for k, v in options.items() if k in _FINETUNE - {"seed"}},
     )
-    targeted = speedup is not None or macs_ratio is not None or max_drop is not None
+    if speedup is not None and macs_ratio is not None:
+        raise LeanconvError("compress(): give speedup or macs_ratio, not both")
+    try:
+        target, allowed_drop = target_from(speedup, macs_ratio, max_drop)
+    except ValueError as e:
+        raise LeanconvError(f"compress(): {e}") from None
     config = CompressConfig(
-        speedup=speedup if targeted else DEFAULT_SPEEDUP,
-        macs_ratio=macs_ratio, max_drop=max_drop, metric=metric, loss=loss, finetune=finetune,
+        target=target, max_drop=allowed_drop, metric=metric, loss=loss, finetune=finetune,
         **{k: v for k, v in options.items() if k in _CONFIG},
     )  # fmt: skip
     judged = resolve_metric(metric)

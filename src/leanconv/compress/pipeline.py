@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
-import math
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -29,21 +27,30 @@ from ..decompose.rank import canonical_method
 from ..errors import LeanconvError, OutputExistsError
 from ..report.files import write_text_atomic
 from . import run_record, serialize
-from .accuracy_budget import plan_for_accuracy
 from .algorithms import ALGORITHMS
 from .artefacts import write_artefacts
-from .closed_loop import plan_for_speedup
 from .deploy import Deployment
 from .evaluate import check_outputs, resolve_metric
 from .finetune import FinetuneConfig, finetune
 from .measure import ModelFigures, in_format, measure_formats, static_figures
-from .plan import DEFAULT_RATIOS, Candidate, Plan, allocate, build_candidates
+from .planning import (
+    DEFAULT_RATIOS,
+    DEFAULT_TARGET,
+    Candidate,
+    MacsRatio,
+    MaxDrop,
+    Plan,
+    Speedup,
+    Target,
+    allocate,
+    build_candidates,
+    plan_for_accuracy,
+    plan_for_speedup,
+)
 from .plausibility import check_plausible
 from .run_lock import RunLock, publish
 from .verify import LayerOutcome, SurgeryReport, decompose_model
 
-#: The target when none is given (the command line's and the Python API's too).
-DEFAULT_SPEEDUP = 2.0
 #: The largest planning or measuring batch: beyond it one candidate's input alone would need
 #: gigabytes (a ResNet stem at 224x224 holds 12.8 MB of activations per image).
 MAX_BATCH = 4096
@@ -51,9 +58,11 @@ MAX_BATCH = 4096
 
 @dataclass
 class CompressConfig:
-    speedup: float | None = DEFAULT_SPEEDUP
-    macs_ratio: float | None = None
-    max_drop: float | None = None  # metric points; alone, the target of a search
+    # what the plan aims at: Speedup(f), MacsRatio(r) or MaxDrop(points) (planning.targets)
+    target: Target = DEFAULT_TARGET
+    # with a Speedup or MacsRatio target: the metric points the result may lose (a note in the
+    # report when it loses more); a MaxDrop target is its own budget
+    max_drop: float | None = None
     search_epochs: int = 1  # fine-tuning epochs of each trial of that search
     methods: tuple[str, ...] = ("tucker2", "spatial_svd")
     algorithms: tuple[str, ...] = tuple(ALGORITHMS)  # fast algorithms tried per candidate
@@ -65,7 +74,7 @@ class CompressConfig:
     calibration: int = 128
     max_layer_error: float = 0.9  # relative output error above which a layer is rolled back
     # for a speedup target: of the plans within one standard error of the most accurate one's
-    # sensitivity, keep the one with the most MACs (compress/capacity.py)
+    # sensitivity, keep the one with the most MACs (compress/planning/capacity.py)
     prefer_capacity: bool = True
     repeats: int = 10
     finetune: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(epochs=5))
@@ -82,14 +91,12 @@ class CompressConfig:
     def validate(self) -> None:
         """Raise ``ValueError`` naming the setting (as the command line spells it) that cannot
         work, before any work is done."""
-        if self.speedup is not None and not (self.speedup > 0 and math.isfinite(self.speedup)):
-            raise ValueError(f"--speedup {self.speedup:g}: must be a positive factor, e.g. 2")
-        if self.macs_ratio is not None and not 0 < self.macs_ratio < 1:
-            raise ValueError(
-                f"--macs-ratio {self.macs_ratio:g}: the share of MACs to keep, between 0 and 1"
-            )
-        if self.max_drop is not None and not self.max_drop >= 0:
-            raise ValueError(f"--max-drop {self.max_drop:g}: must not be negative")
+        if not isinstance(self.target, Speedup | MacsRatio | MaxDrop):
+            raise ValueError(f"target={self.target!r}: Speedup(f), MacsRatio(r) or MaxDrop(p)")
+        if self.max_drop is not None:
+            MaxDrop(self.max_drop)  # the same check as the target's
+            if isinstance(self.target, MaxDrop):
+                raise ValueError("--max-drop given twice: as the target and as the budget")
         for name, value, least in (("--batch", self.plan_batch, 1),
                                    ("--calibration", self.calibration, 2),
                                    ("--search-epochs", self.search_epochs, 1),
@@ -111,15 +118,10 @@ class CompressConfig:
         if not self.methods and not self.algorithms:
             raise ValueError("--methods and --algorithms are both empty: nothing to plan")
 
-    def target_kwargs(self) -> dict:
-        """The allocation target; ``{}`` when ``max_drop`` alone is the target (a search)."""
-        if self.speedup is not None:
-            return {"speedup": self.speedup}
-        if self.macs_ratio is not None:
-            return {"macs_ratio": self.macs_ratio}
-        if self.max_drop is not None:
-            return {}
-        return {"speedup": DEFAULT_SPEEDUP}
+    @property
+    def allowed_drop(self) -> float | None:
+        """The metric points the result may lose, whichever setting says it."""
+        return self.target.points if isinstance(self.target, MaxDrop) else self.max_drop
 
 
 @dataclass
@@ -221,24 +223,6 @@ def _staging(out_dir: Path, resume: bool, record: dict) -> Path:
     return staging
 
 
-def _candidate(d: dict) -> Candidate:
-    d = dict(d)
-    if isinstance(d.get("rank"), list):
-        d["rank"] = tuple(d["rank"])
-    if isinstance(d.get("kl_samples"), list):
-        d["kl_samples"] = tuple(d["kl_samples"])
-    return Candidate(**d)
-
-
-def _plan_from_json(data: dict) -> Plan:
-    cands = {n: [_candidate(c) for c in cs] for n, cs in data["candidates"].items()}
-    choices = {n: _candidate(c) for n, c in data["layers"].items()}
-    return Plan(choices, cands, data["fixed_ms"], data["total_before_ms"], data["macs_before"],
-                data["target"], data["met"], data.get("notes", []), data.get("search", []),
-                data.get("assembled_ms"), data.get("original_ms"),
-                data.get("sensitivity_se"))  # fmt: skip
-
-
 def _make_plan(original, data, config, metric, calibration, macs_before, say,
                staging: Path | None = None) -> Plan:  # fmt: skip
     """Candidates measured on this machine (each layer's kept in ``staging`` as it is finished,
@@ -259,21 +243,21 @@ def _make_plan(original, data, config, metric, calibration, macs_before, say,
         batch=config.plan_batch, repeats=max(3, config.repeats // 2),
         algorithms=config.algorithms, deployment=config.deployment, log=say,
         logits=metric.logits,
-        done={n: [_candidate(c) for c in cs] for n, cs in kept.items()},
+        done={n: [Candidate.from_dict(c) for c in cs] for n, cs in kept.items()},
         on_layer=keep if staging is not None else None,
     )  # fmt: skip
-    target = config.target_kwargs()
-    if "speedup" in target:
+    target = config.target
+    if isinstance(target, Speedup):
         return plan_for_speedup(
-            original, candidates, fixed, total, macs_before, target["speedup"], calibration,
+            original, candidates, fixed, total, macs_before, target.factor, calibration,
             config.plan_batch, config.deployment, config.max_layer_error, config.repeats,
             log=say, prefer_capacity=config.prefer_capacity,
         )  # fmt: skip
-    if target:
-        return allocate(candidates, fixed, total, macs_before, **target)
+    if isinstance(target, MacsRatio):
+        return allocate(candidates, fixed, total, macs_before, macs_ratio=target.ratio)
     return plan_for_accuracy(
         original, candidates, fixed, total, macs_before, data, calibration,
-        config.max_drop, config.finetune, config.search_epochs,
+        target.points, config.finetune, config.search_epochs,
         config.max_layer_error, config.seed, config.plan_batch, config.deployment,
         log=say, metric=metric, loss=config.loss,
     )  # fmt: skip
@@ -372,13 +356,13 @@ def _plan_stage(run: _Run, before: ModelFigures) -> Plan:
     """A new plan, or the one an interrupted run had made."""
     plan_file = run.staging / "plan.json" if run.staging is not None else None
     if plan_file is not None and plan_file.exists():  # a resumed run: its plan, not a new one
-        plan = _plan_from_json(json.loads(plan_file.read_text()))
+        plan = Plan.from_json(plan_file.read_text())
         run.say(f"[2/6] plan read back from {plan_file}")
     else:
         plan = _make_plan(run.original, run.data, run.config, run.metric, run.calibration,
                           before.macs, run.say, run.staging)  # fmt: skip
         if plan_file is not None:
-            write_text_atomic(plan_file, json.dumps(plan.as_dict()), force=True)
+            write_text_atomic(plan_file, plan.to_json(), force=True)
     run.say(f"      {plan.target}: predicted {plan.predicted_speedup:.2f}x, "
             f"{len(plan.rewrites())} of {len(plan.choices)} layers rewritten"
             + ("" if plan.met else " (target not reachable: best plan found)"))  # fmt: skip
@@ -456,10 +440,11 @@ def _measure_stage(run: _Run, before, plan, surgery, history, compressed, notes)
                             notes=[*notes, *plan.notes], measured_with=measured_with,
                             data={"name": run.data.name, "input": expected},
                             model=in_format(deployed.model, memory_format))  # fmt: skip
-    if run.config.max_drop is not None and result.metric_drop > run.config.max_drop:
+    allowed = run.config.allowed_drop
+    if allowed is not None and result.metric_drop > allowed:
         result.notes.append(
             f"{metric.name} dropped {result.metric_drop:.2f} points, more than --max-drop "
-            f"{run.config.max_drop}: use a smaller --speedup or more fine-tuning epochs"
+            f"{allowed}: use a smaller --speedup or more fine-tuning epochs"
         )
     _slower_notes(result)
     return result, deployed

@@ -54,9 +54,10 @@ def settings(config) -> dict:
     """The settings of ``config`` (a CompressConfig) that decide what the run does."""
     out = {}
     for f in dataclasses.fields(config):
-        if f.name in ("finetune", "deployment"):
+        if f.name in ("finetune", "deployment", "target"):
             continue
         out[f.name] = _plain(getattr(config, f.name))
+    out.update(config.target.settings())  # as --speedup, --macs-ratio or --max-drop
     for f in dataclasses.fields(config.finetune):
         if f.name not in ("checkpoint", "resume", "progress"):
             out[f.name] = _plain(getattr(config.finetune, f.name))

@@ -31,13 +31,12 @@ capacity that fine-tuning can use. Without per-image divergences (or with
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable, Iterable
 
 import torch
 
-__all__ = ["choose", "macs_kept", "plan_sensitivity", "prefer_capacity", "with_capacity_weight"]
+__all__ = ["capacity_value", "choose", "macs_kept", "plan_sensitivity", "prefer_capacity"]
 
 #: The weights tried, as multiples ``2**k`` of ``s0 / MACs of the layers``: from one at which all
 #: the layers' MACs together weigh ``s0 / 32`` to one at which they weigh ``8192 s0`` (the MACs
@@ -50,7 +49,7 @@ def plan_sensitivity(choices: Iterable) -> tuple[float, float]:
     docstring). The error comes from the per-image divergences (``kl_samples``) when every
     rewritten layer has them on the same images, else from the candidates' own errors added in
     quadrature. Both are those of each candidate's own measurement, also where
-    ``plan.monotone_sensitivity`` raised its sensitivity to a higher rank's."""
+    ``sensitivity.monotone_sensitivity`` raised its sensitivity to a higher rank's."""
     chosen = list(choices)
     total = sum(c.sensitivity for c in chosen)
     rewritten = [c for c in chosen if c.method != "keep"]
@@ -66,36 +65,27 @@ def macs_kept(choices: Iterable) -> int:
     return sum(c.macs for c in choices)
 
 
-def with_capacity_weight(candidates: dict[str, list], weight: float) -> dict[str, list]:
-    """Copies of ``candidates`` whose sensitivity also charges ``weight`` per MAC removed from the
-    layer's original (the first candidate of each layer)."""
-    return {
-        name: [
-            dataclasses.replace(c, sensitivity=c.sensitivity + weight * (cs[0].macs - c.macs))
-            for c in cs
-        ]
-        for name, cs in candidates.items()
-    }
+def capacity_value(candidates: dict[str, list], weight: float) -> Callable:
+    """A candidate's sensitivity plus ``weight`` per MAC it removes from its layer's original (the
+    first candidate of each layer): the value the allocation minimises to keep capacity."""
+    original = {name: cs[0].macs for name, cs in candidates.items()}
+    return lambda c: c.sensitivity + weight * (original[c.layer] - c.macs)
 
 
 def prefer_capacity(
-    best: dict, candidates: dict[str, list], solve: Callable[[dict[str, list]], dict]
+    best: dict, candidates: dict[str, list], solve: Callable[[Callable], dict]
 ) -> dict:
     """The plan with the most MACs among those within one standard error of ``best``'s summed
-    sensitivity (``best`` itself when none keeps more). ``solve`` maps candidates to a plan that
-    meets the budget (name -> chosen candidate); it is called with weighted copies, and the plan
-    returned is made of the original candidates."""
+    sensitivity (``best`` itself when none keeps more). ``solve`` maps a value function (of a
+    candidate) to the plan that meets the budget with the least summed value (name -> chosen
+    candidate); it is called with :func:`capacity_value` at each weight."""
     s0, se0 = plan_sensitivity(best.values())
     layers_macs = sum(cs[0].macs for cs in candidates.values())
     if se0 <= 0 or s0 <= 0 or layers_macs <= 0:
         return best
     chosen, most = best, macs_kept(best.values())
     for k in WEIGHT_STEPS:
-        weighted = with_capacity_weight(candidates, s0 / layers_macs * 2.0**k)
-        original = {
-            id(w): c for name in candidates for w, c in zip(weighted[name], candidates[name])
-        }
-        trial = {name: original[id(c)] for name, c in solve(weighted).items()}
+        trial = solve(capacity_value(candidates, s0 / layers_macs * 2.0**k))
         kept = macs_kept(trial.values())
         if kept > most and plan_sensitivity(trial.values())[0] <= s0 + se0:
             chosen, most = trial, kept

@@ -1,6 +1,6 @@
 """Closing the loop on a speedup target: measure the planned model itself, and re-plan.
 
-The allocation of :mod:`.plan` predicts a model's latency as the sum of its layers measured one
+The allocation of :mod:`.allocate` predicts a model's latency as the sum of its layers measured one
 by one plus a constant, and the whole network can differ from that sum either way: layers ran
 20-25 % slower inside the compressed VGG-16 than alone before ReLUs were fused (weights and
 inputs out of cache); since then most plans measure within 5 % of their layer sum, but a machine
@@ -8,7 +8,7 @@ that slows while the candidates are timed makes the sum pessimistic (one VGG-16 
 layer sum of 4.20x measured 6.33x assembled). Latency does not depend on the weights' values, so
 the planned model can be built
 and timed before any fine-tuning: decompose by the plan, put it in its deployment form
-(:class:`.deploy.Deployment`: batch norms folded, the planned algorithms, ReLUs fused, layout),
+(:class:`..deploy.Deployment`: batch norms folded, the planned algorithms, ReLUs fused, layout),
 and time it interleaved with the original. If it misses the target (plus a margin,
 :data:`MARGIN`), the latency budget is tightened by the shortfall (raised to the power 1.5:
 the penalty grows as plans get leaner) and the allocation runs again; if it beats the aim by
@@ -24,8 +24,8 @@ a VGG-16 plan measured 4.28x while planning, 5.4-5.7x when re-timed). The most a
 (least summed sensitivity) that measured at the aim or above is kept, else the fastest; with the
 one-standard-error rule (:mod:`.capacity`, the default), the plan with the most MACs among those
 at the aim whose summed sensitivity is within one standard error of that most accurate plan's.
-The plan keeps what was measured: ``assembled_ms`` and ``original_ms``, from which its
-predicted speedup is then computed.
+The plan returned keeps what was measured: ``assembled_ms`` and ``original_ms``, from which its
+predicted speedup is then computed (plans are frozen: each measurement makes a new one).
 
 Three guards keep the loop on the target (a user's model once went from a 2.1x plan through
 2.29x to 4.23x for a 2x target, on one measurement of 1.40x against a layer sum of 2.30x):
@@ -47,12 +47,13 @@ import math
 import torch
 from torch import nn
 
-from ..bench.timing import compare
+from ...bench.timing import compare
+from ..deploy import Deployment
+from ..measure import in_format, input_at_batch
+from ..verify import decompose_model
 from . import capacity
-from .deploy import Deployment
-from .measure import in_format, input_at_batch
-from .plan import Candidate, Plan, allocate
-from .verify import decompose_model
+from .allocate import allocate
+from .plan import Candidate, Plan
 
 #: The assembled plan must measure this much above the target: the final measurement, after
 #: fine-tuning, repeats the timing with its own noise (a plan at exactly 2.51x for a 2.5x target
@@ -107,11 +108,12 @@ def time_assembled(
     repeats: int = 5,
     reference: nn.Module | None = None,
     spreads: list[float] | None = None,
-) -> float:
+) -> Plan:
     """Build ``plan`` as it will be deployed (untrained), time it interleaved with the original
     in its faster layout (``reference``, from :func:`faster_layout`; found here when not given)
-    at ``batch`` (:func:`robust_timing`), store both in the plan, return the speedup. The
-    relative disagreement of the timings is appended to ``spreads``."""
+    at ``batch`` (:func:`robust_timing`); return the plan with both latencies (its
+    ``predicted_speedup`` is then the measured one). The relative disagreement of the timings is
+    appended to ``spreads``."""
     x = input_at_batch(calibration, batch)
     if reference is None:
         reference = faster_layout(original, x, deployment)
@@ -124,8 +126,8 @@ def time_assembled(
                         warmup=1, repeats=repeats)  # fmt: skip
         return t["original"].ms, t["planned"].ms
 
-    plan.original_ms, plan.assembled_ms = robust_timing(once, spreads)
-    return plan.original_ms / plan.assembled_ms
+    original_ms, assembled_ms = robust_timing(once, spreads)
+    return plan.replace(original_ms=original_ms, assembled_ms=assembled_ms)
 
 
 def robust_timing(timed, spreads: list[float] | None = None) -> tuple[float, float]:
@@ -199,7 +201,7 @@ def plan_for_speedup(
     known: dict[tuple, tuple[float, Plan]] = {}  # plan -> its measurement
     spreads: list[float] = []  # disagreements between repeated timings of one plan
 
-    def measure(plan: Plan) -> float:
+    def measure(plan: Plan) -> Plan:
         return time_assembled(original, plan, calibration, batch, deployment, max_layer_error,
                               repeats, reference, spreads=spreads)  # fmt: skip
 
@@ -212,23 +214,12 @@ def plan_for_speedup(
         elif len(known) == rounds:
             break
         else:
-            measured = measure(plan)
-            spread = max([SPREAD_FLOOR, *spreads])
-            predicted = plan.layer_sum_speedup
-            if abs(measured / predicted - 1) > spread:
-                # far from the layer sum: measure again before the plan is changed on it
-                first = (plan.original_ms, plan.assembled_ms)
-                again = measure(plan)
-                spreads.append(abs(again / measured - 1))
-                plan.original_ms = (first[0] + plan.original_ms) / 2
-                plan.assembled_ms = (first[1] + plan.assembled_ms) / 2
-                measured = plan.original_ms / plan.assembled_ms
-                say(f"      ({first[0] / first[1]:.2f}x measured against a layer sum of "
-                    f"{predicted:.2f}x, beyond the machine's spread of {spread:.0%}: measured "
-                    f"again, {again:.2f}x; the two averaged: {measured:.2f}x)")  # fmt: skip
+            plan = _timed(plan, measure, spreads, say)
+            measured = plan.predicted_speedup
             known[signature] = (measured, plan)
             say(f"      round {len(known)}: planned for {budget:.2f}x, layer sum predicts "
-                f"{predicted:.2f}x, the assembled model measures {measured:.2f}x")  # fmt: skip
+                f"{plan.layer_sum_speedup:.2f}x, the assembled model measures "
+                f"{measured:.2f}x")  # fmt: skip
         tried.append((budget, measured, plan))
         if not plan.met or aim <= measured <= aim * (1 + TOLERANCE):
             break
@@ -238,6 +229,25 @@ def plan_for_speedup(
         if any(abs(budget - b) < 0.005 * aim for b, _, _ in tried):
             break  # the bracket has closed: no plan between those measured
     return _choose(tried, speedup, aim, prefer_capacity)
+
+
+def _timed(plan: Plan, measure, spreads: list[float], say) -> Plan:
+    """``plan`` timed assembled (``measure``); timed twice, and the two averaged, when the first
+    disagrees with its layer sum by more than the machine's spread (see the module docstring)."""
+    first = measure(plan)
+    spread = max([SPREAD_FLOOR, *spreads])
+    predicted, measured = plan.layer_sum_speedup, first.predicted_speedup
+    if abs(measured / predicted - 1) <= spread:
+        return first
+    # far from the layer sum: measure again before the plan is changed on it
+    again = measure(plan)
+    spreads.append(abs(again.predicted_speedup / measured - 1))
+    both = plan.replace(original_ms=(first.original_ms + again.original_ms) / 2,
+                        assembled_ms=(first.assembled_ms + again.assembled_ms) / 2)  # fmt: skip
+    say(f"      ({measured:.2f}x measured against a layer sum of {predicted:.2f}x, beyond the "
+        f"machine's spread of {spread:.0%}: measured again, {again.predicted_speedup:.2f}x; "
+        f"the two averaged: {both.predicted_speedup:.2f}x)")  # fmt: skip
+    return both
 
 
 def _bounded_step(tried: list[tuple[float, float, Plan]], budget: float) -> float:
@@ -264,12 +274,14 @@ def _choose(tried, speedup: float, aim: float, prefer_capacity: bool) -> Plan:
         best = min(fast, key=lambda t: t[1])[2]  # all overshoot: the mildest
     else:
         best = max((t[2] for t in tried), key=lambda p: p.predicted_speedup)
-    best.target = f"speedup {speedup:g}x"
-    best.met = best.predicted_speedup >= speedup
     # the allocation's own notes name the loop's internal budgets, not the user's target
-    best.notes = [n for n in best.notes if "cannot be met" not in n]
+    best = best.replace(
+        target=f"speedup {speedup:g}x",
+        met=best.predicted_speedup >= speedup,
+        notes=tuple(n for n in best.notes if "cannot be met" not in n),
+    )
     if not best.met:
-        best.notes.append(
+        best = best.with_note(
             f"the {speedup:g}x target cannot be reached on this machine: the fastest plan found "
             f"measured {best.predicted_speedup:.2f}x assembled, before fine-tuning, and is the "
             "one used (it rewrites the layers at their lowest ranks; ask for less to keep more "

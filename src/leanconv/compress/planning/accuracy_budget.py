@@ -1,7 +1,7 @@
 """An accuracy budget as the target (``--max-drop`` alone): the fastest plan that stays within it.
 
-The Lagrangian allocation of :mod:`.plan` gives, for any speedup target, the least sensitive plan
-that meets it, but accuracy is not additive over layers and fine-tuning recovers part of the loss,
+The Lagrangian allocation of :mod:`.allocate` gives, for any speedup target, the least sensitive
+plan that meets it, but accuracy is not additive over layers and fine-tuning recovers part of the loss,
 so the budget is checked by trials. The targets form a geometric ladder from ``1.2x`` to the
 fastest plan the candidates allow; a binary search over the ladder runs one trial per step:
 decompose the model by the plan, fine-tune it briefly with distillation (``search_epochs``) on 80 %
@@ -20,13 +20,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..data.bundle import DataBundle
+from ...data.bundle import DataBundle
+from ..deploy import Deployment
+from ..evaluate import ACCURACY, Metric
+from ..finetune import FinetuneConfig, finetune
+from ..verify import decompose_model
+from .allocate import allocate
 from .closed_loop import time_assembled
-from .deploy import Deployment
-from .evaluate import ACCURACY, Metric
-from .finetune import FinetuneConfig, finetune
-from .plan import Candidate, Plan, allocate
-from .verify import decompose_model
+from .plan import Candidate, Plan
 
 LADDER_START = 1.2
 LADDER_STEPS = 7
@@ -60,7 +61,20 @@ def _exact_only(candidates: dict[str, list[Candidate]], fixed, total, macs, targ
     """No rewrite; each layer by its fastest exact algorithm (direct or Winograd)."""
     choices = {n: min((c for c in cs if c.method == "keep"), key=lambda c: c.latency_ms)
                for n, cs in candidates.items()}  # fmt: skip
-    return Plan(choices, candidates, fixed, total, macs, target, met=False)
+    return Plan(
+        choices,
+        candidates,
+        fixed,
+        total,
+        macs,
+        target,
+        met=False,
+        notes=(
+            "no decomposed plan stayed within the accuracy budget in its trial; no layer is "
+            "decomposed, only exact fast algorithms are used where they were faster (a larger "
+            "--max-drop, more --search-epochs or an explicit --speedup helps)",
+        ),
+    )
 
 
 def plan_for_accuracy(
@@ -119,18 +133,11 @@ def plan_for_accuracy(
         else:
             hi = mid
     if lo >= 0:
-        plan = plans[lo]
-        plan.target = target
-        plan.met = True
         # its predicted speedup: the assembled plan timed, as for a speedup target
-        measured = time_assembled(original, plan, calibration, batch, deployment, max_layer_error)
-        say(f"      chosen: {ladder[lo]:.2f}x target, the assembled plan measures {measured:.2f}x")
+        plan = time_assembled(original, plans[lo].replace(target=target, met=True), calibration,
+                              batch, deployment, max_layer_error)  # fmt: skip
+        say(f"      chosen: {ladder[lo]:.2f}x target, the assembled plan measures "
+            f"{plan.predicted_speedup:.2f}x")  # fmt: skip
     else:
         plan = _exact_only(candidates, fixed_ms, total_ms, macs_before, target)
-        plan.notes.append(
-            "no decomposed plan stayed within the accuracy budget in its trial; no layer is "
-            "decomposed, only exact fast algorithms are used where they were faster (a larger "
-            "--max-drop, more --search-epochs or an explicit --speedup helps)"
-        )
-    plan.search = [t.as_dict() for t in trials]
-    return plan
+    return plan.replace(search=tuple(t.as_dict() for t in trials))

@@ -1,0 +1,38 @@
+"""Planning: which rewrite and which algorithm each layer gets, measured on this machine.
+
+The steps, each its own module, in the order a plan is made:
+
+- :mod:`.targets`: what the plan aims at (:class:`Speedup`, :class:`MacsRatio`, :class:`MaxDrop`);
+- :mod:`.candidates`: every way each layer could run (rewrites, then algorithm variants), with
+  its latency (:mod:`.latency`, a shape-keyed table) and its sensitivity (:mod:`.sensitivity`);
+- :mod:`.allocate`: one candidate per layer, chosen together for a budget (Lagrangian relaxation
+  with the one-standard-error rule of :mod:`.capacity`);
+- :mod:`.closed_loop` (a speedup target: the assembled model timed, re-planned) and
+  :mod:`.accuracy_budget` (an accuracy target: trials with a short fine-tune), each returning a
+  new :class:`Plan`;
+- :mod:`.plan`: the frozen :class:`Plan` and its :class:`Candidate` s, with ``to_json`` /
+  ``from_json``.
+"""
+
+from .accuracy_budget import plan_for_accuracy
+from .allocate import allocate
+from .candidates import DEFAULT_RATIOS, build_candidates
+from .closed_loop import plan_for_speedup
+from .plan import Candidate, Plan
+from .targets import DEFAULT_TARGET, MacsRatio, MaxDrop, Speedup, Target, target_from
+
+__all__ = [
+    "DEFAULT_RATIOS",
+    "DEFAULT_TARGET",
+    "Candidate",
+    "MacsRatio",
+    "MaxDrop",
+    "Plan",
+    "Speedup",
+    "Target",
+    "allocate",
+    "build_candidates",
+    "plan_for_accuracy",
+    "plan_for_speedup",
+    "target_from",
+]

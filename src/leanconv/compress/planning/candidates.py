@@ -1,0 +1,180 @@
+"""The planner's candidates: every way each convolution could run, with its cost and its harm.
+
+For every convolution the planner builds candidates in separate steps:
+
+1. **rewrites** (:func:`rewrites`): the layer kept, and each decomposition method at the rank of
+   each MACs budget of the layer (:func:`leanconv.decompose.rank.budget_rank`, each rank once);
+2. **algorithm variants** (:func:`algorithm_variants`): each of those again with its 3x3
+   convolutions computed by Winograd F(2x2), F(4x4) or F(6x6) (:mod:`..algorithms`);
+3. **latency** (:mod:`.latency`): each measured on this machine, on the layer's real input at the
+   planning batch, in its deployment form, cached by shape, and put on one measurement of all
+   the originals together;
+4. **sensitivity** (:mod:`.sensitivity`): the KL divergence of the whole model's predictions on a
+   calibration set with only that layer rewritten, made monotone in rank;
+
+and each candidate carries its MACs and parameters. :func:`build_candidates` runs the steps layer
+by layer (keeping each finished layer, so an interrupted run resumes) and measures what no
+candidate changes (the fixed latency) and the whole model (the total).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from ... import cache as cache_store
+from ...bench.timing import compare
+from ...cost import count
+from ...decompose.rank import budget_rank, canonical_method
+from ...errors import LeanconvError
+from ...spec import ConvSpec
+from .. import outputs
+from ..algorithms import ALGORITHMS, with_algorithm
+from ..deploy import Deployment
+from ..measure import FORMATS, input_at_batch
+from ..replace import decompose_layer
+from ..surgery import conv_layers
+from ..verify import capture_inputs
+from .latency import CACHE_FILE, common_window, latencies
+from .plan import Candidate
+from .sensitivity import measured_candidates, monotone_sensitivity
+
+#: The MACs budgets (shares of the layer's MACs) whose ranks each method is tried at.
+DEFAULT_RATIOS = (0.06, 0.1, 0.15, 0.25, 0.4, 0.6)
+
+__all__ = ["DEFAULT_RATIOS", "algorithm_variants", "build_candidates", "rewrites"]
+
+
+def build_candidates(
+    model: nn.Module,
+    calibration: torch.Tensor,
+    layers: list[str] | None = None,
+    methods: tuple[str, ...] = ("tucker2", "spatial_svd"),
+    ratios: tuple[float, ...] = DEFAULT_RATIOS,
+    batch: int = 64,
+    repeats: int = 5,
+    use_cache: bool = True,
+    algorithms: tuple[str, ...] = tuple(ALGORITHMS),
+    deployment: Deployment = Deployment(),
+    log=None,
+    logits: bool = True,
+    done: dict[str, list[Candidate]] | None = None,
+    on_layer=None,
+) -> tuple[dict[str, list[Candidate]], float, float]:
+    """Candidates per layer (the first is "keep"), the fixed latency and the total latency.
+
+    ``logits``: the model returns class logits (sensitivities are KL divergences); otherwise its
+    outputs are compared by relative squared error (:mod:`..outputs`). ``done``: the candidates of
+    layers measured before (a resumed run), not measured again; ``on_layer(name, candidates)``
+    is called as each layer is finished (to keep them).
+
+    Latencies are measured in the ``deployment`` form (:class:`..deploy.Deployment`: convolutions
+    packed, weights and inputs in its memory format); the total is that of the model as given in
+    the faster of its own layout and the deployment's.
+
+    ``algorithms``: the fast algorithms to try on every candidate that has an eligible 3x3
+    convolution (``()``: decompositions only).
+
+    The fixed latency (everything no candidate changes) is measured on the model in its deployment
+    form (batch norms folded, ReLUs fused); the total is the model as given, so the predicted
+    speedup covers both the rewrites and the deployment form.
+    """
+    methods = tuple(canonical_method(m, "methods") for m in methods)  # unknown names raise
+    memory_format = deployment.memory_format
+    fmt = FORMATS[memory_format]
+    form = (memory_format, "packed" if deployment.fuse else "plain")
+    given = copy.deepcopy(model).eval()
+    model = copy.deepcopy(model).eval().to(memory_format=fmt)
+    layers = layers if layers is not None else conv_layers(model)
+    inputs = capture_inputs(model, layers, calibration)
+    with torch.no_grad():
+        reference = outputs.reference(model(calibration), logits)
+    cache = cache_store.load(CACHE_FILE) if use_cache else {}
+    out: dict[str, list[Candidate]] = {}
+    originals: dict[str, object] = {}  # each layer's original on its input, timed again below
+    for i, name in enumerate(layers):
+        layer = model.get_submodule(name)
+        x = inputs[name]
+        xb = input_at_batch(x, batch).contiguous(memory_format=fmt)
+        base = count(layer, x[:1])  # per sample, as the model totals
+        if done and name in done:
+            out[name] = done[name]
+            originals[name] = lambda m=deployment.layer(layer), xb=xb: m(xb)
+            if log:
+                log(f"  planned {i + 1}/{len(layers)} {name}: {len(done[name]) - 1} candidates, "
+                    "measured before the interruption")  # fmt: skip
+            continue
+        modules, errors = rewrites(layer, name, x, methods, ratios, fmt)
+        modules, errors = algorithm_variants(modules, errors, algorithms, fmt)
+        timings = latencies(layer, modules, xb, (*xb.shape, *form), cache, use_cache, repeats,
+                            deployment)  # fmt: skip
+        originals[name] = lambda m=deployment.layer(layer), xb=xb: m(xb)
+        cands = monotone_sensitivity(
+            measured_candidates(
+                model, name, layer, x, modules, errors, timings, calibration, reference, logits
+            )
+        )
+        out[name] = cands
+        if on_layer is not None:
+            on_layer(name, cands)
+        if log:
+            keep = cands[0].latency_ms
+            log(f"  planned {i + 1}/{len(layers)} {name}: {len(cands) - 1} candidates, "
+                f"{base.total.macs / 1e6:.1f} MMACs per sample, {keep:.2f} ms at batch "
+                f"{batch}")  # fmt: skip
+    if use_cache:
+        cache_store.save(CACHE_FILE, cache)
+    xb_model = input_at_batch(calibration, batch)
+    deployed = deployment.apply(model)
+    models = {"given": lambda: given(xb_model), "model": lambda: model(xb_model),
+              "deployed": lambda: deployed(xb_model)}  # fmt: skip
+    timings = compare({**models, **{f"layer {n}": f for n, f in originals.items()}},
+                      warmup=1, repeats=repeats)  # fmt: skip
+    out = common_window(out, {n: timings[f"layer {n}"].ms for n in originals})
+    total = min(timings["given"].ms, timings["model"].ms)
+    conv_total = sum(cs[0].latency_ms for cs in out.values())
+    # what no candidate changes, as it will run deployed (batch norms folded, ReLUs fused)
+    fixed = max(0.0, timings["deployed"].ms - conv_total)
+    return out, fixed, total
+
+
+def rewrites(layer, name, x, methods, ratios, fmt) -> tuple[dict, dict]:
+    """The rewrites of one layer, keyed ``(method, rank, "direct")``: the layer kept, and each
+    method at the rank of each MACs ratio (each rank once, ranks that a method cannot take
+    skipped); and the relative weight error of each."""
+    keep = ("keep", None, "direct")
+    modules: dict[tuple, nn.Module] = {keep: layer}
+    errors: dict[tuple, float] = {keep: 0.0}
+    for method in methods:
+        seen = set()
+        for ratio in ratios:
+            try:
+                spec = ConvSpec.from_module(layer, tuple(x.shape), name)
+                rank = budget_rank(spec, method, ratio)
+            except (LeanconvError, ValueError):
+                continue
+            if rank in seen:
+                continue
+            seen.add(rank)
+            try:
+                d = decompose_layer(layer, method, rank, name=name, input_size=tuple(x.shape[2:]))
+            except (LeanconvError, ValueError):
+                continue
+            modules[(d.method, d.rank, "direct")] = d.module.eval().to(memory_format=fmt)
+            errors[(d.method, d.rank, "direct")] = d.weight_error
+    return modules, errors
+
+
+def algorithm_variants(modules: dict, errors: dict, algorithms, fmt) -> tuple[dict, dict]:
+    """``modules`` and, for each, a variant run by each fast algorithm that applies to it (same
+    weight error: the algorithms are exact)."""
+    modules, errors = dict(modules), dict(errors)
+    for (method, rank, _), mod in list(modules.items()):
+        for algorithm in algorithms:
+            fast = with_algorithm(mod, algorithm)
+            if fast is not None:
+                modules[(method, rank, algorithm)] = fast.eval().to(memory_format=fmt)
+                errors[(method, rank, algorithm)] = errors[(method, rank, "direct")]
+    return modules, errors

@@ -1,0 +1,105 @@
+"""Each candidate's sensitivity: how much the whole model's predictions move when only that layer
+is rewritten.
+
+The sensitivity of a rewrite is the mean over a calibration set of the per-image divergence
+``KL(p_i || q_i)`` of the rewritten model's predictions ``q`` from the original's ``p`` (Kim et
+al. 2016 and later work rank layers this way; for a model whose outputs are not class logits,
+their relative squared error, :mod:`..outputs`). The per-image values are kept
+(``kl_samples``), and with them the standard error of the mean (``sensitivity_se``): on 64
+images of the digits the KL of one VGG-16 rewrite ranged from 0.0001 to 0.0086 nats between
+disjoint sets of images. A fast algorithm adds none to the rewrite it computes (it is exact up
+to float32 rounding).
+
+A truncated decomposition at a lower rank keeps a subspace of what a higher rank keeps (SVD and
+HOSVD truncations are nested), so a lower rank is taken to be at least as sensitive as any higher
+rank of the same method (:func:`monotone_sensitivity`): on a small calibration set the KL of two
+small rewrites can come out in the wrong order, and the allocation would then cut MACs that buy
+no time (a VGG-16 layer at Tucker-2 rank 6 measured 0.0011 nats, at rank 8 0.0018, at the same
+latency).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from ...cost import count
+from ...decompose.rank import output_error
+from .. import outputs
+from ..surgery import replace_modules
+from .plan import Candidate
+
+__all__ = ["kl_per_image", "measured_candidates", "monotone_sensitivity"]
+
+
+def kl_per_image(logits: torch.Tensor, reference_log_probs: torch.Tensor) -> torch.Tensor:
+    """``KL(p_i || q_i)`` for each image ``i``: ``p`` the reference's predictions (log
+    probabilities), ``q = softmax(logits)``; float64 (:func:`..outputs.divergence`)."""
+    return outputs.divergence(logits, reference_log_probs, logits=True)
+
+
+def _estimate(per_image: torch.Tensor) -> tuple[float, float, tuple[float, ...]]:
+    """Mean, standard error of the mean, and the values."""
+    n = per_image.numel()
+    se = float(per_image.std() / n**0.5) if n > 1 else 0.0
+    return float(per_image.mean()), se, tuple(per_image.tolist())
+
+
+def _at_least(rank, other) -> bool:
+    """``rank`` keeps everything ``other`` keeps (every component at least as large)."""
+    if isinstance(rank, tuple) and isinstance(other, tuple) and len(rank) == len(other):
+        return all(a >= b for a, b in zip(rank, other))
+    if isinstance(rank, int) and isinstance(other, int):
+        return rank >= other
+    return False
+
+
+def monotone_sensitivity(cands: list[Candidate]) -> list[Candidate]:
+    """The candidates with sensitivity non-increasing in rank within each method: a candidate's
+    sensitivity becomes the largest measured at its own or any higher rank of its method (the
+    upper envelope; the measured value is kept in ``measured_sensitivity``)."""
+    measured = [
+        c if c.measured_sensitivity is not None
+        else dataclasses.replace(c, measured_sensitivity=c.sensitivity)
+        for c in cands
+    ]  # fmt: skip
+    return [
+        c if c.method == "keep"
+        else dataclasses.replace(c, sensitivity=max(
+            o.measured_sensitivity for o in measured
+            if o.method == c.method and _at_least(o.rank, c.rank)))
+        for c in measured
+    ]  # fmt: skip
+
+
+def measured_candidates(model, name, layer, x, modules, errors, timings, calibration, reference,
+                        logits) -> list[Candidate]:  # fmt: skip
+    """The :class:`Candidate` of each module of layer ``name``: its sensitivity (the whole
+    model's divergence on the calibration inputs with only this layer rewritten), output error,
+    MACs and latency (``timings``)."""
+    cands = []
+    sensitivity: dict[tuple, tuple] = {}
+    for key, mod in modules.items():
+        method, rank, algorithm = key
+        if key == ("keep", None, "direct"):
+            sens, out_err = (0.0, 0.0, None), 0.0
+        else:
+            if algorithm == "direct":
+                trial = replace_modules(model, {name: mod}, inplace=False)
+                with torch.no_grad():
+                    sens = _estimate(outputs.divergence(trial(calibration), reference, logits))
+            else:
+                # an exact algorithm: the sensitivity of the rewrite it computes (its float32
+                # rounding, ~1e-5 of the output, shows in the output error), so that among
+                # equally accurate candidates the allocation takes the fastest
+                sens = sensitivity[(method, rank, "direct")]
+            out_err = output_error(layer, mod, x, name=name)
+        sensitivity[key] = sens
+        # MACs and params per image, as the model totals; a fast algorithm keeps the
+        # conventional count of the convolution it computes
+        c = count(modules[(method, rank, "direct")], x[:1])
+        cands.append(Candidate(name, method, rank, c.total.macs, c.total.params, timings[key],
+                               sens[0], errors[key], out_err, algorithm, sensitivity_se=sens[1],
+                               kl_samples=sens[2]))  # fmt: skip
+    return cands
