@@ -10,7 +10,9 @@ MACs under the default convention, so ``cost(...).macs`` equals ``leanconv.count
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import functools
+import inspect
+from collections.abc import Callable, Iterable, Sequence
 
 from torch import nn
 
@@ -30,6 +32,47 @@ def check_positive(where: str, **values: int | float) -> None:
             raise ValueError(f"{where}: {arg}={v} must be positive")
 
 
+def positive_args(*names: str):
+    """Decorator of a block's ``__init__``: the arguments ``names`` are checked positive
+    (:func:`check_positive`, naming the block's class, in the order of ``names``) before the body
+    runs. A call that does not fit the signature is left to Python to refuse."""
+
+    def decorate(init):
+        signature = inspect.signature(init)
+
+        @functools.wraps(init)
+        def checked(self, *args, **kwargs):
+            try:
+                bound = signature.bind(self, *args, **kwargs)
+            except TypeError:
+                return init(self, *args, **kwargs)
+            bound.apply_defaults()
+            check_positive(type(self).__name__, **{n: bound.arguments[n] for n in names})
+            return init(self, *args, **kwargs)
+
+        return checked
+
+    return decorate
+
+
+def check_divisible(where: str, groups: int, **channels: int) -> None:
+    """``ValueError`` naming the first channel count that ``groups`` does not divide."""
+    for arg, c in channels.items():
+        if c % groups:
+            raise ValueError(f"{where}: {arg}={c} is not divisible by groups={groups}")
+
+
+def divide_channels(
+    where: str, channels: tuple[str, int], ratio: tuple[str, int], what: str
+) -> int:
+    """``channels // ratio`` (each a ``(name, value)`` pair, named in the message); ``ValueError``
+    when that leaves no ``what``."""
+    (c_arg, c), (r_arg, r) = channels, ratio
+    if c // r < 1:
+        raise ValueError(f"{where}: {r_arg}={r} leaves {c_arg}={c} // {r} = 0 {what}")
+    return c // r
+
+
 def same_padding(where: str, kernel_size: int, dilation: int = 1) -> int:
     """``d (k - 1) / 2``, the padding that keeps the size at stride 1; odd ``k`` only."""
     if kernel_size % 2 == 0:
@@ -38,6 +81,15 @@ def same_padding(where: str, kernel_size: int, dilation: int = 1) -> int:
             "(pass padding= explicitly)"
         )
     return dilation * (kernel_size - 1) // 2
+
+
+def padding_or_same(where: str, padding: int | None, kernel_size: int, dilation: int = 1) -> int:
+    """``padding``, checked not negative, or 'same' padding (:func:`same_padding`) when None."""
+    if padding is None:
+        return same_padding(where, kernel_size, dilation)
+    if padding < 0:
+        raise ValueError(f"{where}: padding={padding} must not be negative")
+    return padding
 
 
 def make_divisible(value: float, divisor: int, min_value: int | None = None) -> int:
@@ -58,6 +110,11 @@ def norm_act(channels: int, norm: Norm, activation: Activation) -> list[nn.Modul
     if activation is not None:
         out.append(activation())
     return out
+
+
+def norm_act_seq(channels: int, norm: Norm, activation: Activation) -> nn.Sequential:
+    """:func:`norm_act` as an ``nn.Sequential`` (an empty one, the identity, when both are None)."""
+    return nn.Sequential(*norm_act(channels, norm, activation))
 
 
 def conv_norm_act(
@@ -101,6 +158,20 @@ def spec_of(conv: nn.Conv2d, shape: Shape, name: str = "") -> ConvSpec:
     return ConvSpec.from_module(conv, shape, name)
 
 
+def chain_specs(
+    shape: Shape, modules: Iterable[nn.Module], names: Sequence[str] = ()
+) -> tuple[list[ConvSpec], Shape]:
+    """The specs of the convolutions among ``modules`` applied in turn from ``shape`` (the other
+    modules, norms and activations, keep the shape), labelled by ``names`` where given, and the
+    shape that comes out."""
+    convs = [m for m in modules if isinstance(m, nn.Conv2d)]
+    specs = []
+    for i, conv in enumerate(convs):
+        specs.append(spec_of(conv, shape, names[i] if names else ""))
+        shape = specs[-1].output_shape
+    return specs, shape
+
+
 def pool_shape(shape: Shape, kernel: int, stride: int, padding: int = 0) -> Shape:
     """Output of a (max or average) pool, floor mode: ``floor((L + 2p - k) / s) + 1``."""
     n, c, h, w = shape
@@ -135,15 +206,21 @@ class AnalyticCost:
     def _walk(self, shape: Shape) -> tuple[list[ConvSpec], Shape]:  # pragma: no cover
         raise NotImplementedError
 
+    def _chain(self, shape: Shape, *names: str) -> tuple[list[ConvSpec], Shape]:
+        """:func:`chain_specs` of the block's convolutions named ``names``, labelled so."""
+        return chain_specs(shape, [getattr(self, name) for name in names], names)
+
+    def _walk_input(self, input_shape: Sequence[int]) -> tuple[list[ConvSpec], Shape]:
+        return self._walk(shape4(type(self).__name__, input_shape))
+
     def conv_specs(self, input_shape: Sequence[int]) -> list[ConvSpec]:
         """One :class:`ConvSpec` per convolution the block runs on ``input_shape``, in order."""
-        return self._walk(shape4(type(self).__name__, input_shape))[0]
+        return self._walk_input(input_shape)[0]
 
     def output_shape(self, input_shape: Sequence[int]) -> Shape:
         """The shape the block returns for ``input_shape`` = (N, C, H, W)."""
-        return self._walk(shape4(type(self).__name__, input_shape))[1]
+        return self._walk_input(input_shape)[1]
 
     def cost(self, input_shape: Sequence[int], convention: Convention = DEFAULT) -> OpCost:
         """Closed-form cost of the block's convolutions (params are the convolutions' only)."""
-        specs, out = self._walk(shape4(type(self).__name__, input_shape))
-        return sum_costs(specs, out, convention)
+        return sum_costs(*self._walk_input(input_shape), convention)

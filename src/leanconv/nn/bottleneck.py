@@ -24,10 +24,12 @@ from ._common import (
     AnalyticCost,
     Norm,
     Shape,
-    check_positive,
-    norm_act,
+    chain_specs,
+    conv_norm_act,
+    divide_channels,
+    norm_act_seq,
+    positive_args,
     same_padding,
-    spec_of,
 )
 
 
@@ -39,6 +41,7 @@ class Bottleneck1x1(AnalyticCost, nn.Module):
     the ``k x k``. ``squeeze`` is the ratio of output to bottleneck channels (4 in ResNet).
     """
 
+    @positive_args("in_channels", "out_channels", "kernel_size", "squeeze", "stride", "groups")
     def __init__(
         self,
         in_channels: int,
@@ -54,34 +57,20 @@ class Bottleneck1x1(AnalyticCost, nn.Module):
     ):
         super().__init__()
         where = type(self).__name__
-        check_positive(
-            where,
-            in_channels=in_channels,
-            out_channels=out_channels,
-            kernel_size=kernel_size,
-            squeeze=squeeze,
-            stride=stride,
-            groups=groups,
+        mid = divide_channels(
+            where, ("out_channels", out_channels), ("squeeze", squeeze), "bottleneck channels"
         )
-        mid = out_channels // squeeze
-        if mid < 1:
-            raise ValueError(
-                f"{where}: squeeze={squeeze} leaves out_channels={out_channels} // {squeeze} = 0 "
-                "bottleneck channels"
-            )
         if mid % groups:
             raise ValueError(
                 f"{where}: groups={groups} does not divide the {mid} bottleneck channels"
             )
         pad = same_padding(where, kernel_size)
         self.reduce = nn.Conv2d(in_channels, mid, 1, bias=bias)
-        self.act1 = nn.Sequential(*norm_act(mid, norm, activation))
+        self.act1 = norm_act_seq(mid, norm, activation)
         self.conv = nn.Conv2d(mid, mid, kernel_size, stride, pad, groups=groups, bias=bias)
-        self.act2 = nn.Sequential(*norm_act(mid, norm, activation))
+        self.act2 = norm_act_seq(mid, norm, activation)
         self.expand = nn.Conv2d(mid, out_channels, 1, bias=bias)
-        self.act3 = nn.Sequential(
-            *norm_act(out_channels, norm, activation if activate_output else None)
-        )
+        self.act3 = norm_act_seq(out_channels, norm, activation if activate_output else None)
         self.in_channels, self.out_channels, self.mid_channels = in_channels, out_channels, mid
         self.kernel_size, self.stride, self.groups = kernel_size, stride, groups
 
@@ -93,10 +82,7 @@ class Bottleneck1x1(AnalyticCost, nn.Module):
         return s + (f", groups={self.groups}" if self.groups != 1 else "")
 
     def _walk(self, shape: Shape):
-        a = spec_of(self.reduce, shape, "reduce")
-        b = spec_of(self.conv, a.output_shape, "conv")
-        c = spec_of(self.expand, b.output_shape, "expand")
-        return [a, b, c], c.output_shape
+        return self._chain(shape, "reduce", "conv", "expand")
 
     def forward(self, x: Tensor) -> Tensor:
         return self.act3(self.expand(self.act2(self.conv(self.act1(self.reduce(x))))))
@@ -108,6 +94,7 @@ class InvertedResidual(AnalyticCost, nn.Module):
     is added when ``stride == 1`` and ``in_channels == out_channels``.
     """
 
+    @positive_args("in_channels", "out_channels", "stride", "expand_ratio", "kernel_size")
     def __init__(
         self,
         in_channels: int,
@@ -120,25 +107,15 @@ class InvertedResidual(AnalyticCost, nn.Module):
     ):
         super().__init__()
         where = type(self).__name__
-        check_positive(
-            where,
-            in_channels=in_channels,
-            out_channels=out_channels,
-            stride=stride,
-            expand_ratio=expand_ratio,
-            kernel_size=kernel_size,
-        )
         hidden = in_channels * expand_ratio
-        layers: list[nn.Module] = []
-        if expand_ratio != 1:
-            layers += [nn.Conv2d(in_channels, hidden, 1, bias=False)]
-            layers += norm_act(hidden, norm, activation)
         pad = same_padding(where, kernel_size)
-        layers += [nn.Conv2d(hidden, hidden, kernel_size, stride, pad, groups=hidden, bias=False)]
-        layers += norm_act(hidden, norm, activation)
-        layers += [nn.Conv2d(hidden, out_channels, 1, bias=False)]
-        layers += norm_act(out_channels, norm, None)
-        self.layers = nn.Sequential(*layers)
+        conv = partial(conv_norm_act, norm=norm, bias=False)
+        expand = conv(in_channels, hidden, 1, activation=activation) if expand_ratio != 1 else []
+        self.layers = nn.Sequential(
+            *expand,
+            *conv(hidden, hidden, kernel_size, stride, pad, groups=hidden, activation=activation),
+            *conv(hidden, out_channels, 1),
+        )
         self.use_residual = stride == 1 and in_channels == out_channels
         self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
         self.expand_ratio, self.kernel_size = expand_ratio, kernel_size
@@ -150,12 +127,7 @@ class InvertedResidual(AnalyticCost, nn.Module):
         )
 
     def _walk(self, shape: Shape):
-        specs = []
-        for m in self.layers:
-            if isinstance(m, nn.Conv2d):
-                specs.append(spec_of(m, shape))
-                shape = specs[-1].output_shape
-        return specs, shape
+        return chain_specs(shape, self.layers)
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.layers(x)

@@ -16,21 +16,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._common import AnalyticCost, Shape, check_positive, pool_shape, spec_of
+from ._common import AnalyticCost, Shape, chain_specs, pool_shape, positive_args, spec_of
 
 
 class DenseLayer(AnalyticCost, nn.Module):
     """BN-ReLU-1x1 (``bn_size * growth_rate``)-BN-ReLU-3x3 (``growth_rate``); returns only the
     ``growth_rate`` new channels (the block concatenates). ``drop_rate`` is dropout on them."""
 
+    @positive_args("in_channels", "growth_rate", "bn_size")
     def __init__(
         self, in_channels: int, growth_rate: int, bn_size: int = 4, drop_rate: float = 0.0
     ):
         super().__init__()
-        where = type(self).__name__
-        check_positive(where, in_channels=in_channels, growth_rate=growth_rate, bn_size=bn_size)
         if not 0.0 <= drop_rate < 1.0:
-            raise ValueError(f"{where}: drop_rate={drop_rate} must be in [0, 1)")
+            raise ValueError(f"{type(self).__name__}: drop_rate={drop_rate} must be in [0, 1)")
         mid = bn_size * growth_rate
         self.norm1 = nn.BatchNorm2d(in_channels)
         self.conv1 = nn.Conv2d(in_channels, mid, 1, bias=False)
@@ -45,9 +44,7 @@ class DenseLayer(AnalyticCost, nn.Module):
         )
 
     def _walk(self, shape: Shape):
-        a = spec_of(self.conv1, shape)
-        b = spec_of(self.conv2, a.output_shape)
-        return [a, b], b.output_shape
+        return chain_specs(shape, [self.conv1, self.conv2])
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.conv1(F.relu(self.norm1(x)))
@@ -61,6 +58,7 @@ class DenseBlock(AnalyticCost, nn.Module):
     """``num_layers`` :class:`DenseLayer` s, each fed the concatenation of all before it;
     returns ``in_channels + num_layers * growth_rate`` channels."""
 
+    @positive_args("num_layers", "in_channels", "growth_rate", "bn_size")
     def __init__(
         self,
         num_layers: int,
@@ -70,13 +68,6 @@ class DenseBlock(AnalyticCost, nn.Module):
         drop_rate: float = 0.0,
     ):
         super().__init__()
-        check_positive(
-            type(self).__name__,
-            num_layers=num_layers,
-            in_channels=in_channels,
-            growth_rate=growth_rate,
-            bn_size=bn_size,
-        )
         self.layers = nn.ModuleList(
             DenseLayer(in_channels + i * growth_rate, growth_rate, bn_size, drop_rate)
             for i in range(num_layers)
@@ -109,9 +100,9 @@ class DenseBlock(AnalyticCost, nn.Module):
 class Transition(AnalyticCost, nn.Module):
     """Between dense blocks: BN-ReLU-``1 x 1`` (``out_channels``, usually half)-avg pool 2x2/2."""
 
+    @positive_args("in_channels", "out_channels")
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__()
-        check_positive(type(self).__name__, in_channels=in_channels, out_channels=out_channels)
         self.norm = nn.BatchNorm2d(in_channels)
         self.conv = nn.Conv2d(in_channels, out_channels, 1, bias=False)
         self.pool = nn.AvgPool2d(2, 2)

@@ -25,13 +25,24 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ._common import AnalyticCost, Shape, check_positive, conv_norm_act, same_padding, spec_of
+from ._common import (
+    AnalyticCost,
+    Shape,
+    chain_specs,
+    check_divisible,
+    conv_norm_act,
+    positive_args,
+    relu,
+    same_padding,
+    spec_of,
+)
 
 
 class GroupedConv2d(AnalyticCost, nn.Conv2d):
     """``nn.Conv2d`` with ``groups`` checked up front (errors name the argument) and 'same'
     padding by default (``padding=None``, odd kernels), plus the analytic cost API."""
 
+    @positive_args("in_channels", "out_channels", "kernel_size", "groups", "stride", "dilation")
     def __init__(
         self,
         in_channels: int,
@@ -44,18 +55,7 @@ class GroupedConv2d(AnalyticCost, nn.Conv2d):
         bias: bool = False,
     ):
         where = type(self).__name__
-        check_positive(
-            where,
-            in_channels=in_channels,
-            out_channels=out_channels,
-            kernel_size=kernel_size,
-            groups=groups,
-            stride=stride,
-            dilation=dilation,
-        )
-        for arg, c in (("in_channels", in_channels), ("out_channels", out_channels)):
-            if c % groups:
-                raise ValueError(f"{where}: {arg}={c} is not divisible by groups={groups}")
+        check_divisible(where, groups, in_channels=in_channels, out_channels=out_channels)
         if padding is None:
             padding = same_padding(where, kernel_size, dilation)
         super().__init__(
@@ -81,9 +81,9 @@ def channel_shuffle(x: Tensor, groups: int) -> Tensor:
 class ChannelShuffle(nn.Module):
     """Module form of :func:`channel_shuffle`."""
 
+    @positive_args("groups")
     def __init__(self, groups: int):
         super().__init__()
-        check_positive(type(self).__name__, groups=groups)
         self.groups = groups
 
     def extra_repr(self) -> str:
@@ -93,8 +93,17 @@ class ChannelShuffle(nn.Module):
         return channel_shuffle(x, self.groups)
 
 
-def _conv_bn(c_in: int, c_out: int, k: int, stride: int = 1, groups: int = 1) -> list[nn.Module]:
-    return conv_norm_act(c_in, c_out, k, stride, k // 2, groups=groups)
+def _conv_bn(
+    c_in: int, c_out: int, k: int = 1, stride: int = 1, groups: int = 1, act: bool = False
+) -> list[nn.Module]:
+    """Convolution (no bias, padding ``k // 2``) and batch norm, then a ReLU when ``act``."""
+    return conv_norm_act(c_in, c_out, k, stride, k // 2, groups=groups,
+                         activation=relu if act else None)  # fmt: skip
+
+
+def _depthwise_bn(where: str, channels: int, k: int, stride: int) -> list[nn.Module]:
+    """Depthwise ``k x k`` convolution ('same' padding, odd ``k`` only) and batch norm."""
+    return conv_norm_act(channels, channels, k, stride, same_padding(where, k), groups=channels)
 
 
 class ShuffleNetV1Unit(AnalyticCost, nn.Module):
@@ -103,6 +112,7 @@ class ShuffleNetV1Unit(AnalyticCost, nn.Module):
     by ``groups``; at stride 1, ``in_channels == out_channels``; at stride 2 the branch makes
     ``out_channels - in_channels`` channels."""
 
+    @positive_args("in_channels", "out_channels", "groups", "stride")
     def __init__(
         self,
         in_channels: int,
@@ -114,9 +124,6 @@ class ShuffleNetV1Unit(AnalyticCost, nn.Module):
     ):
         super().__init__()
         where = type(self).__name__
-        check_positive(
-            where, in_channels=in_channels, out_channels=out_channels, groups=groups, stride=stride
-        )
         if stride not in (1, 2):
             raise ValueError(f"{where}: stride={stride} must be 1 or 2")
         mid = out_channels // 4
@@ -132,25 +139,14 @@ class ShuffleNetV1Unit(AnalyticCost, nn.Module):
                 "stride 2 (the input is concatenated)"
             )
         g1 = groups if first_grouped else 1
-        for arg, c, g in (
-            ("in_channels", in_channels, g1),
-            ("out_channels // 4", mid, groups),
-            ("branch channels", branch, groups),
-        ):
-            if c % g:
-                raise ValueError(f"{where}: {arg}={c} is not divisible by groups={g}")
-        self.reduce = nn.Sequential(
-            *_conv_bn(in_channels, mid, 1, groups=g1), nn.ReLU(inplace=True)
-        )
+        check_divisible(where, g1, in_channels=in_channels)
+        check_divisible(where, groups, **{"out_channels // 4": mid, "branch channels": branch})
+        self.reduce = nn.Sequential(*_conv_bn(in_channels, mid, groups=g1, act=True))
         self.shuffle = ChannelShuffle(groups)
-        pad = same_padding(where, kernel_size)
-        self.depthwise = nn.Sequential(
-            nn.Conv2d(mid, mid, kernel_size, stride, pad, groups=mid, bias=False),
-            nn.BatchNorm2d(mid),
-        )
-        self.expand = nn.Sequential(*_conv_bn(mid, branch, 1, groups=groups))
+        self.depthwise = nn.Sequential(*_depthwise_bn(where, mid, kernel_size, stride))
+        self.expand = nn.Sequential(*_conv_bn(mid, branch, groups=groups))
         self.shortcut = nn.AvgPool2d(3, 2, 1) if stride == 2 else nn.Identity()
-        self.relu = nn.ReLU(inplace=True)
+        self.relu = relu()
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
         self.stride, self.first_grouped, self.kernel_size = stride, first_grouped, kernel_size
 
@@ -159,11 +155,8 @@ class ShuffleNetV1Unit(AnalyticCost, nn.Module):
         return s + ("" if self.first_grouped else ", first 1x1 dense")
 
     def _walk(self, shape: Shape):
-        a = spec_of(self.reduce[0], shape)
-        b = spec_of(self.depthwise[0], a.output_shape)
-        c = spec_of(self.expand[0], b.output_shape)
-        n, _, h, w = c.output_shape
-        return [a, b, c], (n, self.out_channels, h, w)
+        specs, (n, _, h, w) = chain_specs(shape, [*self.reduce, *self.depthwise, *self.expand])
+        return specs, (n, self.out_channels, h, w)
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.expand(self.depthwise(self.shuffle(self.reduce(x))))
@@ -179,10 +172,10 @@ class ShuffleNetV2Unit(AnalyticCost, nn.Module):
     even ``out_channels``. Each branch makes ``out_channels / 2`` channels.
     """
 
+    @positive_args("in_channels", "out_channels", "stride")
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1, kernel_size: int = 3):
         super().__init__()
         where = type(self).__name__
-        check_positive(where, in_channels=in_channels, out_channels=out_channels, stride=stride)
         if stride not in (1, 2):
             raise ValueError(f"{where}: stride={stride} must be 1 or 2")
         if out_channels % 2:
@@ -193,26 +186,18 @@ class ShuffleNetV2Unit(AnalyticCost, nn.Module):
                 f"equal out_channels={out_channels}"
             )
         half = out_channels // 2
-        pad = same_padding(where, kernel_size)
         if stride == 2:
             self.left = nn.Sequential(
-                nn.Conv2d(
-                    in_channels, in_channels, kernel_size, 2, pad, groups=in_channels, bias=False
-                ),
-                nn.BatchNorm2d(in_channels),
-                *_conv_bn(in_channels, half, 1),
-                nn.ReLU(inplace=True),
+                *_depthwise_bn(where, in_channels, kernel_size, 2),
+                *_conv_bn(in_channels, half, act=True),
             )
         else:
             self.left = nn.Identity()
         c_in = in_channels if stride == 2 else half
         self.right = nn.Sequential(
-            *_conv_bn(c_in, half, 1),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(half, half, kernel_size, stride, pad, groups=half, bias=False),
-            nn.BatchNorm2d(half),
-            *_conv_bn(half, half, 1),
-            nn.ReLU(inplace=True),
+            *_conv_bn(c_in, half, act=True),
+            *_depthwise_bn(where, half, kernel_size, stride),
+            *_conv_bn(half, half, act=True),
         )
         self.shuffle = ChannelShuffle(2)
         self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
@@ -222,16 +207,13 @@ class ShuffleNetV2Unit(AnalyticCost, nn.Module):
         return f"{self.in_channels}->{self.out_channels}, stride={self.stride}"
 
     def _walk(self, shape: Shape):
-        specs = []
         n, c, h, w = shape
-        branches = [(self.left, shape)] if self.stride == 2 else []
-        branches.append((self.right, shape if self.stride == 2 else (n, c // 2, h, w)))
-        for branch, s in branches:
-            for m in branch:
-                if isinstance(m, nn.Conv2d):
-                    specs.append(spec_of(m, s))
-                    s = specs[-1].output_shape
-        n, _, h, w = specs[-1].output_shape
+        if self.stride == 1:  # the left half passes unchanged
+            specs, (n, _, h, w) = chain_specs((n, c // 2, h, w), self.right)
+        else:
+            left, _ = chain_specs(shape, self.left)
+            right, (n, _, h, w) = chain_specs(shape, self.right)
+            specs = left + right
         return specs, (n, self.out_channels, h, w)
 
     def forward(self, x: Tensor) -> Tensor:

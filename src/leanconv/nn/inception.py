@@ -31,9 +31,9 @@ from ._common import (
     AnalyticCost,
     Norm,
     Shape,
-    check_positive,
     conv_norm_act,
     pool_shape,
+    positive_args,
     relu,
     spec_of,
 )
@@ -46,6 +46,7 @@ IntPair = int | tuple[int, int]
 class ConvNormReLU(nn.Sequential):
     """``Conv2d`` (no bias), ``norm`` (batch norm, eps 1e-3) and ReLU: Inception's BasicConv2d."""
 
+    @positive_args("in_channels", "out_channels")
     def __init__(
         self,
         in_channels: int,
@@ -55,7 +56,6 @@ class ConvNormReLU(nn.Sequential):
         padding: IntPair = 0,
         norm: Norm = _BN,
     ):
-        check_positive(type(self).__name__, in_channels=in_channels, out_channels=out_channels)
         super().__init__(*conv_norm_act(in_channels, out_channels, kernel_size, stride, padding,
                                         norm=norm, activation=relu, bias=False))  # fmt: skip
 
@@ -114,9 +114,42 @@ def _branch(*modules: nn.Module) -> nn.Sequential:
     return nn.Sequential(*modules)
 
 
-class InceptionBlock(Parallel):
+class _Module(Parallel):
+    """An Inception module: :class:`Parallel` branches, ``in_channels -> out_channels``."""
+
+    def __init__(self, in_channels: int, out_channels: int, *branches: nn.Module):
+        super().__init__(*branches)
+        self.in_channels, self.out_channels = in_channels, out_channels
+
+    def extra_repr(self) -> str:
+        return f"{self.in_channels}->{self.out_channels}"
+
+
+class _Reduction(_Module):
+    """A grid reduction: the convolution branches of :meth:`_conv_branches`, each ending in a
+    stride-2 :class:`ConvNormReLU`, and a ``3 x 3``/2 max pool, which passes the input through."""
+
+    @positive_args("in_channels", "width")
+    def __init__(self, in_channels: int, width: float = 1.0):
+        branches = self._conv_branches(in_channels, _scaled(width), ConvNormReLU)
+        out_channels = sum(b[-1][0].out_channels for b in branches) + in_channels
+        super().__init__(in_channels, out_channels, *branches, _branch(nn.MaxPool2d(3, 2)))
+
+    @staticmethod
+    def _conv_branches(in_channels: int, w, c) -> list[nn.Sequential]:  # pragma: no cover
+        """The branches, with ``w`` the width scaling and ``c`` :class:`ConvNormReLU`."""
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ", stride=2"
+
+
+class InceptionBlock(_Module):
     """GoogLeNet inception module with dimension reductions (figure 2b of Szegedy et al. 2015)."""
 
+    @positive_args(
+        "in_channels", "ch1x1", "ch3x3_reduce", "ch3x3", "ch5x5_reduce", "ch5x5", "pool_proj"
+    )
     def __init__(
         self,
         in_channels: int,
@@ -128,25 +161,15 @@ class InceptionBlock(Parallel):
         pool_proj: int,
         norm: Norm = nn.BatchNorm2d,
     ):
-        check_positive(
-            "InceptionBlock",
-            in_channels=in_channels,
-            ch1x1=ch1x1,
-            ch3x3_reduce=ch3x3_reduce,
-            ch3x3=ch3x3,
-            ch5x5_reduce=ch5x5_reduce,
-            ch5x5=ch5x5,
-            pool_proj=pool_proj,
-        )
         c = partial(ConvNormReLU, norm=norm)
         super().__init__(
+            in_channels,
+            ch1x1 + ch3x3 + ch5x5 + pool_proj,
             _branch(c(in_channels, ch1x1, 1)),
             _branch(c(in_channels, ch3x3_reduce, 1), c(ch3x3_reduce, ch3x3, 3, padding=1)),
             _branch(c(in_channels, ch5x5_reduce, 1), c(ch5x5_reduce, ch5x5, 5, padding=2)),
             _branch(nn.MaxPool2d(3, 1, 1), c(in_channels, pool_proj, 1)),
         )
-        self.in_channels = in_channels
-        self.out_channels = ch1x1 + ch3x3 + ch5x5 + pool_proj
         self.widths = (ch1x1, ch3x3_reduce, ch3x3, ch5x5_reduce, ch5x5, pool_proj)
 
     def extra_repr(self) -> str:
@@ -161,17 +184,17 @@ def _scaled(width: float):
     return lambda c: max(1, int(round(c * width)))
 
 
-class InceptionA(Parallel):
+class InceptionA(_Module):
     """Inception-v3 35 x 35 module: 1x1 64; 1x1 48 -> 5x5 64; 1x1 64 -> 3x3 96 -> 3x3 96;
     3x3 avg pool -> 1x1 ``pool_features``. ``width`` scales every branch."""
 
+    @positive_args("in_channels", "pool_features", "width")
     def __init__(self, in_channels: int, pool_features: int, width: float = 1.0):
-        check_positive(
-            "InceptionA", in_channels=in_channels, pool_features=pool_features, width=width
-        )
         w = _scaled(width)
         c = ConvNormReLU
         super().__init__(
+            in_channels,
+            w(64) + w(64) + w(96) + pool_features,
             _branch(c(in_channels, w(64), 1)),
             _branch(c(in_channels, w(48), 1), c(w(48), w(64), 5, padding=2)),
             _branch(
@@ -181,41 +204,28 @@ class InceptionA(Parallel):
             ),
             _branch(nn.AvgPool2d(3, 1, 1), c(in_channels, pool_features, 1)),
         )
-        self.in_channels = in_channels
-        self.out_channels = w(64) + w(64) + w(96) + pool_features
-
-    def extra_repr(self) -> str:
-        return f"{self.in_channels}->{self.out_channels}"
 
 
-class InceptionB(Parallel):
+class InceptionB(_Reduction):
     """Inception-v3 grid reduction 35 -> 17: 3x3/2 384; 1x1 64 -> 3x3 96 -> 3x3/2 96; max pool /2.
     Output ``384 + 96 + in_channels`` (scaled)."""
 
-    def __init__(self, in_channels: int, width: float = 1.0):
-        check_positive("InceptionB", in_channels=in_channels, width=width)
-        w = _scaled(width)
-        c = ConvNormReLU
-        super().__init__(
+    @staticmethod
+    def _conv_branches(in_channels: int, w, c) -> list[nn.Sequential]:
+        return [
             _branch(c(in_channels, w(384), 3, stride=2)),
             _branch(
                 c(in_channels, w(64), 1),
                 c(w(64), w(96), 3, padding=1),
                 c(w(96), w(96), 3, stride=2),
             ),
-            _branch(nn.MaxPool2d(3, 2)),
-        )
-        self.in_channels = in_channels
-        self.out_channels = w(384) + w(96) + in_channels
-
-    def extra_repr(self) -> str:
-        return f"{self.in_channels}->{self.out_channels}, stride=2"
+        ]
 
 
 SEVEN = ("factorized", "full", "stacked")
 
 
-class InceptionC(Parallel):
+class InceptionC(_Module):
     """Inception-v3 17 x 17 module with factorised 7 x 7 (figure 6, ``n = 7``).
 
     Branches: 1x1 192; 1x1 ``c7`` -> 1x7 ``c7`` -> 7x1 192; 1x1 ``c7`` -> 7x1 -> 1x7 -> 7x1 ->
@@ -223,17 +233,17 @@ class InceptionC(Parallel):
     ``7 x 7`` in place of each ``1x7``/``7x1`` pair, ``seven="stacked"`` three ``3 x 3``.
     """
 
+    @positive_args("in_channels", "channels_7x7", "width")
     def __init__(
         self, in_channels: int, channels_7x7: int, width: float = 1.0, seven: str = "factorized"
     ):
-        check_positive(
-            "InceptionC", in_channels=in_channels, channels_7x7=channels_7x7, width=width
-        )
         if seven not in SEVEN:
             raise ValueError(f"InceptionC: seven={seven!r} is not one of {SEVEN}")
         w = _scaled(width)
         c7, c = channels_7x7, ConvNormReLU
         super().__init__(
+            in_channels,
+            4 * w(192),
             _branch(c(in_channels, w(192), 1)),
             _branch(c(in_channels, c7, 1), *_seven(c7, c7, w(192), "hv", seven)),
             _branch(
@@ -243,8 +253,7 @@ class InceptionC(Parallel):
             ),
             _branch(nn.AvgPool2d(3, 1, 1), c(in_channels, w(192), 1)),
         )
-        self.in_channels, self.channels_7x7, self.seven = in_channels, channels_7x7, seven
-        self.out_channels = 4 * w(192)
+        self.channels_7x7, self.seven = channels_7x7, seven
 
     def extra_repr(self) -> str:
         return (
@@ -267,15 +276,13 @@ def _seven(c_in: int, mid: int, c_out: int, order: str, seven: str) -> list[nn.M
     return [c(c_in, mid, first[0], padding=first[1]), c(mid, c_out, second[0], padding=second[1])]
 
 
-class InceptionD(Parallel):
+class InceptionD(_Reduction):
     """Inception-v3 grid reduction 17 -> 8: 1x1 192 -> 3x3/2 320; 1x1 192 -> 1x7 -> 7x1 ->
     3x3/2 192; max pool /2. Output ``320 + 192 + in_channels`` (scaled)."""
 
-    def __init__(self, in_channels: int, width: float = 1.0):
-        check_positive("InceptionD", in_channels=in_channels, width=width)
-        w = _scaled(width)
-        c = ConvNormReLU
-        super().__init__(
+    @staticmethod
+    def _conv_branches(in_channels: int, w, c) -> list[nn.Sequential]:
+        return [
             _branch(c(in_channels, w(192), 1), c(w(192), w(320), 3, stride=2)),
             _branch(
                 c(in_channels, w(192), 1),
@@ -283,22 +290,16 @@ class InceptionD(Parallel):
                 c(w(192), w(192), (7, 1), padding=(3, 0)),
                 c(w(192), w(192), 3, stride=2),
             ),
-            _branch(nn.MaxPool2d(3, 2)),
-        )
-        self.in_channels = in_channels
-        self.out_channels = w(320) + w(192) + in_channels
-
-    def extra_repr(self) -> str:
-        return f"{self.in_channels}->{self.out_channels}, stride=2"
+        ]
 
 
-class InceptionE(Parallel):
+class InceptionE(_Module):
     """Inception-v3 8 x 8 module with expanded filter bank (figure 7): 1x1 320; 1x1 384 ->
     (1x3 384 | 3x1 384); 1x1 448 -> 3x3 384 -> (1x3 384 | 3x1 384); avg pool -> 1x1 192.
     Output 2048 (scaled)."""
 
+    @positive_args("in_channels", "width")
     def __init__(self, in_channels: int, width: float = 1.0):
-        check_positive("InceptionE", in_channels=in_channels, width=width)
         w = _scaled(width)
         c = ConvNormReLU
 
@@ -309,13 +310,10 @@ class InceptionE(Parallel):
             )
 
         super().__init__(
+            in_channels,
+            w(320) + 4 * w(384) + w(192),
             _branch(c(in_channels, w(320), 1)),
             _branch(c(in_channels, w(384), 1), fork(w(384))),
             _branch(c(in_channels, w(448), 1), c(w(448), w(384), 3, padding=1), fork(w(384))),
             _branch(nn.AvgPool2d(3, 1, 1), c(in_channels, w(192), 1)),
         )
-        self.in_channels = in_channels
-        self.out_channels = w(320) + 4 * w(384) + w(192)
-
-    def extra_repr(self) -> str:
-        return f"{self.in_channels}->{self.out_channels}"

@@ -17,13 +17,14 @@ from functools import partial
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._common import Activation, AnalyticCost, Shape, check_positive, spec_of
+from ._common import Activation, AnalyticCost, Shape, chain_specs, divide_channels, positive_args
 
 
 class SqueezeExcite(AnalyticCost, nn.Module):
     """Channel gate: global average pool, ``1 x 1`` reduce (``channels // reduction``),
     ``activation`` (ReLU), ``1 x 1`` expand, ``gate`` (sigmoid), multiply."""
 
+    @positive_args("channels", "reduction")
     def __init__(
         self,
         channels: int,
@@ -32,14 +33,9 @@ class SqueezeExcite(AnalyticCost, nn.Module):
         gate: Activation = nn.Sigmoid,
     ):
         super().__init__()
-        where = type(self).__name__
-        check_positive(where, channels=channels, reduction=reduction)
-        hidden = channels // reduction
-        if hidden < 1:
-            raise ValueError(
-                f"{where}: reduction={reduction} leaves channels={channels} // {reduction} = 0 "
-                "hidden units"
-            )
+        hidden = divide_channels(
+            type(self).__name__, ("channels", channels), ("reduction", reduction), "hidden units"
+        )
         self.reduce = nn.Conv2d(channels, hidden, 1)
         self.act = activation() if activation is not None else nn.Identity()
         self.expand = nn.Conv2d(hidden, channels, 1)
@@ -50,10 +46,8 @@ class SqueezeExcite(AnalyticCost, nn.Module):
         return f"channels={self.channels}, reduction={self.reduction} ({self.hidden} hidden)"
 
     def _walk(self, shape: Shape):
-        n = shape[0]
-        a = spec_of(self.reduce, (n, shape[1], 1, 1))
-        b = spec_of(self.expand, a.output_shape)
-        return [a, b], shape
+        specs, _ = chain_specs((shape[0], shape[1], 1, 1), [self.reduce, self.expand])
+        return specs, shape
 
     def forward(self, x: Tensor) -> Tensor:
         s = F.adaptive_avg_pool2d(x, 1)

@@ -25,9 +25,9 @@ from ._common import (
     Norm,
     Shape,
     check_positive,
-    norm_act,
-    same_padding,
-    spec_of,
+    norm_act_seq,
+    padding_or_same,
+    positive_args,
 )
 
 
@@ -40,6 +40,9 @@ class DepthwiseSeparableConv2d(AnalyticCost, nn.Module):
     ``padding=None`` is 'same' padding, ``dilation * (k - 1) / 2``, for odd ``k``.
     """
 
+    @positive_args(
+        "in_channels", "out_channels", "kernel_size", "stride", "dilation", "depth_multiplier"
+    )
     def __init__(
         self,
         in_channels: int,
@@ -56,28 +59,14 @@ class DepthwiseSeparableConv2d(AnalyticCost, nn.Module):
     ):
         super().__init__()
         where = type(self).__name__
-        check_positive(
-            where,
-            in_channels=in_channels,
-            out_channels=out_channels,
-            kernel_size=kernel_size,
-            stride=stride,
-            dilation=dilation,
-            depth_multiplier=depth_multiplier,
-        )
-        if padding is None:
-            padding = same_padding(where, kernel_size, dilation)
-        elif padding < 0:
-            raise ValueError(f"{where}: padding={padding} must not be negative")
+        padding = padding_or_same(where, padding, kernel_size, dilation)
         mid = in_channels * depth_multiplier
         self.depthwise = nn.Conv2d(
             in_channels, mid, kernel_size, stride, padding, dilation, groups=in_channels, bias=bias
         )
-        self.act1 = nn.Sequential(*norm_act(mid, norm, activation))
+        self.act1 = norm_act_seq(mid, norm, activation)
         self.pointwise = nn.Conv2d(mid, out_channels, 1, bias=bias)
-        self.act2 = nn.Sequential(
-            *norm_act(out_channels, norm, activation if activate_output else None)
-        )
+        self.act2 = norm_act_seq(out_channels, norm, activation if activate_output else None)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
         self.dilation, self.depth_multiplier = dilation, depth_multiplier
@@ -92,9 +81,7 @@ class DepthwiseSeparableConv2d(AnalyticCost, nn.Module):
         return s
 
     def _walk(self, shape: Shape):
-        dw = spec_of(self.depthwise, shape, "depthwise")
-        pw = spec_of(self.pointwise, dw.output_shape, "pointwise")
-        return [dw, pw], pw.output_shape
+        return self._chain(shape, "depthwise", "pointwise")
 
     def forward(self, x: Tensor) -> Tensor:
         return self.act2(self.pointwise(self.act1(self.depthwise(x))))
@@ -109,6 +96,7 @@ class SpatiallySeparableConv2d(AnalyticCost, nn.Module):
     bias, if any, sits on the second factor. ``intermediate_channels`` defaults to ``out_channels``.
     """
 
+    @positive_args("in_channels", "out_channels", "kernel_size")
     def __init__(
         self,
         in_channels: int,
@@ -123,19 +111,8 @@ class SpatiallySeparableConv2d(AnalyticCost, nn.Module):
         super().__init__()
         where = type(self).__name__
         mid = out_channels if intermediate_channels is None else intermediate_channels
-        check_positive(
-            where,
-            in_channels=in_channels,
-            out_channels=out_channels,
-            kernel_size=kernel_size,
-            intermediate_channels=mid,
-            stride=stride,
-            dilation=dilation,
-        )
-        if padding is None:
-            padding = same_padding(where, kernel_size, dilation)
-        elif padding < 0:
-            raise ValueError(f"{where}: padding={padding} must not be negative")
+        check_positive(where, intermediate_channels=mid, stride=stride, dilation=dilation)
+        padding = padding_or_same(where, padding, kernel_size, dilation)
         k, s, p, d = kernel_size, stride, padding, dilation
         self.vertical = nn.Conv2d(in_channels, mid, (k, 1), (s, 1), (p, 0), (d, 1), bias=False)
         self.horizontal = nn.Conv2d(mid, out_channels, (1, k), (1, s), (0, p), (1, d), bias=bias)
@@ -155,9 +132,7 @@ class SpatiallySeparableConv2d(AnalyticCost, nn.Module):
         return s + (f", dilation={self.dilation}" if self.dilation != 1 else "")
 
     def _walk(self, shape: Shape):
-        v = spec_of(self.vertical, shape, "vertical")
-        h = spec_of(self.horizontal, v.output_shape, "horizontal")
-        return [v, h], h.output_shape
+        return self._chain(shape, "vertical", "horizontal")
 
     def forward(self, x: Tensor) -> Tensor:
         return self.horizontal(self.vertical(x))

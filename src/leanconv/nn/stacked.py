@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ._common import Activation, AnalyticCost, Norm, Shape, check_positive, norm_act, spec_of
+from ._common import Activation, AnalyticCost, Norm, Shape, chain_specs, check_positive, norm_act
 
 
 class StackedConv2d(AnalyticCost, nn.Module):
@@ -82,11 +82,7 @@ class StackedConv2d(AnalyticCost, nn.Module):
         return [m for m in self.layers if isinstance(m, nn.Conv2d)]
 
     def _walk(self, shape: Shape):
-        specs = []
-        for i, conv in enumerate(self.convs):
-            specs.append(spec_of(conv, shape, f"conv{i}"))
-            shape = specs[-1].output_shape
-        return specs, shape
+        return chain_specs(shape, self.layers, [f"conv{i}" for i in range(self.depth)])
 
     def forward(self, x: Tensor) -> Tensor:
         return self.layers(x)
