@@ -53,13 +53,7 @@ def _factorised_args(m) -> dict:
         stride=list(m.stride), padding=[list(p) for p in m.padding], dilation=list(m.dilation),
         bias=m.bias is not None,
     )  # fmt: skip
-    if hasattr(m, "rank"):
-        args["rank"] = m.rank
-    if hasattr(m, "in_rank"):
-        args["in_rank"], args["out_rank"] = m.in_rank, m.out_rank
-    if hasattr(m, "ranks") and not callable(m.ranks):
-        args["ranks"] = list(m.ranks)
-    return args
+    return {**args, **m.rank_args()}
 
 
 def _linear_args(m: nn.Linear) -> dict:

@@ -40,7 +40,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..decompose import methods
 from ..decompose.factors import CPFactors, TTFactors, Tucker2Factors
+from ..decompose.rank import factor_specs
 from ..spec import ConvSpec, PaddingArg, part_geometry
 from ..spec import normalise_padding as _padding
 from ..spec import normalise_tuple as _tuple
@@ -83,15 +85,29 @@ def _conv(
     return F.conv2d(F.pad(x, (l, r, t, b)), weight, bias, stride, 0, dilation, groups)
 
 
-def _split(stride, padding, dilation):
-    """The height-only and width-only parts of a 2-D geometry (:func:`spec.part_geometry`)."""
-    return (part_geometry(stride, padding, dilation, "h"),
-            part_geometry(stride, padding, dilation, "w"))  # fmt: skip
-
-
-def _pointwise(matrix: Tensor) -> Tensor:
-    """A ``(out, in)`` matrix as a 1x1 convolution weight."""
-    return matrix[:, :, None, None]
+def factorised_conv2d(
+    x: Tensor,
+    method: str,
+    factors,
+    rank,
+    bias: Tensor | None = None,
+    stride: int | Sequence[int] = 1,
+    padding: PaddingArg = 0,
+    dilation: int | Sequence[int] = 1,
+) -> Tensor:
+    """The chain of ``method``'s registry record (:mod:`leanconv.decompose.methods`) at ``rank``
+    on ``x``: its factor weights (``record.weights(factors)``) in order, each with the part of the
+    geometry along the dimensions it convolves (:func:`leanconv.spec.part_geometry`), the bias on
+    the last."""
+    record = methods.get(method)
+    k, c, kh, kw = factors.shape
+    s, p, d = _geometry(f"{record.name}_conv2d: ", (kh, kw), stride, padding, dilation)
+    chain = record.chain(c, k, kh, kw, 1, rank)
+    weights = record.weights(factors)
+    for i, ((_, _, _, part, groups), weight) in enumerate(zip(chain, weights)):
+        last = i == len(chain) - 1
+        x = _conv(x, weight, bias if last else None, *part_geometry(s, p, d, part), groups)
+    return x
 
 
 def cp_conv2d(
@@ -103,13 +119,7 @@ def cp_conv2d(
     dilation: int | Sequence[int] = 1,
 ) -> Tensor:
     """The CP chain: 1x1 ``C -> R``, depthwise ``kh x 1``, depthwise ``1 x kw``, 1x1 ``R -> K``."""
-    s, p, d = _geometry("cp_conv2d: ", factors.shape[2:], stride, padding, dilation)
-    rank = factors.rank
-    (s1, p1, d1), (s2, p2, d2) = _split(s, p, d)
-    y = F.conv2d(x, _pointwise(factors.input.t()))
-    y = _conv(y, factors.height.t()[:, None, :, None], None, s1, p1, d1, groups=rank)
-    y = _conv(y, factors.width.t()[:, None, None, :], None, s2, p2, d2, groups=rank)
-    return F.conv2d(y, _pointwise(factors.scaled_output()), bias)
+    return factorised_conv2d(x, "cp", factors, factors.rank, bias, stride, padding, dilation)
 
 
 def tucker2_conv2d(
@@ -121,10 +131,8 @@ def tucker2_conv2d(
     dilation: int | Sequence[int] = 1,
 ) -> Tensor:
     """The Tucker-2 chain: 1x1 ``C -> R_in``, ``kh x kw`` core, 1x1 ``R_out -> K``."""
-    s, p, d = _geometry("tucker2_conv2d: ", factors.shape[2:], stride, padding, dilation)
-    y = F.conv2d(x, _pointwise(factors.input.t()))
-    y = _conv(y, factors.core, None, s, p, d)
-    return F.conv2d(y, _pointwise(factors.output), bias)
+    return factorised_conv2d(x, "tucker2", factors, factors.ranks, bias, stride, padding,
+                             dilation)  # fmt: skip
 
 
 def tt_conv2d(
@@ -136,13 +144,7 @@ def tt_conv2d(
     dilation: int | Sequence[int] = 1,
 ) -> Tensor:
     """The tensor-train chain: 1x1 ``C -> r1``, ``kh x 1``, ``1 x kw``, 1x1 ``r3 -> K``."""
-    s, p, d = _geometry("tt_conv2d: ", factors.shape[2:], stride, padding, dilation)
-    g1, g2, g3, g4 = factors.cores
-    (s1, p1, d1), (s2, p2, d2) = _split(s, p, d)
-    y = F.conv2d(x, _pointwise(g1[0].t()))
-    y = _conv(y, g2.permute(2, 0, 1)[:, :, :, None], None, s1, p1, d1)
-    y = _conv(y, g3.permute(2, 0, 1)[:, :, None, :], None, s2, p2, d2)
-    return F.conv2d(y, _pointwise(g4[:, :, 0].t()), bias)
+    return factorised_conv2d(x, "tt", factors, factors.ranks, bias, stride, padding, dilation)
 
 
 def _uniform(shape: Sequence[int], fan_in: int, device, dtype) -> nn.Parameter:
@@ -156,7 +158,15 @@ def _copy(t: Tensor) -> nn.Parameter:
 
 
 class _Factorised(AnalyticCost, nn.Module):
-    """Geometry, bias, dense view and analytic cost shared by the factorised layers."""
+    """Geometry, bias, dense view and analytic cost shared by the factorised layers.
+
+    Each layer names its decomposition method as the registry does (``method``,
+    :mod:`leanconv.decompose.methods`) and gives its ``rank`` in the registry's one convention
+    (CP ``R``; Tucker-2 ``(R_out, R_in)``, as :class:`Tucker2Factors.ranks`; TT ``(r1, r2,
+    r3)``); its cost is that of the method's chain at that rank.
+    """
+
+    method: str = ""
 
     def _setup(
         self,
@@ -238,6 +248,10 @@ class _Factorised(AnalyticCost, nn.Module):
         """The constructor's rank arguments for ``factors``."""
         raise NotImplementedError
 
+    def rank_args(self) -> dict:  # pragma: no cover - defined by each layer
+        """The constructor's rank arguments by name (what model.json records)."""
+        raise NotImplementedError
+
     def to_dense(self) -> Tensor:
         """The equivalent dense kernel ``(K, C, kh, kw)``, for checks (the layer never uses it)."""
         return self.factors.to_dense()
@@ -274,31 +288,23 @@ class _Factorised(AnalyticCost, nn.Module):
         return out + f", bias={self.bias is not None}"
 
     # ------------------------------------------------------------------ analytic cost
-    def _spec(self, shape: Shape, c_in: int, c_out: int, kernel, part: str, groups: int = 1,
-              bias: bool = False) -> ConvSpec:  # fmt: skip
-        """A factor convolution of ``part`` (``"full"``, ``"h"``, ``"w"`` or ``"1x1"``)."""
+    def _walk(self, shape: Shape) -> tuple[list, Shape]:
+        """The chain of the method's registry record (:func:`leanconv.decompose.rank.
+        factor_specs`): the same convolutions the decomposition of a dense layer becomes."""
         n, _, h, w = shape
-        (sh, sw), ((t, b), (l, r)), (dh, dw) = self.stride, self.padding, self.dilation
-        geo = {
-            "1x1": ((1, 1), 0, (1, 1)),
-            "full": ((sh, sw), ((t, b), (l, r)), (dh, dw)),
-            "h": ((sh, 1), ((t, b), (0, 0)), (dh, 1)),
-            "w": ((1, sw), ((0, 0), (l, r)), (1, dw)),
-        }[part]
-        return ConvSpec(
-            c_in, c_out, kernel, (h, w), *geo, groups=groups, bias=bias, batch=n,
-            dtype=next(self.parameters()).dtype,
-        )  # fmt: skip
-
-    @staticmethod
-    def _next(spec: ConvSpec) -> Shape:
-        return spec.output_shape
+        spec = ConvSpec(self.in_channels, self.out_channels, self.kernel_size, (h, w),
+                        self.stride, self.padding, self.dilation, bias=self.bias is not None,
+                        batch=n, dtype=next(self.parameters()).dtype)  # fmt: skip
+        specs = factor_specs(spec, self.method, self.rank)
+        return specs, specs[-1].output_shape
 
 
 class CPConv2d(_Factorised):
     """Rank-``R`` CP convolution: 1x1 ``C -> R``, depthwise ``kh x 1`` and ``1 x kw``, 1x1
     ``R -> K`` (Lebedev et al. 2015). Parameters in :class:`CPFactors` layout, ``lambda`` folded
     into ``output``."""
+
+    method = "cp"
 
     def __init__(
         self,
@@ -352,25 +358,18 @@ class CPConv2d(_Factorised):
     def _ranks_repr(self) -> str:
         return f"rank={self.rank}"
 
+    def rank_args(self) -> dict:
+        return {"rank": self.rank}
+
     def forward(self, x: Tensor) -> Tensor:
         return cp_conv2d(x, self.factors, self.bias, self.stride, self.padding, self.dilation)
-
-    def _walk(self, shape: Shape) -> tuple[list, Shape]:
-        r, (kh, kw) = self.rank, self.kernel_size
-        specs = [self._spec(shape, self.in_channels, r, 1, "1x1")]
-        specs.append(self._spec(self._next(specs[-1]), r, r, (kh, 1), "h", groups=r))
-        specs.append(self._spec(self._next(specs[-1]), r, r, (1, kw), "w", groups=r))
-        specs.append(
-            self._spec(
-                self._next(specs[-1]), r, self.out_channels, 1, "1x1", bias=self.bias is not None
-            )  # fmt: skip
-        )
-        return specs, specs[-1].output_shape
 
 
 class TuckerConv2d(_Factorised):
     """Tucker-2 convolution: 1x1 ``C -> R_in``, ``kh x kw`` core ``R_in -> R_out``, 1x1
     ``R_out -> K`` (Kim et al. 2016). Parameters in :class:`Tucker2Factors` layout."""
+
+    method = "tucker2"
 
     def __init__(
         self,
@@ -426,33 +425,27 @@ class TuckerConv2d(_Factorised):
     def _last_fan_in(self) -> int:
         return self.out_rank
 
+    @property
+    def rank(self) -> tuple[int, int]:
+        """``(R_out, R_in)``: the registry's and :class:`Tucker2Factors`' order."""
+        return self.out_rank, self.in_rank
+
     def _ranks_repr(self) -> str:
         return f"in_rank={self.in_rank}, out_rank={self.out_rank}"
 
+    def rank_args(self) -> dict:
+        return {"in_rank": self.in_rank, "out_rank": self.out_rank}
+
     def forward(self, x: Tensor) -> Tensor:
         return tucker2_conv2d(x, self.factors, self.bias, self.stride, self.padding, self.dilation)
-
-    def _walk(self, shape: Shape) -> tuple[list, Shape]:
-        r_in, r_out = self.in_rank, self.out_rank
-        specs = [self._spec(shape, self.in_channels, r_in, 1, "1x1")]
-        specs.append(self._spec(self._next(specs[-1]), r_in, r_out, self.kernel_size, "full"))
-        specs.append(
-            self._spec(
-                self._next(specs[-1]),
-                r_out,
-                self.out_channels,
-                1,
-                "1x1",
-                bias=self.bias is not None,
-            )  # fmt: skip
-        )
-        return specs, specs[-1].output_shape
 
 
 class TTConv2d(_Factorised):
     """Tensor-train convolution, ranks ``(r1, r2, r3)``: 1x1 ``C -> r1``, ``kh x 1`` ``r1 -> r2``,
     ``1 x kw`` ``r2 -> r3``, 1x1 ``r3 -> K``. Parameters: the cores of :class:`TTFactors`
     (``core0`` ... ``core3``), the train of the kernel in mode order ``(C, kh, kw, K)``."""
+
+    method = "tt"
 
     def __init__(
         self,
@@ -506,23 +499,26 @@ class TTConv2d(_Factorised):
     def _last_fan_in(self) -> int:
         return self.ranks[2]
 
+    @property
+    def rank(self) -> tuple[int, int, int]:
+        return self.ranks
+
     def _ranks_repr(self) -> str:
         return f"ranks={self.ranks}"
+
+    def rank_args(self) -> dict:
+        return {"ranks": list(self.ranks)}
 
     def forward(self, x: Tensor) -> Tensor:
         return tt_conv2d(x, self.factors, self.bias, self.stride, self.padding, self.dilation)
 
-    def _walk(self, shape: Shape) -> tuple[list, Shape]:
-        (r1, r2, r3), (kh, kw) = self.ranks, self.kernel_size
-        specs = [self._spec(shape, self.in_channels, r1, 1, "1x1")]
-        specs.append(self._spec(self._next(specs[-1]), r1, r2, (kh, 1), "h"))
-        specs.append(self._spec(self._next(specs[-1]), r2, r3, (1, kw), "w"))
-        specs.append(
-            self._spec(
-                self._next(specs[-1]), r3, self.out_channels, 1, "1x1", bias=self.bias is not None
-            )  # fmt: skip
-        )
-        return specs, specs[-1].output_shape
 
-
-__all__ = ["CPConv2d", "TTConv2d", "TuckerConv2d", "cp_conv2d", "tt_conv2d", "tucker2_conv2d"]
+__all__ = [
+    "CPConv2d",
+    "TTConv2d",
+    "TuckerConv2d",
+    "cp_conv2d",
+    "factorised_conv2d",
+    "tt_conv2d",
+    "tucker2_conv2d",
+]
