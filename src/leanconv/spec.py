@@ -83,7 +83,15 @@ def normalise_padding(
     every entry must be a non-negative ``int``.
     """
     if isinstance(value, str):
-        return _named_padding(value, ndim, kernel, dilation, stride, where)
+        if value == "valid":
+            return ((0, 0),) * ndim
+        if value == "same":
+            if any(s != 1 for s in stride):
+                raise InvalidSpecError(f"{where}padding='same' needs stride 1, got stride={stride}")
+            # PyTorch puts the extra element of an odd total on the high side.
+            totals = [d * (k - 1) for k, d in zip(kernel, dilation, strict=True)]
+            return tuple((t // 2, t - t // 2) for t in totals)
+        raise InvalidSpecError(f"{where}padding={value!r} is not 'same', 'valid' or a number")
     if strict:
         return _strict_padding(value, ndim, where)
     if isinstance(value, int):
@@ -98,26 +106,6 @@ def normalise_padding(
         return pairs
     flat = normalise_tuple(tuple(items), ndim, "padding", where)
     return tuple((p, p) for p in flat)
-
-
-def _named_padding(
-    value: str,
-    ndim: int,
-    kernel: tuple[int, ...],
-    dilation: tuple[int, ...],
-    stride: tuple[int, ...],
-    where: str,
-) -> tuple[tuple[int, int], ...]:
-    """``"valid"`` (none) or ``"same"`` (stride 1 only; PyTorch puts the extra element of an odd
-    total on the high side)."""
-    if value == "valid":
-        return ((0, 0),) * ndim
-    if value == "same":
-        if any(s != 1 for s in stride):
-            raise InvalidSpecError(f"{where}padding='same' needs stride 1, got stride={stride}")
-        totals = [d * (k - 1) for k, d in zip(kernel, dilation, strict=True)]
-        return tuple((t // 2, t - t // 2) for t in totals)
-    raise InvalidSpecError(f"{where}padding={value!r} is not 'same', 'valid' or a number")
 
 
 def _strict_padding(value: PaddingArg, ndim: int, where: str) -> tuple[tuple[int, int], ...]:

@@ -305,85 +305,79 @@ class _Stopwatch:
             self.last = now
 
 
-class _Buffers:
-    """One buffer per stage of :func:`_winograd_valid`, shared by every chunk (the last one may use
-    a prefix); with ``reuse`` False (while autograd records) none: each stage returns a fresh
-    tensor, since buffers overwritten by the next chunk cannot be saved for backward."""
+class _Stages:
+    """The PyTorch stages of :func:`_winograd_valid` for one call: ``V = B^T d B`` (two products
+    over the tile dimensions), ``M[t] = V[t] @ U[t]`` (one batched GEMM) and ``A^T M A``, per
+    chunk of at most ``most`` tiles.
 
-    def __init__(self, x: torch.Tensor, sizes: dict[str, int], reuse: bool) -> None:
-        self.reuse = reuse
-        self.store = {k: x.new_empty(v) if reuse else None for k, v in sizes.items()}
+    Each stage writes into one buffer shared by every chunk (the last one may use a prefix); with
+    ``reuse`` False (while autograd records) each returns a fresh tensor instead, since buffers
+    overwritten by the next chunk cannot be saved for backward.
+    """
 
-    def run(self, fn, *args, key: str, shape: tuple[int, ...]) -> torch.Tensor:
+    def __init__(self, x: torch.Tensor, u: torch.Tensor, tiling: _Tiling, most: int, reuse: bool):
+        (mh, mw), (ah, aw), g = tiling.tile, tiling.alpha, tiling.groups
+        self.tiling, self.u, self.reuse = tiling, u, reuse
+        self.cg, self.kg = tiling.c // g, u.shape[-1]
+        size_in, size_out = ah * aw * g * most * self.cg, ah * aw * g * most * self.kg
+        sizes = {
+            "d": size_in,
+            "v1": size_in,
+            "v": size_in,
+            "m": size_out,
+            "y1": mh * aw * g * most * self.kg,
+            "y": mh * mw * g * most * self.kg,
+        }
+        self.bufs = {k: x.new_empty(v) if reuse else None for k, v in sizes.items()}
+
+    def _run(self, fn, *args, key: str, shape: tuple[int, ...]) -> torch.Tensor:
         """``fn(*args)`` viewed as ``shape``, written into the buffer ``key`` when reused."""
         if not self.reuse:
             return fn(*args).view(shape)
-        buf = self.store[key][: math.prod(shape)].view(shape)
+        buf = self.bufs[key][: math.prod(shape)].view(shape)
         return fn(*args, out=buf)
 
+    def input_tiles(
+        self, xl: torch.Tensor, bt: tuple[torch.Tensor, ...], n0: int, th0: int, nb: int, rows: int
+    ) -> torch.Tensor:
+        """``V`` ``[a_h, a_w, g * tiles * C/g]`` of ``nb`` images' tile rows ``th0 .. th0 + rows``
+        of the padded channels-last input ``xl``."""
+        (mh, mw), (ah, aw), (_, nw) = self.tiling.tile, self.tiling.alpha, self.tiling.tiles
+        g, cg, p = self.tiling.groups, self.cg, nb * rows * nw
+        sn, sh, sw, _ = xl.stride()
+        # Overlapping tiles as a strided view, gathered into [a_h, a_w, g, tiles, C/g].
+        view = xl.as_strided(
+            (ah, aw, g, nb, rows, nw, cg),
+            (sh, sw, cg, sn, mh * sh, mw * sw, 1),
+            xl.storage_offset() + n0 * sn + th0 * mh * sh,
+        )
+        if self.reuse:
+            d = self.bufs["d"][: ah * aw * g * p * cg].view(ah, -1)
+            d.view(view.shape).copy_(view)
+        else:
+            d = view.reshape(ah, -1)
+        v1 = self._run(torch.mm, bt[0], d, key="v1", shape=(ah, aw * g * p * cg))
+        return self._run(
+            torch.matmul, bt[1], v1.view(ah, aw, -1), key="v", shape=(ah, aw, g * p * cg)
+        )
 
-def _stage_buffers(x: torch.Tensor, tiling: _Tiling, kg: int, most: int, reuse: bool) -> _Buffers:
-    """Buffers for chunks of at most ``most`` tiles (``d``, ``V`` in two steps, ``M``, ``Y`` in
-    two steps)."""
-    (mh, mw), (ah, aw), g = tiling.tile, tiling.alpha, tiling.groups
-    t, cg = ah * aw, tiling.c // g
-    size_in, size_out = t * g * most * cg, t * g * most * kg
-    sizes = {
-        "d": size_in,
-        "v1": size_in,
-        "v": size_in,
-        "m": size_out,
-        "y1": mh * aw * g * most * kg,
-        "y": mh * mw * g * most * kg,
-    }
-    return _Buffers(x, sizes, reuse)
+    def products(self, v: torch.Tensor, tiles: int) -> torch.Tensor:
+        """``M[t] = V[t] @ U[t]``: ``[T * g, tiles, K/g]``."""
+        t_g = self.u.shape[0]
+        return self._run(
+            torch.bmm, v.view(t_g, tiles, self.cg), self.u, key="m", shape=(t_g, tiles, self.kg)
+        )
 
-
-def _input_tiles(
-    xl: torch.Tensor,
-    tiling: _Tiling,
-    bufs: _Buffers,
-    bt: tuple[torch.Tensor, torch.Tensor],
-    chunk: tuple[int, int, int, int],
-) -> torch.Tensor:
-    """``V = B^T d B`` ``[a_h, a_w, g * tiles * C/g]`` for the tiles ``d`` of one chunk of the
-    padded channels-last input ``xl`` (two products over the tile dimensions)."""
-    (mh, mw), (ah, aw), (_, nw), g = tiling.tile, tiling.alpha, tiling.tiles, tiling.groups
-    n0, n1, th0, th1 = chunk
-    nb, rows, cg = n1 - n0, th1 - th0, tiling.c // g
-    p = nb * rows * nw
-    sn, sh, sw, _ = xl.stride()
-    # Overlapping tiles as a strided view, gathered into [a_h, a_w, g, tiles, C/g].
-    view = xl.as_strided(
-        (ah, aw, g, nb, rows, nw, cg),
-        (sh, sw, cg, sn, mh * sh, mw * sw, 1),
-        xl.storage_offset() + n0 * sn + th0 * mh * sh,
-    )
-    if bufs.reuse:
-        d = bufs.store["d"][: ah * aw * g * p * cg].view(ah, -1)
-        d.view(view.shape).copy_(view)
-    else:
-        d = view.reshape(ah, -1)
-    v1 = bufs.run(torch.mm, bt[0], d, key="v1", shape=(ah, aw * g * p * cg))
-    return bufs.run(torch.matmul, bt[1], v1.view(ah, aw, -1), key="v", shape=(ah, aw, g * p * cg))
-
-
-def _output_tiles(
-    mm: torch.Tensor,
-    tiling: _Tiling,
-    bufs: _Buffers,
-    at: tuple[torch.Tensor, torch.Tensor],
-    chunk: tuple[int, int, int, int],
-) -> torch.Tensor:
-    """``A^T M A`` of one chunk's products ``mm`` ``[T * g, tiles, K/g]``, as output tiles
-    ``(N', g, K/g, rows, mh, nw, mw)`` (the layout :func:`_write_tiles` takes)."""
-    (mh, mw), (ah, aw), (_, nw), g = tiling.tile, tiling.alpha, tiling.tiles, tiling.groups
-    n0, n1, th0, th1 = chunk
-    nb, rows, kg = n1 - n0, th1 - th0, mm.shape[-1]
-    p = nb * rows * nw
-    y1 = bufs.run(torch.mm, at[0], mm.view(ah, -1), key="y1", shape=(mh, aw * g * p * kg))
-    y = bufs.run(torch.matmul, at[1], y1.view(mh, aw, -1), key="y", shape=(mh, mw, g * p * kg))
-    return y.view(mh, mw, g, nb, rows, nw, kg).permute(3, 2, 6, 4, 0, 5, 1)
+    def output_tiles(
+        self, mm: torch.Tensor, at: tuple[torch.Tensor, ...], nb: int, rows: int
+    ) -> torch.Tensor:
+        """``A^T M A`` as output tiles ``(N', g, K/g, rows, mh, nw, mw)`` (what
+        :func:`_write_tiles` takes)."""
+        (mh, mw), (ah, aw), (_, nw) = self.tiling.tile, self.tiling.alpha, self.tiling.tiles
+        g, kg, p = self.tiling.groups, self.kg, nb * rows * nw
+        y1 = self._run(torch.mm, at[0], mm.view(ah, -1), key="y1", shape=(mh, aw * g * p * kg))
+        y = self._run(torch.matmul, at[1], y1.view(mh, aw, -1), key="y", shape=(mh, mw, g * p * kg))
+        return y.view(mh, mw, g, nb, rows, nw, kg).permute(3, 2, 6, 4, 0, 5, 1)
 
 
 def _winograd_valid(
@@ -401,9 +395,8 @@ def _winograd_valid(
     """Stride-1 correlation of ``x`` (N, C, H, W) padded by ``pad`` with a transformed filter
     ``u`` (``[T * groups, C/g, K/g]``), written into ``out`` (N, K, H_o, W_o) or a new tensor.
 
-    Per chunk of tiles: gather ``d`` (channels last) -> ``V = B^T d B`` (two products over the
-    tile dimensions, :func:`_input_tiles`) -> ``M[t] = V[t] @ U[t]`` (one batched GEMM) ->
-    ``A^T M A`` (:func:`_output_tiles`) -> ``out``. ``timings``, when given, accumulates seconds
+    Per chunk of tiles: gather ``d`` (channels last) -> ``V = B^T d B`` -> ``M[t] = V[t] @ U[t]``
+    -> ``A^T M A`` -> ``out`` (:class:`_Stages`). ``timings``, when given, accumulates seconds
     per stage (``input``, ``gemm``, ``output``). With ``gemm`` (the filter's :class:`TileGemm` for
     a number of tiles), float32 CPU tensors and no autograd recording, the compiled transforms of
     :mod:`.native` run instead (:func:`_winograd_valid_native`), applying ``epilogue`` on the way.
@@ -413,29 +406,27 @@ def _winograd_valid(
     recording = torch.is_grad_enabled() and (x.requires_grad or u.requires_grad)
     if gemm is not None and not recording and native.usable(x, u):
         return _winograd_valid_native(x, gemm, tiling, out, timings, epilogue)
-    (mh, mw), (ah, aw), (_, nw), g = tiling.tile, tiling.alpha, tiling.tiles, groups
-    cg, kg = c // g, u.shape[-1]
-    t = ah * aw
+    (mh, mw), (ah, aw), (_, nw) = tiling.tile, tiling.alpha, tiling.tiles
+    kg = u.shape[-1]
     dev = str(x.device)
     at_h, _, bt_h = _matrices(mh, kernel[0], x.dtype, dev)
     at_w, _, bt_w = _matrices(mw, kernel[1], x.dtype, dev)
     if out is None:
-        out = x.new_empty((n, g * kg, *tiling.out))
+        out = x.new_empty((n, groups * kg, *tiling.out))
     watch = _Stopwatch(timings)
     xl = _padded_channels_last(x, tiling)
-    chunks = _chunks(tiling, t * max(c, g * kg) * x.element_size())
+    chunks = _chunks(tiling, ah * aw * max(c, groups * kg) * x.element_size())
     most = max((n1 - n0) * (th1 - th0) * nw for n0, n1, th0, th1 in chunks)
-    bufs = _stage_buffers(x, tiling, kg, most, reuse=not recording)
+    stages = _Stages(x, u, tiling, most, reuse=not recording)
     watch.lap("input")
-    for chunk in chunks:
-        n0, n1, th0, th1 = chunk
-        p = (n1 - n0) * (th1 - th0) * nw
+    for n0, n1, th0, th1 in chunks:
+        nb, rows = n1 - n0, th1 - th0
         watch.restart()
-        v = _input_tiles(xl, tiling, bufs, (bt_h, bt_w), chunk)
+        v = stages.input_tiles(xl, (bt_h, bt_w), n0, th0, nb, rows)
         watch.lap("input")
-        mm = bufs.run(torch.bmm, v.view(t * g, p, cg), u, key="m", shape=(t * g, p, kg))
+        mm = stages.products(v, nb * rows * nw)
         watch.lap("gemm")
-        y = _output_tiles(mm, tiling, bufs, (at_h, at_w), chunk)
+        y = stages.output_tiles(mm, (at_h, at_w), nb, rows)
         _write_tiles(y, out, tiling, n0, th0, th1)
         watch.lap("output")
     return out
