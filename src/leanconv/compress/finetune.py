@@ -239,10 +239,7 @@ def finetune(
     run = _Run(model, train_model, teacher, optimizer, cfg, metric, loss, augment, device, amp,
                steps_per_epoch * cfg.epochs, warmup_steps, steps_per_epoch, rank, world,
                progress, lr_scale)  # fmt: skip
-    # what a divergence restarts from: the weights fine-tuning started with (known to be sound)
-    initial = (copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict()),
-               len(result.history), copy.deepcopy(best_state), result.best_metric,
-               result.best_epoch)  # fmt: skip
+    initial = _snapshot(model, optimizer, result, best_state)
     epoch, restarts = start_epoch, 0
     while epoch < cfg.epochs:
         t0 = time.perf_counter()
@@ -257,21 +254,13 @@ def finetune(
                     f"and gradients clipped to norm {CLIP:g}")  # fmt: skip
             epoch = start_epoch
             continue
-        seconds = time.perf_counter() - t0
-        acc = metric(model, data.test) if rank == 0 else 0.0
-        # every rank evaluates the validation images (the same weights everywhere after the
-        # all-reduce), so that all take the same choice and stop at the same epoch
-        val = metric(model, val_set) if val_set is not None else None
-        record = EpochRecord(epoch + 1, total_loss / max(1, seen), acc, lr, seconds,
-                             seen * world / seconds, val)  # fmt: skip
+        record = _evaluated(run, data, val_set, epoch, seen, total_loss, lr,
+                            time.perf_counter() - t0)  # fmt: skip
         best_state = _keep_best(result, record, model, best_state)
         if ckpt is not None and rank == 0:
             run.save(ckpt, best_state, epoch, result)
         if log and rank == 0:
-            held = "" if val is None else f"validation {val:.2f}{metric.unit}, "
-            log(f"epoch {epoch + 1}/{cfg.epochs}: loss {record.loss:.4f}, {held}test "
-                f"{metric.name} {acc:.2f}{metric.unit}, {record.images_per_second:.0f} img/s, "
-                f"lr {lr:.4g}")  # fmt: skip
+            log(_epoch_line(record, cfg.epochs, metric))
         if cfg.patience is not None and epoch + 1 - result.best_epoch >= cfg.patience:
             result.stopped_early = epoch + 1 < cfg.epochs
             if log and rank == 0 and result.stopped_early:
@@ -280,6 +269,33 @@ def finetune(
         epoch += 1
     model.load_state_dict(best_state)
     return result
+
+
+def _snapshot(model: nn.Module, optimizer, result: FinetuneResult, best_state: dict) -> tuple:
+    """What a divergence restarts from: the weights fine-tuning started with (known to be
+    sound), the optimizer's state, and the history so far."""
+    return (copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict()),
+            len(result.history), copy.deepcopy(best_state), result.best_metric,
+            result.best_epoch)  # fmt: skip
+
+
+def _evaluated(run, data, val_set, epoch, seen, total_loss, lr, seconds) -> EpochRecord:
+    """The record of an epoch: its loss and speed, the test metric (on rank 0) and the
+    validation metric. Every rank evaluates the validation images (the same weights everywhere
+    after the all-reduce), so that all take the same choice and stop at the same epoch."""
+    metric, model = run.metric, run.model
+    acc = metric(model, data.test) if run.rank == 0 else 0.0
+    val = metric(model, val_set) if val_set is not None else None
+    return EpochRecord(epoch + 1, total_loss / max(1, seen), acc, lr, seconds,
+                       seen * run.world / seconds, val)  # fmt: skip
+
+
+def _epoch_line(record: EpochRecord, epochs: int, metric: Metric) -> str:
+    val = record.validation_metric
+    held = "" if val is None else f"validation {val:.2f}{metric.unit}, "
+    return (f"epoch {record.epoch}/{epochs}: loss {record.loss:.4f}, {held}test "
+            f"{metric.name} {record.metric:.2f}{metric.unit}, "
+            f"{record.images_per_second:.0f} img/s, lr {record.lr:.4g}")  # fmt: skip
 
 
 def _distributed(model: nn.Module, device: torch.device, world: int) -> nn.Module:
