@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import ast
 import re
+from typing import Annotated
 
 import torch
+import typer
 
 from ..cost import parse_shape
 from ..errors import InputShapeError
+
+#: MODEL of the commands that read any model: ``leanconv cost MODEL``, ``leanconv profile MODEL``.
+Model = Annotated[str, typer.Argument(help="zoo name, file.py:factory, TorchScript or .pt2 file")]
 
 #: The dtypes ``--input SHAPE:DTYPE`` accepts.
 DTYPES = {
@@ -56,3 +61,17 @@ def input_spec(text: str) -> tuple[int, ...] | torch.Tensor:
             + ", ".join(sorted({k for k in DTYPES if re.fullmatch(r"[a-z]+\d*", k)}))
         )
     return torch.empty(shape, dtype=dtype, device="meta")
+
+
+def needs_input(model: str, example: bool = True) -> InputShapeError:
+    """The error for a model that has no example input of its own and got no ``--input``."""
+    hint = ", e.g. --input 1,3,224,224" if example else ""
+    return InputShapeError(f"model {model!r} needs --input{hint}")
+
+
+def input_shape(text: str | None, loaded, model: str, example: bool = True) -> tuple[int, ...]:
+    """``--input SHAPE`` parsed, or the shape of the loaded model's own example input."""
+    shape = parse_shape(text) if text else loaded.default_input
+    if shape is None:
+        raise needs_input(model, example)
+    return shape

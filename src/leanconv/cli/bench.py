@@ -13,7 +13,9 @@ from ..cost import parse_shape
 from ..errors import InputShapeError
 from ..loading import load_model
 from ..selection.benchmark import benchmark_conv
-from .common import console, handle_errors
+from ..spec import ConvSpec, normalise_tuple
+from .arguments import input_shape
+from .common import command, console
 
 
 def _table(title: str, rows) -> Table:
@@ -41,8 +43,7 @@ def register(app: typer.Typer) -> None:
     bench = typer.Typer(help="Time the fast algorithms against F.conv2d.", no_args_is_help=True)
     app.add_typer(bench, name="bench")
 
-    @bench.command("conv")
-    @handle_errors
+    @command(bench, "conv")
     def bench_conv(
         in_channels: int = typer.Argument(...),
         out_channels: int = typer.Argument(...),
@@ -57,7 +58,8 @@ def register(app: typer.Typer) -> None:
         json_out: bool = typer.Option(False, "--json"),
     ) -> None:
         """One convolution: every algorithm's latency, speedup and error."""
-        h, w = parse_shape(size) if "," in size or "x" in size else (int(size),) * 2
+        h, w = normalise_tuple(parse_shape(size) if "," in size or "x" in size else int(size), 2,
+                               "--size", "")  # fmt: skip
         if in_channels % groups or out_channels % groups:
             raise InputShapeError(
                 f"channels {in_channels}->{out_channels} not divisible by groups={groups}"
@@ -65,9 +67,11 @@ def register(app: typer.Typer) -> None:
         pad = padding if padding in ("same", "valid") else int(padding)
         if pad == "same" and stride != 1:
             pad = kernel // 2
+        spec = ConvSpec(in_channels, out_channels, kernel, (h, w), stride, pad, groups=groups,
+                        batch=batch)  # fmt: skip
         g = torch.Generator().manual_seed(0)
-        x = torch.randn(batch, in_channels, h, w, generator=g)
-        wt = torch.randn(out_channels, in_channels // groups, kernel, kernel, generator=g)
+        x = torch.randn(spec.input_shape, generator=g)
+        wt = torch.randn(spec.weight_shape, generator=g)
         with fixed_threads(threads):
             rows = benchmark_conv(x, wt, None, stride, pad, 1, groups, repeats)
         if json_out:
@@ -76,8 +80,7 @@ def register(app: typer.Typer) -> None:
         console.print(_table(f"{in_channels}->{out_channels} {kernel}x{kernel} s{stride} g{groups} "
                              f"on {batch}x{in_channels}x{h}x{w}", rows))  # fmt: skip
 
-    @bench.command("model")
-    @handle_errors
+    @command(bench, "model")
     def bench_model(
         model: str = typer.Argument(..., help="zoo name or file.py:factory"),
         input: str = typer.Option(None, "--input", "-i"),
@@ -91,9 +94,7 @@ def register(app: typer.Typer) -> None:
         from ..compress.verify import capture_inputs
 
         loaded = load_model(model)
-        shape = parse_shape(input) if input else loaded.default_input
-        if shape is None:
-            raise InputShapeError(f"model {model!r} needs --input")
+        shape = input_shape(input, loaded, model, example=False)
         net = loaded.module.eval()
         names = [n for n, m in net.named_modules() if type(m) is nn.Conv2d]
         inputs = capture_inputs(net, names, torch.randn(shape))

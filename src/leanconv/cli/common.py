@@ -1,4 +1,5 @@
-"""What every command shares: the console, and turning errors into one line and exit code 2."""
+"""What every command shares: the console, its registration, and turning errors into one line
+and exit code 2."""
 
 from __future__ import annotations
 
@@ -48,3 +49,13 @@ def handle_errors(fn: Callable) -> Callable:
             )
 
     return wrapper
+
+
+def command(app: typer.Typer, name: str) -> Callable[[Callable], Callable]:
+    """Decorator: the function becomes the command ``name`` of ``app``, its errors handled by
+    :func:`handle_errors`."""
+
+    def register(fn: Callable) -> Callable:
+        return app.command(name)(handle_errors(fn))
+
+    return register

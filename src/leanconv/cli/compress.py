@@ -16,7 +16,7 @@ from ..decompose import METHODS
 from ..errors import OutputExistsError
 from ..loading import load_trainable
 from .arguments import key_values
-from .common import console, handle_errors
+from .common import command, console
 from .tables import before_after_table
 
 MODEL_FILES = (".pt", ".pth", ".pt2", ".ts", ".jit")
@@ -35,9 +35,13 @@ def _numbers(text: str | None, flag: str, count: tuple[int, ...], kind=float) ->
     return values
 
 
+def _names(text: str) -> tuple[str, ...]:
+    """``"tucker2, spatial_svd"`` -> ``("tucker2", "spatial_svd")``; ``"none"`` -> ``()``."""
+    return tuple(n.strip() for n in text.split(",") if n.strip() not in ("", "none"))
+
+
 def register(app: typer.Typer) -> None:
-    @app.command("compress")
-    @handle_errors
+    @command(app, "compress")
     def compress_cmd(
         model: str = typer.Argument(
             ..., help="zoo name, file.py:factory or package.module:factory (with --weights)"
@@ -126,15 +130,13 @@ def register(app: typer.Typer) -> None:
         Target: --speedup (measured latency), --macs-ratio, or --max-drop alone (the fastest plan
         whose trial stays within that many accuracy points); none given: --speedup 2."""
         target, allowed_drop = target_from(speedup, macs_ratio, max_drop)
-        chosen = tuple(m.strip() for m in methods.split(",") if m.strip() not in ("", "none"))
-        fast = tuple(a.strip() for a in algorithms.split(",") if a.strip() not in ("", "none"))
         # every setting is checked here, before the data or the model is read
         config = CompressConfig(
             target=target,
             max_drop=allowed_drop,
             search_epochs=search_epochs,
-            algorithms=fast,
-            methods=chosen,
+            algorithms=_names(algorithms),
+            methods=_names(methods),
             plan_batch=batch,
             calibration=calibration,
             prefer_capacity=not most_accurate,

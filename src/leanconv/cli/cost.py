@@ -11,8 +11,8 @@ from ..cost import Convention, count
 from ..errors import ForwardError, InputShapeError
 from ..loading import load_model
 from ..report.files import write_text_atomic
-from .arguments import input_spec, key_values
-from .common import console, handle_errors
+from .arguments import Model, input_spec, key_values, needs_input
+from .common import command, console
 
 # More rows than this are folded in the printed table (not in --json or --csv) unless --all or
 # --depth: an RNN over 100 steps makes thousands of rows.
@@ -46,12 +46,9 @@ def _count(spec: str, loaded, values: list, kwargs: dict, convention):
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("cost")
-    @handle_errors
+    @command(app, "cost")
     def cost(
-        model: str = typer.Argument(
-            ..., help="zoo name, file.py:factory, TorchScript or .pt2 file"
-        ),
+        model: Model,
         inputs: list[str] = typer.Option(
             None,
             "--input",
@@ -88,7 +85,7 @@ def register(app: typer.Typer) -> None:
         if not values and loaded.default_input is not None:
             values = [loaded.default_input]
         if not values and not kwargs:
-            raise InputShapeError(f"model {model!r} needs --input, e.g. --input 1,3,224,224")
+            raise needs_input(model)
         if depth is not None and depth < 0:
             raise InputShapeError(f"--depth {depth} must be 0 or more")
         convention = Convention(

@@ -7,13 +7,12 @@ from pathlib import Path
 import typer
 
 from ..demo import FINETUNE_EPOCHS, TRAIN_EPOCHS, run_demo
-from .common import console, handle_errors
+from .common import command, console
 from .tables import before_after_table
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("demo")
-    @handle_errors
+    @command(app, "demo")
     def demo(
         out: Path = typer.Option(Path("demo-out"), "--out", help="output directory"),
         force: bool = typer.Option(False, "--force", help="replace an existing --out"),

@@ -9,19 +9,16 @@ import typer
 
 from ..bench.layers import profile as run_profile
 from ..bench.timing import threads as fixed_threads
-from ..cost import parse_shape
 from ..errors import InputShapeError
 from ..loading import load_model
-from .common import console, handle_errors
+from .arguments import Model, input_shape
+from .common import command, console
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("profile")
-    @handle_errors
+    @command(app, "profile")
     def profile(
-        model: str = typer.Argument(
-            ..., help="zoo name, file.py:factory, TorchScript or .pt2 file"
-        ),
+        model: Model,
         input: str = typer.Option(None, "--input", "-i", help="input shape, e.g. 1,3,224,224"),
         threads: int = typer.Option(None, "--threads", help="torch threads (default: all)"),
         repeats: int = typer.Option(10, "--repeats", help="timed runs per layer (median)"),
@@ -35,11 +32,8 @@ def register(app: typer.Typer) -> None:
         if threads is not None and threads < 1:
             raise InputShapeError(f"--threads {threads} must be at least 1")
         loaded = load_model(model, device="cpu")
-        shape = parse_shape(input) if input else loaded.default_input
-        if shape is None:
-            raise InputShapeError(f"model {model!r} needs --input, e.g. --input 1,3,224,224")
         torch.manual_seed(seed)
-        x = torch.randn(shape)
+        x = torch.randn(input_shape(input, loaded, model))
         with fixed_threads(threads):
             report = run_profile(loaded.module, x, loaded.name, repeats=repeats)
         if json_out:

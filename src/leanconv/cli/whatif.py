@@ -8,8 +8,8 @@ import typer
 
 from ..cost.whatif import whatif as compare
 from ..errors import InvalidSpecError
-from ..spec import ConvSpec
-from .common import console, handle_errors
+from ..spec import ConvSpec, normalise_padding
+from .common import command, console
 
 
 def _ints(text: str, arg: str) -> tuple[int, ...]:
@@ -23,17 +23,18 @@ def _ints(text: str, arg: str) -> tuple[int, ...]:
 
 
 def _padding(text: str):
+    """``same``, ``valid``, one int or one per dimension (for :class:`ConvSpec`), or
+    ``left,right,top,bottom`` in the order of ``F.pad``."""
     if text in ("same", "valid"):
         return text
     values = _ints(text, "--padding")
-    if len(values) == 4:  # left, right, top, bottom as in F.pad -> per-dimension (lo, hi) pairs
-        return ((values[2], values[3]), (values[0], values[1]))
-    return values if len(values) > 1 else values[0]
+    if len(values) == 4:  # 2-D; kernel, dilation and stride matter to "same" only
+        return normalise_padding(values, 2, (), (), (), "", strict=True)
+    return values
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("whatif")
-    @handle_errors
+    @command(app, "whatif")
     def whatif(
         in_channels: int = typer.Argument(..., help="input channels"),
         out_channels: int = typer.Argument(..., help="output channels"),
