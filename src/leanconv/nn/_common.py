@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 from collections.abc import Callable, Iterable, Sequence
 
-from torch import nn
+from torch import Tensor, nn
 
 from ..cost.convention import DEFAULT, Convention
 from ..cost.formulas import OpCost, conv_cost
@@ -170,6 +171,35 @@ def chain_specs(
         specs.append(spec_of(conv, shape, names[i] if names else ""))
         shape = specs[-1].output_shape
     return specs, shape
+
+
+def call_spec(module: nn.Module, x: Tensor) -> ConvSpec:
+    """The spec of a call ``module(x)`` (batched ``x``) of a layer that holds a convolution's
+    attributes as ``nn.Conv2d`` does (``in_channels``, ..., ``groups``, ``bias``) without being
+    one: the fast and deformable layers."""
+    return ConvSpec(
+        module.in_channels,
+        module.out_channels,
+        module.kernel_size,
+        input_size=tuple(x.shape[2:]),
+        stride=module.stride,
+        padding=module.padding,
+        dilation=module.dilation,
+        groups=module.groups,
+        bias=module.bias is not None,
+        batch=x.shape[0],
+        dtype=x.dtype,
+    )
+
+
+def reset_like_conv(weight: Tensor, bias: Tensor | None) -> None:
+    """The initialisation of ``nn.Conv2d``: kaiming-uniform weight (``a = sqrt(5)``), bias uniform
+    in ``+-1/sqrt(fan_in)``."""
+    nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+    if bias is not None:
+        fan_in = math.prod(weight.shape[1:])
+        bound = 1 / math.sqrt(fan_in) if fan_in else 0.0
+        nn.init.uniform_(bias, -bound, bound)
 
 
 def pool_shape(shape: Shape, kernel: int, stride: int, padding: int = 0) -> Shape:

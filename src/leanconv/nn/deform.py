@@ -39,8 +39,6 @@ output plus a few chunks (see ``docs/blocks-deform.md`` for measured figures).
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 from torch.utils import checkpoint as _ckpt
@@ -48,19 +46,16 @@ from torch.utils import checkpoint as _ckpt
 from ..cost import register_module_rule
 from ..cost.convention import Convention
 from ..cost.formulas import OpCost, deform_conv_cost
-from ..spec import ConvSpec
+from ..spec import normalise_tuple
+from ._common import call_spec, check_divisible, check_positive, reset_like_conv
 
 # Default bound on the sampled-column elements built at once: 2**23 elements is 32 MiB in float32.
 DEFAULT_CHUNK_ELEMENTS = 1 << 23
 
 
 def _pair(value: int | tuple[int, int], arg: str) -> tuple[int, int]:
-    if isinstance(value, int):
-        return (value, value)
-    out = tuple(int(v) for v in value)
-    if len(out) != 2:
-        raise ValueError(f"deform_conv2d: {arg}={value!r} must be an int or a pair")
-    return out  # type: ignore[return-value]
+    """``value`` (an int, or one or two ints) as two ints; raises naming ``arg``."""
+    return normalise_tuple(value, 2, arg, "deform_conv2d: ")  # type: ignore[return-value]
 
 
 def _chunks(n: int, ho: int, per_row: int, budget: int) -> list[tuple[int, int, int, int]]:
@@ -229,12 +224,6 @@ def deform_conv2d(
     return y
 
 
-def _check(where: str, **values: int) -> None:
-    for arg, v in values.items():
-        if v < 1:
-            raise ValueError(f"{where}: {arg}={v} must be positive")
-
-
 class DeformConv2dOp(nn.Module):
     """The weight and bias of a deformable convolution; ``forward(x, offset, mask=None)``.
 
@@ -262,14 +251,12 @@ class DeformConv2dOp(nn.Module):
         self.checkpoint = checkpoint
         self.stride, self.padding = _pair(stride, "stride"), _pair(padding, "padding")
         self.dilation = _pair(dilation, "dilation")
-        _check(name, in_channels=in_channels, out_channels=out_channels, groups=groups)
-        _check(name, kernel_size=min(kh, kw), stride=min(self.stride))
-        _check(name, dilation=min(self.dilation))
+        check_positive(name, in_channels=in_channels, out_channels=out_channels, groups=groups)
+        check_positive(name, kernel_size=min(kh, kw), stride=min(self.stride))
+        check_positive(name, dilation=min(self.dilation))
         if min(self.padding) < 0:
             raise ValueError(f"{name}: padding={self.padding} must not be negative")
-        for arg, v in (("in_channels", in_channels), ("out_channels", out_channels)):
-            if v % groups:
-                raise ValueError(f"{name}: {arg}={v} is not divisible by groups={groups}")
+        check_divisible(name, groups, in_channels=in_channels, out_channels=out_channels)
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
         self.kernel_size = (kh, kw)
         kwargs = {"device": device, "dtype": dtype}
@@ -281,11 +268,7 @@ class DeformConv2dOp(nn.Module):
 
     def reset_parameters(self) -> None:
         """The initialisation of ``nn.Conv2d``: uniform in +-1/sqrt(fan_in) (kaiming, a=sqrt(5))."""
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        if self.bias is not None:
-            fan_in = self.weight.shape[1] * self.kernel_size[0] * self.kernel_size[1]
-            bound = 1 / math.sqrt(fan_in) if fan_in else 0.0
-            nn.init.uniform_(self.bias, -bound, bound)
+        reset_like_conv(self.weight, self.bias)
 
     def extra_repr(self) -> str:
         kh, kw = self.kernel_size
@@ -310,19 +293,7 @@ def _deform_rule(
     """Closed form of one call: bilinear sampling plus the convolution on the sampled columns."""
     x, offset = args[0], args[1]
     mask = args[2] if len(args) > 2 else None
-    spec = ConvSpec(
-        module.in_channels,
-        module.out_channels,
-        module.kernel_size,
-        input_size=tuple(x.shape[2:]),
-        stride=module.stride,
-        padding=module.padding,
-        dilation=module.dilation,
-        groups=module.groups,
-        bias=module.bias is not None,
-        batch=x.shape[0],
-        dtype=x.dtype,
-    )
+    spec = call_spec(module, x)
     offset_groups = offset.shape[1] // (2 * spec.taps)
     kind = "deform_conv2d_v2" if mask is not None else "deform_conv2d"
     return kind, deform_conv_cost(spec, offset_groups, mask is not None, convention)
@@ -356,7 +327,7 @@ class DeformConv2d(nn.Module):
     ):
         super().__init__()
         name = type(self).__name__
-        _check(name, offset_groups=offset_groups)
+        check_positive(name, offset_groups=offset_groups)
         if in_channels % offset_groups:
             raise ValueError(
                 f"{name}: in_channels={in_channels} is not divisible by "

@@ -18,7 +18,6 @@ where the algorithm allows (compiled Winograd, oneDNN), so that a following ``nn
 
 from __future__ import annotations
 
-import math
 from contextlib import contextmanager
 
 import torch
@@ -33,7 +32,7 @@ from ..cost import register_module_rule
 from ..cost.convention import Convention
 from ..cost.formulas import OpCost, conv_cost
 from ..errors import InvalidSpecError
-from ..spec import ConvSpec
+from ._common import call_spec, reset_like_conv
 
 __all__ = ["FFTConv2d", "PackedConv2d", "WinogradConv2d"]
 
@@ -106,11 +105,7 @@ class _FastConv2d(nn.Module):
 
     def reset_parameters(self) -> None:
         """The initialisation of ``nn.Conv2d``."""
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        if self.bias is not None:
-            fan_in = self.weight.shape[1] * self.kernel_size[0] * self.kernel_size[1]
-            bound = 1 / math.sqrt(fan_in) if fan_in else 0
-            nn.init.uniform_(self.bias, -bound, bound)
+        reset_like_conv(self.weight, self.bias)
 
     @classmethod
     def _from_conv_kwargs(cls, conv: nn.Conv2d, activation: str | None = None) -> dict:
@@ -193,13 +188,7 @@ def _fast_conv_rule(
     model's totals do not change when an algorithm is swapped in; the multiplications each
     algorithm actually performs are :mod:`leanconv.cost.algorithms`' business."""
     x = args[0] if args[0].dim() == 4 else args[0].unsqueeze(0)
-    spec = ConvSpec(
-        module.in_channels, module.out_channels, module.kernel_size,
-        input_size=tuple(x.shape[2:]), stride=module.stride, padding=module.padding,
-        dilation=module.dilation, groups=module.groups, bias=module.bias is not None,
-        batch=x.shape[0], dtype=x.dtype,
-    )  # fmt: skip
-    return "conv2d", conv_cost(spec, convention)
+    return "conv2d", conv_cost(call_spec(module, x), convention)
 
 
 class WinogradConv2d(_FastConv2d):
