@@ -15,6 +15,8 @@ replaces the three stem convolutions (``3x3/2`` 32, ``3x3`` 32, ``3x3`` 64: 147 
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import Tensor, nn
 
@@ -28,6 +30,7 @@ from ...nn.inception import (
     InceptionE,
 )
 from ..registry import register
+from ._common import check_model, scaled
 
 STEMS = ("3x3", "7x7")
 
@@ -43,18 +46,12 @@ class InceptionV3(nn.Module):
         dropout: float = 0.5,
     ):
         super().__init__()
-        if num_classes < 1:
-            raise ValueError(f"InceptionV3: num_classes={num_classes} must be positive")
-        if width <= 0:
-            raise ValueError(f"InceptionV3: width={width} must be positive")
+        check_model("InceptionV3", num_classes, width)
         if stem not in STEMS:
             raise ValueError(f"InceptionV3: stem={stem!r} is not one of {STEMS}")
         if seven not in SEVEN:
             raise ValueError(f"InceptionV3: seven={seven!r} is not one of {SEVEN}")
-
-        def w(c: int) -> int:
-            return max(1, int(round(c * width)))
-
+        w = partial(scaled, width=width)
         c = ConvNormReLU
         if stem == "3x3":
             head = [

@@ -17,10 +17,11 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 
-from ...nn._common import conv_norm_act, make_divisible
+from ...nn._common import make_divisible
 from ...nn.bottleneck import InvertedResidual
 from ...nn.separable import DepthwiseSeparableConv2d
 from ..registry import register
+from ._common import check_model, conv_bn_relu, init_weights, scaled
 
 # (out_channels, stride) of the 13 depthwise separable layers of MobileNet v1.
 V1_LAYERS = (
@@ -34,40 +35,17 @@ V2_SETTINGS = (
 )  # fmt: skip
 
 
-def _check(name: str, num_classes: int, width: float) -> None:
-    if num_classes < 1:
-        raise ValueError(f"{name}: num_classes={num_classes} must be positive")
-    if width <= 0:
-        raise ValueError(f"{name}: width={width} must be positive")
-
-
-def _conv_bn_act(c_in: int, c_out: int, k: int, stride: int, act) -> nn.Sequential:
-    return nn.Sequential(*conv_norm_act(c_in, c_out, k, stride, k // 2, activation=act))
-
-
-def _init(model: nn.Module) -> None:
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out")
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, 0, 0.01)
-            nn.init.zeros_(m.bias)
-
-
 class MobileNetV1(nn.Module):
     """Stem ``3 x 3``/2 to 32, 13 depthwise separable layers, global pool, linear classifier."""
 
     def __init__(self, num_classes: int = 1000, width: float = 1.0, in_channels: int = 3):
         super().__init__()
-        _check("MobileNetV1", num_classes, width)
+        check_model("MobileNetV1", num_classes, width)
         relu = partial(nn.ReLU, inplace=True)
-        c = max(1, int(round(32 * width)))
-        layers: list[nn.Module] = [_conv_bn_act(in_channels, c, 3, 2, relu)]
+        c = scaled(32, width)
+        layers: list[nn.Module] = [nn.Sequential(*conv_bn_relu(in_channels, c, 3, 2, relu))]
         for out, stride in V1_LAYERS:
-            out = max(1, int(round(out * width)))
+            out = scaled(out, width)
             layers.append(
                 DepthwiseSeparableConv2d(c, out, 3, stride, norm=nn.BatchNorm2d, activation=relu)
             )
@@ -75,7 +53,7 @@ class MobileNetV1(nn.Module):
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(c, num_classes)
-        _init(self)
+        init_weights(self, linear=True)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
@@ -93,11 +71,12 @@ class MobileNetV2(nn.Module):
         dropout: float = 0.2,
     ):
         super().__init__()
-        _check("MobileNetV2", num_classes, width)
+        check_model("MobileNetV2", num_classes, width)
         relu6 = partial(nn.ReLU6, inplace=True)
         c = make_divisible(32 * width, 8)
         last = make_divisible(1280 * max(1.0, width), 8)
-        layers: list[nn.Module] = [_conv_bn_act(in_channels, c, 3, 1 if cifar else 2, relu6)]
+        stem = conv_bn_relu(in_channels, c, 3, 1 if cifar else 2, relu6)
+        layers: list[nn.Module] = [nn.Sequential(*stem)]
         for t, channels, n, s in V2_SETTINGS:
             out = make_divisible(channels * width, 8)
             if cifar and channels == 24:
@@ -105,11 +84,11 @@ class MobileNetV2(nn.Module):
             for i in range(n):
                 layers.append(InvertedResidual(c, out, s if i == 0 else 1, t))
                 c = out
-        layers.append(_conv_bn_act(c, last, 1, 1, relu6))
+        layers.append(nn.Sequential(*conv_bn_relu(c, last, 1, 1, relu6)))
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(last, num_classes))
-        _init(self)
+        init_weights(self, linear=True)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(torch.flatten(self.pool(self.features(x)), 1))

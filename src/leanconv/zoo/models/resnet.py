@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from ...nn.residual import Attention, BasicBlock, BottleneckBlock
 from ...nn.se import SqueezeExcite
 from ..registry import register
+from ._common import check_model, conv_bn_relu, init_weights, scaled
 
 
 class ResNet(nn.Module):
@@ -32,24 +33,13 @@ class ResNet(nn.Module):
         attention: Attention = None,
     ):
         super().__init__()
-        if num_classes < 1:
-            raise ValueError(f"ResNet: num_classes={num_classes} must be positive")
-        if width <= 0:
-            raise ValueError(f"ResNet: width={width} must be positive")
-        widths = [max(1, int(round(c * width))) for c in (64, 128, 256, 512)]
+        check_model("ResNet", num_classes, width)
+        widths = [scaled(c, width) for c in (64, 128, 256, 512)]
         if cifar_stem:
-            self.stem = nn.Sequential(
-                nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False),
-                nn.BatchNorm2d(widths[0]),
-                nn.ReLU(inplace=True),
-            )
+            self.stem = nn.Sequential(*conv_bn_relu(in_channels, widths[0], 3))
         else:
-            self.stem = nn.Sequential(
-                nn.Conv2d(in_channels, widths[0], 7, 2, 3, bias=False),
-                nn.BatchNorm2d(widths[0]),
-                nn.ReLU(inplace=True),
-                nn.MaxPool2d(3, 2, 1),
-            )
+            stem = conv_bn_relu(in_channels, widths[0], 7, 2)
+            self.stem = nn.Sequential(*stem, nn.MaxPool2d(3, 2, 1))
         expansion = block.func.expansion if isinstance(block, partial) else block.expansion
         c_in = widths[0]
         stages = []
@@ -63,22 +53,12 @@ class ResNet(nn.Module):
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(c_in, num_classes)
-        _init(self)
+        init_weights(self)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.stem(x)
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.fc(torch.flatten(self.pool(x), 1))
-
-
-def _init(model: nn.Module) -> None:
-    """Kaiming-normal convolutions, unit batch norm, zero-initialised last norm of each block."""
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
 
 
 @register("resnet18")

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from ...nn.grouped import ShuffleNetV1Unit, ShuffleNetV2Unit
 from ..registry import register
+from ._common import check_model, conv_bn_relu
 
 V1_WIDTHS = {1: 144, 2: 200, 3: 240, 4: 272, 8: 384}
 V2_WIDTHS = {
@@ -32,20 +33,8 @@ V2_WIDTHS = {
 REPEATS = (4, 8, 4)
 
 
-def _check(name: str, num_classes: int, width: float) -> None:
-    if num_classes < 1:
-        raise ValueError(f"{name}: num_classes={num_classes} must be positive")
-    if width <= 0:
-        raise ValueError(f"{name}: width={width} must be positive")
-
-
 def _stem(in_channels: int, c: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(in_channels, c, 3, 2, 1, bias=False),
-        nn.BatchNorm2d(c),
-        nn.ReLU(inplace=True),
-        nn.MaxPool2d(3, 2, 1),
-    )
+    return nn.Sequential(*conv_bn_relu(in_channels, c, 3, 2), nn.MaxPool2d(3, 2, 1))
 
 
 class ShuffleNetV1(nn.Module):
@@ -53,7 +42,7 @@ class ShuffleNetV1(nn.Module):
         self, num_classes: int = 1000, width: float = 1.0, groups: int = 3, in_channels: int = 3
     ):
         super().__init__()
-        _check("ShuffleNetV1", num_classes, width)
+        check_model("ShuffleNetV1", num_classes, width)
         if groups not in V1_WIDTHS:
             raise ValueError(f"ShuffleNetV1: groups={groups} is not one of {sorted(V1_WIDTHS)}")
         unit = 4 * groups
@@ -82,7 +71,7 @@ class ShuffleNetV1(nn.Module):
 class ShuffleNetV2(nn.Module):
     def __init__(self, num_classes: int = 1000, width: float = 1.0, in_channels: int = 3):
         super().__init__()
-        _check("ShuffleNetV2", num_classes, width)
+        check_model("ShuffleNetV2", num_classes, width)
         if width in V2_WIDTHS:
             *widths, last = V2_WIDTHS[width]
         else:
@@ -98,9 +87,7 @@ class ShuffleNetV2(nn.Module):
                 c = out
             stages.append(nn.Sequential(*units))
         self.stage2, self.stage3, self.stage4 = stages
-        self.conv5 = nn.Sequential(
-            nn.Conv2d(c, last, 1, bias=False), nn.BatchNorm2d(last), nn.ReLU(inplace=True)
-        )
+        self.conv5 = nn.Sequential(*conv_bn_relu(c, last, 1))
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(last, num_classes)
 

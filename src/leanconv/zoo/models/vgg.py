@@ -9,7 +9,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ...nn._common import conv_norm_act, relu
 from ..registry import register
+from ._common import check_model, scaled
 
 VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
 
@@ -24,11 +26,9 @@ def vgg_features(
         if item == "M":
             layers.append(nn.MaxPool2d(2, 2))
             continue
-        out = max(1, int(round(item * width)))
-        layers.append(nn.Conv2d(c, out, 3, padding=1, bias=not batch_norm))
-        if batch_norm:
-            layers.append(nn.BatchNorm2d(out))
-        layers.append(nn.ReLU(inplace=True))
+        out = scaled(item, width)
+        norm = nn.BatchNorm2d if batch_norm else None
+        layers += conv_norm_act(c, out, 3, padding=1, norm=norm, activation=relu)
         c = out
     return nn.Sequential(*layers)
 
@@ -43,17 +43,14 @@ class VGG(nn.Module):
         config=VGG16,
     ):
         super().__init__()
-        if num_classes < 1:
-            raise ValueError(f"VGG: num_classes={num_classes} must be positive")
-        if width <= 0:
-            raise ValueError(f"VGG: width={width} must be positive")
+        check_model("VGG", num_classes, width)
         self.features = vgg_features(config, in_channels, width, batch_norm=cifar)
-        last = max(1, int(round(512 * width)))
+        last = scaled(512, width)
         if cifar:
             self.pool = nn.AdaptiveAvgPool2d(1)
             self.classifier = nn.Linear(last, num_classes)
         else:
-            hidden = max(1, int(round(4096 * width)))
+            hidden = scaled(4096, width)
             self.pool = nn.AdaptiveAvgPool2d(7)
             self.classifier = nn.Sequential(
                 nn.Linear(last * 49, hidden),
