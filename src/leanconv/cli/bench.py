@@ -58,8 +58,8 @@ def register(app: typer.Typer) -> None:
         json_out: bool = typer.Option(False, "--json"),
     ) -> None:
         """One convolution: every algorithm's latency, speedup and error."""
-        h, w = normalise_tuple(parse_shape(size) if "," in size or "x" in size else int(size), 2,
-                               "--size", "")  # fmt: skip
+        spatial = parse_shape(size) if "," in size or "x" in size else int(size)
+        h, w = normalise_tuple(spatial, 2, "--size", "")
         if in_channels % groups or out_channels % groups:
             raise InputShapeError(
                 f"channels {in_channels}->{out_channels} not divisible by groups={groups}"
