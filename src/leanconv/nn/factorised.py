@@ -196,6 +196,40 @@ class _Factorised(AnalyticCost, nn.Module):
         else:
             self.register_parameter("bias", None)
 
+    def _build(self, in_channels, out_channels, kernel_size, stride, padding, dilation, bias,
+               device, dtype, factors) -> None:  # fmt: skip
+        """Geometry and bias (:meth:`_setup`), then the factor parameters: copies of
+        ``factors`` (which must be of this kernel shape and rank), else initialised as
+        ``nn.Conv2d`` would initialise each factor seen as a convolution."""
+        name = type(self).__name__
+        kh, kw = _tuple(kernel_size, 2, "kernel_size", f"{name}: ")
+        shape = (out_channels, in_channels, kh, kw)
+        self._setup(shape, stride, padding, dilation, bias, device, dtype)
+        if factors is not None:
+            given = (tuple(factors.shape), self._rank_of(factors))
+            if given != (shape, self.rank):
+                raise ValueError(f"{name}: factors of kernel {given[0]}, rank {given[1]} != "
+                                 f"{shape}, rank {self.rank}")  # fmt: skip
+            for key, tensor in self._tensors(factors).items():
+                setattr(self, key, _copy(tensor))
+        else:
+            for key, (size, fan_in) in self._shapes(*shape).items():
+                setattr(self, key, _uniform(size, fan_in, device, dtype))
+
+    @staticmethod
+    def _rank_of(factors):  # pragma: no cover - defined by each layer
+        """The rank of ``factors`` in the registry's convention."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _tensors(factors) -> dict:  # pragma: no cover - defined by each layer
+        """The layer's parameters, by name, from ``factors`` (in registration order)."""
+        raise NotImplementedError
+
+    def _shapes(self, k, c, kh, kw) -> dict:  # pragma: no cover - defined by each layer
+        """The layer's parameters, by name: ``(shape, fan_in)`` of each (registration order)."""
+        raise NotImplementedError
+
     def _last_fan_in(self) -> int:  # pragma: no cover - defined by each layer
         raise NotImplementedError
 
@@ -322,27 +356,25 @@ class CPConv2d(_Factorised):
         factors: CPFactors | None = None,
     ):
         super().__init__()
-        kh, kw = _tuple(kernel_size, 2, "kernel_size", f"{type(self).__name__}: ")
         if rank < 1:
             raise ValueError(f"CPConv2d: rank={rank} must be positive")
         self.rank = rank
-        self._setup((out_channels, in_channels, kh, kw), stride, padding, dilation, bias,
-                    device, dtype)  # fmt: skip
-        if factors is not None:
-            if factors.shape != (out_channels, in_channels, kh, kw) or factors.rank != rank:
-                raise ValueError(
-                    f"CPConv2d: factors of kernel {factors.shape}, rank {factors.rank} != "
-                    f"{(out_channels, in_channels, kh, kw)}, rank {rank}"
-                )
-            self.output = _copy(factors.scaled_output())
-            self.input, self.height = _copy(factors.input), _copy(factors.height)
-            self.width = _copy(factors.width)
-        else:
-            kw_ = {"device": device, "dtype": dtype}
-            self.output = _uniform((out_channels, rank), rank, **kw_)
-            self.input = _uniform((in_channels, rank), in_channels, **kw_)
-            self.height = _uniform((kh, rank), kh, **kw_)
-            self.width = _uniform((kw, rank), kw, **kw_)
+        self._build(in_channels, out_channels, kernel_size, stride, padding, dilation, bias,
+                    device, dtype, factors)  # fmt: skip
+
+    @staticmethod
+    def _rank_of(factors: CPFactors) -> int:
+        return factors.rank
+
+    @staticmethod
+    def _tensors(factors: CPFactors) -> dict:
+        return {"output": factors.scaled_output(), "input": factors.input,
+                "height": factors.height, "width": factors.width}  # fmt: skip
+
+    def _shapes(self, k, c, kh, kw) -> dict:
+        r = self.rank
+        return {"output": ((k, r), r), "input": ((c, r), c), "height": ((kh, r), kh),
+                "width": ((kw, r), kw)}  # fmt: skip
 
     @staticmethod
     def _rank_args(factors: CPFactors) -> tuple:
@@ -388,30 +420,25 @@ class TuckerConv2d(_Factorised):
         factors: Tucker2Factors | None = None,
     ):
         super().__init__()
-        kh, kw = _tuple(kernel_size, 2, "kernel_size", f"{type(self).__name__}: ")
         for arg, v in (("in_rank", in_rank), ("out_rank", out_rank)):
             if v < 1:
                 raise ValueError(f"TuckerConv2d: {arg}={v} must be positive")
         self.in_rank, self.out_rank = in_rank, out_rank
-        self._setup((out_channels, in_channels, kh, kw), stride, padding, dilation, bias,
-                    device, dtype)  # fmt: skip
-        if factors is not None:
-            if factors.shape != (out_channels, in_channels, kh, kw) or factors.ranks != (
-                out_rank,
-                in_rank,
-            ):
-                raise ValueError(
-                    f"TuckerConv2d: factors of kernel {factors.shape}, ranks (out, in) "
-                    f"{factors.ranks} != {(out_channels, in_channels, kh, kw)}, "
-                    f"{(out_rank, in_rank)}"
-                )
-            self.core, self.output = _copy(factors.core), _copy(factors.output)
-            self.input = _copy(factors.input)
-        else:
-            kw_ = {"device": device, "dtype": dtype}
-            self.core = _uniform((out_rank, in_rank, kh, kw), in_rank * kh * kw, **kw_)
-            self.output = _uniform((out_channels, out_rank), out_rank, **kw_)
-            self.input = _uniform((in_channels, in_rank), in_channels, **kw_)
+        self._build(in_channels, out_channels, kernel_size, stride, padding, dilation, bias,
+                    device, dtype, factors)  # fmt: skip
+
+    @staticmethod
+    def _rank_of(factors: Tucker2Factors) -> tuple[int, int]:
+        return factors.ranks
+
+    @staticmethod
+    def _tensors(factors: Tucker2Factors) -> dict:
+        return {"core": factors.core, "output": factors.output, "input": factors.input}
+
+    def _shapes(self, k, c, kh, kw) -> dict:
+        r_out, r_in = self.rank
+        return {"core": ((r_out, r_in, kh, kw), r_in * kh * kw), "output": ((k, r_out), r_out),
+                "input": ((c, r_in), c)}  # fmt: skip
 
     @staticmethod
     def _rank_args(factors: Tucker2Factors) -> tuple:
@@ -463,30 +490,25 @@ class TTConv2d(_Factorised):
         factors: TTFactors | None = None,
     ):
         super().__init__()
-        kh, kw = _tuple(kernel_size, 2, "kernel_size", f"{type(self).__name__}: ")
         ranks = tuple(int(r) for r in ranks)
         if len(ranks) != 3 or min(ranks) < 1:
             raise ValueError(f"TTConv2d: ranks={ranks} must be three positive integers")
         self.ranks = ranks
-        self._setup((out_channels, in_channels, kh, kw), stride, padding, dilation, bias,
-                    device, dtype)  # fmt: skip
-        if factors is not None:
-            if factors.shape != (out_channels, in_channels, kh, kw) or factors.ranks != ranks:
-                raise ValueError(
-                    f"TTConv2d: factors of kernel {factors.shape}, ranks {factors.ranks} != "
-                    f"{(out_channels, in_channels, kh, kw)}, {ranks}"
-                )
-            cores = [_copy(g) for g in factors.cores]
-        else:
-            r1, r2, r3 = ranks
-            kw_ = {"device": device, "dtype": dtype}
-            cores = [
-                _uniform((1, in_channels, r1), in_channels, **kw_),
-                _uniform((r1, kh, r2), r1 * kh, **kw_),
-                _uniform((r2, kw, r3), r2 * kw, **kw_),
-                _uniform((r3, out_channels, 1), r3, **kw_),
-            ]
-        self.core0, self.core1, self.core2, self.core3 = cores
+        self._build(in_channels, out_channels, kernel_size, stride, padding, dilation, bias,
+                    device, dtype, factors)  # fmt: skip
+
+    @staticmethod
+    def _rank_of(factors: TTFactors) -> tuple[int, int, int]:
+        return tuple(factors.ranks)
+
+    @staticmethod
+    def _tensors(factors: TTFactors) -> dict:
+        return {f"core{i}": g for i, g in enumerate(factors.cores)}
+
+    def _shapes(self, k, c, kh, kw) -> dict:
+        r1, r2, r3 = self.ranks
+        return {"core0": ((1, c, r1), c), "core1": ((r1, kh, r2), r1 * kh),
+                "core2": ((r2, kw, r3), r2 * kw), "core3": ((r3, k, 1), r3)}  # fmt: skip
 
     @staticmethod
     def _rank_args(factors: TTFactors) -> tuple:
