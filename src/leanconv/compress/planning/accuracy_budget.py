@@ -1,8 +1,8 @@
 """An accuracy budget as the target (``--max-drop`` alone): the fastest plan that stays within it.
 
 The Lagrangian allocation of :mod:`.allocate` gives, for any speedup target, the least sensitive
-plan that meets it, but accuracy is not additive over layers and fine-tuning recovers part of the loss,
-so the budget is checked by trials. The targets form a geometric ladder from ``1.2x`` to the
+plan that meets it, but accuracy is not additive over layers and fine-tuning recovers part of the
+loss, so the budget is checked by trials. The targets form a geometric ladder from ``1.2x`` to the
 fastest plan the candidates allow; a binary search over the ladder runs one trial per step:
 decompose the model by the plan, fine-tune it briefly with distillation (``search_epochs``) on 80 %
 of the training data, and measure the accuracy drop on the other 20 %. The test split is never

@@ -17,66 +17,87 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 __all__ = ["DEFAULT_TARGET", "MacsRatio", "MaxDrop", "Speedup", "Target", "target_from"]
 
 
 @dataclass(frozen=True)
-class Speedup:
+class _Target:
+    """One number and the rule it must follow; ``key`` is the keyword (and, with dashes, the
+    command line's flag) that gives it."""
+
+    value: float
+    key: ClassVar[str] = ""
+    rule: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.value, bool) or not isinstance(self.value, int | float):
+            raise ValueError(f"--{self.key.replace('_', '-')} {self.value!r}: {self.rule}")
+        if not self._valid(self.value):
+            raise ValueError(f"--{self.key.replace('_', '-')} {self.value:g}: {self.rule}")
+
+    @staticmethod
+    def _valid(value: float) -> bool:  # pragma: no cover - defined by each target
+        raise NotImplementedError
+
+    def settings(self) -> dict:
+        """As the run record names it (the command line's flag, without dashes)."""
+        return {self.key: self.value}
+
+
+class Speedup(_Target):
     """Measured latency of the original / that of the compressed model, ``> 0``."""
 
-    factor: float
+    key, rule = "speedup", "must be a positive factor, e.g. 2"
 
-    def __post_init__(self) -> None:
-        if not (isinstance(self.factor, int | float) and self.factor > 0
-                and math.isfinite(self.factor)):  # fmt: skip
-            raise ValueError(f"--speedup {self.factor:g}: must be a positive factor, e.g. 2")
+    @staticmethod
+    def _valid(value: float) -> bool:
+        return value > 0 and math.isfinite(value)
+
+    @property
+    def factor(self) -> float:
+        return self.value
 
     @property
     def label(self) -> str:
-        return f"speedup {self.factor:g}x"
-
-    def settings(self) -> dict:
-        """As the run record names it (the command line's flag)."""
-        return {"speedup": self.factor}
+        return f"speedup {self.value:g}x"
 
 
-@dataclass(frozen=True)
-class MacsRatio:
+class MacsRatio(_Target):
     """The share of the original's multiply-accumulates the compressed model keeps, in (0, 1)."""
 
-    ratio: float
+    key, rule = "macs_ratio", "the share of MACs to keep, between 0 and 1"
 
-    def __post_init__(self) -> None:
-        if not (isinstance(self.ratio, int | float) and 0 < self.ratio < 1):
-            raise ValueError(
-                f"--macs-ratio {self.ratio:g}: the share of MACs to keep, between 0 and 1"
-            )
+    @staticmethod
+    def _valid(value: float) -> bool:
+        return 0 < value < 1
+
+    @property
+    def ratio(self) -> float:
+        return self.value
 
     @property
     def label(self) -> str:
-        return f"MACs ratio {self.ratio:g}"
-
-    def settings(self) -> dict:
-        return {"macs_ratio": self.ratio}
+        return f"MACs ratio {self.value:g}"
 
 
-@dataclass(frozen=True)
-class MaxDrop:
+class MaxDrop(_Target):
     """The most the metric may fall, in its own points, ``>= 0``: the fastest plan within it."""
 
-    points: float
+    key, rule = "max_drop", "must not be negative"
 
-    def __post_init__(self) -> None:
-        if not (isinstance(self.points, int | float) and self.points >= 0):
-            raise ValueError(f"--max-drop {self.points:g}: must not be negative")
+    @staticmethod
+    def _valid(value: float) -> bool:
+        return value >= 0
+
+    @property
+    def points(self) -> float:
+        return self.value
 
     @property
     def label(self) -> str:
-        return f"drop <= {self.points:g} points"
-
-    def settings(self) -> dict:
-        return {"max_drop": self.points}
+        return f"drop <= {self.value:g} points"
 
 
 Target = Speedup | MacsRatio | MaxDrop
