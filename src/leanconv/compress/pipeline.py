@@ -121,7 +121,7 @@ class CompressConfig:
     @property
     def allowed_drop(self) -> float | None:
         """The metric points the result may lose, whichever setting says it."""
-        return self.target.points if isinstance(self.target, MaxDrop) else self.max_drop
+        return self.target.value if isinstance(self.target, MaxDrop) else self.max_drop
 
 
 @dataclass
@@ -249,15 +249,15 @@ def _make_plan(original, data, config, metric, calibration, macs_before, say,
     target = config.target
     if isinstance(target, Speedup):
         return plan_for_speedup(
-            original, candidates, fixed, total, macs_before, target.factor, calibration,
+            original, candidates, fixed, total, macs_before, target.value, calibration,
             config.plan_batch, config.deployment, config.max_layer_error, config.repeats,
             log=say, prefer_capacity=config.prefer_capacity,
         )  # fmt: skip
     if isinstance(target, MacsRatio):
-        return allocate(candidates, fixed, total, macs_before, macs_ratio=target.ratio)
+        return allocate(candidates, fixed, total, macs_before, macs_ratio=target.value)
     return plan_for_accuracy(
         original, candidates, fixed, total, macs_before, data, calibration,
-        target.points, config.finetune, config.search_epochs,
+        target.value, config.finetune, config.search_epochs,
         config.max_layer_error, config.seed, config.plan_batch, config.deployment,
         log=say, metric=metric, loss=config.loss,
     )  # fmt: skip

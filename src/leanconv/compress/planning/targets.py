@@ -24,22 +24,28 @@ __all__ = ["DEFAULT_TARGET", "MacsRatio", "MaxDrop", "Speedup", "Target", "targe
 
 @dataclass(frozen=True)
 class _Target:
-    """One number and the rule it must follow; ``key`` is the keyword (and, with dashes, the
-    command line's flag) that gives it."""
+    """One number, ``value``, and the rule it must follow; ``key`` is the keyword (and, with
+    dashes, the command line's flag) that gives it, ``label`` how reports name it."""
 
     value: float
     key: ClassVar[str] = ""
     rule: ClassVar[str] = ""
+    text: ClassVar[str] = "{:g}"
 
     def __post_init__(self) -> None:
+        flag = f"--{self.key.replace('_', '-')}"
         if isinstance(self.value, bool) or not isinstance(self.value, int | float):
-            raise ValueError(f"--{self.key.replace('_', '-')} {self.value!r}: {self.rule}")
+            raise ValueError(f"{flag} {self.value!r}: {self.rule}")
         if not self._valid(self.value):
-            raise ValueError(f"--{self.key.replace('_', '-')} {self.value:g}: {self.rule}")
+            raise ValueError(f"{flag} {self.value:g}: {self.rule}")
 
     @staticmethod
     def _valid(value: float) -> bool:  # pragma: no cover - defined by each target
         raise NotImplementedError
+
+    @property
+    def label(self) -> str:
+        return self.text.format(self.value)
 
     def settings(self) -> dict:
         """As the run record names it (the command line's flag, without dashes)."""
@@ -49,55 +55,22 @@ class _Target:
 class Speedup(_Target):
     """Measured latency of the original / that of the compressed model, ``> 0``."""
 
-    key, rule = "speedup", "must be a positive factor, e.g. 2"
-
-    @staticmethod
-    def _valid(value: float) -> bool:
-        return value > 0 and math.isfinite(value)
-
-    @property
-    def factor(self) -> float:
-        return self.value
-
-    @property
-    def label(self) -> str:
-        return f"speedup {self.value:g}x"
+    key, rule, text = "speedup", "must be a positive factor, e.g. 2", "speedup {:g}x"
+    _valid = staticmethod(lambda v: v > 0 and math.isfinite(v))
 
 
 class MacsRatio(_Target):
     """The share of the original's multiply-accumulates the compressed model keeps, in (0, 1)."""
 
-    key, rule = "macs_ratio", "the share of MACs to keep, between 0 and 1"
-
-    @staticmethod
-    def _valid(value: float) -> bool:
-        return 0 < value < 1
-
-    @property
-    def ratio(self) -> float:
-        return self.value
-
-    @property
-    def label(self) -> str:
-        return f"MACs ratio {self.value:g}"
+    key, rule, text = "macs_ratio", "the share of MACs to keep, between 0 and 1", "MACs ratio {:g}"
+    _valid = staticmethod(lambda v: 0 < v < 1)
 
 
 class MaxDrop(_Target):
     """The most the metric may fall, in its own points, ``>= 0``: the fastest plan within it."""
 
-    key, rule = "max_drop", "must not be negative"
-
-    @staticmethod
-    def _valid(value: float) -> bool:
-        return value >= 0
-
-    @property
-    def points(self) -> float:
-        return self.value
-
-    @property
-    def label(self) -> str:
-        return f"drop <= {self.value:g} points"
+    key, rule, text = "max_drop", "must not be negative", "drop <= {:g} points"
+    _valid = staticmethod(lambda v: v >= 0)
 
 
 Target = Speedup | MacsRatio | MaxDrop
