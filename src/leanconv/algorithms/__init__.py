@@ -17,7 +17,15 @@ import torch.nn.functional as F
 
 from ..errors import InvalidSpecError
 from . import eligibility, fft, im2col, native, toomcook, winograd
-from ._geometry import PaddingArg, all_finite, check_tensors, normalise, pad_input
+from ._geometry import (
+    PaddingArg,
+    all_finite,
+    batched,
+    conv_args,
+    normalise,
+    pad_input,
+    unbatched,
+)
 from .eligibility import FFTLimits, WinogradLimits
 from .toomcook import (
     WinogradTransform,
@@ -123,9 +131,9 @@ def _direct(x, weight, bias, stride, padding, dilation, groups) -> torch.Tensor:
     top, bottom, left, right = args.padding
     if top == bottom and left == right:
         return F.conv2d(x, weight, bias, args.stride, (top, left), args.dilation, groups)
-    xb = pad_input(x if x.dim() == 4 else x.unsqueeze(0), args.padding)
+    xb = pad_input(batched(x), args.padding)
     y = F.conv2d(xb, weight, bias, args.stride, 0, args.dilation, groups)
-    return y if x.dim() == 4 else y.squeeze(0)
+    return unbatched(y, x)
 
 
 def conv2d(
@@ -151,8 +159,7 @@ def conv2d(
     where = f"conv2d(algorithm={algorithm!r})"
     if algorithm not in ALGORITHMS:
         raise InvalidSpecError(f"algorithm={algorithm!r} is not one of {', '.join(ALGORITHMS)}")
-    check_tensors(x, weight, where)
-    normalise(x, weight.shape, bias, stride, padding, dilation, groups, where)
+    conv_args(x, weight, bias, stride, padding, dilation, groups, where)
     if algorithm in ("direct", "im2col") and tile is not None:
         raise InvalidSpecError(f"{where}: tile={tile!r} applies to 'winograd' and 'fft' only")
     if algorithm == "auto":

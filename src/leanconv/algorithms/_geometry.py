@@ -139,6 +139,42 @@ def normalise(
     return args
 
 
+def check_filter_weight(weight: torch.Tensor, groups: int, where: str) -> None:
+    """A weight to transform: a ``(K, C/groups, r, s)`` tensor whose ``K`` ``groups`` divides."""
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 4:
+        raise InvalidSpecError(f"{where}: weight must be a (K, C/groups, r, s) tensor")
+    k_out = weight.shape[0]
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1 or k_out % groups:
+        raise InvalidSpecError(f"{where}: out_channels={k_out} and groups={groups} do not fit")
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype fast algorithms compute in: float32 for half precision, else ``dtype``."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def conv_args(x, weight, bias, stride, padding, dilation, groups, where: str) -> ConvArgs:
+    """What every ``conv2d`` function starts with: :func:`check_tensors`, then :func:`normalise`
+    against ``weight``'s shape."""
+    check_tensors(x, weight, where)
+    return normalise(x, weight.shape, bias, stride, padding, dilation, groups, where)
+
+
+def batched(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as ``(N, C, H, W)``: an unbatched ``(C, H, W)`` input gets a batch of one."""
+    return x if x.dim() == 4 else x.unsqueeze(0)
+
+
+def unbatched(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The batched result ``y`` of the input ``x``, without the batch when ``x`` had none."""
+    return y if x.dim() == 4 else y.squeeze(0)
+
+
+def add_bias(y: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``y + bias`` per output channel (in ``y``'s dtype), or ``y`` without a bias."""
+    return y if bias is None else y + bias.to(y.dtype).view(1, -1, 1, 1)
+
+
 def all_finite(t: torch.Tensor) -> bool:
     """No NaN and no infinity in ``t`` (one read-only pass: min and max propagate NaN)."""
     if t.numel() == 0:

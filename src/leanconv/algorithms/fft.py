@@ -29,7 +29,19 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import InvalidSpecError
-from ._geometry import PaddingArg, check_finite, check_tensors, normalise, pad_input, pair
+from ._geometry import (
+    PaddingArg,
+    add_bias,
+    batched,
+    check_filter_weight,
+    check_finite,
+    compute_dtype,
+    conv_args,
+    normalise,
+    pad_input,
+    pair,
+    unbatched,
+)
 
 __all__ = ["FFTFilter", "choose_fft_size", "conv2d", "conv2d_transformed", "transform_filter"]
 
@@ -108,10 +120,6 @@ class FFTFilter:
     depthwise: bool = field(default=False)
 
 
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-
-
 def _dilate(weight: torch.Tensor, dilation: tuple[int, int]) -> torch.Tensor:
     if dilation == (1, 1):
         return weight
@@ -130,18 +138,15 @@ def transform_filter(
 ) -> FFTFilter:
     """The transformed filter for FFT size ``size = (t_h, t_w)`` (each at least the kernel)."""
     where = "fft.transform_filter"
-    if not isinstance(weight, torch.Tensor) or weight.dim() != 4:
-        raise InvalidSpecError(f"{where}: weight must be a (K, C/groups, r, s) tensor")
+    check_filter_weight(weight, groups, where)
     k_out, cg, _, _ = weight.shape
-    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1 or k_out % groups:
-        raise InvalidSpecError(f"{where}: out_channels={k_out} and groups={groups} do not fit")
     check_finite(where, weight=weight)
     w = _dilate(weight, pair(dilation, "dilation", where))
     r, s = w.shape[-2:]
     th, tw = pair(size, "size", where)
     if th < r or tw < s:
         raise InvalidSpecError(f"{where}: FFT size {(th, tw)} is smaller than the kernel {(r, s)}")
-    compute = _compute_dtype(weight.dtype)
+    compute = compute_dtype(weight.dtype)
     # conj_physical, not conj(): a lazily conjugated operand sends bmm to a per-matrix loop.
     wf = torch.fft.rfft2(w.to(compute), s=(th, tw)).conj_physical()  # (K, C/g, th, tw//2+1)
     kg = k_out // groups
@@ -223,13 +228,9 @@ def conv2d_transformed(
         )
     if check_finite_input:
         check_finite(where, input=x)
-    compute = _compute_dtype(x.dtype)
-    xb = (x if x.dim() == 4 else x.unsqueeze(0)).to(compute)
-    y = _fft_valid(pad_input(xb, args.padding), filt)
-    if bias is not None:
-        y = y + bias.to(compute).view(1, -1, 1, 1)
-    y = y.contiguous().to(x.dtype)
-    return y if x.dim() == 4 else y.squeeze(0)
+    xb = batched(x).to(compute_dtype(x.dtype))
+    y = add_bias(_fft_valid(pad_input(xb, args.padding), filt), bias)
+    return unbatched(y.contiguous().to(x.dtype), x)
 
 
 def conv2d(
@@ -251,8 +252,7 @@ def conv2d(
     NaN or infinity (one would spread over the whole tile).
     """
     where = "fft.conv2d"
-    check_tensors(x, weight, where)
-    args = normalise(x, weight.shape, bias, stride, padding, dilation, groups, where)
+    args = conv_args(x, weight, bias, stride, padding, dilation, groups, where)
     if args.stride != (1, 1):
         raise InvalidSpecError(
             f"{where}: stride={args.stride} is not supported by FFT convolution (it computes "

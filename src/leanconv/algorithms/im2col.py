@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._geometry import PaddingArg, check_tensors, normalise, pad_input
+from ._geometry import PaddingArg, add_bias, batched, conv_args, pad_input, unbatched
 
 __all__ = ["conv2d"]
 
@@ -34,10 +34,8 @@ def conv2d(
     ``padding`` may be asymmetric: ``(left, right, top, bottom)`` or ``((top, bottom),
     (left, right))``.
     """
-    where = "im2col.conv2d"
-    check_tensors(x, weight, where)
-    args = normalise(x, weight.shape, bias, stride, padding, dilation, groups, where)
-    xb = x if x.dim() == 4 else x.unsqueeze(0)
+    args = conv_args(x, weight, bias, stride, padding, dilation, groups, "im2col.conv2d")
+    xb = batched(x)
     xp = pad_input(xb, args.padding)
     n = xp.shape[0]
     k_out, cg, r, s = weight.shape
@@ -46,7 +44,4 @@ def conv2d(
     cols = cols.view(n, groups, cg * r * s, ho * wo)
     w = weight.reshape(groups, k_out // groups, cg * r * s)
     y = torch.matmul(w, cols)  # (N, g, K/g, L)
-    y = y.reshape(n, k_out, ho, wo)
-    if bias is not None:
-        y = y + bias.view(1, -1, 1, 1)
-    return y if x.dim() == 4 else y.squeeze(0)
+    return unbatched(add_bias(y.reshape(n, k_out, ho, wo), bias), x)

@@ -32,13 +32,17 @@ from ..errors import InvalidSpecError
 from . import native
 from ._geometry import (
     PaddingArg,
+    batched,
+    check_filter_weight,
     check_finite,
-    check_tensors,
+    compute_dtype,
+    conv_args,
     kernel_steps,
     normalise,
     phases,
     reduce_to_stride1,
     sub_kernel,
+    unbatched,
 )
 from .tile_gemm import TileGemm
 from .toomcook import winograd_transform
@@ -76,10 +80,6 @@ def _tile_pair(tile, where: str) -> tuple[int, int]:
         if isinstance(m, bool) or not isinstance(m, int) or m < 1:
             raise InvalidSpecError(message)
     return (mh, mw)
-
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
 @functools.lru_cache(maxsize=256)
@@ -132,15 +132,12 @@ def transform_filter(
     dtype (float32 for half-precision weights).
     """
     where = "winograd.transform_filter"
-    if not isinstance(weight, torch.Tensor) or weight.dim() != 4:
-        raise InvalidSpecError(f"{where}: weight must be a (K, C/groups, r, s) tensor")
+    check_filter_weight(weight, groups, where)
     mh, mw = _tile_pair(tile, where)
     k_out, cg, r, s = weight.shape
-    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1 or k_out % groups:
-        raise InvalidSpecError(f"{where}: out_channels={k_out} and groups={groups} do not fit")
     probe = weight.new_empty((cg * groups, 1, 1), device="meta").expand(-1, 2**20, 2**20)
     args = normalise(probe, weight.shape, None, stride, 0, dilation, groups, where)
-    compute = _compute_dtype(weight.dtype)
+    compute = compute_dtype(weight.dtype)
     exact = _exact_dtype(weight.device)
     steps = kernel_steps(args)
     out: dict[tuple[int, int], torch.Tensor] = {}
@@ -508,8 +505,8 @@ def conv2d_transformed(
     first = next(iter(filt.phases.values()))
     if first.device != x.device:
         raise InvalidSpecError(f"{where}: filter on {first.device}, input on {x.device}")
-    compute = _compute_dtype(x.dtype)
-    xc = (x if x.dim() == 4 else x.unsqueeze(0)).to(compute)
+    compute = compute_dtype(x.dtype)
+    xc = batched(x).to(compute)
     k_out = filt.out_channels
     # the compiled path adds the bias itself unless its gradient is wanted
     recording = torch.is_grad_enabled() and bias is not None and bias.requires_grad
@@ -551,8 +548,7 @@ def conv2d_transformed(
             y.add_(bias.to(compute).view(1, -1, 1, 1))
         if activation == "relu":
             y = y.relu_()
-    y = y.to(x.dtype)
-    return y if x.dim() == 4 else y.squeeze(0)
+    return unbatched(y.to(x.dtype), x)
 
 
 def conv2d(
@@ -573,8 +569,6 @@ def conv2d(
     ``InvalidSpecError`` for bad arguments and for inputs holding NaN or infinity (which tiles
     would spread; ``check_finite_input=False`` skips the check).
     """
-    where = "winograd.conv2d"
-    check_tensors(x, weight, where)
-    normalise(x, weight.shape, bias, stride, padding, dilation, groups, where)
+    conv_args(x, weight, bias, stride, padding, dilation, groups, "winograd.conv2d")
     filt = transform_filter(weight, tile, stride, dilation, groups)
     return conv2d_transformed(x, filt, bias, padding, check_finite_input)

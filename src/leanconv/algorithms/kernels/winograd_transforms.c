@@ -28,6 +28,20 @@
 
 static inline long min_l(long a, long b) { return a < b ? a : b; }
 
+/* One work item: image img, tile row tr and the channels c0 .. c0 + cb (at most CB) of it. */
+typedef struct {
+    long img, tr, c0, cb;
+} work_item;
+
+static inline work_item split_item(long item, long rows, long blocks, long channels) {
+    work_item w;
+    w.img = item / (rows * blocks);
+    w.tr = (item / blocks) % rows;
+    w.c0 = (item % blocks) * CB;
+    w.cb = min_l(CB, channels - w.c0);
+    return w;
+}
+
 /* acc[0:CB] = sum_a coef[a * stride] * src[a * step + 0:CB], skipping zero coefficients. */
 static inline void combine(float *restrict acc, const float *restrict coef, int stride, int count,
                            const float *restrict src, long step) {
@@ -60,10 +74,8 @@ int winograd_input(const float *restrict x, long s_n, long s_c, long s_h, long s
         float tmp[MAX_ALPHA][MAX_ALPHA][CB];
 #pragma omp for schedule(static)
         for (long item = 0; item < items; item++) {
-            const long img = item / (rows * blocks);
-            const long tr = (item / blocks) % rows;
-            const long c0 = (item % blocks) * CB;
-            const long cb = min_l(CB, channels - c0);
+            const work_item it = split_item(item, rows, blocks, channels);
+            const long img = it.img, tr = it.tr, c0 = it.c0, cb = it.cb;
             const long row0 = (th0 + tr) * mh - pad_top;
             const float *xn = x + (n0 + img) * s_n;
             /* band[a][col][c] = padded x[c0 + c][row0 + a][col - pad_left] */
@@ -122,10 +134,8 @@ void winograd_output(const float *restrict m, long channels, float *restrict out
         float local[MAX_ALPHA * MAX_ALPHA][CB];
 #pragma omp for schedule(static)
         for (long item = 0; item < items; item++) {
-            const long img = item / (rows * blocks);
-            const long tr = (item / blocks) % rows;
-            const long k0 = (item % blocks) * CB;
-            const long kb = min_l(CB, channels - k0);
+            const work_item it = split_item(item, rows, blocks, channels);
+            const long img = it.img, tr = it.tr, k0 = it.c0, kb = it.cb;
             const long row0 = (th0 + tr) * mh;
             const int hi = (int)min_l(mh, height - row0);
             const float *mrow = m + ((img * rows + tr) * nw) * p_stride + k0;
