@@ -71,6 +71,7 @@ def test_cost_torchscript_and_pickle(tmp_path):
         (("cost", "missing.py:make", "--input", "1,3,8,8"), "does not exist"),
         (("whatif", "3", "8", "3", "--groups", "2"), "divisible by groups=2"),
         (("whatif", "1", "1", "9", "--size", "4,4", "--padding", "0"), "larger than the padded"),
+        (("bench", "conv", "8", "8", "3", "--groups", "0"), "--groups 0: must be at least 1"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(args, message):

@@ -60,6 +60,8 @@ def register(app: typer.Typer) -> None:
         """One convolution: every algorithm's latency, speedup and error."""
         spatial = parse_shape(size) if "," in size or "x" in size else int(size)
         h, w = normalise_tuple(spatial, 2, "--size", "")
+        if groups < 1:
+            raise ValueError(f"--groups {groups}: must be at least 1")
         if in_channels % groups or out_channels % groups:
             raise InputShapeError(
                 f"channels {in_channels}->{out_channels} not divisible by groups={groups}"
