@@ -19,6 +19,7 @@ from torch import nn
 from .errors import LeanconvError
 
 __all__ = [
+    "FORMATS",
     "LayerNotFoundError",
     "capture_calls",
     "capture_inputs",
@@ -26,6 +27,10 @@ __all__ = [
     "get_layer",
     "replace_modules",
 ]
+
+
+#: The memory layouts a model may run in, by the name reports and saved models use.
+FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
 
 
 class LayerNotFoundError(LeanconvError, KeyError):

@@ -3,6 +3,7 @@
 Which algorithm wins depends on the machine; the tests check what must hold whatever the timings.
 """
 
+import pytest
 import torch
 from torch import nn
 
@@ -24,7 +25,8 @@ def test_accelerate_is_exact_within_tolerance_and_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("LEANCONV_CACHE_DIR", str(tmp_path))
     model = _model()
     x = torch.randn(2, 3, 24, 24)
-    fast, report = leanconv.accelerate(model, x, tolerance=1e-4, repeats=3)
+    # the per-layer tuner alone (deploy=False); the inference form is tested below
+    fast, report = leanconv.accelerate(model, x, tolerance=1e-4, repeats=3, deploy=False)
     assert all(type(m) is not WinogradConv2d for m in model.modules())  # original untouched
     names = [layer.name for layer in report.layers]
     assert names == ["0", "2", "4", "6"]
@@ -43,7 +45,7 @@ def test_accelerate_is_exact_within_tolerance_and_cached(tmp_path, monkeypatch):
     replaced = [m for m in fast.modules() if isinstance(m, kinds)]
     assert len(replaced) == sum(layer.chosen != "native" for layer in report.layers)
     assert (tmp_path / "tuner.json").exists()
-    _, again = leanconv.accelerate(model, x, tolerance=1e-4, repeats=3)
+    _, again = leanconv.accelerate(model, x, tolerance=1e-4, repeats=3, deploy=False)
     assert again.cache_hits == 4  # every layer has a candidate; nothing re-timed
 
 
@@ -51,7 +53,7 @@ def test_a_tolerance_no_algorithm_meets_keeps_everything_native(tmp_path, monkey
     monkeypatch.setenv("LEANCONV_CACHE_DIR", str(tmp_path))
     model = _model()
     fast, report = leanconv.accelerate(model, torch.randn(1, 3, 16, 16), tolerance=1e-12,
-                                       repeats=2, use_cache=False)  # fmt: skip
+                                       repeats=2, use_cache=False, deploy=False)  # fmt: skip
     # only a bit-exact form may pass (oneDNN on a packed weight can be: same kernel); every
     # Winograd and FFT form is rejected
     for layer in report.layers:
@@ -60,3 +62,49 @@ def test_a_tolerance_no_algorithm_meets_keeps_everything_native(tmp_path, monkey
     assert all(layer.rejected for layer in report.layers[1:3])
     kinds = (nn.Conv2d, nn.ReLU, nn.Sequential, PackedConv2d)
     assert all(type(m) in kinds for m in fast.modules())
+
+
+def _conv_bn_relu_model():
+    """Convolution, batch norm (trained statistics), ReLU, as the zoo builds its layers."""
+    torch.manual_seed(1)
+    layers = []
+    for c_in, c_out in ((3, 16), (16, 32), (32, 32)):
+        bn = nn.BatchNorm2d(c_out)
+        with torch.no_grad():
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-0.2, 0.2)
+        layers.append(nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), bn,
+                                    nn.ReLU()))  # fmt: skip
+    return nn.Sequential(*layers, nn.Conv2d(32, 4, 1)).eval()
+
+
+def test_accelerate_deploys_folded_fused_and_exact(tmp_path, monkeypatch):
+    monkeypatch.setenv("LEANCONV_CACHE_DIR", str(tmp_path))
+    model = _conv_bn_relu_model()
+    x = torch.randn(2, 3, 20, 20)
+    with torch.no_grad():
+        ref = model(x)
+    fast, report = leanconv.accelerate(model, x, tolerance=1e-4, repeats=2)
+    # the original is left as it was
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == 3
+    assert torch.equal(model(x), ref)
+    if report.reverted:  # slower end to end on this machine: the original comes back
+        assert fast is not model and torch.equal(fast(x), ref)
+        return
+    # every batch norm folded, every ReLU computed by the convolution before it
+    assert report.folded == ["0.1", "1.1", "2.1"] and report.fused == ["0.2", "1.2", "2.2"]
+    assert not any(isinstance(m, nn.BatchNorm2d | nn.ReLU) for m in fast.modules())
+    assert all(getattr(fast.get_submodule(f"{i}.0"), "activation", None) == "relu"
+               for i in range(3))  # fmt: skip
+    assert report.memory_format in ("contiguous", "channels_last")
+    # the same function: against float64, as close as the original itself
+    with torch.no_grad():
+        out = fast(x)
+        exact = model.double()(x.double()).float()
+    scale = exact.abs().max()
+    assert (out - exact).abs().max() / scale < 1e-4
+    assert report.max_error == pytest.approx(float((out - ref).abs().max() / ref.abs().max()),
+                                             rel=1e-3, abs=1e-9)  # fmt: skip
+    assert out.dtype == x.dtype and out.shape == ref.shape

@@ -1,4 +1,4 @@
-"""The deployment form: ReLUs fused into convolutions, convolutions packed (``compress.fuse``,
+"""The deployment form: ReLUs fused into convolutions, convolutions packed (``rewrite.fuse``,
 ``compress.deploy``).
 
 Reference: the model as given, in float64 (the fused model computes in float32).
@@ -12,10 +12,9 @@ from torch import nn
 
 from leanconv import zoo
 from leanconv.compress.deploy import Deployment
-from leanconv.compress.fold import fold_batchnorm
-from leanconv.compress.fuse import fuse_activations
 from leanconv.cost import count
 from leanconv.nn import PackedConv2d, WinogradConv2d
+from leanconv.rewrite import fold_batchnorm, fuse_activations
 
 
 def _randomise_norms(model: nn.Module) -> nn.Module:

@@ -3,10 +3,10 @@
 A rewritten model is deployed after exact rewrites that change its speed but not its function
 (up to float32 rounding), in this order:
 
-1. batch norms folded into the convolutions before them (:mod:`.fold`, ``fold_bn``);
+1. batch norms folded into the convolutions before them (:mod:`leanconv.rewrite.fold`, ``fold_bn``);
 2. the planned fast algorithms switched on (:mod:`.algorithms`);
 3. ReLUs fused into the convolutions before them, plain convolutions packed for oneDNN
-   (:mod:`.fuse`, ``fuse``);
+   (:mod:`leanconv.rewrite.fuse`, ``fuse``);
 4. weights in ``memory_format`` (NCHW ``"contiguous"`` or ``"channels_last"``), which the
    activations then follow.
 
@@ -24,9 +24,8 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from ..rewrite import fold_batchnorm, fuse_activations
 from .algorithms import apply_algorithms
-from .fold import fold_batchnorm
-from .fuse import fuse_activations
 from .measure import FORMATS
 
 __all__ = ["Deployed", "Deployment"]

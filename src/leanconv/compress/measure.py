@@ -17,6 +17,7 @@ from torch import nn
 
 from ..bench.timing import compare
 from ..cost import count
+from ..modules import FORMATS
 from .evaluate import ACCURACY, Metric
 
 
@@ -51,9 +52,6 @@ class ModelFigures:
             return "contiguous"
         batch = max(self.latency_ms)
         return min(self.latency_by_format, key=lambda f: self.latency_by_format[f][batch])
-
-
-FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
 
 
 def in_format(model: nn.Module, memory_format: str) -> nn.Module:

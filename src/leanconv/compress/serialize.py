@@ -308,7 +308,7 @@ def load(
                 f"{str(meta_file)!r}: an algorithm names no layer ({exc})"
             ) from None
     if algorithms and description.get("fused"):
-        from .fuse import fuse_activations
+        from ..rewrite import fuse_activations
 
         model, _ = fuse_activations(model, inplace=True)
     model = model.to(memory_format=FORMATS[layout]).eval()

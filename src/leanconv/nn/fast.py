@@ -13,7 +13,7 @@ call so that gradients reach ``weight``; under ``torch.no_grad`` / eval the cach
 ``from_conv(conv)`` builds one from a trained ``nn.Conv2d`` (same outputs up to rounding).
 ``activation="relu"`` makes a layer compute ``relu(conv(x))``, in the pass that writes its output
 where the algorithm allows (compiled Winograd, oneDNN), so that a following ``nn.ReLU`` can go
-(:func:`leanconv.compress.fuse.fuse_activations`).
+(:func:`leanconv.rewrite.fuse_activations`).
 """
 
 from __future__ import annotations

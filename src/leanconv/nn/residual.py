@@ -42,7 +42,7 @@ def conv_bn(
 ) -> nn.Sequential:
     """``k x k`` convolution (no bias, 'same' padding for odd k) followed by batch norm (and ReLU
     when ``relu``: in one ``nn.Sequential``, where deployment can fuse it into the convolution,
-    :mod:`leanconv.compress.fuse`)."""
+    :mod:`leanconv.rewrite.fuse`)."""
     return nn.Sequential(*conv_norm_act(c_in, c_out, k, stride, k // 2, groups=groups,
                                         activation=_relu if relu else None))  # fmt: skip
 

@@ -9,6 +9,16 @@ and medians, and (5) replaces the layer with the fastest one only if it beats th
 by ``margin``. A final end-to-end measurement guards the promise that the result is never slower
 than the original: if it is, the original layers are kept.
 
+With ``deploy`` (the default) the layers are tuned in the model's inference form, the exact
+rewrites of :mod:`leanconv.rewrite`: batch norms folded into the convolutions before them
+before tuning (a convolution and its norm become one layer: one pass over the output instead of
+two); after it, each ReLU that follows a convolution computed in the pass that writes the
+convolution's output (the Winograd output transform, the packed oneDNN convolution: a plain
+convolution that absorbs a ReLU becomes packed); and the model in the faster of the NCHW and
+channels-last layouts (timed on the example; the layers are tuned in that layout). The result
+equals the model up to float32 rounding; ``report.max_error`` is its largest deviation on the
+example, relative to the largest output.
+
 Timings are cached on disk keyed by input shape, weight shape, geometry, dtype, thread count,
 device and torch version, so a second call re-checks errors but times nothing.
 """
@@ -24,7 +34,8 @@ from torch import nn
 
 from .. import cache as cache_store
 from ..bench.timing import compare
-from ..modules import capture_inputs, conv_layers, replace_modules
+from ..modules import FORMATS, capture_inputs, conv_layers, replace_modules
+from ..rewrite import fold_batchnorm, fuse_activations
 from . import eligibility
 from .benchmark import relative_errors
 
@@ -58,6 +69,10 @@ class TuneReport:
     reverted: bool = False
     cache_hits: int = 0
     notes: list[str] = field(default_factory=list)
+    memory_format: str = "contiguous"  # the layout the accelerated model runs in
+    folded: list[str] = field(default_factory=list)  # batch norms folded (deploy)
+    fused: list[str] = field(default_factory=list)  # ReLUs fused (deploy)
+    max_error: float = 0.0  # max |accelerated - original| / max |original| on the example
 
     @property
     def speedup(self) -> float:
@@ -71,6 +86,10 @@ class TuneReport:
             "reverted": self.reverted,
             "cache_hits": self.cache_hits,
             "notes": self.notes,
+            "memory_format": self.memory_format,
+            "folded": self.folded,
+            "fused": self.fused,
+            "max_error": self.max_error,
             "layers": [asdict(layer) | {"speedup": layer.speedup} for layer in self.layers],
         }
 
@@ -209,6 +228,20 @@ def _slower_end_to_end(
     return True
 
 
+def _layout(model: nn.Module, example: torch.Tensor, timing: dict) -> str:
+    """The memory format, NCHW or channels-last, in which ``model`` (its deployed form: folded,
+    fused, packed) runs ``example`` faster."""
+    forms = {fmt: fuse_activations(model, pack=False)[0].to(memory_format=FORMATS[fmt])
+             for fmt in FORMATS}  # fmt: skip
+    t = compare({fmt: (lambda m=m: m(example)) for fmt, m in forms.items()}, warmup=2, **timing)
+    return min(t, key=lambda fmt: t[fmt].ms)
+
+
+def _max_error(original: nn.Module, model: nn.Module, example: torch.Tensor) -> float:
+    with torch.no_grad():
+        return _rel_error(model(example), original(example))
+
+
 def accelerate(
     model: nn.Module,
     example_input: torch.Tensor,
@@ -217,18 +250,24 @@ def accelerate(
     repeats: int = 7,
     use_cache: bool = True,
     num_threads: int | None = None,
+    deploy: bool = True,
 ) -> tuple[nn.Module, TuneReport]:
     """Return an accelerated copy of ``model`` and the measurements behind each choice.
 
     ``model`` itself is not modified. Layers stay native unless a fast form is within
-    ``tolerance`` (relative error) and at least ``margin`` faster.
+    ``tolerance`` (relative error) and at least ``margin`` faster. ``deploy``: tune and return
+    the model in its inference form (see the module docstring).
     """
-    model = copy.deepcopy(model).eval()
-    original = copy.deepcopy(model)
-    inputs = capture_inputs(model, conv_layers(model), example_input, strict=False)
-    cache = cache_store.load(CACHE_FILE) if use_cache else None
+    original = copy.deepcopy(model).eval()
     report = TuneReport([])
     timing = dict(repeats=repeats, num_threads=num_threads, device=example_input.device)
+    model = copy.deepcopy(original)
+    if deploy:
+        model, report.folded, _ = fold_batchnorm(model, inplace=True)
+        report.memory_format = _layout(model, example_input, timing)
+        model = model.to(memory_format=FORMATS[report.memory_format])
+    inputs = capture_inputs(model, conv_layers(model), example_input, strict=False)
+    cache = cache_store.load(CACHE_FILE) if use_cache else None
     chosen = {}
     for name, x in inputs.items():
         fast = _tune_layer(name, model.get_submodule(name), x, tolerance, margin, cache, report,
@@ -238,7 +277,13 @@ def accelerate(
     replace_modules(model, chosen, inplace=True)
     if cache is not None:
         cache_store.save(CACHE_FILE, cache)
-    if chosen and _slower_end_to_end(original, model, example_input, report, timing):
+    if deploy:
+        # the layers the tuner kept native stay unpacked unless a ReLU is fused into them
+        model, report.fused = fuse_activations(model, inplace=True, pack=False)
+        model = model.to(memory_format=FORMATS[report.memory_format])
+    report.max_error = _max_error(original, model, example_input)
+    changed = bool(chosen or report.folded or report.fused or report.memory_format != "contiguous")
+    if changed and _slower_end_to_end(original, model, example_input, report, timing):
         return original, report
     return model, report
 

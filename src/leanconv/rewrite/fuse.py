@@ -23,8 +23,8 @@ import copy
 
 from torch import nn
 
+from ..modules import replace_modules
 from ..nn.fast import PackedConv2d, _FastConv2d
-from .surgery import replace_modules
 
 __all__ = ["fuse_activations"]
 
@@ -55,10 +55,13 @@ def _last_computing(seq: nn.Sequential, end: int) -> int:
     return j
 
 
-def fuse_activations(model: nn.Module, inplace: bool = False) -> tuple[nn.Module, list[str]]:
-    """Fuse each ReLU that follows a convolution into it and pack every plain ``nn.Conv2d`` (see
-    the module docstring). Returns the model (in eval mode) and the names of the ReLUs fused."""
-    if type(model) is nn.Conv2d and model.padding_mode == "zeros":
+def fuse_activations(
+    model: nn.Module, inplace: bool = False, pack: bool = True
+) -> tuple[nn.Module, list[str]]:
+    """Fuse each ReLU that follows a convolution into it and, with ``pack``, pack every plain
+    ``nn.Conv2d`` (see the module docstring; without it, only a plain convolution that absorbs a
+    ReLU becomes packed). Returns the model (in eval mode) and the names of the ReLUs fused."""
+    if pack and type(model) is nn.Conv2d and model.padding_mode == "zeros":
         return PackedConv2d.from_conv(model).eval(), []
     model = model if inplace else copy.deepcopy(model)
     fused = []
@@ -77,6 +80,6 @@ def fuse_activations(model: nn.Module, inplace: bool = False) -> tuple[nn.Module
     plain = {
         n: PackedConv2d.from_conv(m)
         for n, m in model.named_modules()
-        if n and type(m) is nn.Conv2d and m.padding_mode == "zeros"
+        if pack and n and type(m) is nn.Conv2d and m.padding_mode == "zeros"
     }
     return replace_modules(model, plain, inplace=True).eval(), fused
