@@ -69,6 +69,8 @@ class CompressConfig:
     # how the compressed model runs (and the plan is measured): folding, fusion, layout
     deployment: Deployment = field(default_factory=Deployment)
     ratios: tuple[float, ...] = DEFAULT_RATIOS
+    # each rank also aligned to this many channels, a candidate of its own (0: not aligned)
+    align_ranks: int = 8
     plan_batch: int = 64
     batch_sizes: tuple[int, ...] = (1, 64)
     calibration: int = 128
@@ -240,7 +242,8 @@ def _make_plan(original, data, config, metric, calibration, macs_before, say,
 
     candidates, fixed, total = build_candidates(
         original, calibration, methods=config.methods, ratios=config.ratios,
-        batch=config.plan_batch, repeats=max(3, config.repeats // 2),
+        batch=config.plan_batch, align=config.align_ranks,
+        repeats=max(3, config.repeats // 2),
         algorithms=config.algorithms, deployment=config.deployment, log=say,
         logits=metric.logits,
         done={n: [Candidate.from_dict(c) for c in cs] for n, cs in kept.items()},

@@ -103,4 +103,5 @@ register(Method(
     budget_ranks=lambda t, k, c, kh, kw: (t, min(k, kh * kw)),
     factorise=lambda w, rank, groups, name, seed: depthwise_separable(w, rank, name=name),
     weights=lambda f: [f.depthwise, f.pointwise],
+    channel_ranks=False,
 ))  # fmt: skip

@@ -16,7 +16,9 @@ record says:
   with ``to_dense()``, the weight it stands for);
 - ``weights(factors)``: one convolution weight per element of the chain (of one group);
 - ``auto_rank(r_out, r_in)``: the rank from the ranks found for the output and input modes
-  (energy or VBMF); ``None`` when the method has no such policy.
+  (energy or VBMF); ``None`` when the method has no such policy;
+- ``channel_ranks``: whether the rank counts channels of the factors (what the planner aligns to
+  multiples of 8), as for every method but ``depthwise`` (a depth multiplier).
 
 Rank convention, one for every method: per group, in the order of the chain (Tucker-2:
 ``(R_out, R_in)``; TT: ``(r1, r2, r3)``; the depth multiplier for ``depthwise``).
@@ -43,6 +45,9 @@ class Method:
     weights: Callable  # (factors of one group) -> [conv weight per chain element]
     auto_rank: Callable | None = None  # (r_out, r_in) -> rank
     aliases: tuple[str, ...] = ()
+    # the rank counts channels of the factor convolutions (the planner may align it to multiples
+    # of 8); False where it is something else (the depth multiplier of ``depthwise``)
+    channel_ranks: bool = True
 
 
 REGISTRY: dict[str, Method] = {}

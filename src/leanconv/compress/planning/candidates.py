@@ -27,6 +27,7 @@ from torch import nn
 from ... import cache as cache_store
 from ...bench.timing import compare
 from ...cost import count
+from ...decompose import methods as registry
 from ...decompose.rank import budget_rank, canonical_method
 from ...errors import LeanconvError
 from ...spec import ConvSpec
@@ -54,6 +55,7 @@ def build_candidates(
     methods: tuple[str, ...] = ("tucker2", "spatial_svd"),
     ratios: tuple[float, ...] = DEFAULT_RATIOS,
     batch: int = 64,
+    align: int = 0,
     repeats: int = 5,
     use_cache: bool = True,
     algorithms: tuple[str, ...] = tuple(ALGORITHMS),
@@ -75,7 +77,8 @@ def build_candidates(
     the faster of its own layout and the deployment's.
 
     ``algorithms``: the fast algorithms to try on every candidate that has an eligible 3x3
-    convolution (``()``: decompositions only).
+    convolution (``()``: decompositions only). ``align``: each rank also aligned to that many
+    channels (:func:`aligned`; 0: the ratios' ranks only).
 
     The fixed latency (everything no candidate changes) is measured on the model in its deployment
     form (batch norms folded, ReLUs fused); the total is the model as given, so the predicted
@@ -106,7 +109,7 @@ def build_candidates(
                 log(f"  planned {i + 1}/{len(layers)} {name}: {len(done[name]) - 1} candidates, "
                     "measured before the interruption")  # fmt: skip
             continue
-        modules, errors = rewrites(layer, name, x, methods, ratios, fmt)
+        modules, errors = rewrites(layer, name, x, methods, ratios, fmt, align)
         modules, errors = algorithm_variants(modules, errors, algorithms, fmt)
         timings = latencies(layer, modules, xb, (*xb.shape, *form), cache, use_cache, repeats,
                             deployment)  # fmt: skip
@@ -140,24 +143,44 @@ def build_candidates(
     return out, fixed, total
 
 
-def rewrites(layer, name, x, methods, ratios, fmt) -> tuple[dict, dict]:
+def aligned(rank, multiple: int):
+    """``rank`` with each component rounded to the nearest multiple of ``multiple`` (at least
+    ``multiple``): the channel counts that vector units and GEMM kernels are blocked for."""
+    if not multiple:
+        return rank
+    snap = lambda r: max(multiple, multiple * round(r / multiple))  # noqa: E731
+    return tuple(snap(r) for r in rank) if isinstance(rank, tuple) else snap(rank)
+
+
+def _ranks(layer, name, x, method, ratios, align: int) -> list:
+    """The ranks of ``method`` for the MACs ratios, each once, and each again aligned to
+    ``align`` channels (the rank a ratio gives is rarely a multiple of 8: 22, 34, 57) where the
+    method's rank counts channels."""
+    if not registry.get(method).channel_ranks:
+        align = 0
+    out = []
+    for ratio in ratios:
+        try:
+            spec = ConvSpec.from_module(layer, tuple(x.shape), name)
+            rank = budget_rank(spec, method, ratio)
+        except (LeanconvError, ValueError):
+            continue
+        for r in (rank, aligned(rank, align)):
+            if r not in out:
+                out.append(r)
+    return out
+
+
+def rewrites(layer, name, x, methods, ratios, fmt, align: int = 0) -> tuple[dict, dict]:
     """The rewrites of one layer, keyed ``(method, rank, "direct")``: the layer kept, and each
-    method at the rank of each MACs ratio (each rank once, ranks that a method cannot take
-    skipped); and the relative weight error of each."""
+    method at the rank of each MACs ratio and at that rank aligned to ``align`` channels (0: not
+    aligned), each rank once, ranks that a method cannot take skipped; and the relative weight
+    error of each."""
     keep = ("keep", None, "direct")
     modules: dict[tuple, nn.Module] = {keep: layer}
     errors: dict[tuple, float] = {keep: 0.0}
     for method in methods:
-        seen = set()
-        for ratio in ratios:
-            try:
-                spec = ConvSpec.from_module(layer, tuple(x.shape), name)
-                rank = budget_rank(spec, method, ratio)
-            except (LeanconvError, ValueError):
-                continue
-            if rank in seen:
-                continue
-            seen.add(rank)
+        for rank in _ranks(layer, name, x, method, ratios, align):
             try:
                 d = decompose_layer(layer, method, rank, name=name, input_size=tuple(x.shape[2:]))
             except (LeanconvError, ValueError):
