@@ -362,8 +362,12 @@ def _plan_stage(run: _Run, before: ModelFigures) -> Plan:
         plan = Plan.from_json(plan_file.read_text())
         run.say(f"[2/6] plan read back from {plan_file}")
     else:
+        t0 = time.perf_counter()
         plan = _make_plan(run.original, run.data, run.config, run.metric, run.calibration,
                           before.macs, run.say, run.staging)  # fmt: skip
+        plan = plan.replace(planning_seconds=time.perf_counter() - t0)
+        run.say(f"      planned in {plan.planning_seconds:.0f} s = {plan.planning_cost:,.0f} "
+                f"forward passes of the original at batch {run.config.plan_batch}")  # fmt: skip
         if plan_file is not None:
             write_text_atomic(plan_file, plan.to_json(), force=True)
     run.say(f"      {plan.target}: predicted {plan.predicted_speedup:.2f}x, "

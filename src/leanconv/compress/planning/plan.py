@@ -84,6 +84,7 @@ class Plan:
     # the standard error of the summed sensitivity as computed when planning (a plan read back
     # from JSON has no per-image divergences to compute it again)
     saved_sensitivity_se: float | None = None
+    planning_seconds: float | None = None  # wall time of making the plan on this machine
 
     def replace(self, **changes) -> Plan:
         """A new plan with ``changes`` (``dataclasses.replace``)."""
@@ -119,6 +120,14 @@ class Plan:
         changed = sum(c.macs - self.candidates[n][0].macs for n, c in self.choices.items())
         return self.macs_before + changed
 
+    @property
+    def planning_cost(self) -> float | None:
+        """Planning time in forward passes of the original at the planning batch:
+        ``planning_seconds / (total_before_ms / 1000)``."""
+        if self.planning_seconds is None or not self.total_before_ms:
+            return None
+        return self.planning_seconds / (self.total_before_ms / 1000)
+
     def rewrites(self) -> dict[str, tuple[str, object]]:
         return {n: (c.method, c.rank) for n, c in self.choices.items() if c.method != "keep"}
 
@@ -142,6 +151,8 @@ class Plan:
             "macs_after": self.macs_after,
             "sensitivity": sensitivity,
             "sensitivity_se": sensitivity_se,
+            "planning_seconds": self.planning_seconds,
+            "planning_cost": self.planning_cost,
             "notes": list(self.notes),
             "search": list(self.search),
             "layers": {n: c.as_dict() for n, c in self.choices.items()},
@@ -160,7 +171,7 @@ class Plan:
                    data["macs_before"], data["target"], data["met"],
                    tuple(data.get("notes", ())), tuple(data.get("search", ())),
                    data.get("assembled_ms"), data.get("original_ms"),
-                   data.get("sensitivity_se"))  # fmt: skip
+                   data.get("sensitivity_se"), data.get("planning_seconds"))  # fmt: skip
 
     @classmethod
     def from_json(cls, text: str) -> Plan:
