@@ -41,6 +41,8 @@ class Deployed:
     folded_convs: list[str] = field(default_factory=list)  # the convolutions that absorbed them
     algorithms: dict[str, str] = field(default_factory=dict)  # the choices that applied
     fused: list[str] = field(default_factory=list)  # the ReLUs fused
+    # layers that run their algorithm only from a batch size on (selection.batch_switch)
+    min_batch: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

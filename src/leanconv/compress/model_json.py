@@ -24,8 +24,8 @@ from ..errors import LeanconvError
 FORMAT = "leanconv-model/1"
 #: The file a ``torch.export`` program of the whole model is saved in, beside the weights.
 PROGRAM_FILE = "model.pt2"
-TOP_LEVEL = {"format", "base", "replaced", "algorithms", "memory_format", "fused", "extra",
-             "program"}  # fmt: skip
+TOP_LEVEL = {"format", "base", "replaced", "algorithms", "min_batch", "memory_format", "fused",
+             "extra", "program"}  # fmt: skip
 BASE_KEYS = {"zoo", "factory", "kwargs", "sha256"}
 MAX_DEPTH, MAX_CHILDREN, MAX_DIM = 8, 256, 1 << 20
 _PATH = re.compile(r"^[A-Za-z_0-9]+(\.[A-Za-z_0-9]+)*$")
@@ -277,6 +277,8 @@ def validate(description) -> dict:
     for name, algorithm in _by_layer(description, "algorithms").items():
         if algorithm not in ALGORITHMS:
             _fail(f"algorithms[{name!r}]", f"names an unknown algorithm {algorithm!r}")
+    for name, b in _by_layer(description, "min_batch").items():
+        _int(b, f"min_batch[{name!r}]", 1)
     if description.get("memory_format", "contiguous") not in FORMATS:
         _fail("memory_format", f"names an unknown memory format "
               f"{description.get('memory_format')!r}")  # fmt: skip

@@ -26,6 +26,7 @@ from ..data.bundle import DataBundle
 from ..decompose.rank import canonical_method
 from ..errors import LeanconvError, OutputExistsError
 from ..report.files import write_text_atomic
+from ..selection.batch_switch import fit_min_batch
 from . import run_record, serialize
 from .algorithms import ALGORITHMS
 from .artefacts import write_artefacts
@@ -420,6 +421,10 @@ def _measure_stage(run: _Run, before, plan, surgery, history, compressed, notes)
     # with the activations fused; `deployed.folded` (plain layers) is what is saved
     dep, metric = run.config.deployment, run.metric
     deployed = dep.deploy(compressed, plan.algorithms())
+    deployed.min_batch = fit_min_batch(deployed.model, run.example, run.config.batch_sizes,
+                                       run.config.repeats)  # fmt: skip
+    for name, b in deployed.min_batch.items():
+        run.say(f"      {name} runs its algorithm from batch {b} on (direct below: faster there)")
     if dep.fuse:
         run.say(f"      {len(deployed.fused)} ReLUs fused into the convolutions before them, "
                 "convolutions packed for oneDNN")  # fmt: skip
@@ -472,7 +477,8 @@ def _write_stage(run: _Run, result, deployed, base, out_dir: Path, force: bool, 
     extra = {"folded_batchnorm": deployed.folded_norms, "data": run.data.name,
              "input": result.data["input"]}  # fmt: skip
     serialize.save(deploy, staging / "model", base or {}, replaced, extra=extra, force=True,
-                   algorithms=deployed.algorithms, memory_format=memory_format,
+                   algorithms=deployed.algorithms, min_batch=deployed.min_batch,
+                   memory_format=memory_format,
                    fuse=run.config.deployment.fuse, example=run.example[:2])  # fmt: skip
     result.seconds = time.perf_counter() - t_start
     write_artefacts(result, deploy, staging, run.example[:2], run.say)

@@ -83,6 +83,7 @@ def save(
     extra: dict | None = None,
     force: bool = False,
     algorithms: dict[str, str] | None = None,
+    min_batch: dict[str, int] | None = None,
     memory_format: str = "contiguous",
     fuse: bool = False,
     example: torch.Tensor | None = None,
@@ -97,7 +98,9 @@ def save(
     qualified names to the modules now at those names (by default, every module of a leanconv
     factorised type is found).
     ``algorithms`` maps layer names to the fast algorithm their convolutions run by
-    (:mod:`.algorithms`); ``model`` itself holds plain convolutions there. ``memory_format``
+    (:mod:`.algorithms`); ``model`` itself holds plain convolutions there; ``min_batch`` the
+    batch size from which each of them runs it (:mod:`leanconv.selection.batch_switch`; direct
+    below). ``memory_format``
     (``"contiguous"`` or ``"channels_last"``) is the layout the model was measured fastest in;
     :func:`load` puts the weights in it again. ``fuse``: the model was deployed with its ReLUs
     fused and convolutions packed (:mod:`.fuse`); :func:`load` does it again.
@@ -118,6 +121,7 @@ def save(
         "base": _portable_base(base, path),
         "replaced": {name: describe(m) for name, m in replaced.items()},
         "algorithms": dict(algorithms or {}),
+        "min_batch": {n: int(b) for n, b in (min_batch or {}).items()},
         "memory_format": memory_format,
         "fused": bool(fuse),
         "extra": extra or {},
@@ -257,6 +261,14 @@ def _check_shapes(model: nn.Module, state: dict[str, torch.Tensor], weights: Pat
         )
 
 
+def _set_min_batch(model: nn.Module, min_batch: dict[str, int], meta_file: Path) -> None:
+    for name, b in min_batch.items():
+        layer = dict(model.named_modules()).get(name)
+        if not hasattr(layer, "min_batch"):
+            raise LeanconvError(f"{str(meta_file)!r}: min_batch[{name!r}] names no fast layer")
+        layer.min_batch = b
+
+
 def load(
     path: str | Path,
     device: str | torch.device = "cpu",
@@ -307,6 +319,7 @@ def load(
             raise LeanconvError(
                 f"{str(meta_file)!r}: an algorithm names no layer ({exc})"
             ) from None
+        _set_min_batch(model, description.get("min_batch") or {}, meta_file)
     if algorithms and description.get("fused"):
         from ..rewrite import fuse_activations
 

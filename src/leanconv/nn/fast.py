@@ -49,9 +49,18 @@ def _normal_tensors():
 
 
 class _FastConv2d(nn.Module):
-    """Parameters and argument checks shared by the fast layers (as in ``nn.Conv2d``)."""
+    """Parameters and argument checks shared by the fast layers (as in ``nn.Conv2d``).
+
+    ``min_batch``: a batched input of fewer images runs the direct convolution (on a packed
+    weight, as :class:`PackedConv2d`) instead of the layer's algorithm: the same function, where
+    a transform does not pay at small batches (measured by
+    :func:`leanconv.selection.batch_switch.fit_min_batch`). 1: always the algorithm.
+    """
 
     _where = "FastConv2d"
+    min_batch: int = 1
+    MAX_PACKS = 4  # packed weights kept, one per input shape
+    _PACKS = "_packs"  # the attribute that holds them
 
     def __init__(
         self,
@@ -142,6 +151,7 @@ class _FastConv2d(nn.Module):
         state = self.__dict__.copy()
         if "_cache" in state:
             state["_cache"] = {} if isinstance(state["_cache"], dict) else None
+        state.pop("_packs", None)
         return state
 
     def _direct(self, x: Tensor) -> Tensor:
@@ -152,6 +162,59 @@ class _FastConv2d(nn.Module):
 
         args = (self.stride, self.padding, self.dilation, self.groups)
         return self._activate(conv2d(x, self.weight, self.bias, *args, algorithm="direct"))
+
+    def _symmetric_padding(self) -> tuple[int, int] | None:
+        p = self.padding
+        if isinstance(p, int):
+            return (p, p)
+        if isinstance(p, tuple) and len(p) == 2 and all(isinstance(v, int) for v in p):
+            return p
+        return None
+
+    def packed_weight(self, shape: tuple[int, ...]) -> Tensor | None:
+        """The weight packed for inputs of ``shape`` (cached while the weight does not change);
+        ``None`` where oneDNN refuses the geometry or the call is too small to gain from it
+        (:func:`leanconv.algorithms.packed.worth_packing`)."""
+        key = self._weight_key()
+        cache = self._pack_cache()
+        hit = cache.get(shape)
+        if hit is None or hit[0] != key:
+            padding = self._symmetric_padding()
+            args = (self.stride, padding, self.dilation)
+            worth = _packed.worth_packing(tuple(self.weight.shape), *args, shape)
+            packed = _packed.pack(self.weight, *args, self.groups, shape) if worth else None
+            hit = (key, packed)
+            for stale in [s for s, v in cache.items() if v[0] != key]:
+                del cache[stale]
+            while len(cache) >= self.MAX_PACKS:
+                cache.pop(next(iter(cache)))
+            cache[shape] = hit
+        return hit[1]
+
+    def _packed_direct(self, x: Tensor) -> Tensor:
+        """The direct convolution on the weight packed for oneDNN, bias and activation fused
+        (what :class:`PackedConv2d` runs, and a fast layer below its ``min_batch``); where the
+        packed path does not apply, ``F.conv2d``."""
+        padding = self._symmetric_padding()
+        if x.is_meta or padding is None:
+            return self._direct(x)
+        if _packed.usable(x, self.weight):
+            packed = self.packed_weight(tuple(x.shape))
+            if packed is not None:
+                args = (self.stride, padding, self.dilation, self.groups, self.activation)
+                return _packed.conv2d_packed(x, packed, self.bias, *args)
+        y = F.conv2d(x, self.weight, self.bias, self.stride, padding, self.dilation, self.groups)
+        return y.relu_() if self.activation == "relu" else y
+
+    def _pack_cache(self) -> dict:
+        """The packed weights by input shape (in ``_PACKS``)."""
+        cache = self.__dict__.get(self._PACKS)
+        if cache is None:
+            cache = self.__dict__[self._PACKS] = {}
+        return cache
+
+    def _below_min_batch(self, x: Tensor) -> bool:
+        return self.min_batch > 1 and x.dim() == 4 and x.shape[0] < self.min_batch
 
     def _activate(self, y: Tensor) -> Tensor:
         """``activation`` as a separate pass (where the algorithm could not fuse it)."""
@@ -177,6 +240,8 @@ class _FastConv2d(nn.Module):
             s += ", bias=False"
         if self.activation is not None:
             s += f", activation={self.activation!r}"
+        if self.min_batch > 1:
+            s += f", min_batch={self.min_batch}"
         return s
 
 
@@ -229,6 +294,8 @@ class WinogradConv2d(_FastConv2d):
     def forward(self, x: Tensor) -> Tensor:
         if x.is_meta:
             return self._direct(x)
+        if self._below_min_batch(x):
+            return self._packed_direct(x)
         return _winograd.conv2d_transformed(
             x, self.transformed_filter(), self.bias, self.padding, self.check_finite,
             self.activation,
@@ -309,6 +376,8 @@ class FFTConv2d(_FastConv2d):
     def forward(self, x: Tensor) -> Tensor:
         if x.is_meta:
             return self._direct(x)
+        if self._below_min_batch(x):
+            return self._packed_direct(x)
         batch = x.shape[0] if x.dim() == 4 else 1
         size = self.fft_size(x.shape[-2], x.shape[-1], batch)
         return self._activate(
@@ -333,7 +402,7 @@ class PackedConv2d(_FastConv2d):
     """
 
     _where = "PackedConv2d"
-    MAX_PACKS = 4
+    _PACKS = "_cache"
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -346,40 +415,5 @@ class PackedConv2d(_FastConv2d):
         layer._copy_from(conv)
         return layer.train(conv.training)
 
-    def _symmetric_padding(self) -> tuple[int, int] | None:
-        p = self.padding
-        if isinstance(p, int):
-            return (p, p)
-        if isinstance(p, tuple) and len(p) == 2 and all(isinstance(v, int) for v in p):
-            return p
-        return None
-
-    def packed_weight(self, shape: tuple[int, ...]) -> Tensor | None:
-        """The weight packed for inputs of ``shape`` (cached while the weight does not change);
-        ``None`` where oneDNN refuses the geometry or the call is too small to gain from it
-        (:func:`leanconv.algorithms.packed.worth_packing`)."""
-        key = self._weight_key()
-        hit = self._cache.get(shape)
-        if hit is None or hit[0] != key:
-            padding = self._symmetric_padding()
-            args = (self.stride, padding, self.dilation)
-            worth = _packed.worth_packing(tuple(self.weight.shape), *args, shape)
-            packed = _packed.pack(self.weight, *args, self.groups, shape) if worth else None
-            hit = (key, packed)
-            self._cache = {s: v for s, v in self._cache.items() if v[0] == key}
-            while len(self._cache) >= self.MAX_PACKS:
-                self._cache.pop(next(iter(self._cache)))
-            self._cache[shape] = hit
-        return hit[1]
-
     def forward(self, x: Tensor) -> Tensor:
-        padding = self._symmetric_padding()
-        if x.is_meta or padding is None:
-            return self._direct(x)
-        if _packed.usable(x, self.weight):
-            packed = self.packed_weight(tuple(x.shape))
-            if packed is not None:
-                args = (self.stride, padding, self.dilation, self.groups, self.activation)
-                return _packed.conv2d_packed(x, packed, self.bias, *args)
-        y = F.conv2d(x, self.weight, self.bias, self.stride, padding, self.dilation, self.groups)
-        return y.relu_() if self.activation == "relu" else y
+        return self._packed_direct(x)

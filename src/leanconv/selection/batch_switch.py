@@ -1,0 +1,60 @@
+"""One model for every batch size: a fast algorithm only where it pays.
+
+A Winograd or FFT layer chosen for one batch size can be slower at another: its transforms cost
+per image what the direct convolution's weight reorder costs once per call, so at batch 1 a
+layer that won at batch 64 can lose (a Winograd-only plan made for batch 64 once ran 0.64x as
+fast at batch 1). :func:`fit_min_batch` times each such layer of a model, on its real inputs,
+against the direct convolution at every batch size the model is deployed for, and sets the
+layer's ``min_batch`` (:class:`leanconv.nn.fast._FastConv2d`): the smallest of those batch
+sizes from which the algorithm is at least as fast at that size and every larger one. Below it
+the layer runs the direct convolution on a weight packed for oneDNN; the function is the same
+either way (up to float32 rounding), so the switch by input shape changes speed only.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..bench.timing import compare
+from ..modules import capture_inputs
+from ..nn.fast import FFTConv2d, WinogradConv2d
+
+__all__ = ["fit_min_batch"]
+
+
+def _switchable(model: nn.Module) -> dict[str, nn.Module]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, WinogradConv2d | FFTConv2d)}
+
+
+def fit_min_batch(
+    model: nn.Module, example: torch.Tensor, batch_sizes, repeats: int = 5
+) -> dict[str, int]:
+    """Set ``min_batch`` on each Winograd or FFT layer of ``model`` (in place) from timings on
+    ``example[:b]`` for each ``b`` of ``batch_sizes`` (see the module docstring); returns the
+    layers whose ``min_batch`` is above 1, and its value. A layer slower at every size gets one
+    more than the largest (it always runs direct)."""
+    layers = _switchable(model)
+    sizes = sorted({int(b) for b in batch_sizes if 1 <= int(b) <= len(example)})
+    if not layers or not sizes:
+        return {}
+    wins: dict[str, dict[int, bool]] = {n: {} for n in layers}
+    for b in sizes:
+        for layer in layers.values():
+            layer.min_batch = 1
+        inputs = capture_inputs(model, list(layers), example[:b], strict=False)
+        for name, x in inputs.items():
+            layer = layers[name]
+            forms = {"fast": lambda m=layer, x=x: m(x),
+                     "direct": lambda m=layer, x=x: m._packed_direct(x)}  # fmt: skip
+            t = compare(forms, warmup=1, repeats=repeats)
+            wins[name][b] = t["fast"].ms <= t["direct"].ms
+    switched = {}
+    for name, layer in layers.items():
+        won = wins[name]
+        losing = [b for b in sizes if not won.get(b, True)]
+        layer.min_batch = 1 if not losing else next(
+            (b for b in sizes if b > max(losing)), sizes[-1] + 1)  # fmt: skip
+        if layer.min_batch > 1:
+            switched[name] = layer.min_batch
+    return switched

@@ -1,0 +1,66 @@
+"""One model for every batch size: a fast layer runs its algorithm only from the batch size at
+which it was measured to pay (selection.batch_switch), the same function either way."""
+
+import pytest
+import torch
+from torch import nn
+
+from leanconv.bench.timing import Timing
+from leanconv.compress.model_json import ModelFileError, validate
+from leanconv.nn import WinogradConv2d
+from leanconv.selection import batch_switch
+
+
+def _model():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 8, 3, padding=1)
+    return nn.Sequential(WinogradConv2d.from_conv(conv, tile=4), nn.ReLU(),
+                         nn.Conv2d(8, 4, 1)).eval()  # fmt: skip
+
+
+def _timings(fast_wins_from: int):
+    """A stand-in for bench.timing.compare: the algorithm wins from ``fast_wins_from`` images."""
+
+    def compare(fns, **_kwargs):
+        x_batch = fns["fast"].__defaults__[1].shape[0]
+        fast, direct = (1.0, 2.0) if x_batch >= fast_wins_from else (2.0, 1.0)
+        return {"fast": Timing(fast, fast, fast, 1), "direct": Timing(direct, direct, direct, 1)}
+
+    return compare
+
+
+@pytest.mark.parametrize("wins_from, expected", [(1, 1), (4, 4), (5, 16), (64, 17)])
+def test_min_batch_is_the_smallest_size_from_which_the_algorithm_wins(
+    monkeypatch, wins_from, expected
+):
+    monkeypatch.setattr(batch_switch, "compare", _timings(wins_from))
+    model = _model()
+    switched = batch_switch.fit_min_batch(model, torch.randn(16, 8, 6, 6), (1, 4, 16))
+    assert model[0].min_batch == expected
+    assert switched == ({} if expected == 1 else {"0": expected})
+
+
+def test_below_min_batch_the_direct_convolution_runs_the_same_function(monkeypatch):
+    model = _model()
+    layer = model[0]
+    x = torch.randn(8, 8, 6, 6)
+    with torch.no_grad():
+        by_algorithm = model(x)
+        layer.min_batch = 9
+        calls = []
+        direct = layer._packed_direct
+        monkeypatch.setattr(layer, "_packed_direct",
+                            lambda t: calls.append(t.shape[0]) or direct(t))  # fmt: skip
+        by_direct = model(x)
+        assert calls == [8]  # 8 images < min_batch 9: the direct convolution ran
+        reference = model.double()(x.double())
+    assert (by_direct.double() - reference).abs().max() < 1e-5
+    assert (by_algorithm.double() - reference).abs().max() < 1e-4
+    assert "min_batch=9" in repr(layer)
+
+
+@pytest.mark.parametrize("value", [0, -1, "8", 1.5, True])
+def test_model_json_refuses_a_bad_min_batch(value):
+    description = {"format": "leanconv-model/1", "base": {}, "min_batch": {"layer1.0": value}}
+    with pytest.raises(ModelFileError, match=r"min_batch\['layer1.0'\]"):
+        validate(description)
