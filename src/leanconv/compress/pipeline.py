@@ -55,6 +55,9 @@ from .verify import LayerOutcome, SurgeryReport, decompose_model
 #: The largest planning or measuring batch: beyond it one candidate's input alone would need
 #: gigabytes (a ResNet stem at 224x224 holds 12.8 MB of activations per image).
 MAX_BATCH = 4096
+#: From this many MACs per image (ImageNet-size models: a ResNet-50 at 224 has 4.1 G) the
+#: planner's sensitivities are local by default (CompressConfig.sensitivity="auto").
+LOCAL_SENSITIVITY_MACS = 1_000_000_000
 
 
 @dataclass
@@ -72,6 +75,9 @@ class CompressConfig:
     ratios: tuple[float, ...] = DEFAULT_RATIOS
     # each rank also aligned to this many channels, a candidate of its own (0: not aligned)
     align_ranks: int = 8
+    # "full": every rewrite's sensitivity from a whole-model pass; "local": one per method and
+    # layer, the others scaled by their output errors; "auto": local from LOCAL_SENSITIVITY_MACS
+    sensitivity: str = "auto"
     plan_batch: int = 64
     batch_sizes: tuple[int, ...] = (1, 64)
     calibration: int = 128
@@ -118,6 +124,8 @@ class CompressConfig:
                 f"--algorithms: unknown {', '.join(unknown)}; choose from {', '.join(ALGORITHMS)}"
                 " or none"
             )
+        if self.sensitivity not in ("auto", "full", "local"):
+            raise ValueError(f"sensitivity={self.sensitivity!r}: 'auto', 'full' or 'local'")
         if not self.methods and not self.algorithms:
             raise ValueError("--methods and --algorithms are both empty: nothing to plan")
 
@@ -226,6 +234,12 @@ def _staging(out_dir: Path, resume: bool, record: dict) -> Path:
     return staging
 
 
+def _local_sensitivity(config: CompressConfig, macs_before: int) -> bool:
+    if config.sensitivity == "auto":
+        return macs_before >= LOCAL_SENSITIVITY_MACS
+    return config.sensitivity == "local"
+
+
 def _make_plan(original, data, config, metric, calibration, macs_before, say,
                staging: Path | None = None) -> Plan:  # fmt: skip
     """Candidates measured on this machine (each layer's kept in ``staging`` as it is finished,
@@ -244,6 +258,7 @@ def _make_plan(original, data, config, metric, calibration, macs_before, say,
     candidates, fixed, total = build_candidates(
         original, calibration, methods=config.methods, ratios=config.ratios,
         batch=config.plan_batch, align=config.align_ranks,
+        local=_local_sensitivity(config, macs_before),
         repeats=max(3, config.repeats // 2),
         algorithms=config.algorithms, deployment=config.deployment, log=say,
         logits=metric.logits,

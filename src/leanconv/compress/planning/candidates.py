@@ -56,6 +56,7 @@ def build_candidates(
     ratios: tuple[float, ...] = DEFAULT_RATIOS,
     batch: int = 64,
     align: int = 0,
+    local: bool = False,
     repeats: int = 5,
     use_cache: bool = True,
     algorithms: tuple[str, ...] = tuple(ALGORITHMS),
@@ -78,7 +79,9 @@ def build_candidates(
 
     ``algorithms``: the fast algorithms to try on every candidate that has an eligible 3x3
     convolution (``()``: decompositions only). ``align``: each rank also aligned to that many
-    channels (:func:`aligned`; 0: the ratios' ranks only).
+    channels (:func:`aligned`; 0: the ratios' ranks only). ``local``: one whole-model
+    divergence per method and layer, the other rewrites' sensitivities scaled from their output
+    errors (:func:`.sensitivity.measured_candidates`; for large models).
 
     The fixed latency (everything no candidate changes) is measured on the model in its deployment
     form (batch norms folded, ReLUs fused); the total is the model as given, so the predicted
@@ -114,11 +117,9 @@ def build_candidates(
         timings = latencies(layer, modules, xb, (*xb.shape, *form), cache, use_cache, repeats,
                             deployment)  # fmt: skip
         originals[name] = lambda m=deployment.layer(layer), xb=xb: m(xb)
-        cands = monotone_sensitivity(
-            measured_candidates(
-                model, name, layer, x, modules, errors, timings, calibration, reference, logits
-            )
-        )
+        measured = measured_candidates(model, name, layer, x, modules, errors, timings,
+                                       calibration, reference, logits, local)  # fmt: skip
+        cands = monotone_sensitivity(measured)
         out[name] = cands
         if on_layer is not None:
             on_layer(name, cands)

@@ -73,33 +73,70 @@ def monotone_sensitivity(cands: list[Candidate]) -> list[Candidate]:
     ]  # fmt: skip
 
 
+def _whole_model(model, name, module, calibration, reference, logits) -> tuple:
+    """The divergence of the whole model with only layer ``name`` replaced by ``module``."""
+    trial = replace_modules(model, {name: module}, inplace=False)
+    with torch.no_grad():
+        return _estimate(outputs.divergence(trial(calibration), reference, logits))
+
+
+def _scaled(anchor: tuple, factor: float) -> tuple:
+    mean, se, samples = anchor
+    return mean * factor, se * factor, tuple(v * factor for v in samples or ())
+
+
+def _local(layer_errors: dict[tuple, float], measure) -> dict[tuple, tuple]:
+    """Sensitivities of a layer's direct rewrites from their own output errors: per method, the
+    whole-model divergence is measured for one anchor (the rewrite of median output error) and
+    the others are scaled by ``(error / anchor's error)^2``, the second-order behaviour of a
+    divergence in a small perturbation of one layer's output."""
+    out: dict[tuple, tuple] = {}
+    by_method: dict[str, list[tuple]] = {}
+    for key in layer_errors:
+        by_method.setdefault(key[0], []).append(key)
+    for keys in by_method.values():
+        ordered = sorted(keys, key=layer_errors.get)
+        anchor = ordered[len(ordered) // 2]
+        measured = measure(anchor)
+        out[anchor] = measured
+        base = layer_errors[anchor]
+        for key in keys:
+            if key != anchor:
+                ratio = (layer_errors[key] / base) ** 2 if base > 0 else 1.0
+                out[key] = _scaled(measured, ratio)
+    return out
+
+
 def measured_candidates(model, name, layer, x, modules, errors, timings, calibration, reference,
-                        logits) -> list[Candidate]:  # fmt: skip
+                        logits, local: bool = False) -> list[Candidate]:  # fmt: skip
     """The :class:`Candidate` of each module of layer ``name``: its sensitivity (the whole
-    model's divergence on the calibration inputs with only this layer rewritten), output error,
-    MACs and latency (``timings``)."""
+    model's divergence on the calibration inputs with only this layer rewritten; with ``local``,
+    measured for one rewrite per method and the others' scaled by their output errors,
+    :func:`_local`), output error, MACs and latency (``timings``)."""
+    keep = ("keep", None, "direct")
+    out_err = {k: 0.0 if k == keep else output_error(layer, m, x, name=name)
+               for k, m in modules.items()}  # fmt: skip
+    direct = [k for k in modules if k != keep and k[2] == "direct"]
+
+    def measure(key):
+        return _whole_model(model, name, modules[key], calibration, reference, logits)
+
+    if local:
+        sensitivity = _local({k: out_err[k] for k in direct}, measure)
+    else:
+        sensitivity = {k: measure(k) for k in direct}
+    sensitivity[keep] = (0.0, 0.0, None)
     cands = []
-    sensitivity: dict[tuple, tuple] = {}
-    for key, mod in modules.items():
+    for key in modules:
         method, rank, algorithm = key
-        if key == ("keep", None, "direct"):
-            sens, out_err = (0.0, 0.0, None), 0.0
-        else:
-            if algorithm == "direct":
-                trial = replace_modules(model, {name: mod}, inplace=False)
-                with torch.no_grad():
-                    sens = _estimate(outputs.divergence(trial(calibration), reference, logits))
-            else:
-                # an exact algorithm: the sensitivity of the rewrite it computes (its float32
-                # rounding, ~1e-5 of the output, shows in the output error), so that among
-                # equally accurate candidates the allocation takes the fastest
-                sens = sensitivity[(method, rank, "direct")]
-            out_err = output_error(layer, mod, x, name=name)
-        sensitivity[key] = sens
+        # an exact algorithm: the sensitivity of the rewrite it computes (its float32 rounding,
+        # ~1e-5 of the output, shows in the output error), so that among equally accurate
+        # candidates the allocation takes the fastest
+        sens = sensitivity[(method, rank, "direct")]
         # MACs and params per image, as the model totals; a fast algorithm keeps the
         # conventional count of the convolution it computes
         c = count(modules[(method, rank, "direct")], x[:1])
         cands.append(Candidate(name, method, rank, c.total.macs, c.total.params, timings[key],
-                               sens[0], errors[key], out_err, algorithm, sensitivity_se=sens[1],
-                               kl_samples=sens[2]))  # fmt: skip
+                               sens[0], errors[key], out_err[key], algorithm,
+                               sensitivity_se=sens[1], kl_samples=sens[2]))  # fmt: skip
     return cands

@@ -1,0 +1,61 @@
+"""Local sensitivities (large models): one whole-model divergence per method and layer, the
+other rewrites scaled by the square of their output error relative to it."""
+
+import pytest
+import torch
+from torch import nn
+
+from leanconv.compress.pipeline import CompressConfig
+from leanconv.compress.planning.sensitivity import _local, measured_candidates
+from leanconv.compress.replace import decompose_layer
+
+
+def test_local_measures_one_anchor_per_method_and_scales_the_rest():
+    errors = {("svd", 4, "direct"): 0.4, ("svd", 8, "direct"): 0.2, ("svd", 16, "direct"): 0.1,
+              ("tucker2", (4, 4), "direct"): 0.3}  # fmt: skip
+    measured = []
+
+    def measure(key):
+        measured.append(key)
+        return (0.02, 0.004, (0.01, 0.03))
+
+    out = _local(errors, measure)
+    assert measured == [("svd", 8, "direct"), ("tucker2", (4, 4), "direct")]  # the medians
+    assert out[("svd", 8, "direct")] == (0.02, 0.004, (0.01, 0.03))
+    mean, se, samples = out[("svd", 4, "direct")]  # twice the error: four times the divergence
+    assert mean == pytest.approx(0.08) and se == pytest.approx(0.016)
+    assert samples == pytest.approx((0.04, 0.12))
+    assert out[("svd", 16, "direct")][0] == pytest.approx(0.005)
+
+
+def test_local_candidates_agree_with_whole_model_at_the_anchor():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1),
+                          nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(16, 5)).eval()  # fmt: skip
+    calibration = torch.randn(16, 3, 8, 8)
+    layer = model[2]
+    with torch.no_grad():
+        x = model[1](model[0](calibration))
+        reference = torch.log_softmax(model(calibration).double(), 1)
+    modules = {("keep", None, "direct"): layer}
+    for r in (2, 4, 8):
+        modules[("spatial_svd", r, "direct")] = decompose_layer(layer, "spatial_svd", r).module
+    errors = dict.fromkeys(modules, 0.0)
+    timings = dict.fromkeys(modules, 1.0)
+    args = (model, "2", layer, x, modules, errors, timings, calibration, reference, True)
+    full = {c.key: c for c in measured_candidates(*args)}
+    local = {c.key: c for c in measured_candidates(*args, local=True)}
+    anchor = ("spatial_svd", 4, "direct")  # the median output error of the three
+    assert local[anchor].sensitivity == pytest.approx(full[anchor].sensitivity)
+    assert local[("keep", None, "direct")].sensitivity == 0.0
+    # output errors fall with rank, so do the scaled sensitivities, as the measured ones do
+    ranks = (2, 4, 8)
+    for got in (local, full):
+        values = [got[("spatial_svd", r, "direct")].sensitivity for r in ranks]
+        assert values == sorted(values, reverse=True)
+
+
+def test_config_refuses_an_unknown_sensitivity_mode():
+    with pytest.raises(ValueError, match="sensitivity='global'"):
+        CompressConfig(sensitivity="global")
