@@ -48,7 +48,9 @@ def _model(name: str):
         spec = importlib.util.spec_from_file_location("bench_byo", ROOT / "bench_byo.py")
         byo = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(byo)
-        return byo.build(num_classes=5), 64, 5
+        namespace: dict = {}
+        exec(compile(byo.NET_PY, "net.py", "exec"), namespace)  # the user's file, as written
+        return namespace["build"](num_classes=5), 64, 5
     return zoo.create(name), 224, 1000
 
 
