@@ -69,7 +69,7 @@ def _export_program(model: nn.Module, example: torch.Tensor, path: Path) -> str 
             program = torch.export.export(model, (example,))
         except Exception:
             return None
-    tmp = path / f".{PROGRAM_FILE}.tmp"
+    tmp = path / f".partial.{PROGRAM_FILE}"  # ends in .pt2, as torch.export expects
     torch.export.save(program, str(tmp))
     os.replace(tmp, path / PROGRAM_FILE)
     return PROGRAM_FILE
