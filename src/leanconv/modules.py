@@ -25,12 +25,20 @@ __all__ = [
     "capture_inputs",
     "conv_layers",
     "get_layer",
+    "input_at_batch",
     "replace_modules",
 ]
 
 
 #: The memory layouts a model may run in, by the name reports and saved models use.
 FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
+
+
+def input_at_batch(x: torch.Tensor, batch: int) -> torch.Tensor:
+    """Images (or a captured activation) repeated or cut to ``batch`` along the first
+    dimension."""
+    reps = -(-batch // x.shape[0])
+    return x.repeat(reps, *([1] * (x.dim() - 1)))[:batch].contiguous()
 
 
 class LayerNotFoundError(LeanconvError, KeyError):

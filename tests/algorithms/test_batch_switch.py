@@ -64,3 +64,24 @@ def test_model_json_refuses_a_bad_min_batch(value):
     description = {"format": "leanconv-model/1", "base": {}, "min_batch": {"layer1.0": value}}
     with pytest.raises(ModelFileError, match=r"min_batch\['layer1.0'\]"):
         validate(description)
+
+
+def test_every_deployed_batch_size_is_timed_even_beyond_the_example(monkeypatch):
+    timed = []
+
+    def compare(fns, **kwargs):
+        timed.append(fns["fast"].__defaults__[1].shape[0])
+        return {"fast": Timing(2.0, 2.0, 2.0, 1), "direct": Timing(1.0, 1.0, 1.0, 1)}
+
+    monkeypatch.setattr(batch_switch, "compare", compare)
+    model = _model()
+    # four images, deployed at 1 and 64: both sizes timed (the images repeated to 64)
+    switched = batch_switch.fit_min_batch(model, torch.randn(4, 8, 6, 6), (1, 64))
+    assert timed == [1, 64] and switched == {"0": 65}
+
+
+def test_an_unbatched_example_is_refused():
+    from leanconv.errors import InvalidSpecError
+
+    with pytest.raises(InvalidSpecError, match=r"not a batch \(N, C, H, W\)"):
+        batch_switch.fit_min_batch(_model(), torch.randn(8, 6, 6), (1, 8))

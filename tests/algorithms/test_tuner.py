@@ -108,3 +108,33 @@ def test_accelerate_deploys_folded_fused_and_exact(tmp_path, monkeypatch):
     assert report.max_error == pytest.approx(float((out - ref).abs().max() / ref.abs().max()),
                                              rel=1e-3, abs=1e-9)  # fmt: skip
     assert out.dtype == x.dtype and out.shape == ref.shape
+
+
+def test_the_timing_cache_tells_layouts_and_bias_apart():
+    from leanconv.selection.tuner import _key
+
+    conv = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+    x = torch.randn(2, 8, 6, 6)
+    nchw, cl = _key(conv, x, "c"), _key(conv, x.contiguous(memory_format=torch.channels_last), "c")
+    assert nchw != cl
+    assert _key(nn.Conv2d(8, 8, 3, padding=1), x, "c") != nchw  # a folded norm adds a bias
+
+
+def test_a_reverted_model_is_reported_as_returned(tmp_path, monkeypatch):
+    from leanconv.bench.timing import Timing
+    from leanconv.selection import tuner
+
+    monkeypatch.setenv("LEANCONV_CACHE_DIR", str(tmp_path))
+    real = tuner.compare
+
+    def slower_end_to_end(fns, **kwargs):
+        if set(fns) == {"native", "fast"} and "fast" in fns and len(fns) == 2:
+            return {"native": Timing(1.0, 1.0, 1.0, 1), "fast": Timing(2.0, 2.0, 2.0, 1)}
+        return real(fns, **kwargs)
+
+    monkeypatch.setattr(tuner, "compare", slower_end_to_end)
+    model = _conv_bn_relu_model()
+    fast, report = leanconv.accelerate(model, torch.randn(2, 3, 12, 12), repeats=1)
+    assert report.reverted and fast is not model
+    assert any(isinstance(m, nn.BatchNorm2d) for m in fast.modules())  # the original returned
+    assert (report.memory_format, report.folded, report.fused) == ("contiguous", [], [])

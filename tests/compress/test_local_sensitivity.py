@@ -59,3 +59,23 @@ def test_local_candidates_agree_with_whole_model_at_the_anchor():
 def test_config_refuses_an_unknown_sensitivity_mode():
     with pytest.raises(ValueError, match="sensitivity='global'"):
         CompressConfig(sensitivity="global")
+
+
+def test_exact_or_broken_rewrites_are_measured_not_scaled():
+    errors = {("tucker2", (8, 8), "direct"): 2e-7, ("tucker2", (2, 2), "direct"): 0.5,
+              ("tucker2", (4, 4), "direct"): 0.25, ("cp", 4, "direct"): float("nan")}  # fmt: skip
+    measured = []
+
+    def measure(key):
+        measured.append(key)
+        return (0.1 if key[1] == (2, 2) else 0.001, 0.0, (0.0,))
+
+    out = _local(errors, measure)
+    # the full-rank rewrite (float rounding only) and the NaN one are measured on their own;
+    # the two lossy ones share one anchor
+    assert ("tucker2", (8, 8), "direct") in measured and ("cp", 4, "direct") in measured
+    assert len(measured) == 3 and out[("tucker2", (8, 8), "direct")][0] == 0.001
+    anchor = next(k for k in measured if k[1] in ((2, 2), (4, 4)))
+    other = ({("tucker2", (2, 2), "direct"), ("tucker2", (4, 4), "direct")} - {anchor}).pop()
+    expected = out[anchor][0] * (errors[other] / errors[anchor]) ** 2
+    assert out[other][0] == pytest.approx(expected)

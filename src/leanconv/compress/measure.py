@@ -9,7 +9,6 @@ of the faster format, so a speedup never comes from a layout the original could 
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -17,7 +16,7 @@ from torch import nn
 
 from ..bench.timing import compare
 from ..cost import count
-from ..modules import FORMATS
+from ..modules import FORMATS, input_at_batch
 from .evaluate import ACCURACY, Metric
 
 
@@ -66,12 +65,6 @@ def static_figures(model: nn.Module, data, example: torch.Tensor,
     report = count(model, example[:1])
     return ModelFigures(metric(model, data), report.total.params, report.total.macs,
                         metric_name=metric.name)  # fmt: skip
-
-
-def input_at_batch(x: torch.Tensor, batch: int) -> torch.Tensor:
-    """Images (or a captured activation) repeated or cut to the deployment batch size."""
-    reps = math.ceil(batch / x.shape[0])
-    return x.repeat(reps, *([1] * (x.dim() - 1)))[:batch].contiguous()
 
 
 def measure_latency(

@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from ..bench.timing import compare
-from ..modules import capture_inputs
+from ..errors import InvalidSpecError
+from ..modules import capture_inputs, input_at_batch
 from ..nn.fast import FFTConv2d, WinogradConv2d
 
 __all__ = ["fit_min_batch"]
@@ -31,23 +32,27 @@ def fit_min_batch(
     model: nn.Module, example: torch.Tensor, batch_sizes, repeats: int = 5
 ) -> dict[str, int]:
     """Set ``min_batch`` on each Winograd or FFT layer of ``model`` (in place) from timings on
-    ``example[:b]`` for each ``b`` of ``batch_sizes`` (see the module docstring); returns the
-    layers whose ``min_batch`` is above 1, and its value. A layer slower at every size gets one
-    more than the largest (it always runs direct)."""
+    ``example`` (a batch of inputs, repeated or cut to each ``b`` of ``batch_sizes``; see the
+    module docstring); returns the layers whose ``min_batch`` is above 1, and its value. A layer
+    slower at every size gets one more than the largest (it always runs direct)."""
+    if example.dim() != 4:
+        raise InvalidSpecError(
+            f"fit_min_batch: example of shape {tuple(example.shape)} is not a batch (N, C, H, W)"
+        )
     layers = _switchable(model)
-    sizes = sorted({int(b) for b in batch_sizes if 1 <= int(b) <= len(example)})
+    sizes = sorted({int(b) for b in batch_sizes if int(b) >= 1})
     if not layers or not sizes:
         return {}
     wins: dict[str, dict[int, bool]] = {n: {} for n in layers}
     for b in sizes:
         for layer in layers.values():
             layer.min_batch = 1
-        inputs = capture_inputs(model, list(layers), example[:b], strict=False)
+        inputs = capture_inputs(model, list(layers), input_at_batch(example, b), strict=False)
         for name, x in inputs.items():
             layer = layers[name]
             forms = {"fast": lambda m=layer, x=x: m(x),
                      "direct": lambda m=layer, x=x: m._packed_direct(x)}  # fmt: skip
-            t = compare(forms, warmup=1, repeats=repeats)
+            t = compare(forms, warmup=1, repeats=repeats, device=x.device)
             wins[name][b] = t["fast"].ms <= t["direct"].ms
     switched = {}
     for name, layer in layers.items():

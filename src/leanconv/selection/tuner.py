@@ -123,6 +123,8 @@ def _key(conv: nn.Conv2d, x: torch.Tensor, name: str) -> str:
                 conv.padding,
                 conv.dilation,
                 conv.groups,
+                conv.bias is not None,
+                "channels_last" if x.is_contiguous(memory_format=torch.channels_last) else "nchw",
                 x.dtype,
                 torch.get_num_threads(),
                 x.device.type,
@@ -219,6 +221,8 @@ def _slower_end_to_end(
     if report.accelerated_ms <= report.native_ms:
         return False
     report.reverted = True
+    # the model returned is the original as given: nothing folded, fused or moved
+    report.memory_format, report.folded, report.fused, report.max_error = "contiguous", [], [], 0.0
     report.notes.append(
         f"end to end {report.accelerated_ms:.2f} ms > native {report.native_ms:.2f} ms: "
         "kept the native layers"

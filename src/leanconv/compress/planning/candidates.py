@@ -30,11 +30,11 @@ from ...cost import count
 from ...decompose import methods as registry
 from ...decompose.rank import budget_rank, canonical_method
 from ...errors import LeanconvError
+from ...modules import FORMATS, input_at_batch
 from ...spec import ConvSpec
 from .. import outputs
 from ..algorithms import ALGORITHMS, with_algorithm
 from ..deploy import Deployment
-from ..measure import FORMATS, input_at_batch
 from ..replace import decompose_layer
 from ..surgery import conv_layers
 from ..verify import capture_inputs

@@ -48,8 +48,9 @@ import torch
 from torch import nn
 
 from ...bench.timing import compare
+from ...modules import input_at_batch
 from ..deploy import Deployment
-from ..measure import in_format, input_at_batch
+from ..measure import in_format
 from ..verify import decompose_model
 from . import capacity
 from .allocate import allocate

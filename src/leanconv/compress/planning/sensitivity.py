@@ -21,6 +21,7 @@ latency).
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 
@@ -30,7 +31,10 @@ from .. import outputs
 from ..surgery import replace_modules
 from .plan import Candidate
 
-__all__ = ["kl_per_image", "measured_candidates", "monotone_sensitivity"]
+__all__ = ["LOCAL_ERROR_FLOOR", "kl_per_image", "measured_candidates", "monotone_sensitivity"]
+
+#: Output errors at or below this (relative) are float rounding, not a ratio to scale by.
+LOCAL_ERROR_FLOOR = 1e-6
 
 
 def kl_per_image(logits: torch.Tensor, reference_log_probs: torch.Tensor) -> torch.Tensor:
@@ -89,21 +93,23 @@ def _local(layer_errors: dict[tuple, float], measure) -> dict[tuple, tuple]:
     """Sensitivities of a layer's direct rewrites from their own output errors: per method, the
     whole-model divergence is measured for one anchor (the rewrite of median output error) and
     the others are scaled by ``(error / anchor's error)^2``, the second-order behaviour of a
-    divergence in a small perturbation of one layer's output."""
+    divergence in a small perturbation of one layer's output. A rewrite whose output error is
+    not finite or at most :data:`LOCAL_ERROR_FLOOR` (a full-rank one) is measured itself."""
     out: dict[tuple, tuple] = {}
     by_method: dict[str, list[tuple]] = {}
-    for key in layer_errors:
-        by_method.setdefault(key[0], []).append(key)
+    for key, error in layer_errors.items():
+        if math.isfinite(error) and error > LOCAL_ERROR_FLOOR:
+            by_method.setdefault(key[0], []).append(key)
+        else:  # (nearly) exact or not finite: no ratio to scale by, measured on its own
+            out[key] = measure(key)
     for keys in by_method.values():
         ordered = sorted(keys, key=layer_errors.get)
         anchor = ordered[len(ordered) // 2]
         measured = measure(anchor)
-        out[anchor] = measured
         base = layer_errors[anchor]
         for key in keys:
-            if key != anchor:
-                ratio = (layer_errors[key] / base) ** 2 if base > 0 else 1.0
-                out[key] = _scaled(measured, ratio)
+            ratio = (layer_errors[key] / base) ** 2
+            out[key] = measured if key == anchor else _scaled(measured, ratio)
     return out
 
 
