@@ -43,6 +43,7 @@ from leanconv.errors import LeanconvError
 from leanconv.loading import load_model
 
 from .compress.test_finetune import tiny_data
+from .compress.test_pipeline import FACTORY as GRAY_FACTORY  # the 1-channel model
 
 # ---------------------------------------------------------------------- helpers
 RUN_SUFFIXES = ("", ".partial", ".lock")
@@ -123,18 +124,6 @@ def stop_at(marker: str, said: list[str] | None = None):
 
 
 # ---------------------------------------------------------------------- tiny model and data
-#: A 1-channel model for the in-process pipeline (tests/compress/test_finetune.py's tiny_data).
-GRAY_FACTORY = """
-import torch.nn as nn
-
-def make(num_classes=3):
-    return nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
-        nn.Conv2d(16, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
-        nn.Conv2d(32, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, num_classes),
-    )
-"""
 #: An RGB model for the command line on a PNG folder.
 RGB_FACTORY = """
 import torch.nn as nn

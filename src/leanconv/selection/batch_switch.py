@@ -44,9 +44,9 @@ def fit_min_batch(
     if not layers or not sizes:
         return {}
     wins: dict[str, dict[int, bool]] = {n: {} for n in layers}
+    for layer in layers.values():
+        layer.min_batch = 1  # the algorithm itself is timed, at every size
     for b in sizes:
-        for layer in layers.values():
-            layer.min_batch = 1
         inputs = capture_inputs(model, list(layers), input_at_batch(example, b), strict=False)
         for name, x in inputs.items():
             layer = layers[name]

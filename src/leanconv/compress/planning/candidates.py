@@ -153,7 +153,7 @@ def aligned(rank, multiple: int):
     return tuple(snap(r) for r in rank) if isinstance(rank, tuple) else snap(rank)
 
 
-def _ranks(layer, name, x, method, ratios, align: int) -> list:
+def _ranks(spec: ConvSpec, method, ratios, align: int) -> list:
     """The ranks of ``method`` for the MACs ratios, each once, and each again aligned to
     ``align`` channels (the rank a ratio gives is rarely a multiple of 8: 22, 34, 57) where the
     method's rank counts channels."""
@@ -162,7 +162,6 @@ def _ranks(layer, name, x, method, ratios, align: int) -> list:
     out = []
     for ratio in ratios:
         try:
-            spec = ConvSpec.from_module(layer, tuple(x.shape), name)
             rank = budget_rank(spec, method, ratio)
         except (LeanconvError, ValueError):
             continue
@@ -180,8 +179,12 @@ def rewrites(layer, name, x, methods, ratios, fmt, align: int = 0) -> tuple[dict
     keep = ("keep", None, "direct")
     modules: dict[tuple, nn.Module] = {keep: layer}
     errors: dict[tuple, float] = {keep: 0.0}
+    try:
+        spec = ConvSpec.from_module(layer, tuple(x.shape), name)
+    except (LeanconvError, ValueError):
+        return modules, errors  # not a convolution the methods take: kept as it is
     for method in methods:
-        for rank in _ranks(layer, name, x, method, ratios, align):
+        for rank in _ranks(spec, method, ratios, align):
             try:
                 d = decompose_layer(layer, method, rank, name=name, input_size=tuple(x.shape[2:]))
             except (LeanconvError, ValueError):
