@@ -175,9 +175,123 @@ def test_input_check_rides_on_the_transform(monkeypatch):
         winograd.conv2d(huge, w, None, 1, 1, tile=4)
 
 
-def test_fused_epilogue_keeps_nan_when_unchecked():
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_fused_epilogue_keeps_nan_when_unchecked(layout):  # both compiled paths
     x, w = torch.randn(1, 8, 8, 8), torch.randn(8, 8, 3, 3)
     x[0, 0, 0, 0] = float("nan")
+    x = x.contiguous(memory_format=layout)
     filt = winograd.transform_filter(w, 4)
     y = winograd.conv2d_transformed(x, filt, None, 1, check_finite_input=False, activation="relu")
     assert y[0, :, :2, :2].isnan().any()  # ReLU does not turn NaN into 0, as torch.relu
+
+
+# --- the one-pass kernel (kernels/winograd_fused.c): channels-last input and output, one group
+
+
+@st.composite
+def one_pass_problems(draw):
+    kernel = (draw(st.integers(1, 5)), draw(st.integers(1, 5)))
+    return {
+        "batch": draw(st.integers(1, 3)),
+        "c": draw(st.sampled_from([1, 3, 16, 19, 40])),  # whole and partial vectors
+        "k": draw(st.sampled_from([1, 8, 16, 33, 70])),  # 70: a partial register block too
+        "kernel": kernel,
+        "padding": tuple(draw(st.integers(0, 2)) for _ in range(4)),
+        "size": (draw(st.integers(kernel[0], 23)), draw(st.integers(kernel[1], 23))),
+        "tile": (draw(st.integers(1, 6)), draw(st.integers(1, 6))),
+        "bias": draw(st.booleans()),
+        "relu": draw(st.booleans()),
+        "seed": draw(st.integers(0, 2**16)),
+    }
+
+
+def _counting(monkeypatch, name):
+    calls = []
+    original = getattr(native, name)
+    monkeypatch.setattr(native, name, lambda *a, **k: calls.append(1) or original(*a, **k))
+    return calls
+
+
+@settings(max_examples=80, deadline=None)
+@given(p=one_pass_problems())
+def test_one_pass_kernel_matches_conv2d(p):
+    gen = torch.Generator().manual_seed(p["seed"])
+    x = torch.randn(p["batch"], p["c"], *p["size"], generator=gen)
+    x = x.contiguous(memory_format=torch.channels_last)
+    w = torch.randn(p["k"], p["c"], *p["kernel"], generator=gen)
+    b = torch.randn(p["k"], generator=gen) if p["bias"] else None
+    ref = F.conv2d(F.pad(x.double(), p["padding"]), w.double(), None if b is None else b.double())
+    if p["relu"]:
+        ref = ref.relu()
+    if any(m + r - 1 > winograd.MAX_ALPHA for m, r in zip(p["tile"], p["kernel"], strict=True)):
+        return
+    with pytest.MonkeyPatch.context() as patch:
+        calls = _counting(patch, "fused")
+        filt = winograd.transform_filter(w, p["tile"])
+        y = winograd.conv2d_transformed(
+            x, filt, b, p["padding"], activation="relu" if p["relu"] else None
+        )
+    if not x.is_contiguous():  # with one channel (or pixel) it is channels-first too
+        assert calls == [1] and y.is_contiguous(memory_format=torch.channels_last)
+    assert (y.double() - ref).abs().max() <= 1e-4 * ref.abs().max()  # all zero after ReLU too
+
+
+def test_one_pass_kernel_only_where_it_applies(monkeypatch):
+    x, w = torch.randn(2, 16, 14, 14), torch.randn(16, 16, 3, 3)
+    fused = _counting(monkeypatch, "fused")
+    staged = _counting(monkeypatch, "input_transform")
+    winograd.conv2d(x, w, None, 1, 1, tile=4)  # channels first: three stages
+    winograd.conv2d(x.contiguous(memory_format=torch.channels_last), w, None, 1, 1, tile=4)
+    assert (len(fused), len(staged)) == (1, 1)
+    wg = torch.randn(16, 8, 3, 3)  # two groups: three stages
+    winograd.conv2d(x.contiguous(memory_format=torch.channels_last), wg, None, 1, 1, groups=2, tile=4)
+    assert (len(fused), len(staged)) == (1, 2)
+    monkeypatch.setattr(winograd, "ONE_PASS_MAX_FILTER_BYTES", 1000)  # too large a filter
+    y = winograd.conv2d(x.contiguous(memory_format=torch.channels_last), w, None, 1, 1, tile=4)
+    assert (len(fused), len(staged)) == (1, 3)
+    assert _relative_error(y, F.conv2d(x.double(), w.double(), padding=1)) < 1e-5
+
+
+def test_one_pass_kernel_finds_non_finite_input():
+    x = torch.randn(2, 20, 13, 13).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(24, 20, 3, 3)
+    for value in (float("nan"), float("inf"), -float("inf")):
+        bad = x.clone()
+        bad[1, 19, 12, 12] = value  # last channel (a partial vector), last tile
+        with pytest.raises(InvalidSpecError, match="input holds NaN or infinity"):
+            winograd.conv2d(bad, w, None, 1, 1, tile=4)
+    huge = torch.full((1, 20, 6, 6), 3e38).contiguous(memory_format=torch.channels_last)
+    with pytest.raises(InvalidSpecError, match="overflow"):
+        winograd.conv2d(huge, w, None, 1, 1, tile=4)
+
+
+@pytest.mark.parametrize(
+    ("tiles", "per_tile", "threads"), [(1, 1, 2), (196, 18 << 10, 2), (1568, 18 << 10, 2),
+                                       (16, 144 << 10, 2), (10_000, 1, 3), (7, 1 << 20, 4)]
+)  # fmt: skip
+def test_tiles_per_block(tiles, per_tile, threads):
+    block = winograd._tiles_per_block(tiles, per_tile, threads)
+    assert block % 6 == 0 and block >= 6
+    blocks = -(-tiles // block)
+    # within the buffer budget unless one register block is already over it
+    assert block * per_tile <= max(winograd.ONE_PASS_BLOCK_BYTES, 6 * per_tile)
+    # blocks come in whole rounds of the threads where there are enough tiles for it
+    if tiles >= 6 * threads and block > 6:
+        assert blocks % threads == 0 or blocks > 4 * threads
+
+
+def test_one_pass_kernel_refuses_wrong_buffers():
+    x = torch.randn(1, 4, 6, 6).contiguous(memory_format=torch.channels_last)
+    out = torch.empty(1, 4, 6, 6).contiguous(memory_format=torch.channels_last)
+    at, _, bt = winograd._matrices(2, 3, torch.float32, "cpu")
+    mats = (bt, bt, at.contiguous(), at.contiguous())
+    vw = native.vector_width()
+    good = torch.zeros(16, vw, vw)
+    with pytest.raises(ValueError, match="innermost"):
+        native.fused(x.contiguous(), good, out, (1, 1), (2, 2), 6, mats)
+    with pytest.raises(ValueError, match="wrong packing"):
+        native.fused(x, torch.zeros(16, vw + 1, vw), out, (1, 1), (2, 2), 6, mats)
+    with pytest.raises(ValueError, match="wrong packing"):
+        native.fused(x, good, out, (1, 1), (2, 2), 5, mats)
+    with pytest.raises(ValueError, match="wrong filter size"):
+        native.fused(x, torch.zeros(9, vw, vw), out, (1, 1), (2, 2), 6, mats)

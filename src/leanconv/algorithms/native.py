@@ -1,6 +1,7 @@
-"""The compiled Winograd tile transforms (``kernels/winograd_transforms.c``), built on first use.
+"""The compiled Winograd kernels (``kernels/winograd_transforms.c``, the tile transforms of the
+three-stage path, and ``kernels/winograd_fused.c``, the one-pass path), built on first use.
 
-The C source is compiled once per machine with the system C compiler (``$CC``, else ``cc`` or
+The C sources are compiled once per machine with the system C compiler (``$CC``, else ``cc`` or
 ``gcc``; ``-O3 -march=native -fopenmp``) into the leanconv cache directory and loaded with
 :mod:`ctypes`. The library's name carries a hash of the source, the flags and the CPU, so a cache
 shared between machines never loads code built for another processor; it is written under a
@@ -28,10 +29,21 @@ import torch
 
 from .. import cache
 
-SOURCE = Path(__file__).with_name("kernels") / "winograd_transforms.c"
+SOURCES = tuple(
+    Path(__file__).with_name("kernels") / name
+    for name in ("winograd_transforms.c", "winograd_fused.c")
+)
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c99")
 
-__all__ = ["available", "input_transform", "library", "output_transform", "status"]
+__all__ = [
+    "available",
+    "fused",
+    "input_transform",
+    "library",
+    "output_transform",
+    "status",
+    "vector_width",
+]
 
 _reason = "not built yet"
 
@@ -63,7 +75,7 @@ def library() -> ctypes.CDLL | None:
     if compiler is None:
         _reason = "no C compiler found (set CC)"
         return None
-    source = SOURCE.read_bytes()
+    source = b"".join(path.read_bytes() for path in SOURCES)
     key = hashlib.sha256(
         source + " ".join(FLAGS).encode() + _cpu_signature().encode() + compiler.encode()
     ).hexdigest()[:16]
@@ -76,7 +88,7 @@ def library() -> ctypes.CDLL | None:
             os.close(fd)
             try:
                 subprocess.run(
-                    [compiler, *FLAGS, str(SOURCE), "-o", tmp],
+                    [compiler, *FLAGS, *map(str, SOURCES), "-o", tmp],
                     check=True,
                     capture_output=True,
                     text=True,
@@ -106,6 +118,11 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.winograd_output.restype = None
     lib.winograd_output.argtypes = [ptr, long, ptr] + [long] * 11 + [integer] * 4
     lib.winograd_output.argtypes += [ptr, ptr, ptr, integer, integer]
+    lib.winograd_fused.restype = integer
+    lib.winograd_fused.argtypes = [ptr] + [long] * 8 + [ptr] + [long] * 3 + [ptr] + [long] * 9
+    lib.winograd_fused.argtypes += [integer] * 4 + [ptr] * 5 + [integer, integer]
+    lib.winograd_fused_vector.restype = integer
+    lib.winograd_fused_vector.argtypes = []
 
 
 def available() -> bool:
@@ -208,3 +225,56 @@ def output_transform(
         nw, tile[0], tile[1], ah, aw, _ptr(at_h), _ptr(at_w),
         None if bias is None else _ptr(bias), int(relu), torch.get_num_threads(),
     )  # fmt: skip
+
+
+def vector_width() -> int:
+    """Floats per vector in the compiled one-pass kernel (16 with AVX-512, 8 with AVX, else 4):
+    the packed filter of :func:`fused` pads its channels to a multiple of it."""
+    return library().winograd_fused_vector()
+
+
+def fused(
+    x: torch.Tensor,
+    u: torch.Tensor,
+    out: torch.Tensor,
+    pad: tuple[int, int],
+    tile: tuple[int, int],
+    tiles_per_block: int,
+    matrices: tuple[torch.Tensor, ...],
+    bias: torch.Tensor | None = None,
+    relu: bool = False,
+) -> bool:
+    """Stride-1 Winograd of channels-last ``x`` (N, C, H, W with ``stride(1) == 1``) padded by
+    ``pad = (top, left)`` into channels-last ``out`` (N, K, H_o, W_o) in one pass
+    (``kernels/winograd_fused.c``), plus ``bias`` and ReLU. ``u`` is the transformed filter packed
+    as a contiguous ``[T, Cp, Kp]`` (channels zero-padded to multiples of :func:`vector_width`),
+    ``matrices`` ``(B_h^T, B_w^T, A_h^T, A_w^T)``; ``tiles_per_block`` a multiple of 6. Returns
+    whether every transformed input value is finite."""
+    lib = library()
+    n, c, height, width = x.shape
+    _, k, out_h, out_w = out.shape
+    bt_h, bt_w, at_h, at_w = matrices
+    (mh, mw), ah, aw = tile, bt_h.shape[0], bt_w.shape[0]
+    _check_operands(x, (u, *matrices), ah * aw * u.shape[1] * u.shape[2], "filter")
+    _check(out.dtype == torch.float32 and out.shape[0] == n, "a wrong output")
+    innermost = (x.stride(1) == 1 or c == 1) and (out.stride(1) == 1 or k == 1)
+    _check(innermost, "channels that are not innermost")
+    vw = vector_width()
+    _check(u.shape[1] >= c and u.shape[2] >= k and u.shape[1] % vw == 0, "a wrong packing")
+    _check(u.shape[2] % vw == 0 and tiles_per_block % 6 == 0, "a wrong packing")
+    _check(max(ah, aw) <= 16 and at_h.shape == (mh, ah) and at_w.shape == (mw, aw), "bad tiles")
+    if bias is not None:
+        _check_operands(out, (bias,), k, "bias")
+    sn, _, sh, sw = x.stride()
+    on, _, oh, ow = out.stride()
+    nh, nw = -(-out_h // mh), -(-out_w // mw)
+    bad = lib.winograd_fused(
+        _ptr(x), sn, sh, sw, c, height, width, pad[0], pad[1],
+        _ptr(u), u.shape[1], u.shape[2], k,
+        _ptr(out), on, oh, ow, out_h, out_w, n, nh, nw, tiles_per_block,
+        mh, mw, ah, aw, *map(_ptr, matrices),
+        None if bias is None else _ptr(bias), int(relu), torch.get_num_threads(),
+    )  # fmt: skip
+    if bad & 2:
+        raise MemoryError("native Winograd kernel: a thread could not allocate its tile buffers")
+    return not bad

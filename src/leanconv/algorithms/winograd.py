@@ -109,7 +109,21 @@ class WinogradFilter:
     stride: tuple[int, int]
     dilation: tuple[int, int]
     dtype: torch.dtype
-    gemms: dict[tuple, TileGemm] = field(default_factory=dict, compare=False, repr=False)
+    gemms: dict[tuple, TileGemm | torch.Tensor] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+
+    def packed(self, key: tuple[int, int], vector: int) -> torch.Tensor:
+        """Phase ``key``'s filter as the one-pass kernel takes it: ``[T, Cp, Kp]`` with both
+        channel counts zero-padded to multiples of ``vector`` (made once and kept; groups == 1)."""
+        if ("packed", key) not in self.gemms:
+            u = self.phases[key].detach()
+            t, cg, kg = u.shape
+            cp, kp = -(-cg // vector) * vector, -(-kg // vector) * vector
+            padded = u.new_zeros((t, cp, kp))
+            padded[:, :cg, :kg] = u
+            self.gemms[("packed", key)] = padded
+        return self.gemms[("packed", key)]
 
     def gemm(self, key: tuple[int, int], tiles: int) -> TileGemm:
         """The element-wise stage of phase ``key`` for calls of ``tiles`` tiles (weights packed
@@ -388,6 +402,7 @@ def _winograd_valid(
     timings: dict[str, float] | None = None,
     gemm: Callable[[int], TileGemm] | None = None,
     epilogue: _Epilogue | None = None,
+    packed: Callable[[int], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Stride-1 correlation of ``x`` (N, C, H, W) padded by ``pad`` with a transformed filter
     ``u`` (``[T * groups, C/g, K/g]``), written into ``out`` (N, K, H_o, W_o) or a new tensor.
@@ -396,12 +411,17 @@ def _winograd_valid(
     -> ``A^T M A`` -> ``out`` (:class:`_Stages`). ``timings``, when given, accumulates seconds
     per stage (``input``, ``gemm``, ``output``). With ``gemm`` (the filter's :class:`TileGemm` for
     a number of tiles), float32 CPU tensors and no autograd recording, the compiled transforms of
-    :mod:`.native` run instead (:func:`_winograd_valid_native`), applying ``epilogue`` on the way.
+    :mod:`.native` run instead (:func:`_winograd_valid_native`), applying ``epilogue`` on the way;
+    with ``packed`` too (the filter for the one-pass kernel, given a vector width), channels-last
+    ``x`` and ``out`` and a filter that fits in cache, the one-pass kernel does
+    (:func:`_winograd_one_pass`).
     """
     n, c, height, width = x.shape
     tiling = _Tiling(n, c, height, width, tile, kernel, groups, pad)
     recording = torch.is_grad_enabled() and (x.requires_grad or u.requires_grad)
     if gemm is not None and not recording and native.usable(x, u):
+        if packed is not None and _one_pass_applies(x, u, out, tiling):
+            return _winograd_one_pass(x, packed(native.vector_width()), tiling, out, epilogue)
         return _winograd_valid_native(x, gemm, tiling, out, timings, epilogue)
     (mh, mw), (ah, aw), (_, nw) = tiling.tile, tiling.alpha, tiling.tiles
     kg = u.shape[-1]
@@ -484,6 +504,66 @@ def _winograd_valid_native(
     return out
 
 
+#: The one-pass kernel streams the whole transformed filter through the cache once per block of
+#: tiles, so it runs only while the filter is at most this large (T * C * K floats: 64-256
+#: channels with F(4x4), up to 128-256 with F(6x6)); beyond, the three-stage path, whose GEMM
+#: reuses each filter matrix across thousands of tiles, was faster (docs/benchmarks.md).
+ONE_PASS_MAX_FILTER_BYTES = 12 << 20
+
+#: Bytes of transformed input and products a block of tiles holds (per thread, in its L2 cache).
+ONE_PASS_BLOCK_BYTES = 384 << 10
+
+
+def _one_pass_applies(
+    x: torch.Tensor, u: torch.Tensor, out: torch.Tensor | None, tiling: _Tiling
+) -> bool:
+    """Channels innermost in ``x`` and ``out`` (or only one), one group, and a filter within
+    :data:`ONE_PASS_MAX_FILTER_BYTES`."""
+    return (
+        tiling.groups == 1
+        and out is not None
+        and (x.stride(1) == 1 or x.shape[1] == 1)
+        and (out.stride(1) == 1 or out.shape[1] == 1)
+        and u.numel() * u.element_size() <= ONE_PASS_MAX_FILTER_BYTES
+    )
+
+
+def _tiles_per_block(tiles: int, bytes_per_tile: int, threads: int) -> int:
+    """Tiles per block of the one-pass kernel: about :data:`ONE_PASS_BLOCK_BYTES` of buffers,
+    a multiple of its 6-tile register block, and blocks in whole rounds of ``threads``."""
+    most = max(6, ONE_PASS_BLOCK_BYTES // max(1, bytes_per_tile) // 6 * 6)
+    blocks = -(-tiles // most)
+    blocks = -(-blocks // threads) * threads
+    per_block = -(-tiles // blocks)
+    return max(6, -(-per_block // 6) * 6)
+
+
+def _winograd_one_pass(
+    x: torch.Tensor,
+    packed: torch.Tensor,
+    tiling: _Tiling,
+    out: torch.Tensor,
+    epilogue: _Epilogue | None,
+) -> torch.Tensor:
+    """:func:`_winograd_valid` by the one-pass compiled kernel (``kernels/winograd_fused.c``):
+    each thread transforms a block of tiles, multiplies it by the packed filter ``[T, Cp, Kp]``
+    and writes its outputs, with the block in its own cache; applies ``epilogue``."""
+    (mh, mw), (ah, aw) = tiling.tile, tiling.alpha
+    at_h, _, bt_h = _matrices(mh, tiling.kernel[0], torch.float32, "cpu")
+    at_w, _, bt_w = _matrices(mw, tiling.kernel[1], torch.float32, "cpu")
+    t, cp, kp = packed.shape
+    nh, nw = tiling.tiles
+    block = _tiles_per_block(tiling.n * nh * nw, t * (cp + kp) * 4, torch.get_num_threads())
+    bias, relu = (epilogue.bias, epilogue.relu) if epilogue is not None else (None, False)
+    matrices = tuple(m.contiguous() for m in (bt_h, bt_w, at_h, at_w))
+    finite = native.fused(
+        x, packed, out, (tiling.pad[0], tiling.pad[2]), (mh, mw), block, matrices, bias, relu
+    )
+    if epilogue is not None:
+        epilogue.applied, epilogue.finite = True, finite
+    return out
+
+
 def conv2d_transformed(
     x: torch.Tensor,
     filt: WinogradFilter,
@@ -530,9 +610,10 @@ def conv2d_transformed(
         shape = (xc.shape[0], k_out, ho, wo)
         out = torch.empty(shape, dtype=xc.dtype, device=xc.device, memory_format=fmt)
         gemm = functools.partial(filt.gemm, (0, 0))
+        packed = functools.partial(filt.packed, (0, 0))
         u = filt.phases[(0, 0)]
         y = _winograd_valid(xc, u, filt.tile, filt.kernel_size, filt.groups, args.padding, out,
-                            gemm=gemm, epilogue=epilogue)  # fmt: skip
+                            gemm=gemm, epilogue=epilogue, packed=packed)  # fmt: skip
     else:
         y = reduce_to_stride1(xc, args, k_out, core).contiguous(memory_format=fmt)
     if check_finite_input and not epilogue.finite:
