@@ -244,7 +244,9 @@ def test_one_pass_kernel_only_where_it_applies(monkeypatch):
     winograd.conv2d(x.contiguous(memory_format=torch.channels_last), w, None, 1, 1, tile=4)
     assert (len(fused), len(staged)) == (1, 1)
     wg = torch.randn(16, 8, 3, 3)  # two groups: three stages
-    winograd.conv2d(x.contiguous(memory_format=torch.channels_last), wg, None, 1, 1, groups=2, tile=4)
+    winograd.conv2d(
+        x.contiguous(memory_format=torch.channels_last), wg, None, 1, 1, groups=2, tile=4
+    )
     assert (len(fused), len(staged)) == (1, 2)
     monkeypatch.setattr(winograd, "ONE_PASS_MAX_FILTER_BYTES", 1000)  # too large a filter
     y = winograd.conv2d(x.contiguous(memory_format=torch.channels_last), w, None, 1, 1, tile=4)

@@ -37,6 +37,7 @@ FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c99")
 
 __all__ = [
     "available",
+    "build_id",
     "fused",
     "input_transform",
     "library",
@@ -46,6 +47,7 @@ __all__ = [
 ]
 
 _reason = "not built yet"
+_build = "none"
 
 
 def _cpu_signature() -> str:
@@ -67,7 +69,7 @@ def _compiler() -> str | None:
 @functools.cache
 def library() -> ctypes.CDLL | None:
     """The loaded kernels, compiling them first if needed; ``None`` where they cannot be used."""
-    global _reason
+    global _reason, _build
     if os.environ.get("LEANCONV_NATIVE", "1") == "0":
         _reason = "disabled by LEANCONV_NATIVE=0"
         return None
@@ -106,7 +108,7 @@ def library() -> ctypes.CDLL | None:
         _reason = f"could not build or load {target.name}: {err}"
         return None
     _declare(lib)
-    _reason = f"compiled kernels loaded from {target}"
+    _reason, _build = f"compiled kernels loaded from {target}", key
     return lib
 
 
@@ -123,6 +125,13 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.winograd_fused.argtypes += [integer] * 4 + [ptr] * 5 + [integer, integer]
     lib.winograd_fused_vector.restype = integer
     lib.winograd_fused_vector.argtypes = []
+
+
+def build_id() -> str:
+    """Which compiled kernels run (a hash of their sources, flags, compiler and CPU), or
+    ``"none"``: timings cached for one build do not stand for another."""
+    library()
+    return _build
 
 
 def available() -> bool:

@@ -548,7 +548,7 @@ def _winograd_one_pass(
     """:func:`_winograd_valid` by the one-pass compiled kernel (``kernels/winograd_fused.c``):
     each thread transforms a block of tiles, multiplies it by the packed filter ``[T, Cp, Kp]``
     and writes its outputs, with the block in its own cache; applies ``epilogue``."""
-    (mh, mw), (ah, aw) = tiling.tile, tiling.alpha
+    mh, mw = tiling.tile
     at_h, _, bt_h = _matrices(mh, tiling.kernel[0], torch.float32, "cpu")
     at_w, _, bt_w = _matrices(mw, tiling.kernel[1], torch.float32, "cpu")
     t, cp, kp = packed.shape

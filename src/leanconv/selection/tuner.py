@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from .. import cache as cache_store
+from ..algorithms import native
 from ..bench.timing import compare
 from ..modules import FORMATS, capture_inputs, conv_layers, replace_modules
 from ..rewrite import fold_batchnorm, fuse_activations
@@ -129,6 +130,7 @@ def _key(conv: nn.Conv2d, x: torch.Tensor, name: str) -> str:
                 torch.get_num_threads(),
                 x.device.type,
                 torch.__version__,
+                native.build_id(),  # new kernels, new timings
             ),
         )
     )
