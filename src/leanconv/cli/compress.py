@@ -9,7 +9,7 @@ import typer
 from ..compress.deploy import Deployment
 from ..compress.finetune import FinetuneConfig, finetune
 from ..compress.pipeline import CompressConfig, compress, staging_of
-from ..compress.planning import target_from
+from ..compress.planning import DEFAULT_METHODS, target_from
 from ..compress.run_lock import RunLock
 from ..data import load_data
 from ..decompose import METHODS
@@ -88,7 +88,7 @@ def register(app: typer.Typer) -> None:
             help="fast algorithms the planner may choose per layer, or 'none'",
         ),
         methods: str = typer.Option(
-            "tucker2,spatial_svd",
+            ",".join(DEFAULT_METHODS),
             "--methods",
             help=f"decompositions to plan with, or 'none': {', '.join(METHODS)}",
         ),  # fmt: skip

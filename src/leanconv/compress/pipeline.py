@@ -35,6 +35,7 @@ from .evaluate import check_outputs, resolve_metric
 from .finetune import FinetuneConfig, finetune
 from .measure import ModelFigures, in_format, measure_formats, static_figures
 from .planning import (
+    DEFAULT_METHODS,
     DEFAULT_RATIOS,
     DEFAULT_TARGET,
     Candidate,
@@ -68,7 +69,7 @@ class CompressConfig:
     # report when it loses more); a MaxDrop target is its own budget
     max_drop: float | None = None
     search_epochs: int = 1  # fine-tuning epochs of each trial of that search
-    methods: tuple[str, ...] = ("tucker2", "spatial_svd")
+    methods: tuple[str, ...] = DEFAULT_METHODS
     algorithms: tuple[str, ...] = tuple(ALGORITHMS)  # fast algorithms tried per candidate
     # how the compressed model runs (and the plan is measured): folding, fusion, layout
     deployment: Deployment = field(default_factory=Deployment)

@@ -16,12 +16,13 @@ The steps, each its own module, in the order a plan is made:
 
 from .accuracy_budget import plan_for_accuracy
 from .allocate import allocate
-from .candidates import DEFAULT_RATIOS, build_candidates
+from .candidates import DEFAULT_METHODS, DEFAULT_RATIOS, build_candidates
 from .closed_loop import plan_for_speedup
 from .plan import Candidate, Plan
 from .targets import DEFAULT_TARGET, MacsRatio, MaxDrop, Speedup, Target, target_from
 
 __all__ = [
+    "DEFAULT_METHODS",
     "DEFAULT_RATIOS",
     "DEFAULT_TARGET",
     "Candidate",

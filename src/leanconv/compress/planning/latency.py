@@ -7,6 +7,12 @@ The table (``latency.json`` in the cache directory) is keyed by the layer's geom
 candidate's method, rank and algorithm, the input shape and layout, the thread count and the
 torch version, so a layer of the same shape in another model or another run is not timed again.
 :func:`common_window` then puts every layer on one measurement of all the originals together.
+
+Dominated candidates are pruned before they are fully timed: every candidate first runs twice,
+and one whose faster run took more than :data:`PRUNE_SLOWER` times the kept layer's median is
+slower *and* less accurate than keeping the layer, so no plan can prefer it; it keeps that
+measurement and is not timed again. Only the others are timed ``repeats`` times, interleaved with
+the kept layer.
 """
 
 from __future__ import annotations
@@ -21,6 +27,11 @@ from ...algorithms import native
 from ...bench.timing import compare
 
 CACHE_FILE = "latency.json"
+
+#: A candidate whose faster of two first runs takes more than this times the kept layer's is not
+#: timed further (a run on a shared machine can be 10-20 % slow; the faster of two, and the
+#: margin, keep near-ties).
+PRUNE_SLOWER = 1.3
 
 __all__ = ["CACHE_FILE", "common_window", "latencies"]
 
@@ -37,9 +48,14 @@ def _latency_key(layer: nn.Module, key: tuple, shape, threads: int) -> str:
     return hashlib.sha1(text.encode()).hexdigest()
 
 
+KEEP = ("keep", None, "direct")
+
+
 def latencies(layer, modules, xb, shape_form, cache, use_cache, repeats, deployment):
     """Each candidate module's latency (ms) in its deployment form on ``xb``: from ``cache``, or
-    measured interleaved with the others (and put in ``cache``)."""
+    measured interleaved with the others (and put in ``cache``); candidates that one run shows
+    to be :data:`PRUNE_SLOWER` times slower than the kept layer are not timed further (see the
+    module)."""
     threads = torch.get_num_threads()
     timings: dict[tuple, float] = {}
     todo = {}
@@ -49,12 +65,29 @@ def latencies(layer, modules, xb, shape_form, cache, use_cache, repeats, deploym
             timings[key] = cache[ck]
         else:
             todo[key] = (ck, deployment.layer(mod))
-    if todo:
-        measured = compare({str(k): (lambda m=m, xb=xb: m(xb)) for k, (_, m) in todo.items()},
-                           warmup=1, repeats=repeats)  # fmt: skip
-        for key, (ck, _) in todo.items():
-            timings[key] = cache[ck] = measured[str(key)].ms
+    if not todo:
+        return timings
+    calls = {key: (lambda m=m, xb=xb: m(xb)) for key, (_, m) in todo.items()}
+    if KEEP in modules and KEEP not in calls:  # the reference runs with the others
+        calls[KEEP] = lambda m=deployment.layer(modules[KEEP]), xb=xb: m(xb)
+    first = _compare(calls, warmup=1, repeats=2)
+    keep_ms = first[KEEP].ms if KEEP in first else None
+    slow = {
+        k for k in todo if keep_ms and k != KEEP and first[k].best * 1e3 > PRUNE_SLOWER * keep_ms
+    }
+    rest = {key: fn for key, fn in calls.items() if key not in slow}
+    measured = _compare(rest, warmup=0, repeats=repeats) if repeats > 1 else {}
+    for key, (ck, _) in todo.items():
+        ms = (measured if key in measured else first)[key].ms
+        timings[key] = cache[ck] = ms
     return timings
+
+
+def _compare(calls: dict[tuple, object], warmup: int, repeats: int) -> dict:
+    """:func:`compare` for tuple keys."""
+    keys = {str(key): key for key in calls}
+    out = compare({str(key): fn for key, fn in calls.items()}, warmup=warmup, repeats=repeats)
+    return {keys[name]: timing for name, timing in out.items()}
 
 
 def common_window(candidates: dict[str, list], originals_ms: dict[str, float]) -> dict[str, list]:
