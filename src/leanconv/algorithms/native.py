@@ -33,7 +33,7 @@ SOURCES = tuple(
     Path(__file__).with_name("kernels") / name
     for name in ("winograd_transforms.c", "winograd_fused.c")
 )
-FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c99")
+FLAGS = ("-O3", "-march=native", "-ffp-contract=fast", "-fopenmp", "-shared", "-fPIC", "-std=c99")
 
 __all__ = [
     "available",
