@@ -50,6 +50,7 @@ def problems(draw):
 def test_compiled_path_matches_conv2d(p):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(winograd, "NATIVE_CHUNK_BYTES", p["chunk"])
+        patch.setattr(winograd, "ONE_PASS_MAX_FILTER_BYTES", 0)  # the three stages only
         _check_problem(p)
 
 
@@ -79,6 +80,7 @@ def _check_problem(p):
 
 @pytest.mark.parametrize("stride", [1, 2])
 def test_compiled_path_is_the_one_taken(monkeypatch, stride):
+    monkeypatch.setattr(winograd, "ONE_PASS_MAX_FILTER_BYTES", 0)  # the three stages
     calls = []
     original = native.input_transform
     monkeypatch.setattr(native, "input_transform", lambda *a: calls.append(1) or original(*a))
@@ -238,20 +240,24 @@ def test_one_pass_kernel_matches_conv2d(p):
 
 def test_one_pass_kernel_only_where_it_applies(monkeypatch):
     x, w = torch.randn(2, 16, 14, 14), torch.randn(16, 16, 3, 3)
+    ref = F.conv2d(x.double(), w.double(), padding=1)
     fused = _counting(monkeypatch, "fused")
     staged = _counting(monkeypatch, "input_transform")
-    winograd.conv2d(x, w, None, 1, 1, tile=4)  # channels first: three stages
+    y = winograd.conv2d(x, w, None, 1, 1, tile=4)  # channels first: turned, and back
+    assert y.is_contiguous() and _relative_error(y, ref) < 1e-5
     winograd.conv2d(x.contiguous(memory_format=torch.channels_last), w, None, 1, 1, tile=4)
-    assert (len(fused), len(staged)) == (1, 1)
+    assert (len(fused), len(staged)) == (2, 0)
+    winograd.conv2d(x, w, None, 2, 1, tile=4)  # strided: polyphase sub-problems, three stages
+    assert (len(fused), len(staged)) == (2, 4)
     wg = torch.randn(16, 8, 3, 3)  # two groups: three stages
     winograd.conv2d(
         x.contiguous(memory_format=torch.channels_last), wg, None, 1, 1, groups=2, tile=4
     )
-    assert (len(fused), len(staged)) == (1, 2)
+    assert (len(fused), len(staged)) == (2, 5)
     monkeypatch.setattr(winograd, "ONE_PASS_MAX_FILTER_BYTES", 1000)  # too large a filter
     y = winograd.conv2d(x.contiguous(memory_format=torch.channels_last), w, None, 1, 1, tile=4)
-    assert (len(fused), len(staged)) == (1, 3)
-    assert _relative_error(y, F.conv2d(x.double(), w.double(), padding=1)) < 1e-5
+    assert (len(fused), len(staged)) == (2, 6)
+    assert _relative_error(y, ref) < 1e-5
 
 
 def test_one_pass_kernel_finds_non_finite_input():
