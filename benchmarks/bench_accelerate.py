@@ -40,7 +40,8 @@ def main() -> None:
             won = [f"{layer.name}:{layer.chosen}({layer.speedup:.2f}x)"
                    for layer in report.layers if layer.chosen != "native"]  # fmt: skip
             print(f"{name} batch {batch}: native {t['native'].ms:.1f} ms, accelerated "
-                  f"{t['fast'].ms:.1f} ms, ratio {t['native'].ms / t['fast'].ms:.2f}x"
+                  f"{t['fast'].ms:.1f} ms, ratio {t['native'].ms / t['fast'].ms:.2f}x, "
+                  f"{report.memory_format}"
                   f"{' (reverted to native)' if report.reverted else ''}; "
                   f"{len(won)} layers replaced: {', '.join(won) or 'none'}")  # fmt: skip
 

@@ -7,7 +7,9 @@ a Tucker decomposition leaves (32 and 48 channels), float32, channels-last, with
 batch norm). Candidates, interleaved in one run, medians: ``F.conv2d``; F(4x4) and F(6x6) by the
 one-pass kernel (``kernels/winograd_fused.c``: transforms and GEMM per block of tiles in each
 thread's cache); the same tiles by the three-stage path (compiled transforms + oneDNN GEMM over
-chunks of tiles). Prints ``t(F.conv2d) / t(candidate)`` (> 1: faster than oneDNN's direct
+chunks of tiles); and F(4x4) on the same layer channels-first, which the one-pass kernel runs by
+turning it channels-last and back (two copies; ``F.conv2d`` channels-first is its baseline).
+Prints ``t(F.conv2d) / t(candidate)`` (> 1: faster than oneDNN's direct
 convolution). Layers whose transformed filter exceeds ``ONE_PASS_MAX_FILTER_BYTES`` run the
 three-stage path in ``accelerate``; they are shown with both to justify the limit.
 """
@@ -55,8 +57,11 @@ def main() -> None:
         raise SystemExit(f"the compiled kernels are not in use: {native.status()}")
     print(f"one-pass kernel: {native.vector_width()} floats per vector; "
           f"filters up to {winograd.ONE_PASS_MAX_FILTER_BYTES >> 20} MB")  # fmt: skip
-    print("| layer | batch | F.conv2d | one-pass F4 | one-pass F6 | 3-stage F4 | 3-stage F6 |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "| layer | batch | F.conv2d | one-pass F4 | one-pass F6 | 3-stage F4 | 3-stage F6 "
+        "| NCHW: F.conv2d | NCHW: one-pass F4 | NCHW: 3-stage F4 |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
     limit = winograd.ONE_PASS_MAX_FILTER_BYTES
     for name, c, k, size in LAYERS:
         for batch in args.batch:
@@ -67,7 +72,13 @@ def main() -> None:
             w, b = torch.randn(k, c, 3, 3), torch.randn(k)
             filters = {tile: winograd.transform_filter(w, tile) for tile in (4, 6)}
 
-            fns = {"native": lambda x=x, w=w, b=b: F.conv2d(x, w, b, padding=1)}
+            xf = x.contiguous()
+            fns = {
+                "native": lambda x=x, w=w, b=b: F.conv2d(x, w, b, padding=1),
+                "nchw native": lambda x=xf, w=w, b=b: F.conv2d(x, w, b, padding=1),
+                "nchw one-pass F4": lambda f=filters[4], x=xf, b=b: _run(x, f, b, True),
+                "nchw 3-stage F4": lambda f=filters[4], x=xf, b=b: _run(x, f, b, False),
+            }
             for tile in (4, 6):
                 for label, one_pass in (("one-pass", True), ("3-stage", False)):
                     fns[f"{label} F{tile}"] = lambda f=filters[tile], o=one_pass, x=x, b=b: _run(
@@ -75,10 +86,14 @@ def main() -> None:
                     )
             t = compare(fns, warmup=2, repeats=args.repeats)
             winograd.ONE_PASS_MAX_FILTER_BYTES = limit
-            ratio = {key: t["native"].ms / t[key].ms for key in fns}
+            ratio = {key: t["native"].ms / t[key].ms for key in fns if "nchw" not in key}
+            ratio |= {key: t["nchw native"].ms / t[key].ms for key in fns if "nchw" in key}
             print(f"| {name} ({c}->{k}, {size}x{size}) | {batch} | {t['native'].ms:.2f} ms | "
                   + " | ".join(f"{ratio[key]:.2f}x" for key in
                                ("one-pass F4", "one-pass F6", "3-stage F4", "3-stage F6"))
+                  + f" | {t['nchw native'].ms:.2f} ms | "
+                  + " | ".join(f"{ratio[key]:.2f}x" for key in
+                               ("nchw one-pass F4", "nchw 3-stage F4"))
                   + " |")  # fmt: skip
 
 

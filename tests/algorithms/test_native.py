@@ -303,3 +303,16 @@ def test_one_pass_kernel_refuses_wrong_buffers():
         native.fused(x, good, out, (1, 1), (2, 2), 5, mats)
     with pytest.raises(ValueError, match="wrong filter size"):
         native.fused(x, torch.zeros(9, vw, vw), out, (1, 1), (2, 2), 6, mats)
+
+
+def test_channels_first_is_turned_only_for_small_filters(monkeypatch):
+    # 192 channels, F(4x4): a 5.3 MB filter, within the one-pass limit, beyond the turning one
+    x, w = torch.randn(1, 192, 6, 6), torch.randn(192, 192, 3, 3)
+    ref = F.conv2d(x.double(), w.double(), padding=1)
+    fused = _counting(monkeypatch, "fused")
+    staged = _counting(monkeypatch, "input_transform")
+    y = winograd.conv2d(x, w, None, 1, 1, tile=4)
+    assert (len(fused), len(staged)) == (0, 1) and y.is_contiguous()
+    y_cl = winograd.conv2d(x.contiguous(memory_format=torch.channels_last), w, None, 1, 1, tile=4)
+    assert (len(fused), len(staged)) == (1, 1)
+    assert max(_relative_error(y, ref), _relative_error(y_cl, ref)) < 1e-5

@@ -510,6 +510,11 @@ def _winograd_valid_native(
 #: reuses each filter matrix across thousands of tiles, was faster (docs/benchmarks.md).
 ONE_PASS_MAX_FILTER_BYTES = 12 << 20
 
+#: A channels-first input is turned channels-last for the one-pass kernel (and its output back) only
+#: while the filter is at most this large: with 256 channels the two copies cost what the kernel
+#: saves over the three-stage path, with 128 or fewer it ran 1.1-1.2x faster (bench_one_pass.py).
+ONE_PASS_TURN_MAX_FILTER_BYTES = 4 << 20
+
 #: Bytes of transformed input and products a block of tiles holds (per thread, in its L2 cache).
 ONE_PASS_BLOCK_BYTES = 384 << 10
 
@@ -528,15 +533,17 @@ def _one_pass_applies(
     )
 
 
-def _one_pass_fits(x: torch.Tensor, u: torch.Tensor, groups: int) -> bool:
-    """The one-pass kernel would take ``x`` were it channels-last: compiled float32 CPU path, no
-    autograd recording, one group, a filter within :data:`ONE_PASS_MAX_FILTER_BYTES`."""
+def _worth_turning(x: torch.Tensor, u: torch.Tensor, groups: int) -> bool:
+    """A channels-first ``x`` runs faster turned channels-last for the one-pass kernel: compiled
+    float32 CPU path, no autograd recording, one group, a filter within
+    :data:`ONE_PASS_TURN_MAX_FILTER_BYTES` (and :data:`ONE_PASS_MAX_FILTER_BYTES`)."""
     recording = torch.is_grad_enabled() and (x.requires_grad or u.requires_grad)
+    size = u.numel() * u.element_size()
     return (
         not recording
         and groups == 1
         and x.shape[1] > 1
-        and u.numel() * u.element_size() <= ONE_PASS_MAX_FILTER_BYTES
+        and size <= min(ONE_PASS_TURN_MAX_FILTER_BYTES, ONE_PASS_MAX_FILTER_BYTES)
         and native.usable(x, u)
     )
 
@@ -621,8 +628,8 @@ def conv2d_transformed(
         # Padding is applied while gathering tiles, the result written in place: no extra pass.
         u = filt.phases[(0, 0)]
         # a channels-first input the one-pass kernel could take runs channels-last and comes back
-        # channels-first: two copies, against a three-stage path 1.5-1.8x slower on such layers
-        turn = not channels_last and xc.dim() == 4 and _one_pass_fits(xc, u, filt.groups)
+        # channels-first: two copies, against a slower three-stage path on such layers
+        turn = not channels_last and xc.dim() == 4 and _worth_turning(xc, u, filt.groups)
         run_fmt = torch.channels_last if turn else fmt
         xr = xc.contiguous(memory_format=torch.channels_last) if turn else xc
         ho, wo = args.output_size(*xc.shape[-2:])
