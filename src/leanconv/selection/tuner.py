@@ -236,19 +236,9 @@ def _slower_end_to_end(
 
 def _layout(model: nn.Module, example: torch.Tensor, timing: dict) -> str:
     """The memory format, NCHW or channels-last, in which ``model`` (its deployed form: folded,
-    fused, packed) runs ``example`` faster, with its Winograd-eligible layers run by F(4x4) (the
-    compiled Winograd path is several times faster channels-last on 64-256 channels, which the
-    native layers alone do not show: VGG-16 at batch 1 had been tuned channels-first)."""
-    from ..nn.fast import WinogradConv2d
-
-    probe = {
-        name: WinogradConv2d.from_conv(conv, tile=4)
-        for name, conv in model.named_modules()
-        if type(conv) is nn.Conv2d and eligibility.winograd(conv, eligibility.WINOGRAD_TUNER)
-    }
-    form = replace_modules(model, probe)  # a copy
-    form = fuse_activations(form, inplace=True, pack=False)[0]
-    forms = {fmt: copy.deepcopy(form).to(memory_format=FORMATS[fmt]) for fmt in FORMATS}
+    fused, packed) runs ``example`` faster."""
+    forms = {fmt: fuse_activations(model, pack=False)[0].to(memory_format=FORMATS[fmt])
+             for fmt in FORMATS}  # fmt: skip
     t = compare({fmt: (lambda m=m: m(example)) for fmt, m in forms.items()}, warmup=2, **timing)
     return min(t, key=lambda fmt: t[fmt].ms)
 
