@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from leanconv.algorithms import native, tile_gemm, winograd
+from leanconv.algorithms import native, one_pass, tile_gemm, winograd
 from leanconv.errors import InvalidSpecError
 
 pytestmark = pytest.mark.skipif(not native.available(), reason=native.status())
@@ -50,7 +50,7 @@ def problems(draw):
 def test_compiled_path_matches_conv2d(p):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(winograd, "NATIVE_CHUNK_BYTES", p["chunk"])
-        patch.setattr(winograd, "ONE_PASS_MAX_FILTER_BYTES", 0)  # the three stages only
+        patch.setattr(one_pass, "MAX_FILTER_BYTES", 0)  # the three stages only
         _check_problem(p)
 
 
@@ -80,7 +80,7 @@ def _check_problem(p):
 
 @pytest.mark.parametrize("stride", [1, 2])
 def test_compiled_path_is_the_one_taken(monkeypatch, stride):
-    monkeypatch.setattr(winograd, "ONE_PASS_MAX_FILTER_BYTES", 0)  # the three stages
+    monkeypatch.setattr(one_pass, "MAX_FILTER_BYTES", 0)  # the three stages
     calls = []
     original = native.input_transform
     monkeypatch.setattr(native, "input_transform", lambda *a: calls.append(1) or original(*a))
@@ -254,7 +254,7 @@ def test_one_pass_kernel_only_where_it_applies(monkeypatch):
         x.contiguous(memory_format=torch.channels_last), wg, None, 1, 1, groups=2, tile=4
     )
     assert (len(fused), len(staged)) == (2, 5)
-    monkeypatch.setattr(winograd, "ONE_PASS_MAX_FILTER_BYTES", 1000)  # too large a filter
+    monkeypatch.setattr(one_pass, "MAX_FILTER_BYTES", 1000)  # too large a filter
     y = winograd.conv2d(x.contiguous(memory_format=torch.channels_last), w, None, 1, 1, tile=4)
     assert (len(fused), len(staged)) == (2, 6)
     assert _relative_error(y, ref) < 1e-5
@@ -278,11 +278,11 @@ def test_one_pass_kernel_finds_non_finite_input():
                                        (16, 144 << 10, 2), (10_000, 1, 3), (7, 1 << 20, 4)]
 )  # fmt: skip
 def test_tiles_per_block(tiles, per_tile, threads):
-    block = winograd._tiles_per_block(tiles, per_tile, threads)
+    block = one_pass.tiles_per_block(tiles, per_tile, threads)
     assert block % 6 == 0 and block >= 6
     blocks = -(-tiles // block)
     # within the buffer budget unless one register block is already over it
-    assert block * per_tile <= max(winograd.ONE_PASS_BLOCK_BYTES, 6 * per_tile)
+    assert block * per_tile <= max(one_pass.BLOCK_BYTES, 6 * per_tile)
     # blocks come in whole rounds of the threads where there are enough tiles for it
     if tiles >= 6 * threads and block > 6:
         assert blocks % threads == 0 or blocks > 4 * threads

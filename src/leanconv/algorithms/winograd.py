@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import InvalidSpecError
-from . import native
+from . import native, one_pass
 from ._geometry import (
     PaddingArg,
     batched,
@@ -420,7 +420,7 @@ def _winograd_valid(
     tiling = _Tiling(n, c, height, width, tile, kernel, groups, pad)
     recording = torch.is_grad_enabled() and (x.requires_grad or u.requires_grad)
     if gemm is not None and not recording and native.usable(x, u):
-        if packed is not None and _one_pass_applies(x, u, out, tiling):
+        if packed is not None and one_pass.applies(x, u, out, groups):
             return _winograd_one_pass(x, packed(native.vector_width()), tiling, out, epilogue)
         return _winograd_valid_native(x, gemm, tiling, out, timings, epilogue)
     (mh, mw), (ah, aw), (_, nw) = tiling.tile, tiling.alpha, tiling.tiles
@@ -504,60 +504,6 @@ def _winograd_valid_native(
     return out
 
 
-#: The one-pass kernel streams the whole transformed filter through the cache once per block of
-#: tiles, so it runs only while the filter is at most this large (T * C * K floats: 64-256
-#: channels with F(4x4), up to 128-256 with F(6x6)); beyond, the three-stage path, whose GEMM
-#: reuses each filter matrix across thousands of tiles, was faster (docs/benchmarks.md).
-ONE_PASS_MAX_FILTER_BYTES = 12 << 20
-
-#: A channels-first input is turned channels-last for the one-pass kernel (and its output back) only
-#: while the filter is at most this large: with 256 channels the two copies cost what the kernel
-#: saves over the three-stage path, with 128 or fewer it ran 1.1-1.2x faster (bench_one_pass.py).
-ONE_PASS_TURN_MAX_FILTER_BYTES = 4 << 20
-
-#: Bytes of transformed input and products a block of tiles holds (per thread, in its L2 cache).
-ONE_PASS_BLOCK_BYTES = 384 << 10
-
-
-def _one_pass_applies(
-    x: torch.Tensor, u: torch.Tensor, out: torch.Tensor | None, tiling: _Tiling
-) -> bool:
-    """Channels innermost in ``x`` and ``out`` (or only one), one group, and a filter within
-    :data:`ONE_PASS_MAX_FILTER_BYTES`."""
-    return (
-        tiling.groups == 1
-        and out is not None
-        and (x.stride(1) == 1 or x.shape[1] == 1)
-        and (out.stride(1) == 1 or out.shape[1] == 1)
-        and u.numel() * u.element_size() <= ONE_PASS_MAX_FILTER_BYTES
-    )
-
-
-def _worth_turning(x: torch.Tensor, u: torch.Tensor, groups: int) -> bool:
-    """A channels-first ``x`` runs faster turned channels-last for the one-pass kernel: compiled
-    float32 CPU path, no autograd recording, one group, a filter within
-    :data:`ONE_PASS_TURN_MAX_FILTER_BYTES` (and :data:`ONE_PASS_MAX_FILTER_BYTES`)."""
-    recording = torch.is_grad_enabled() and (x.requires_grad or u.requires_grad)
-    size = u.numel() * u.element_size()
-    return (
-        not recording
-        and groups == 1
-        and x.shape[1] > 1
-        and size <= min(ONE_PASS_TURN_MAX_FILTER_BYTES, ONE_PASS_MAX_FILTER_BYTES)
-        and native.usable(x, u)
-    )
-
-
-def _tiles_per_block(tiles: int, bytes_per_tile: int, threads: int) -> int:
-    """Tiles per block of the one-pass kernel: about :data:`ONE_PASS_BLOCK_BYTES` of buffers,
-    a multiple of its 6-tile register block, and blocks in whole rounds of ``threads``."""
-    most = max(6, ONE_PASS_BLOCK_BYTES // max(1, bytes_per_tile) // 6 * 6)
-    blocks = -(-tiles // most)
-    blocks = -(-blocks // threads) * threads
-    per_block = -(-tiles // blocks)
-    return max(6, -(-per_block // 6) * 6)
-
-
 def _winograd_one_pass(
     x: torch.Tensor,
     packed: torch.Tensor,
@@ -565,20 +511,14 @@ def _winograd_one_pass(
     out: torch.Tensor,
     epilogue: _Epilogue | None,
 ) -> torch.Tensor:
-    """:func:`_winograd_valid` by the one-pass compiled kernel (``kernels/winograd_fused.c``):
-    each thread transforms a block of tiles, multiplies it by the packed filter ``[T, Cp, Kp]``
-    and writes its outputs, with the block in its own cache; applies ``epilogue``."""
+    """:func:`_winograd_valid` by the one-pass compiled kernel (:mod:`.one_pass`), applying
+    ``epilogue``."""
     mh, mw = tiling.tile
     at_h, _, bt_h = _matrices(mh, tiling.kernel[0], torch.float32, "cpu")
     at_w, _, bt_w = _matrices(mw, tiling.kernel[1], torch.float32, "cpu")
-    t, cp, kp = packed.shape
-    nh, nw = tiling.tiles
-    block = _tiles_per_block(tiling.n * nh * nw, t * (cp + kp) * 4, torch.get_num_threads())
     bias, relu = (epilogue.bias, epilogue.relu) if epilogue is not None else (None, False)
-    matrices = tuple(m.contiguous() for m in (bt_h, bt_w, at_h, at_w))
-    finite = native.fused(
-        x, packed, out, (tiling.pad[0], tiling.pad[2]), (mh, mw), block, matrices, bias, relu
-    )
+    pad = (tiling.pad[0], tiling.pad[2])
+    finite = one_pass.run(x, packed, out, pad, (mh, mw), (bt_h, bt_w, at_h, at_w), bias, relu)
     if epilogue is not None:
         epilogue.applied, epilogue.finite = True, finite
     return out
@@ -629,7 +569,7 @@ def conv2d_transformed(
         u = filt.phases[(0, 0)]
         # a channels-first input the one-pass kernel could take runs channels-last and comes back
         # channels-first: two copies, against a slower three-stage path on such layers
-        turn = not channels_last and xc.dim() == 4 and _worth_turning(xc, u, filt.groups)
+        turn = not channels_last and xc.dim() == 4 and one_pass.worth_turning(xc, u, filt.groups)
         run_fmt = torch.channels_last if turn else fmt
         xr = xc.contiguous(memory_format=torch.channels_last) if turn else xc
         ho, wo = args.output_size(*xc.shape[-2:])
