@@ -9,6 +9,7 @@ from torch import nn
 
 from leanconv.compress.deploy import Deployment
 from leanconv.compress.planning import latency
+from leanconv.compress.planning.plan import KEEP
 
 CALLS: dict[str, int] = {}  # by label: the deployment form is a copy of the module
 
@@ -31,7 +32,7 @@ class Counted(nn.Module):
 def _modules(conv):
     return {
         # sleeps make the times independent of the load on the machine (tests run in parallel)
-        latency.KEEP: Counted(conv, 0.005, "keep"),
+        KEEP: Counted(conv, 0.005, "keep"),
         ("tucker2", 8, "direct"): Counted(conv, 0.05, "slow"),  # ten times slower
         ("spatial_svd", 4, "direct"): Counted(conv, 0.005, "near"),  # as fast as the kept layer
     }
@@ -48,7 +49,7 @@ def test_slow_candidates_are_run_once_and_the_rest_fully_timed():
     assert CALLS["slow"] == 3  # warm-up and the two first runs
     assert CALLS["keep"] == CALLS["near"] == 3 + 6  # then the full timing, interleaved
     assert timings[("tucker2", 8, "direct")] > 40  # ms: its first runs are what it keeps
-    assert timings[("tucker2", 8, "direct")] > latency.PRUNE_SLOWER * timings[latency.KEEP]
+    assert timings[("tucker2", 8, "direct")] > latency.PRUNE_SLOWER * timings[KEEP]
     assert timings[("spatial_svd", 4, "direct")] < 40
     assert len(cache) == 3  # every candidate's latency is kept, pruned or not
     # a second planning run reads them all from the table and runs nothing

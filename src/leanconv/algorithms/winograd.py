@@ -109,21 +109,20 @@ class WinogradFilter:
     stride: tuple[int, int]
     dilation: tuple[int, int]
     dtype: torch.dtype
-    gemms: dict[tuple, TileGemm | torch.Tensor] = field(
-        default_factory=dict, compare=False, repr=False
-    )
+    gemms: dict[tuple, TileGemm] = field(default_factory=dict, compare=False, repr=False)
+    packs: dict[tuple, torch.Tensor] = field(default_factory=dict, compare=False, repr=False)
 
     def packed(self, key: tuple[int, int], vector: int) -> torch.Tensor:
         """Phase ``key``'s filter as the one-pass kernel takes it: ``[T, Cp, Kp]`` with both
         channel counts zero-padded to multiples of ``vector`` (made once and kept; groups == 1)."""
-        if ("packed", key) not in self.gemms:
+        if (key, vector) not in self.packs:
             u = self.phases[key].detach()
             t, cg, kg = u.shape
             cp, kp = -(-cg // vector) * vector, -(-kg // vector) * vector
             padded = u.new_zeros((t, cp, kp))
             padded[:, :cg, :kg] = u
-            self.gemms[("packed", key)] = padded
-        return self.gemms[("packed", key)]
+            self.packs[(key, vector)] = padded
+        return self.packs[(key, vector)]
 
     def gemm(self, key: tuple[int, int], tiles: int) -> TileGemm:
         """The element-wise stage of phase ``key`` for calls of ``tiles`` tiles (weights packed

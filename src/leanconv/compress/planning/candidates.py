@@ -39,7 +39,7 @@ from ..replace import decompose_layer
 from ..surgery import conv_layers
 from ..verify import capture_inputs
 from .latency import CACHE_FILE, common_window, latencies
-from .plan import Candidate
+from .plan import KEEP, Candidate
 from .sensitivity import measured_candidates, monotone_sensitivity
 
 #: The MACs budgets (shares of the layer's MACs) whose ranks each method is tried at.
@@ -188,9 +188,8 @@ def rewrites(layer, name, x, methods, ratios, fmt, align: int = 0) -> tuple[dict
     method at the rank of each MACs ratio and at that rank aligned to ``align`` channels (0: not
     aligned), each rank once, ranks that a method cannot take skipped; and the relative weight
     error of each."""
-    keep = ("keep", None, "direct")
-    modules: dict[tuple, nn.Module] = {keep: layer}
-    errors: dict[tuple, float] = {keep: 0.0}
+    modules: dict[tuple, nn.Module] = {KEEP: layer}
+    errors: dict[tuple, float] = {KEEP: 0.0}
     try:
         spec = ConvSpec.from_module(layer, tuple(x.shape), name)
     except (LeanconvError, ValueError):

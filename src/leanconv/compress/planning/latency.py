@@ -25,6 +25,7 @@ from torch import nn
 
 from ...algorithms import native
 from ...bench.timing import compare
+from .plan import KEEP
 
 CACHE_FILE = "latency.json"
 
@@ -48,14 +49,11 @@ def _latency_key(layer: nn.Module, key: tuple, shape, threads: int) -> str:
     return hashlib.sha1(text.encode()).hexdigest()
 
 
-KEEP = ("keep", None, "direct")
-
-
 def latencies(layer, modules, xb, shape_form, cache, use_cache, repeats, deployment):
     """Each candidate module's latency (ms) in its deployment form on ``xb``: from ``cache``, or
-    measured interleaved with the others (and put in ``cache``); candidates that one run shows
-    to be :data:`PRUNE_SLOWER` times slower than the kept layer are not timed further (see the
-    module)."""
+    measured interleaved with the others (and put in ``cache``); candidates that their first two
+    runs show to be :data:`PRUNE_SLOWER` times slower than the kept layer are not timed further
+    (see the module)."""
     threads = torch.get_num_threads()
     timings: dict[tuple, float] = {}
     todo = {}

@@ -20,7 +20,10 @@ from dataclasses import asdict, dataclass, field
 
 from . import capacity
 
-__all__ = ["Candidate", "Plan"]
+__all__ = ["KEEP", "Candidate", "Plan"]
+
+#: The key (:attr:`Candidate.key`) of a layer's first candidate: the layer kept as it is.
+KEEP = ("keep", None, "direct")
 
 
 @dataclass

@@ -29,7 +29,7 @@ from ...cost import count
 from ...decompose.rank import output_error
 from .. import outputs
 from ..surgery import replace_modules
-from .plan import Candidate
+from .plan import KEEP, Candidate
 
 __all__ = ["LOCAL_ERROR_FLOOR", "kl_per_image", "measured_candidates", "monotone_sensitivity"]
 
@@ -119,10 +119,9 @@ def measured_candidates(model, name, layer, x, modules, errors, timings, calibra
     model's divergence on the calibration inputs with only this layer rewritten; with ``local``,
     measured for one rewrite per method and the others' scaled by their output errors,
     :func:`_local`), output error, MACs and latency (``timings``)."""
-    keep = ("keep", None, "direct")
-    out_err = {k: 0.0 if k == keep else output_error(layer, m, x, name=name)
+    out_err = {k: 0.0 if k == KEEP else output_error(layer, m, x, name=name)
                for k, m in modules.items()}  # fmt: skip
-    direct = [k for k in modules if k != keep and k[2] == "direct"]
+    direct = [k for k in modules if k != KEEP and k[2] == "direct"]
 
     def measure(key):
         return _whole_model(model, name, modules[key], calibration, reference, logits)
@@ -131,7 +130,7 @@ def measured_candidates(model, name, layer, x, modules, errors, timings, calibra
         sensitivity = _local({k: out_err[k] for k in direct}, measure)
     else:
         sensitivity = {k: measure(k) for k in direct}
-    sensitivity[keep] = (0.0, 0.0, None)
+    sensitivity[KEEP] = (0.0, 0.0, None)
     cands = []
     for key in modules:
         method, rank, algorithm = key
