@@ -1,11 +1,20 @@
-"""Every batch size at least as fast: a Winograd plan made for batch 64, at batch 1 and 64,
-without and with the per-layer batch switch (``selection.batch_switch.fit_min_batch``).
+"""Every batch size at least as fast: a plan made for batch 64, at batch 1 and 64, without and
+with the per-layer batch switch (``selection.batch_switch.fit_min_batch``).
 
-The model: the demo's CIFAR-style ResNet-18 (width 0.5, 32x32) or VGG-16, every eligible 3x3
-layer by Winograd F(4x4) (a Winograd-only plan), in the deployment form (batch norms folded,
-ReLUs fused, channels-last). Ratios against the same model with no algorithm, interleaved.
+The model: the demo's CIFAR-style ResNet-18 (width 0.5, 32x32) or VGG-16, in the deployment form
+(batch norms folded, ReLUs fused, channels-last), with one of two plans:
+
+- ``--plan winograd``: every eligible 3x3 layer by Winograd F(4x4) (a Winograd-only plan); the
+  switch runs the direct convolution below a layer's ``min_batch``;
+- ``--plan tucker2`` (or ``spatial_svd``, ``low_rank``): every 3x3 layer but the first
+  decomposed at the rank of ``--budget`` of its MACs (thin chains); the switch runs each chain's
+  composed convolution below its ``min_batch`` (:class:`leanconv.nn.ChainConv2d`).
+
+Ratios against the same model with no algorithm and no decomposition (deployed the same way),
+interleaved.
 
     .venv/bin/python benchmarks/bench_batch_switch.py --model resnet18_cifar
+    .venv/bin/python benchmarks/bench_batch_switch.py --plan tucker2 --budget 0.1
 """
 
 from __future__ import annotations
@@ -20,7 +29,11 @@ from leanconv.bench.allocator import retain_freed_memory
 from leanconv.bench.timing import compare
 from leanconv.compress.algorithms import eligible
 from leanconv.compress.deploy import Deployment
+from leanconv.compress.replace import decompose_layer
+from leanconv.decompose.rank import budget_rank
+from leanconv.modules import capture_inputs, replace_modules
 from leanconv.selection.batch_switch import fit_min_batch
+from leanconv.spec import ConvSpec
 
 
 def main() -> None:
@@ -30,27 +43,49 @@ def main() -> None:
     p.add_argument("--size", type=int, default=32)
     p.add_argument("--batch", type=int, nargs="+", default=[1, 64])
     p.add_argument("--repeats", type=int, default=9)
+    p.add_argument("--plan", default="winograd", help="winograd, tucker2, spatial_svd, low_rank")
+    p.add_argument("--budget", type=float, default=0.1, help="a decomposed layer's MACs share")
     args = p.parse_args()
     torch.set_num_threads(2)
     retain_freed_memory()
     torch.manual_seed(0)
     model = zoo.create(args.model, num_classes=10, width=args.width).eval()
     dep = Deployment()
-    plan = {n: "winograd4" for n, m in model.named_modules() if n and eligible(m)}
-    plain = dep.apply(model)
-    fixed = dep.apply(model, plan)  # the algorithm at every batch size
-    switched = copy.deepcopy(fixed)
     x = torch.randn(max(args.batch), 3, args.size, args.size)
+    plain = dep.apply(model)
+    if args.plan == "winograd":
+        plan = {n: "winograd4" for n, m in model.named_modules() if n and eligible(m)}
+        fixed = dep.apply(model, plan)  # the algorithm at every batch size
+    else:
+        plan = _decomposed(model, args.plan, args.budget, x)
+        fixed = dep.deploy(replace_modules(model, plan), chains=list(plan)).model
+    switched = copy.deepcopy(fixed)
     chosen = fit_min_batch(switched, x, args.batch)
-    print(f"{args.model} width {args.width} at {args.size}x{args.size}: {len(plan)} Winograd "
-          f"layers; switched to direct below a batch size: {chosen or 'none'}")  # fmt: skip
+    label = "Winograd" if args.plan == "winograd" else f"{args.plan} ({args.budget:g} of MACs)"
+    print(f"{args.model} width {args.width} at {args.size}x{args.size}: {len(plan)} {label} "
+          f"layers; switched below a batch size: {chosen or 'none'}")  # fmt: skip
     for b in args.batch:
-        forms = {"plain": plain, "winograd": fixed, "switched": switched}
+        forms = {"plain": plain, "planned": fixed, "switched": switched}
         t = compare({n: (lambda m=m, xb=x[:b]: m(xb)) for n, m in forms.items()}, warmup=2,
                     repeats=args.repeats)  # fmt: skip
-        print(f"batch {b}: no algorithm {t['plain'].ms:.2f} ms; Winograd everywhere "
-              f"{t['plain'].ms / t['winograd'].ms:.2f}x; with the batch switch "
+        print(f"batch {b}: original {t['plain'].ms:.2f} ms; {label} everywhere "
+              f"{t['plain'].ms / t['planned'].ms:.2f}x; with the batch switch "
               f"{t['plain'].ms / t['switched'].ms:.2f}x")  # fmt: skip
+
+
+def _decomposed(model, method: str, budget: float, x) -> dict:
+    """Every 3x3 convolution but the first, decomposed by ``method`` at ``budget`` of its MACs."""
+    names = [n for n, m in model.named_modules()
+             if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)][1:]  # fmt: skip
+    inputs = capture_inputs(model, names, x[:1])
+    out = {}
+    for name in names:
+        layer = model.get_submodule(name)
+        spec = ConvSpec.from_module(layer, tuple(inputs[name].shape), name)
+        rank = budget_rank(spec, method, budget)
+        out[name] = decompose_layer(layer, method, rank, name=name,
+                                    input_size=tuple(inputs[name].shape[2:])).module  # fmt: skip
+    return out
 
 
 if __name__ == "__main__":

@@ -7,7 +7,9 @@ A rewritten model is deployed after exact rewrites that change its speed but not
 2. the planned fast algorithms switched on (:mod:`.algorithms`);
 3. ReLUs fused into the convolutions before them, plain convolutions packed for oneDNN
    (:mod:`leanconv.rewrite.fuse`, ``fuse``);
-4. weights in ``memory_format`` (NCHW ``"contiguous"`` or ``"channels_last"``), which the
+4. each decomposed layer's chain made switchable (:class:`leanconv.nn.ChainConv2d`): below a
+   batch size measured later (``min_batch``) it runs the one convolution it composes to;
+5. weights in ``memory_format`` (NCHW ``"contiguous"`` or ``"channels_last"``), which the
    activations then follow.
 
 The planner times candidates in this form (:meth:`Deployment.layer`), the closed loop times the
@@ -24,11 +26,13 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from ..modules import get_layer, replace_modules
+from ..nn import ChainConv2d
 from ..rewrite import fold_batchnorm, fuse_activations
 from .algorithms import apply_algorithms
 from .measure import FORMATS
 
-__all__ = ["Deployed", "Deployment"]
+__all__ = ["Deployed", "Deployment", "switchable_chains"]
 
 
 @dataclass
@@ -41,7 +45,9 @@ class Deployed:
     folded_convs: list[str] = field(default_factory=list)  # the convolutions that absorbed them
     algorithms: dict[str, str] = field(default_factory=dict)  # the choices that applied
     fused: list[str] = field(default_factory=list)  # the ReLUs fused
-    # layers that run their algorithm only from a batch size on (selection.batch_switch)
+    # decomposed layers whose chain can run as one convolution (ChainConv2d)
+    chains: list[str] = field(default_factory=list)
+    # layers that run their algorithm or chain only from a batch size on (selection.batch_switch)
     min_batch: dict[str, int] = field(default_factory=dict)
 
 
@@ -59,15 +65,20 @@ class Deployment:
                 f"memory_format={self.memory_format!r} is not one of {', '.join(FORMATS)}"
             )
 
-    def deploy(self, model: nn.Module, algorithms: dict[str, str] | None = None) -> Deployed:
-        """``model`` (not modified) deployed with ``algorithms`` (layer name -> algorithm)."""
+    def deploy(
+        self, model: nn.Module, algorithms: dict[str, str] | None = None, chains=()
+    ) -> Deployed:
+        """``model`` (not modified) deployed with ``algorithms`` (layer name -> algorithm);
+        ``chains``: the decomposed layers, made switchable where their chain composes."""
         folded, norms, convs = fold_batchnorm(model) if self.fold_bn else (model, [], [])
         fast, applied = apply_algorithms(folded, algorithms or {})  # a copy
         fused: list[str] = []
         if self.fuse:
             fast, fused = fuse_activations(fast, inplace=True)
+        switchable = switchable_chains(fast, chains)
+        fast = replace_modules(fast, switchable, inplace=True)
         fast = fast.to(memory_format=FORMATS[self.memory_format]).eval()
-        return Deployed(fast, folded, norms, convs, applied, fused)
+        return Deployed(fast, folded, norms, convs, applied, fused, sorted(switchable))
 
     def apply(self, model: nn.Module, algorithms: dict[str, str] | None = None) -> nn.Module:
         """A deployed copy of ``model``, with ``algorithms`` (layer name -> algorithm)."""
@@ -78,3 +89,15 @@ class Deployment:
         in the layout (its activation is timed with the rest of the model)."""
         module = fuse_activations(module)[0] if self.fuse else copy.deepcopy(module)
         return module.to(memory_format=FORMATS[self.memory_format]).eval()
+
+
+def switchable_chains(model: nn.Module, names) -> dict[str, ChainConv2d]:
+    """Of the layers ``names`` of ``model``, each that is a chain composing into one convolution,
+    as a :class:`leanconv.nn.ChainConv2d` sharing its layers (``min_batch`` 1 until measured)."""
+    out = {}
+    for name in names:
+        layer = get_layer(model, name)
+        switch = None if isinstance(layer, ChainConv2d) else ChainConv2d.from_chain(layer)
+        if switch is not None:
+            out[name] = switch
+    return out

@@ -436,11 +436,13 @@ def _measure_stage(run: _Run, before, plan, surgery, history, compressed, notes)
     # `fast` runs the algorithms (the same function up to rounding, so trained in plain form)
     # with the activations fused; `deployed.folded` (plain layers) is what is saved
     dep, metric = run.config.deployment, run.metric
-    deployed = dep.deploy(compressed, plan.algorithms())
+    deployed = dep.deploy(compressed, plan.algorithms(), chains=list(plan.rewrites()))
     deployed.min_batch = fit_min_batch(deployed.model, run.example, run.config.batch_sizes,
                                        run.config.repeats)  # fmt: skip
     for name, b in deployed.min_batch.items():
-        run.say(f"      {name} runs its algorithm from batch {b} on (direct below: faster there)")
+        what = ("its chain", "one composed convolution") if name in deployed.chains else (
+            "its algorithm", "direct")  # fmt: skip
+        run.say(f"      {name} runs {what[0]} from batch {b} on ({what[1]} below: faster there)")
     if dep.fuse:
         run.say(f"      {len(deployed.fused)} ReLUs fused into the convolutions before them, "
                 "convolutions packed for oneDNN")  # fmt: skip

@@ -262,10 +262,22 @@ def _check_shapes(model: nn.Module, state: dict[str, torch.Tensor], weights: Pat
 
 
 def _set_min_batch(model: nn.Module, min_batch: dict[str, int], meta_file: Path) -> None:
+    """Each named fast layer's ``min_batch``; a named decomposed chain made switchable
+    (:class:`leanconv.nn.ChainConv2d`) with its ``min_batch``."""
+    from .deploy import switchable_chains
+
+    layers = dict(model.named_modules())
     for name, b in min_batch.items():
-        layer = dict(model.named_modules()).get(name)
-        if not hasattr(layer, "min_batch"):
-            raise LeanconvError(f"{str(meta_file)!r}: min_batch[{name!r}] names no fast layer")
+        layer = layers.get(name)
+        if layer is not None and not hasattr(layer, "min_batch"):
+            layer = switchable_chains(model, [name]).get(name)
+            if layer is not None:
+                replace_modules(model, {name: layer}, inplace=True)
+        if layer is None or not hasattr(layer, "min_batch"):
+            raise LeanconvError(
+                f"{str(meta_file)!r}: min_batch[{name!r}] names no fast layer nor a chain of "
+                "convolutions that composes into one"
+            )
         layer.min_batch = b
 
 
@@ -319,11 +331,12 @@ def load(
             raise LeanconvError(
                 f"{str(meta_file)!r}: an algorithm names no layer ({exc})"
             ) from None
-        _set_min_batch(model, description.get("min_batch") or {}, meta_file)
     if algorithms and description.get("fused"):
         from ..rewrite import fuse_activations
 
         model, _ = fuse_activations(model, inplace=True)
+    if algorithms:  # after fusing: a switchable chain holds the fused chain
+        _set_min_batch(model, description.get("min_batch") or {}, meta_file)
     model = model.to(memory_format=FORMATS[layout]).eval()
     model.expected_input = dict(description.get("extra", {}).get("input") or {})
     return model

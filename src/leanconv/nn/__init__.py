@@ -1,6 +1,7 @@
 """Building blocks for efficient convolutions: thin ``nn.Module`` shells over functional cores."""
 
 from .bottleneck import Bottleneck1x1, InvertedResidual
+from .chain import ChainConv2d
 from .deform import DeformConv2d, DeformConv2dOp, ModulatedDeformConv2d, deform_conv2d
 from .dense import DenseBlock, DenseLayer, Transition
 from .dilated import (
@@ -40,6 +41,7 @@ __all__ = [
     "ASPP",
     "ASPPPooling",
     "CPConv2d",
+    "ChainConv2d",
     "DeformConv2d",
     "DeformConv2dOp",
     "FFTConv2d",

@@ -9,6 +9,11 @@ layer's ``min_batch`` (:class:`leanconv.nn.fast._FastConv2d`): the smallest of t
 sizes from which the algorithm is at least as fast at that size and every larger one. Below it
 the layer runs the direct convolution on a weight packed for oneDNN; the function is the same
 either way (up to float32 rounding), so the switch by input shape changes speed only.
+
+A decomposed layer's chain (:class:`leanconv.nn.ChainConv2d`) is fitted the same way, after the
+fast layers (a chain's Winograd core switches first): below its ``min_batch`` it runs the one
+convolution the chain composes to, which runs as fast as the layer it replaced. Every batch size
+then runs each layer at least as fast as the layer it replaced, by this measurement.
 """
 
 from __future__ import annotations
@@ -19,30 +24,39 @@ from torch import nn
 from ..bench.timing import compare
 from ..errors import InvalidSpecError
 from ..modules import capture_inputs, input_at_batch
+from ..nn.chain import ChainConv2d
 from ..nn.fast import FFTConv2d, WinogradConv2d
 
 __all__ = ["fit_min_batch"]
 
 
-def _switchable(model: nn.Module) -> dict[str, nn.Module]:
-    return {n: m for n, m in model.named_modules() if isinstance(m, WinogradConv2d | FFTConv2d)}
+def _switchable(model: nn.Module, kinds) -> dict[str, nn.Module]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, kinds)}
 
 
 def fit_min_batch(
     model: nn.Module, example: torch.Tensor, batch_sizes, repeats: int = 5
 ) -> dict[str, int]:
-    """Set ``min_batch`` on each Winograd or FFT layer of ``model`` (in place) from timings on
-    ``example`` (a batch of inputs, repeated or cut to each ``b`` of ``batch_sizes``; see the
-    module docstring); returns the layers whose ``min_batch`` is above 1, and its value. A layer
-    slower at every size gets one more than the largest (it always runs direct)."""
+    """Set ``min_batch`` on each Winograd or FFT layer and each switchable chain of ``model`` (in
+    place) from timings on ``example`` (a batch of inputs, repeated or cut to each ``b`` of
+    ``batch_sizes``; see the module docstring); returns the layers whose ``min_batch`` is above
+    1, and its value. A layer slower at every size gets one more than the largest (it always runs
+    direct)."""
     if example.dim() != 4:
         raise InvalidSpecError(
             f"fit_min_batch: example of shape {tuple(example.shape)} is not a batch (N, C, H, W)"
         )
-    layers = _switchable(model)
     sizes = sorted({int(b) for b in batch_sizes if int(b) >= 1})
-    if not layers or not sizes:
-        return {}
+    switched = {}
+    for kinds in (WinogradConv2d | FFTConv2d, ChainConv2d):  # a chain's fast core first
+        layers = _switchable(model, kinds)
+        if layers and sizes:
+            switched.update(_fit(model, layers, example, sizes, repeats))
+    return switched
+
+
+def _fit(model, layers: dict[str, nn.Module], example, sizes: list[int], repeats: int):
+    """``min_batch`` of each of ``layers`` (set in place), timed inside ``model``."""
     wins: dict[str, dict[int, bool]] = {n: {} for n in layers}
     for layer in layers.values():
         layer.min_batch = 1  # the algorithm itself is timed, at every size

@@ -1,0 +1,97 @@
+"""A decomposed layer's chain that runs as one convolution where the chain does not pay.
+
+A decomposition's chain of thin convolutions (Tucker-2, spatial SVD, ``low_rank``, CP) computes
+fewer multiplications than the layer it replaced, but at small batches its thin factors can run
+slower than one dense convolution would: each is a separate pass over memory with its own
+weight reorder. The chain is linear, so it *is* one convolution
+(:func:`leanconv.decompose.compose.compose_chain`); :class:`ChainConv2d` runs that composite,
+on a weight packed for oneDNN with the last factor's activation fused, for inputs of fewer than
+``min_batch`` images, and the chain itself from ``min_batch`` on. Both compute the same function
+(up to float32 rounding), so the switch by input shape changes speed only; ``min_batch`` is
+measured by :func:`leanconv.selection.batch_switch.fit_min_batch`, as for the fast algorithms.
+
+The module is an ``nn.Sequential`` of the chain's layers: its parameters, state dict and cost
+(the chain's, counted on the meta device) are the chain's. The composite is built from the
+chain's current weights when first needed and rebuilt when they change; it is never trained
+(while autograd records, the chain runs).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..decompose.compose import chain_convolutions, compose_chain
+from .fast import PackedConv2d
+
+__all__ = ["ChainConv2d"]
+
+
+class ChainConv2d(nn.Sequential):
+    """``nn.Sequential`` of a composable chain of convolutions that runs the one convolution it
+    composes to for batches of fewer than ``min_batch`` images (see the module docstring)."""
+
+    min_batch: int = 1
+
+    @classmethod
+    def from_chain(cls, chain: nn.Sequential, min_batch: int = 1) -> ChainConv2d | None:
+        """``chain``'s layers (shared, not copied) as a switchable chain; ``None`` when the chain
+        cannot be composed exactly into one convolution."""
+        convs = chain_convolutions(chain)
+        if convs is None or compose_chain(convs) is None:
+            return None
+        out = cls(*chain)
+        out.min_batch = min_batch
+        return out.train(chain.training)
+
+    def composed(self) -> PackedConv2d:
+        """The one convolution the chain computes, with the last factor's activation, packed
+        (built from the current weights, kept while they do not change)."""
+        convs = chain_convolutions(self)
+        key = tuple((c.weight._version, c.weight.data_ptr()) for c in convs)
+        hit = self.__dict__.get("_composed")
+        if hit is None or hit[0] != key:
+            like = convs[-1].weight
+            with torch.no_grad():
+                conv = compose_chain(convs).conv(like)
+            activation = getattr(convs[-1], "activation", None)
+            layer = PackedConv2d.from_conv(conv, activation=activation).eval()
+            layer = layer.to(memory_format=_memory_format(like))
+            hit = self.__dict__["_composed"] = (key, layer)
+        return hit[1]
+
+    def _packed_direct(self, x: Tensor) -> Tensor:
+        """The composite convolution (what runs below ``min_batch``)."""
+        return self.composed()(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self._below_min_batch(x):
+            return self._packed_direct(x)
+        return super().forward(x)
+
+    def _below_min_batch(self, x: Tensor) -> bool:
+        recording = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
+        return (
+            self.min_batch > 1
+            and x.dim() == 4
+            and x.shape[0] < self.min_batch
+            and type(x) is Tensor  # not meta, fake or traced: those see the chain, as counted
+            and not x.is_meta
+            and not recording
+        )
+
+    def __getstate__(self) -> dict:
+        """Copies and pickles leave the composite behind: it is derived from the weights."""
+        state = self.__dict__.copy()
+        state.pop("_composed", None)
+        return state
+
+    def extra_repr(self) -> str:
+        return f"min_batch={self.min_batch}" if self.min_batch > 1 else ""
+
+
+def _memory_format(weight: Tensor) -> torch.memory_format:
+    channels_last = weight.dim() == 4 and not weight.is_contiguous()
+    if channels_last and weight.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
