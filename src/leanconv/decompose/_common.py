@@ -6,8 +6,10 @@ caller's dtype and device; the checks name the layer (``name=``) and the argumen
 
 from __future__ import annotations
 
+import hashlib
 import numbers
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -85,6 +87,30 @@ def svd(matrix: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         u, s, vh = torch.linalg.svd(r, full_matrices=False)
         return q @ u, s, vh
     return torch.linalg.svd(matrix, full_matrices=False)
+
+
+#: How many matrices' spectra :func:`spectrum_once` keeps (the last ones asked for).
+SPECTRA_KEPT = 4
+_spectra: OrderedDict[tuple, object] = OrderedDict()
+
+
+def spectrum_once(kind: str, matrix: Tensor, compute: Callable[[Tensor], object]):
+    """``compute(matrix)`` (a full SVD or eigendecomposition), or what it returned before for a
+    matrix of the same values: every rank of a truncated decomposition truncates the same
+    spectrum, and a planner asks for a layer at a dozen ranks (spatial SVD, ``low_rank`` and the
+    HOSVD that starts Tucker-2 each factorised once per layer instead of once per rank). The key
+    is the SHA-1 of the matrix's bytes with its shape, dtype and device; the last
+    :data:`SPECTRA_KEPT` are kept. The result is shared: callers must not change it in place."""
+    data = matrix.detach().to("cpu").contiguous().numpy().tobytes()
+    key = (kind, tuple(matrix.shape), str(matrix.dtype), str(matrix.device),
+           hashlib.sha1(data).hexdigest())  # fmt: skip
+    if key in _spectra:
+        _spectra.move_to_end(key)
+        return _spectra[key]
+    result = _spectra[key] = compute(matrix)
+    while len(_spectra) > SPECTRA_KEPT:
+        _spectra.popitem(last=False)
+    return result
 
 
 def leading_left(matrix: Tensor, rank: int) -> Tensor:

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ._common import check_int, check_weight, out, svd
+from ._common import check_int, check_weight, out, spectrum_once, svd
 from .factors import _need, _shape
 from .grouped import GroupedFactors, per_group
 from .methods import Method, register
@@ -107,7 +107,7 @@ def spatial_svd(
         limit = min(c * kh, k * kw)
         r = check_int(rank, "rank", label, maximum=limit, why=f"min(C*kh, K*kw) = {limit}")
         matrix = x.permute(1, 2, 0, 3).reshape(c * kh, k * kw)
-        u, s, vh = svd(matrix)
+        u, s, vh = spectrum_once("svd", matrix, svd)
         root = s[:r].sqrt()
         vertical = (u[:, :r] * root).T.reshape(r, c, kh, 1)
         horizontal = (vh[:r].T * root).reshape(k, kw, r).permute(0, 2, 1)[:, :, None, :]
@@ -128,7 +128,7 @@ def low_rank(
         limit = min(matrix.shape)
         r = check_int(rank, "rank", label, maximum=limit,
                       why=f"min of the weight matrix {tuple(matrix.shape)}")  # fmt: skip
-        u, s, vh = svd(matrix)
+        u, s, vh = spectrum_once("svd", matrix, svd)
         root = s[:r].sqrt()
         first = (vh[:r] * root[:, None]).reshape(r, *x.shape[1:])
         second = u[:, :r] * root
