@@ -28,7 +28,7 @@ import torch
 
 from leanconv import zoo
 from leanconv.bench.allocator import retain_freed_memory
-from leanconv.compress.planning import build_candidates, plan_for_speedup
+from leanconv.compress.planning import build_candidates, plan_for_speedup, within_error
 from leanconv.cost import count
 
 ROOT = Path(__file__).resolve().parent
@@ -70,9 +70,10 @@ def _plan(model, calibration, args, local: bool):
     t0 = time.perf_counter()
     cands, fixed, total = build_candidates(model, calibration, batch=args.batch, align=8,
                                            repeats=3, local=local)  # fmt: skip
+    cands = within_error(cands, 0.9)  # what surgery would not roll back (the pipeline's default)
     macs = count(model, calibration[:1]).total.macs
     plan = plan_for_speedup(model, cands, fixed, total, macs, 2.0, calibration, args.batch,
-                            repeats=3)  # fmt: skip
+                            repeats=3, log=print)  # fmt: skip
     return plan, cands, time.perf_counter() - t0
 
 

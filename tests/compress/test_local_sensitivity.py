@@ -79,3 +79,26 @@ def test_exact_or_broken_rewrites_are_measured_not_scaled():
     other = ({("tucker2", (2, 2), "direct"), ("tucker2", (4, 4), "direct")} - {anchor}).pop()
     expected = out[anchor][0] * (errors[other] / errors[anchor]) ** 2
     assert out[other][0] == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("n, size, expected", [(64, 4, 64), (32, 56, 8), (32, 28, 21), (4, 56, 4)])
+def test_output_errors_are_measured_on_enough_images_to_cover_the_positions(n, size, expected):
+    from leanconv.compress.planning.sensitivity import ERROR_POSITIONS, error_inputs
+
+    xs = error_inputs(torch.randn(n, 2, size, size))
+    assert xs.shape[0] == expected
+    assert xs.shape[0] == n or xs.shape[0] * size * size >= ERROR_POSITIONS
+
+
+def test_rewrites_that_surgery_would_roll_back_are_not_planned_with():
+    from leanconv.compress.planning import within_error
+    from leanconv.compress.planning.plan import Candidate
+
+    def cand(method, error):
+        return Candidate("conv", method, None if method == "keep" else 4, 10, 10, 1.0, 0.0,
+                         output_error=error)  # fmt: skip
+
+    cands = {"conv": [cand("keep", 0.0), cand("tucker2", 0.5), cand("low_rank", 0.95),
+                      cand("spatial_svd", float("nan")), cand("cp", 0.9)]}  # fmt: skip
+    kept = within_error(cands, 0.9)["conv"]
+    assert [c.method for c in kept] == ["keep", "tucker2", "cp"]  # 0.95 and NaN would roll back

@@ -48,6 +48,7 @@ from .planning import (
     build_candidates,
     plan_for_accuracy,
     plan_for_speedup,
+    within_error,
 )
 from .plausibility import check_plausible
 from .run_lock import RunLock, publish
@@ -266,6 +267,7 @@ def _make_plan(original, data, config, metric, calibration, macs_before, say,
         done={n: [Candidate.from_dict(c) for c in cs] for n, cs in kept.items()},
         on_layer=keep if staging is not None else None,
     )  # fmt: skip
+    candidates = within_error(candidates, config.max_layer_error)  # the rest would roll back
     target = config.target
     if isinstance(target, Speedup):
         return plan_for_speedup(
@@ -288,11 +290,12 @@ def _slower_notes(result: CompressResult) -> None:
     for bs, ratio in sorted(result.speedup.items()):
         if ratio < 1:
             result.notes.append(
-                f"at batch {bs} the compressed model is slower than the original ({ratio:.2f}x): "
-                f"the plan was made for batch {max(result.after.latency_ms)}, where its "
-                "decomposed layers' extra passes over the activations pay off; at small "
-                "batches they cost more than the MACs they save (plan with --batch "
-                f"{bs} to compress for that batch size)"
+                f"at batch {bs} the compressed model is slower than the original ({ratio:.2f}x), "
+                "although every switchable layer runs its faster form at that size (a "
+                "decomposed chain its composed convolution, a fast layer the direct one): what "
+                "no switch covers (chains that do not compose into one convolution, the layers "
+                f"outside the plan) costs more there; plan with --batch {bs} to compress for "
+                "that batch size"
             )
 
 

@@ -16,7 +16,7 @@ The steps, each its own module, in the order a plan is made:
 
 from .accuracy_budget import plan_for_accuracy
 from .allocate import allocate
-from .candidates import DEFAULT_METHODS, DEFAULT_RATIOS, build_candidates
+from .candidates import DEFAULT_METHODS, DEFAULT_RATIOS, build_candidates, within_error
 from .closed_loop import plan_for_speedup
 from .plan import Candidate, Plan
 from .targets import DEFAULT_TARGET, MacsRatio, MaxDrop, Speedup, Target, target_from
@@ -33,6 +33,7 @@ __all__ = [
     "Target",
     "allocate",
     "build_candidates",
+    "within_error",
     "plan_for_accuracy",
     "plan_for_speedup",
     "target_from",
