@@ -47,10 +47,11 @@ class ChainConv2d(nn.Sequential):
     def composed(self) -> PackedConv2d:
         """The one convolution the chain computes, with the last factor's activation, packed
         (built from the current weights, kept while they do not change)."""
-        convs = chain_convolutions(self)
+        convs = [m for m in self._modules.values() if type(m) is not nn.Identity]
         key = tuple((c.weight._version, c.weight.data_ptr()) for c in convs)
         hit = self.__dict__.get("_composed")
         if hit is None or hit[0] != key:
+            convs = chain_convolutions(self)
             like = convs[-1].weight
             with torch.no_grad():
                 conv = compose_chain(convs).conv(like)
@@ -61,8 +62,9 @@ class ChainConv2d(nn.Sequential):
         return hit[1]
 
     def _packed_direct(self, x: Tensor) -> Tensor:
-        """The composite convolution (what runs below ``min_batch``)."""
-        return self.composed()(x)
+        """The composite convolution (what runs below ``min_batch``; its ``forward`` directly:
+        one module call per layer, as the layer it replaced)."""
+        return self.composed().forward(x)
 
     def forward(self, x: Tensor) -> Tensor:
         if self._below_min_batch(x):
@@ -70,15 +72,12 @@ class ChainConv2d(nn.Sequential):
         return super().forward(x)
 
     def _below_min_batch(self, x: Tensor) -> bool:
-        recording = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
-        return (
-            self.min_batch > 1
-            and x.dim() == 4
-            and x.shape[0] < self.min_batch
-            and type(x) is Tensor  # not meta, fake or traced: those see the chain, as counted
-            and not x.is_meta
-            and not recording
-        )
+        if self.min_batch <= 1 or x.dim() != 4 or x.shape[0] >= self.min_batch:
+            return False
+        if type(x) is not Tensor or x.is_meta:
+            return False  # meta, fake or traced: those see the chain, as it is counted
+        # while autograd records, the chain runs (the composite is never trained)
+        return not (torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()))
 
     def __getstate__(self) -> dict:
         """Copies and pickles leave the composite behind: it is derived from the weights."""
