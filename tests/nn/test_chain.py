@@ -88,6 +88,8 @@ def test_fit_min_batch_switches_a_chain_where_its_composite_is_faster(monkeypatc
     timed = []
 
     def compare(fns, **_kwargs):
+        if "on" in fns:  # the whole model with and without the switches: they pay
+            return {"on": Timing(1.0, 1.0, 1.0, 1), "off": Timing(2.0, 2.0, 2.0, 1)}
         b = fns["fast"].__defaults__[1].shape[0]
         timed.append(b)
         fast, direct = (1.0, 2.0) if b >= wins_from else (2.0, 1.0)
@@ -99,6 +101,27 @@ def test_fit_min_batch_switches_a_chain_where_its_composite_is_faster(monkeypatc
     assert timed == [1, 8, 64]
     assert deployed.model[3].min_batch == expected
     assert switched == ({} if expected == 1 else {"3": expected})
+
+
+def test_chain_switches_that_do_not_speed_up_the_whole_model_are_dropped(monkeypatch):
+    confirmed = []
+
+    def compare(fns, **_kwargs):
+        if "on" in fns:  # the model runs slower with the switches on at batch 1
+            fns["on"]()
+            confirmed.append(dict(switch_state()))
+            return {"on": Timing(2.0, 2.0, 2.0, 1), "off": Timing(1.0, 1.0, 1.0, 1)}
+        return {"fast": Timing(2.0, 2.0, 2.0, 1), "direct": Timing(1.0, 1.0, 1.0, 1)}  # alone
+
+    monkeypatch.setattr(batch_switch, "compare", compare)
+    deployed = Deployment().deploy(_net(), chains=["3"])
+
+    def switch_state():
+        return {"3": deployed.model[3].min_batch}
+
+    switched = batch_switch.fit_min_batch(deployed.model, torch.randn(4, 3, 10, 10), (1, 8))
+    assert confirmed == [{"3": 9}]  # timed with the switch active at batch 1 (the fitted 9)
+    assert deployed.model[3].min_batch == 1 and switched == {}
 
 
 def test_a_saved_chain_switch_is_rebuilt_on_load(tmp_path):

@@ -12,8 +12,14 @@ either way (up to float32 rounding), so the switch by input shape changes speed 
 
 A decomposed layer's chain (:class:`leanconv.nn.ChainConv2d`) is fitted the same way, after the
 fast layers (a chain's Winograd core switches first): below its ``min_batch`` it runs the one
-convolution the chain composes to, which runs as fast as the layer it replaced. Every batch size
-then runs each layer at least as fast as the layer it replaced, by this measurement.
+convolution the chain composes to, which runs as fast as the layer it replaced. Timed alone at
+batch 1, a layer takes tens of microseconds, and a composite that won alone by a few of them
+can lose inside the model (each switch's check costs about 8 µs; on the demo's ResNet-18 with
+every 3x3 layer by spatial SVD at 40 % of its MACs, eleven chains switched on such timings made
+the model 0.97x as fast at batch 1 as the chains everywhere, 1.05x). So the chains' switches
+are then confirmed on the whole model (:func:`_confirm`): at each batch size, the model with
+the switches active there is timed against the model without them, and they are kept only if
+it is faster.
 """
 
 from __future__ import annotations
@@ -50,13 +56,41 @@ def fit_min_batch(
     switched = {}
     for kinds in (WinogradConv2d | FFTConv2d, ChainConv2d):  # a chain's fast core first
         layers = _switchable(model, kinds)
-        if layers and sizes:
-            switched.update(_fit(model, layers, example, sizes, repeats))
+        if not layers or not sizes:
+            continue
+        _fit(model, layers, example, sizes, repeats)
+        if kinds is ChainConv2d:
+            _confirm(model, layers, example, sizes, repeats)
+        switched.update({n: m.min_batch for n, m in layers.items() if m.min_batch > 1})
     return switched
 
 
+def _confirm(model, layers: dict[str, nn.Module], example, sizes: list[int], repeats: int):
+    """At each batch size, smallest first, the switches of ``layers`` that are active there
+    (``min_batch`` above it) kept only if the whole model runs faster with them than without;
+    otherwise they end at that size (``min_batch`` set to it)."""
+    for b in sizes:
+        active = [m for m in layers.values() if m.min_batch > b]
+        if not active:
+            continue
+        fitted = [m.min_batch for m in active]
+        xb = input_at_batch(example, b)
+
+        def run(on: bool, xb=xb, active=active, fitted=fitted):
+            for m, mb in zip(active, fitted, strict=True):
+                m.min_batch = mb if on else 1
+            return model(xb)
+
+        t = compare({"on": lambda: run(True), "off": lambda: run(False)}, warmup=1,
+                    repeats=max(repeats, 11), device=xb.device)  # fmt: skip
+        keep = t["on"].ms < t["off"].ms
+        for m, mb in zip(active, fitted, strict=True):
+            m.min_batch = mb if keep else b
+
+
 def _fit(model, layers: dict[str, nn.Module], example, sizes: list[int], repeats: int):
-    """``min_batch`` of each of ``layers`` (set in place), timed inside ``model``."""
+    """``min_batch`` of each of ``layers`` (set in place), each timed alone on its inputs in
+    ``model``."""
     wins: dict[str, dict[int, bool]] = {n: {} for n in layers}
     for layer in layers.values():
         layer.min_batch = 1  # the algorithm itself is timed, at every size
@@ -68,12 +102,8 @@ def _fit(model, layers: dict[str, nn.Module], example, sizes: list[int], repeats
                      "direct": lambda m=layer, x=x: m._packed_direct(x)}  # fmt: skip
             t = compare(forms, warmup=1, repeats=repeats, device=x.device)
             wins[name][b] = t["fast"].ms <= t["direct"].ms
-    switched = {}
     for name, layer in layers.items():
         won = wins[name]
         losing = [b for b in sizes if not won.get(b, True)]
         layer.min_batch = 1 if not losing else next(
             (b for b in sizes if b > max(losing)), sizes[-1] + 1)  # fmt: skip
-        if layer.min_batch > 1:
-            switched[name] = layer.min_batch
-    return switched
