@@ -1,0 +1,141 @@
+"""ReLUs called in a user's ``forward`` fused into the convolutions before them
+(rewrite.fuse, traced with torch.fx): the function unchanged, the class kept."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from leanconv.compress.deploy import Deployment
+from leanconv.compress.replace import decompose_layer
+from leanconv.nn import ChainConv2d, PackedConv2d
+from leanconv.rewrite import fold_batchnorm, fuse_activations
+
+
+def conv_bn(cin, cout, stride=1):
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout))
+
+
+class UserNet(nn.Module):
+    """Written as users write them: ReLUs called in forward, in every spelling."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = conv_bn(3, 8)
+        self.b = nn.Conv2d(8, 8, 3, padding=1)
+        self.c = conv_bn(8, 8)
+        self.d = nn.Conv2d(8, 8, 1)
+        self.e = nn.Conv2d(8, 8, 3, padding=1)
+        self.shared = nn.Conv2d(8, 8, 1)
+        self.act = nn.ReLU()
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = F.relu(self.a(x))  # conv + folded batch norm
+        x = torch.relu(self.b(x))
+        y = self.act(self.c(x))  # an nn.ReLU module called in forward
+        x = F.relu(x + y)  # after a sum: not fused
+        z = self.d(x)
+        x = F.relu(z) + z  # the conv's output used twice: not fused
+        x = self.e(x).relu()
+        x = F.relu(self.shared(x))
+        x = self.shared(x)  # called twice: not fused
+        return self.head(x.mean((2, 3)))
+
+    def features(self, x):  # a method of the user's class
+        return self.a(x)
+
+
+def _user_net():
+    torch.manual_seed(0)
+    net = UserNet()
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2)
+    return net.eval()
+
+
+def test_relus_called_in_forward_are_fused_and_the_function_kept():
+    net = _user_net()
+    folded, _, _ = fold_batchnorm(net)
+    fused_model, fused = fuse_activations(folded)
+    assert sorted(fused) == [f"{n} (relu in forward)" for n in ("a.0", "b", "c.0", "e")]
+    assert type(fused_model) is UserNet  # the class, its methods and attributes stay
+    assert isinstance(fused_model.b, PackedConv2d) and fused_model.b.activation == "relu"
+    assert fused_model.d.activation is None and fused_model.shared.activation is None
+    x = torch.randn(3, 3, 12, 12)
+    with torch.no_grad():
+        reference = copy.deepcopy(net).double()(x.double())
+        assert (fused_model(x).double() - reference).abs().max() < 1e-4 * reference.abs().max()
+        copied = copy.deepcopy(fused_model)  # the traced forward follows the copy
+        torch.testing.assert_close(copied(x), fused_model(x))
+        assert fused_model.features(x).shape == (3, 8, 12, 12)
+
+
+def test_a_forward_that_does_not_trace_is_left_as_it_is():
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+        def forward(self, x):
+            y = self.conv(x)
+            if y.sum() > 0:  # data-dependent: no trace
+                return F.relu(y)
+            return y
+
+    model, fused = fuse_activations(Branchy().eval())
+    assert fused == [] and "forward" not in model.__dict__
+
+
+def test_a_decomposed_chain_stays_one_call_so_its_batch_switch_runs():
+    net = _user_net()
+    net.e = decompose_layer(net.e, "tucker2", (4, 4), input_size=(12, 12)).module
+    deployed = Deployment().deploy(net, chains=["e"])
+    assert "e (relu in forward)" in deployed.fused
+    chain = deployed.model.e
+    assert isinstance(chain, ChainConv2d)
+    chain.min_batch = 8
+    calls = []
+    chain.register_forward_hook(lambda *_: calls.append(1))
+    x = torch.randn(2, 3, 12, 12)
+    with torch.no_grad():
+        y = deployed.model(x)
+        reference = copy.deepcopy(net).double()(x.double())
+    assert calls == [1]  # the forward called the switchable chain by its name
+    assert (y.double() - reference).abs().max() < 1e-4 * reference.abs().max()
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_relu_written_inplace_is_fused_too(inplace):
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+        def forward(self, x):
+            return F.relu(self.conv(x), inplace=inplace)
+
+    model, fused = fuse_activations(Net().eval())
+    assert fused == ["conv (relu in forward)"]
+    x = torch.randn(2, 3, 6, 6)
+    with torch.no_grad():
+        expected = F.relu(F.conv2d(x.double(), model.conv.weight.double(),
+                                   model.conv.bias.double(), padding=1))  # fmt: skip
+        assert (model(x).double() - expected).abs().max() < 1e-5
+
+
+def test_a_saved_fused_model_is_fused_again_on_load(tmp_path):
+    from leanconv.compress import serialize
+
+    net = _user_net()
+    path = serialize.save(net, tmp_path / "m", {}, {}, fuse=True)
+    back = serialize.load(path, factory=UserNet)
+    assert type(back) is UserNet and back.b.activation == "relu"
+    x = torch.randn(2, 3, 12, 12)
+    with torch.no_grad():
+        torch.testing.assert_close(back(x), net(x), rtol=1e-4, atol=1e-5)
