@@ -103,19 +103,19 @@ def fuse_activations(
 _RELU_FUNCTIONS = (F.relu, torch.relu, torch.relu_)
 
 
+def _is_relu(node: fx.Node, root: nn.Module) -> bool:
+    if node.op == "call_function":
+        return node.target in _RELU_FUNCTIONS
+    if node.op == "call_method":
+        return node.target in ("relu", "relu_")
+    return node.op == "call_module" and type(root.get_submodule(node.target)) is nn.ReLU
+
+
 def _relu_input(node: fx.Node, root: nn.Module) -> fx.Node | None:
     """The input of ``node`` if ``node`` applies a ReLU (and nothing else) to it."""
-    if node.op == "call_function" and node.target in _RELU_FUNCTIONS:
-        extra = set(node.kwargs) - {"inplace"}
-    elif (
-        node.op == "call_method"
-        and node.target in ("relu", "relu_")
-        or node.op == "call_module"
-        and type(root.get_submodule(node.target)) is nn.ReLU
-    ):
-        extra = set(node.kwargs)
-    else:
+    if not _is_relu(node, root):
         return None
+    extra = set(node.kwargs) - {"inplace"}
     args = [a for a in node.args[1:] if a is not False]  # F.relu(x, False) / (x, True)
     src = node.args[0] if node.args else None
     return src if isinstance(src, fx.Node) and not extra and len(args) <= 1 else None
