@@ -90,7 +90,7 @@ def fuse_activations(
                 seq[j] = conv
                 seq[i] = nn.Identity()
                 fused.append(f"{name}.{i}" if name else str(i))
-    if traced and type(model) is not nn.Sequential:
+    if traced and not isinstance(model, nn.Sequential | nn.Conv2d | _FastConv2d):
         fused += _fuse_called_relus(model)
     plain = {
         n: PackedConv2d.from_conv(m)
