@@ -64,7 +64,8 @@ def test_relus_called_in_forward_are_fused_and_the_function_kept():
     folded, _, _ = fold_batchnorm(net)
     fused_model, fused = fuse_activations(folded)
     assert sorted(fused) == [f"{n} (relu in forward)" for n in ("a.0", "b", "c.0", "e")]
-    assert type(fused_model) is UserNet  # the class, its methods and attributes stay
+    # a subclass of the user's class: its name, methods and attributes stay
+    assert isinstance(fused_model, UserNet) and type(fused_model).__name__ == "UserNet"
     assert isinstance(fused_model.b, PackedConv2d) and fused_model.b.activation == "relu"
     assert fused_model.d.activation is None and fused_model.shared.activation is None
     x = torch.randn(3, 3, 12, 12)
@@ -89,7 +90,7 @@ def test_a_forward_that_does_not_trace_is_left_as_it_is():
             return y
 
     model, fused = fuse_activations(Branchy().eval())
-    assert fused == [] and "forward" not in model.__dict__
+    assert fused == [] and type(model) is Branchy
 
 
 def test_a_decomposed_chain_stays_one_call_so_its_batch_switch_runs():
@@ -135,7 +136,7 @@ def test_a_saved_fused_model_is_fused_again_on_load(tmp_path):
     net = _user_net()
     path = serialize.save(net, tmp_path / "m", {}, {}, fuse=True)
     back = serialize.load(path, factory=UserNet)
-    assert type(back) is UserNet and back.b.activation == "relu"
+    assert isinstance(back, UserNet) and back.b.activation == "relu"
     x = torch.randn(2, 3, 12, 12)
     with torch.no_grad():
         torch.testing.assert_close(back(x), net(x), rtol=1e-4, atol=1e-5)
