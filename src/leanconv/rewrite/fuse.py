@@ -151,10 +151,8 @@ def _fuse_called_relus(model: nn.Module) -> list[str]:
     (in place; see the module docstring); the names of those convolutions."""
     try:
         graph = _Tracer().trace(model)
-        traced = fx.GraphModule(model, graph)
     except Exception:  # noqa: BLE001 - any forward that does not trace is left as it is
         return []
-    graph = traced.graph
     calls: dict[str, int] = {}
     for node in graph.nodes:
         if node.op == "call_module":
@@ -163,7 +161,7 @@ def _fuse_called_relus(model: nn.Module) -> list[str]:
             return []  # the traced forward needs what the model does not hold
     fused = []
     for node in list(graph.nodes):
-        given = _relu_input(node, traced)
+        given = _relu_input(node, model)
         if given is None or len(given.users) != 1:
             continue
         src = _producer(given, model)
@@ -177,13 +175,14 @@ def _fuse_called_relus(model: nn.Module) -> list[str]:
         graph.erase_node(node)
         fused.append(f"{src.target} (relu in forward)")
     if fused:
-        traced.recompile()
-        # the traced forward on a subclass of the model's own class: its attributes and methods
-        # stay, and no reference cycle holds the model's weights until a garbage collection (a
-        # forward bound on the instance did: the planner's many deployed copies piled up)
+        # the traced forward (compiled from the graph's code alone: it holds no module) on a
+        # subclass of the model's own class, so that its attributes and methods stay
+        code = graph.python_code(root_module="self")
+        namespace = dict(code.globals)
+        exec(compile(code.src, f"<{type(model).__name__}.forward, ReLUs fused>", "exec"), namespace)
         cls = type(model)
         model.__class__ = type(cls.__name__, (cls,), {
-            "forward": type(traced).forward, "__module__": cls.__module__,
+            "forward": namespace["forward"], "__module__": cls.__module__,
             "__qualname__": cls.__qualname__, "__doc__": cls.__doc__})  # fmt: skip
     return fused
 
