@@ -140,3 +140,21 @@ def test_a_saved_fused_model_is_fused_again_on_load(tmp_path):
     x = torch.randn(2, 3, 12, 12)
     with torch.no_grad():
         torch.testing.assert_close(back(x), net(x), rtol=1e-4, atol=1e-5)
+
+
+def test_the_forward_is_traced_in_eval_mode():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+        def forward(self, x):
+            y = F.relu(self.conv(x))
+            return y * 2 if self.training else y  # a Python branch on the mode
+
+    model, fused = fuse_activations(Net().train())  # as a factory builds it, in training mode
+    assert fused == ["conv (relu in forward)"] and not model.training
+    x = torch.randn(1, 3, 5, 5)
+    with torch.no_grad():
+        expected = F.relu(F.conv2d(x, model.conv.weight, model.conv.bias, padding=1))
+        torch.testing.assert_close(model(x), expected)  # not doubled: traced in eval mode

@@ -151,6 +151,7 @@ def _producer(node: fx.Node, model: nn.Module) -> fx.Node:
 def _fuse_called_relus(model: nn.Module) -> list[str]:
     """The ReLUs called in ``model.forward`` fused into the convolutions whose output they take
     (in place; see the module docstring); the names of those convolutions."""
+    model.eval()  # traced as it will run (fuse_activations returns the model in eval mode)
     try:
         graph = _Tracer().trace(model)
     except Exception:  # noqa: BLE001 - any forward that does not trace is left as it is
