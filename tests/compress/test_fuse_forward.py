@@ -158,3 +158,45 @@ def test_the_forward_is_traced_in_eval_mode():
     with torch.no_grad():
         expected = F.relu(F.conv2d(x, model.conv.weight, model.conv.bias, padding=1))
         torch.testing.assert_close(model(x), expected)  # not doubled: traced in eval mode
+
+
+class TorchvisionStyle(nn.Module):
+    """Batch norms and ReLUs as siblings of the convolutions, called in forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(8)
+        self.conv3 = nn.Conv2d(8, 8, 1)
+        self.shared_bn = nn.BatchNorm2d(8)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        x = self.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(x))
+        x = self.relu(x + y)
+        z = self.conv3(x)
+        return self.shared_bn(z) + self.shared_bn(x) + z  # called twice, output reused: kept
+
+
+def test_batch_norms_called_in_forward_are_folded_and_their_relus_fused():
+    torch.manual_seed(0)
+    net = TorchvisionStyle()
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2)
+                m.weight.uniform_(0.5, 1.5)
+    net.eval()
+    folded, norms, convs = fold_batchnorm(net)
+    assert norms == ["bn1", "bn2"] and convs == ["conv1", "conv2"]
+    assert type(folded.bn1) is nn.Identity and type(folded.shared_bn) is nn.BatchNorm2d
+    deployed, fused = fuse_activations(folded)
+    assert fused == ["conv1 (relu in forward)"]  # the ReLU after the sum stays
+    x = torch.randn(2, 3, 9, 9)
+    with torch.no_grad():
+        reference = copy.deepcopy(net).double()(x.double())
+        assert (deployed(x).double() - reference).abs().max() < 1e-4 * reference.abs().max()

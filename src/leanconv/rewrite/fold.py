@@ -12,7 +12,10 @@ from __future__ import annotations
 import copy
 
 import torch
-from torch import nn
+from torch import fx, nn
+
+from ..modules import replace_modules
+from ._trace import trace_forward
 
 
 def _last_conv(module: nn.Module) -> nn.Conv2d | None:
@@ -59,4 +62,38 @@ def fold_batchnorm(
                 seq[i] = nn.Identity()
                 folded.append(f"{name}.{i}" if name else str(i))
                 convs.append(names[id(conv)])
+    if not isinstance(model, nn.Sequential | nn.Conv2d):
+        for norm, conv in _fold_called_norms(model):
+            folded.append(norm)
+            convs.append(names[id(conv)])
     return model.eval(), folded, convs
+
+
+def _fold_called_norms(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
+    """The batch norms called in ``model.forward`` on a convolution's output folded into it (in
+    place; see the module docstring): each norm's name and the convolution."""
+    graph = trace_forward(model)
+    if graph is None:
+        return []
+    calls: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    out = []
+    for node in graph.nodes:
+        if node.op != "call_module" or calls[node.target] != 1 or node.kwargs:
+            continue
+        bn = model.get_submodule(node.target)
+        if type(bn) is not nn.BatchNorm2d or not bn.track_running_stats or len(node.args) != 1:
+            continue
+        src = node.args[0]
+        if not (isinstance(src, fx.Node) and src.op == "call_module" and len(src.users) == 1
+                and calls[src.target] == 1):  # fmt: skip
+            continue
+        conv = _last_conv(model.get_submodule(src.target))
+        if conv is None or conv.out_channels != bn.num_features:
+            continue
+        fold_conv_bn(conv, bn)
+        replace_modules(model, {node.target: nn.Identity()}, inplace=True)
+        out.append((node.target, conv))
+    return out

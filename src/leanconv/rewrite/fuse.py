@@ -37,6 +37,7 @@ from torch import fx, nn
 
 from ..modules import replace_modules
 from ..nn.fast import PackedConv2d, _FastConv2d
+from ._trace import trace_forward
 
 __all__ = ["fuse_activations"]
 
@@ -122,22 +123,6 @@ def _relu_input(node: fx.Node, root: nn.Module) -> fx.Node | None:
     return src if isinstance(src, fx.Node) and not extra and len(args) <= 1 else None
 
 
-class _Tracer(fx.Tracer):
-    """Traces down to convolutions: a plain, packed or fast convolution is one call (its own
-    forward has shape checks that a trace cannot follow), and so is a decomposed layer's chain
-    (the forward keeps calling it by its name, where the deployment may put a switchable
-    chain, :class:`leanconv.nn.ChainConv2d`)."""
-
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        if isinstance(m, nn.Conv2d | _FastConv2d):
-            return True
-        if isinstance(m, nn.Sequential):  # by type only: while tracing, parameters are proxies
-            kids = [k for k in m._modules.values() if type(k) is not nn.Identity]
-            if len(kids) >= 2 and all(isinstance(k, nn.Conv2d | _FastConv2d) for k in kids):
-                return True
-        return super().is_leaf_module(m, qualname)
-
-
 def _producer(node: fx.Node, model: nn.Module) -> fx.Node:
     """``node``, or the node whose output it passes on through ``nn.Identity`` calls (a folded
     batch norm), each used once."""
@@ -151,10 +136,8 @@ def _producer(node: fx.Node, model: nn.Module) -> fx.Node:
 def _fuse_called_relus(model: nn.Module) -> list[str]:
     """The ReLUs called in ``model.forward`` fused into the convolutions whose output they take
     (in place; see the module docstring); the names of those convolutions."""
-    model.eval()  # traced as it will run (fuse_activations returns the model in eval mode)
-    try:
-        graph = _Tracer().trace(model)
-    except Exception:  # noqa: BLE001 - any forward that does not trace is left as it is
+    graph = trace_forward(model)
+    if graph is None:
         return []
     calls: dict[str, int] = {}
     for node in graph.nodes:

@@ -1,0 +1,39 @@
+"""The forward of a user's model as a graph of calls (``torch.fx``), for the exact rewrites that
+need to see what a ``forward`` calls: a batch norm applied to a convolution's output
+(:mod:`.fold`), a ReLU applied to it (:mod:`.fuse`)."""
+
+from __future__ import annotations
+
+from torch import fx, nn
+
+from ..nn.fast import _FastConv2d
+
+__all__ = ["trace_forward"]
+
+
+class _Tracer(fx.Tracer):
+    """Traces down to convolutions: a plain, packed or fast convolution is one call (its own
+    forward has shape checks that a trace cannot follow), and so is a decomposed layer's chain
+    (the forward keeps calling it by its name, where the deployment may put a switchable
+    chain, :class:`leanconv.nn.ChainConv2d`)."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        if isinstance(m, nn.Conv2d | _FastConv2d):
+            return True
+        if isinstance(m, nn.Sequential):  # by type only: while tracing, parameters are proxies
+            kids = [k for k in m._modules.values() if type(k) is not nn.Identity]
+            if len(kids) >= 2 and all(isinstance(k, nn.Conv2d | _FastConv2d) for k in kids):
+                return True
+        return super().is_leaf_module(m, qualname)
+
+
+def trace_forward(model: nn.Module) -> fx.Graph | None:
+    """``model``'s forward traced down to convolutions and chains, in eval mode (as it will run:
+    the rewrites are for inference, and Python branches on ``self.training`` are fixed as
+    traced; the model is left in eval mode); ``None`` for a forward that does not trace
+    (data-dependent control flow, say)."""
+    model.eval()
+    try:
+        return _Tracer().trace(model)
+    except Exception:  # noqa: BLE001 - any forward that does not trace is left as it is
+        return None
