@@ -13,6 +13,8 @@ from leanconv.compress.replace import decompose_layer
 from leanconv.nn import ChainConv2d, PackedConv2d
 from leanconv.rewrite import fold_batchnorm, fuse_activations
 
+from .test_fuse import _randomise_norms
+
 
 def conv_bn(cin, cout, stride=1):
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout))
@@ -50,13 +52,7 @@ class UserNet(nn.Module):
 
 def _user_net():
     torch.manual_seed(0)
-    net = UserNet()
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2)
-    return net.eval()
+    return _randomise_norms(UserNet())
 
 
 def test_relus_called_in_forward_are_fused_and_the_function_kept():
@@ -183,14 +179,7 @@ class TorchvisionStyle(nn.Module):
 
 def test_batch_norms_called_in_forward_are_folded_and_their_relus_fused():
     torch.manual_seed(0)
-    net = TorchvisionStyle()
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2)
-                m.weight.uniform_(0.5, 1.5)
-    net.eval()
+    net = _randomise_norms(TorchvisionStyle())
     folded, norms, convs = fold_batchnorm(net)
     assert norms == ["bn1", "bn2"] and convs == ["conv1", "conv2"]
     assert type(folded.bn1) is nn.Identity and type(folded.shared_bn) is nn.BatchNorm2d

@@ -81,6 +81,12 @@ def _symmetric(padding) -> tuple[int, int] | None:
     return None
 
 
+def _block(j: int, groups: int, out: int, c: int) -> tuple[slice, slice]:
+    """Rows and columns of the ``j``-th of ``groups`` diagonal blocks of an ``out x c`` weight."""
+    step, per_group = out // groups, c // groups
+    return slice(j * step, (j + 1) * step), slice(j * per_group, (j + 1) * per_group)
+
+
 def _dense(m: nn.Module) -> Tensor:
     """``m``'s weight as a groups=1 weight (block diagonal), float64."""
     w = m.weight.detach().to(torch.float64)
@@ -89,11 +95,9 @@ def _dense(m: nn.Module) -> Tensor:
         return w
     out, per_group = w.shape[0], w.shape[1]
     dense = w.new_zeros(out, per_group * g, *w.shape[2:])
-    step = out // g
     for j in range(g):
-        dense[j * step : (j + 1) * step, j * per_group : (j + 1) * per_group] = w[
-            j * step : (j + 1) * step
-        ]
+        rows, cols = _block(j, g, out, per_group * g)
+        dense[rows, cols] = w[rows]
     return dense
 
 
@@ -134,9 +138,7 @@ def compose_chain(convs: list[nn.Module]) -> Composite | None:
     bias = bias.detach().to(torch.float64) if bias is not None else None
     groups = _block_groups(weight)
     if groups > 1:
-        step, per_group = weight.shape[0] // groups, weight.shape[1] // groups
-        weight = torch.cat([weight[j * step:(j + 1) * step, j * per_group:(j + 1) * per_group]
-                            for j in range(groups)])  # fmt: skip
+        weight = torch.cat([weight[_block(j, groups, *weight.shape[:2])] for j in range(groups)])
     return Composite(weight, bias, stride, padding, dilation, groups)
 
 
@@ -147,10 +149,9 @@ def _block_groups(weight: Tensor) -> int:
     nonzero = weight.ne(0).flatten(2).any(-1)  # (out, c)
     for g in sorted((d for d in range(2, math.gcd(out, c) + 1) if out % d == 0 and c % d == 0),
                     reverse=True):  # fmt: skip
-        step, per_group = out // g, c // g
         mask = torch.ones_like(nonzero)
         for j in range(g):
-            mask[j * step : (j + 1) * step, j * per_group : (j + 1) * per_group] = False
+            mask[_block(j, g, out, c)] = False
         if not nonzero[mask].any():
             return g
     return 1

@@ -47,11 +47,10 @@ class ChainConv2d(nn.Sequential):
     def composed(self) -> PackedConv2d:
         """The one convolution the chain computes, with the last factor's activation, packed
         (built from the current weights, kept while they do not change)."""
-        convs = [m for m in self._modules.values() if type(m) is not nn.Identity]
+        convs = [m for m in self._modules.values() if type(m) is not nn.Identity]  # the chain
         key = tuple((c.weight._version, c.weight.data_ptr()) for c in convs)
         hit = self.__dict__.get("_composed")
-        if hit is None or hit[0] != key:
-            convs = chain_convolutions(self)
+        if hit is None or hit[0] != key:  # the layers were checked by from_chain
             like = convs[-1].weight
             with torch.no_grad():
                 conv = compose_chain(convs).conv(like)

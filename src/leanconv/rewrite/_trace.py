@@ -8,7 +8,7 @@ from torch import fx, nn
 
 from ..nn.fast import _FastConv2d
 
-__all__ = ["trace_forward"]
+__all__ = ["module_calls", "trace_forward"]
 
 
 class _Tracer(fx.Tracer):
@@ -37,3 +37,13 @@ def trace_forward(model: nn.Module) -> fx.Graph | None:
         return _Tracer().trace(model)
     except Exception:  # noqa: BLE001 - any forward that does not trace is left as it is
         return None
+
+
+def module_calls(graph: fx.Graph) -> dict[str, int]:
+    """How many times the traced forward calls each module, by name (a module called more than
+    once cannot take a rewrite meant for one of its calls)."""
+    calls: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    return calls

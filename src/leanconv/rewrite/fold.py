@@ -15,7 +15,7 @@ import torch
 from torch import fx, nn
 
 from ..modules import replace_modules
-from ._trace import trace_forward
+from ._trace import module_calls, trace_forward
 
 
 def _last_conv(module: nn.Module) -> nn.Conv2d | None:
@@ -75,10 +75,7 @@ def _fold_called_norms(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
     graph = trace_forward(model)
     if graph is None:
         return []
-    calls: dict[str, int] = {}
-    for node in graph.nodes:
-        if node.op == "call_module":
-            calls[node.target] = calls.get(node.target, 0) + 1
+    calls = module_calls(graph)
     out = []
     for node in graph.nodes:
         if node.op != "call_module" or calls[node.target] != 1 or node.kwargs:

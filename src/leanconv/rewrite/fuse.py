@@ -37,7 +37,7 @@ from torch import fx, nn
 
 from ..modules import replace_modules
 from ..nn.fast import PackedConv2d, _FastConv2d
-from ._trace import trace_forward
+from ._trace import module_calls, trace_forward
 
 __all__ = ["fuse_activations"]
 
@@ -139,12 +139,9 @@ def _fuse_called_relus(model: nn.Module) -> list[str]:
     graph = trace_forward(model)
     if graph is None:
         return []
-    calls: dict[str, int] = {}
-    for node in graph.nodes:
-        if node.op == "call_module":
-            calls[node.target] = calls.get(node.target, 0) + 1
-        elif node.op == "get_attr" and not _has(model, node.target):
-            return []  # the traced forward needs what the model does not hold
+    if any(n.op == "get_attr" and not _has(model, n.target) for n in graph.nodes):
+        return []  # the traced forward needs what the model does not hold
+    calls = module_calls(graph)
     fused = []
     for node in list(graph.nodes):
         given = _relu_input(node, model)
