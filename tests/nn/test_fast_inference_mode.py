@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from leanconv.algorithms import winograd as _winograd
 from leanconv.nn.fast import FFTConv2d, PackedConv2d, WinogradConv2d
 
 LAYERS = [WinogradConv2d, FFTConv2d, PackedConv2d]
@@ -72,3 +73,25 @@ def test_everything_under_inference_mode(cls):
         layer.weight.mul_(-1)  # changed in place under inference mode: the cache follows
         want = F.conv2d(x, -conv.weight, conv.bias, padding=1)
         torch.testing.assert_close(layer(x), want, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("tile", [3, 5])
+def test_first_run_under_inference_mode_then_trained(tile):
+    """The float32 data path's transform matrices are first made under inference mode here (the
+    filter's are float64); a later call that autograd records must still run and differentiate
+    (a deployed model timed under ``inference_mode`` and then fine-tuned)."""
+    _winograd._matrices.cache_clear()  # made afresh, whatever ran before in this process
+    torch.manual_seed(1)
+    conv = nn.Conv2d(6, 4, 3, padding=1)
+    layer = WinogradConv2d.from_conv(conv, tile=tile)
+    x = torch.randn(2, 6, 11, 13)
+    with torch.inference_mode():
+        layer(x)
+    xg = x.clone().requires_grad_()
+    y = layer(xg)
+    y.square().sum().backward()
+    xr = x.double().requires_grad_()
+    yr = F.conv2d(xr, conv.weight.double(), conv.bias.double(), padding=1)
+    yr.square().sum().backward()
+    torch.testing.assert_close(y.double(), yr.detach(), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(xg.grad.double(), xr.grad, rtol=1e-3, atol=1e-3)

@@ -84,7 +84,11 @@ def _tile_pair(tile, where: str) -> tuple[int, int]:
 
 @functools.lru_cache(maxsize=256)
 def _matrices(m: int, r: int, dtype: torch.dtype, device: str):
-    return winograd_transform(m, r).to_tensor(dtype, torch.device(device))
+    """``A^T, G, B^T`` of F(m, r) as tensors, made once per dtype and device. They are made as
+    normal tensors even when the first call runs under ``torch.inference_mode()``: an inference
+    tensor kept here would make every later call that autograd records fail."""
+    with torch.inference_mode(False):
+        return winograd_transform(m, r).to_tensor(dtype, torch.device(device))
 
 
 def _exact_dtype(device: torch.device) -> torch.dtype:
