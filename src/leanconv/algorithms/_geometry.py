@@ -52,6 +52,16 @@ def pair(value: int | Sequence[int], arg: str, where: str) -> tuple[int, int]:
     return normalise_tuple(value, 2, arg, f"{where}: ", strict=True)
 
 
+def symmetric_padding(padding) -> tuple[int, int] | None:
+    """``padding`` as ``(along H, along W)`` when it pads both sides of each axis alike (an int,
+    or two ints); ``None`` for a string or a four-sided padding."""
+    if isinstance(padding, int):
+        return (padding, padding)
+    if isinstance(padding, tuple | list) and len(padding) == 2:
+        return tuple(padding) if all(isinstance(p, int) for p in padding) else None
+    return None
+
+
 def padding4(
     padding: PaddingArg,
     kernel: tuple[int, int],

@@ -29,6 +29,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ..algorithms._geometry import symmetric_padding
+
 __all__ = ["Composite", "chain_convolutions", "compose_chain"]
 
 
@@ -73,14 +75,6 @@ def _is_conv(m: nn.Module) -> bool:
     )
 
 
-def _symmetric(padding) -> tuple[int, int] | None:
-    if isinstance(padding, int):
-        return (padding, padding)
-    if isinstance(padding, tuple | list) and len(padding) == 2:
-        return tuple(padding) if all(isinstance(p, int) for p in padding) else None
-    return None
-
-
 def _block(j: int, groups: int, out: int, c: int) -> tuple[slice, slice]:
     """Rows and columns of the ``j``-th of ``groups`` diagonal blocks of an ``out x c`` weight."""
     step, per_group = out // groups, c // groups
@@ -114,7 +108,7 @@ def compose_chain(convs: list[nn.Module]) -> Composite | None:
     weight = None
     geometry: list = [None, None]  # per axis: (stride, padding, dilation) of the acting factor
     for i, m in enumerate(convs):
-        padding = _symmetric(m.padding)
+        padding = symmetric_padding(m.padding)
         if padding is None or (getattr(m, "bias", None) is not None and i < len(convs) - 1):
             return None
         w = _dense(m)

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from ..algorithms import fft as _fft
 from ..algorithms import packed as _packed
 from ..algorithms import winograd as _winograd
-from ..algorithms._geometry import normalise, pair
+from ..algorithms._geometry import normalise, pair, symmetric_padding
 from ..cost import register_module_rule
 from ..cost.convention import Convention
 from ..cost.formulas import OpCost, conv_cost
@@ -163,14 +163,6 @@ class _FastConv2d(nn.Module):
         args = (self.stride, self.padding, self.dilation, self.groups)
         return self._activate(conv2d(x, self.weight, self.bias, *args, algorithm="direct"))
 
-    def _symmetric_padding(self) -> tuple[int, int] | None:
-        p = self.padding
-        if isinstance(p, int):
-            return (p, p)
-        if isinstance(p, tuple) and len(p) == 2 and all(isinstance(v, int) for v in p):
-            return p
-        return None
-
     def packed_weight(self, shape: tuple[int, ...]) -> Tensor | None:
         """The weight packed for inputs of ``shape`` (cached while the weight does not change);
         ``None`` where oneDNN refuses the geometry or the call is too small to gain from it
@@ -179,7 +171,7 @@ class _FastConv2d(nn.Module):
         cache = self._pack_cache()
         hit = cache.get(shape)
         if hit is None or hit[0] != key:
-            padding = self._symmetric_padding()
+            padding = symmetric_padding(self.padding)
             args = (self.stride, padding, self.dilation)
             worth = _packed.worth_packing(tuple(self.weight.shape), *args, shape)
             packed = _packed.pack(self.weight, *args, self.groups, shape) if worth else None
@@ -195,7 +187,7 @@ class _FastConv2d(nn.Module):
         """The direct convolution on the weight packed for oneDNN, bias and activation fused
         (what :class:`PackedConv2d` runs, and a fast layer below its ``min_batch``); where the
         packed path does not apply, ``F.conv2d``."""
-        padding = self._symmetric_padding()
+        padding = symmetric_padding(self.padding)
         if x.is_meta or padding is None:
             return self._direct(x)
         if _packed.usable(x, self.weight):

@@ -55,8 +55,8 @@ def fit_min_batch(
     sizes = sorted({int(b) for b in batch_sizes if int(b) >= 1})
     switched = {}
     for kinds in (WinogradConv2d | FFTConv2d, ChainConv2d):  # a chain's fast core first
-        layers = _switchable(model, kinds)
-        if not layers or not sizes:
+        layers = _switchable(model, kinds) if sizes else {}
+        if not layers:
             continue
         _fit(model, layers, example, sizes, repeats)
         if kinds is ChainConv2d:
