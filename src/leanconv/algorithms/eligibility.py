@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["FFTLimits", "Verdict", "WinogradLimits", "fft", "winograd"]
+__all__ = ["FFTLimits", "NarrowLimits", "Verdict", "WinogradLimits", "fft", "narrow", "winograd"]
 
 IntPair = int | Sequence[int]
 
@@ -51,6 +51,16 @@ class WinogradLimits:
     max_dilation: int | None = None
     grouped: bool = True
     min_channels: int = 1
+
+
+@dataclass(frozen=True)
+class NarrowLimits:
+    """Where :func:`narrow` says yes: one group, at most ``max_kernel_rows`` kernel rows (the
+    compiled kernel's limit) and at most ``max_out_channels`` output channels (None: any; the
+    kernel computes any width, but wide layers fill library kernels' vectors already)."""
+
+    max_out_channels: int | None = None
+    max_kernel_rows: int = 64
 
 
 @dataclass(frozen=True)
@@ -135,3 +145,19 @@ def fft(
     if size < least:
         return Verdict(False, f"kernel {shown} < {least}: too small for FFT to win")
     return Verdict(True, f"kernel {shown} >= {least}")
+
+
+def narrow(
+    kernel_size: IntPair, groups: int, out_channels: int, limits: NarrowLimits = NarrowLimits()
+) -> Verdict:
+    """The narrow direct convolution (:mod:`leanconv.algorithms.narrow`) on this geometry within
+    ``limits`` (see :class:`NarrowLimits`): any stride, padding and dilation."""
+    rows = _pair(kernel_size)[0]
+    if groups != 1:
+        return Verdict(False, f"groups={groups}: the narrow kernel needs one group")
+    if rows > limits.max_kernel_rows:
+        return Verdict(False, f"{rows} kernel rows > {limits.max_kernel_rows}")
+    most = limits.max_out_channels
+    if most is not None and out_channels > most:
+        return Verdict(False, f"{out_channels} output channels > {most}: not narrow")
+    return Verdict(True, f"{out_channels} output channels, one group")

@@ -1,5 +1,6 @@
-"""The compiled Winograd kernels (``kernels/winograd_transforms.c``, the tile transforms of the
-three-stage path, and ``kernels/winograd_fused.c``, the one-pass path), built on first use.
+"""The compiled kernels, built on first use: Winograd (``kernels/winograd_transforms.c``, the tile
+transforms of the three-stage path, and ``kernels/winograd_fused.c``, the one-pass path) and the
+narrow direct convolution (``kernels/narrow_direct.c``, :mod:`leanconv.algorithms.narrow`).
 
 The C sources are compiled once per machine with the system C compiler (``$CC``, else ``cc`` or
 ``gcc``; ``-O3 -march=native -fopenmp``) into the leanconv cache directory and loaded with
@@ -7,7 +8,8 @@ The C sources are compiled once per machine with the system C compiler (``$CC``,
 shared between machines never loads code built for another processor; it is written under a
 temporary name and renamed, so concurrent first uses cannot load half a file. Where no compiler
 works, or with ``LEANCONV_NATIVE=0``, :func:`library` returns ``None`` and the Winograd code runs
-its PyTorch implementation instead; :func:`status` says which and why.
+its PyTorch implementation instead (the narrow layers run oneDNN); :func:`status` says which and
+why.
 
 OpenMP threads come from ``libgomp.so.1``, the runtime PyTorch has already loaded, so the kernels
 share PyTorch's thread pool instead of starting a second one.
@@ -31,7 +33,7 @@ from .. import cache
 
 SOURCES = tuple(
     Path(__file__).with_name("kernels") / name
-    for name in ("winograd_transforms.c", "winograd_fused.c")
+    for name in ("winograd_transforms.c", "winograd_fused.c", "narrow_direct.c")
 )
 FLAGS = ("-O3", "-march=native", "-ffp-contract=fast", "-fopenmp", "-shared", "-fPIC", "-std=c99")
 
@@ -41,6 +43,7 @@ __all__ = [
     "fused",
     "input_transform",
     "library",
+    "narrow",
     "output_transform",
     "status",
     "vector_width",
@@ -82,7 +85,7 @@ def library() -> ctypes.CDLL | None:
         source + " ".join(FLAGS).encode() + _cpu_signature().encode() + compiler.encode()
     ).hexdigest()[:16]
     folder = cache.cache_dir() / "kernels"
-    target = folder / f"winograd-{key}.so"
+    target = folder / f"kernels-{key}.so"
     try:
         if not target.exists():
             folder.mkdir(parents=True, exist_ok=True)
@@ -125,6 +128,9 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.winograd_fused.argtypes += [integer] * 4 + [ptr] * 5 + [integer, integer]
     lib.winograd_fused_vector.restype = integer
     lib.winograd_fused_vector.argtypes = []
+    lib.narrow_conv.restype = None
+    lib.narrow_conv.argtypes = [ptr] + [long] * 6 + [ptr, long, long, ptr, integer, ptr]
+    lib.narrow_conv.argtypes += [long] * 6 + [integer] * 9
 
 
 def build_id() -> str:
@@ -287,3 +293,46 @@ def fused(
     if bad & 2:
         raise MemoryError("native Winograd kernel: a thread could not allocate its tile buffers")
     return not bad
+
+
+#: Output channels per vector of the narrow kernel, and the most kernel rows it takes.
+NARROW_VECTOR, NARROW_MAX_ROWS = 8, 64
+
+
+def narrow(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    out: torch.Tensor,
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+    bias: torch.Tensor | None = None,
+    relu: bool = False,
+) -> None:
+    """The direct convolution of ``x`` (N, C, H, W with channels innermost, ``stride(1) == 1``)
+    into ``out`` (N, K, H_o, W_o, channels innermost) by ``kernels/narrow_direct.c``: ``w`` packed
+    as a contiguous ``[kh, kw, C, Kp]`` (Kp: K rounded up to :data:`NARROW_VECTOR`, zeros), the
+    symmetric ``padding``, ``bias`` Kp values, then ReLU when asked."""
+    lib = library()
+    n, c, height, width = x.shape
+    _, k, out_h, out_w = out.shape
+    kh, kw, wc, kp = w.shape
+    _check_operands(x, (w,), kh * kw * c * kp, "filter")
+    _check(out.dtype == torch.float32 and out.shape[0] == n and wc == c, "a wrong output")
+    _check((x.stride(1) == 1 or c == 1) and (out.stride(1) == 1 or k == 1),
+           "channels that are not innermost")  # fmt: skip
+    _check(kp % NARROW_VECTOR == 0 and k <= kp < k + NARROW_VECTOR, "a wrong packing")
+    _check(1 <= kh <= NARROW_MAX_ROWS, "too many kernel rows")
+    expect = [(size + 2 * p - d * (kk - 1) - 1) // s + 1 for size, p, d, kk, s in
+              zip((height, width), padding, dilation, (kh, kw), stride, strict=True)]  # fmt: skip
+    _check(expect == [out_h, out_w], "an output of the wrong size")
+    if bias is not None:
+        _check_operands(out, (bias,), kp, "bias")
+    sn, _, sh, sw = x.stride()
+    on, _, oh, ow = out.stride()
+    lib.narrow_conv(
+        _ptr(x), sn, sh, sw, c, height, width, _ptr(w), kp, k,
+        None if bias is None else _ptr(bias), int(relu),
+        _ptr(out), on, oh, ow, out_h, out_w, n, kh, kw, *stride, *padding, *dilation,
+        torch.get_num_threads(),
+    )  # fmt: skip

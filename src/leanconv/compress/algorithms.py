@@ -8,6 +8,11 @@ a plain ``nn.Conv2d`` with a 3x3 kernel, stride 1, dilation 1, one group, zero p
 least ``MIN_CHANNELS`` channels in and out: the Winograd rule the tuner and ``"auto"`` apply too,
 with the planner's limits (:data:`leanconv.selection.eligibility.WINOGRAD_PLANNER`).
 
+The deployment adds one more, per convolution: ``"narrow"``, the narrow direct kernel
+(:class:`leanconv.nn.NarrowConv2d`) for a factor of a decomposed layer, kept where it is measured
+faster (:func:`narrow_candidates`, then :func:`leanconv.selection.batch_switch.fit_min_batch`).
+It is not a planner candidate: the planner times factors by oneDNN.
+
 The algorithm computes the same function up to float32 rounding (docs/algorithms.md, "Accuracy"),
 so the compress pipeline fine-tunes and folds batch norms on plain convolutions and applies the
 algorithms last, to the deployed model; the saved model records them (``model.json``,
@@ -20,13 +25,17 @@ import copy
 
 from torch import nn
 
-from ..modules import replace_modules
-from ..selection.eligibility import WINOGRAD_PLANNER, winograd
+from ..algorithms import native
+from ..modules import get_layer, replace_modules
+from ..selection.eligibility import WINOGRAD_PLANNER, narrow, winograd
 
 ALGORITHMS = {"winograd2": 2, "winograd4": 4, "winograd6": 6}
+#: Every algorithm a deployed layer may run by: the planner's, and the narrow direct kernel.
+DEPLOYED = (*ALGORITHMS, "narrow")
 MIN_CHANNELS = WINOGRAD_PLANNER.min_channels  # below it Winograd does not pay
 
-__all__ = ["ALGORITHMS", "apply_algorithms", "eligible", "with_algorithm"]
+__all__ = ["ALGORITHMS", "DEPLOYED", "apply_algorithms", "eligible", "narrow_candidates",
+           "with_algorithm"]  # fmt: skip
 
 
 def eligible(conv: nn.Module) -> bool:
@@ -37,10 +46,12 @@ def eligible(conv: nn.Module) -> bool:
 def with_algorithm(module: nn.Module, algorithm: str) -> nn.Module | None:
     """A copy of ``module`` whose eligible convolutions run by ``algorithm``; ``None`` when it has
     none (the candidate would be the module itself)."""
-    from ..nn.fast import WinogradConv2d
+    from ..nn.fast import NarrowConv2d, WinogradConv2d
 
-    if algorithm not in ALGORITHMS:
-        raise ValueError(f"algorithm={algorithm!r} is not one of {', '.join(ALGORITHMS)}")
+    if algorithm not in DEPLOYED:
+        raise ValueError(f"algorithm={algorithm!r} is not one of {', '.join(DEPLOYED)}")
+    if algorithm == "narrow":
+        return NarrowConv2d.from_conv(module) if narrow(module) else None
     tile = ALGORITHMS[algorithm]
     if eligible(module):
         return WinogradConv2d.from_conv(module, tile=tile).train(module.training)
@@ -68,3 +79,17 @@ def apply_algorithms(
             replacements[name] = fast
             applied[name] = algorithm
     return replace_modules(model, replacements, inplace=True), applied
+
+
+def narrow_candidates(model: nn.Module, layers) -> dict[str, str]:
+    """The convolutions inside the decomposed ``layers`` of ``model`` that the narrow direct
+    kernel computes (:func:`leanconv.selection.eligibility.narrow`), each mapped to ``"narrow"``;
+    none where the compiled kernels are not available."""
+    if not native.available():
+        return {}
+    out = {}
+    for name in layers:
+        for sub, module in get_layer(model, name).named_modules():
+            if sub and narrow(module):
+                out[f"{name}.{sub}"] = "narrow"
+    return out

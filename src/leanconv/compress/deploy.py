@@ -4,7 +4,10 @@ A rewritten model is deployed after exact rewrites that change its speed but not
 (up to float32 rounding), in this order:
 
 1. batch norms folded into the convolutions before them (:mod:`leanconv.rewrite.fold`, ``fold_bn``);
-2. the planned fast algorithms switched on (:mod:`.algorithms`);
+2. the planned fast algorithms switched on (:mod:`.algorithms`), and, in the final deployment, the
+   narrow direct kernel on the decomposed layers' factors (:func:`.algorithms.narrow_candidates`),
+   kept by :func:`settle_narrow` only where :func:`leanconv.selection.batch_switch.fit_min_batch`
+   measured it faster at some batch size;
 3. ReLUs fused into the convolutions before them, plain convolutions packed for oneDNN
    (:mod:`leanconv.rewrite.fuse`, ``fuse``);
 4. each decomposed layer's chain made switchable (:class:`leanconv.nn.ChainConv2d`): below a
@@ -32,7 +35,7 @@ from ..rewrite import fold_batchnorm, fuse_activations
 from .algorithms import apply_algorithms
 from .measure import FORMATS
 
-__all__ = ["Deployed", "Deployment", "switchable_chains"]
+__all__ = ["Deployed", "Deployment", "settle_narrow", "switchable_chains"]
 
 
 @dataclass
@@ -101,3 +104,24 @@ def switchable_chains(model: nn.Module, names) -> dict[str, ChainConv2d]:
         if switch is not None:
             out[name] = switch
     return out
+
+
+def settle_narrow(deployed: Deployed, batch_sizes) -> list[str]:
+    """After :func:`leanconv.selection.batch_switch.fit_min_batch`: each narrow layer of
+    ``deployed`` that was slower than oneDNN at every batch size turned back into a packed layer
+    (in place, and out of ``deployed.algorithms`` and ``deployed.min_batch``); returns the narrow
+    layers kept."""
+    largest = max((int(b) for b in batch_sizes), default=1)
+    back, kept = {}, []
+    for name, algorithm in list(deployed.algorithms.items()):
+        if algorithm != "narrow":
+            continue
+        layer = get_layer(deployed.model, name)
+        if layer.min_batch > largest:
+            back[name] = layer.as_packed()
+            del deployed.algorithms[name]
+            deployed.min_batch.pop(name, None)
+        else:
+            kept.append(name)
+    replace_modules(deployed.model, back, inplace=True)
+    return kept

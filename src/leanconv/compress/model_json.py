@@ -261,7 +261,7 @@ def validate(description) -> dict:
     """``description`` (parsed ``model.json``) if every field is allowed; raises
     :class:`ModelFileError` naming the first field that is not."""
     from .. import zoo
-    from .algorithms import ALGORITHMS
+    from .algorithms import DEPLOYED
     from .measure import FORMATS
 
     if not isinstance(description, dict):
@@ -275,7 +275,7 @@ def validate(description) -> dict:
     for name, desc in _by_layer(description, "replaced").items():
         _check_module(desc, f"replaced[{name!r}]")
     for name, algorithm in _by_layer(description, "algorithms").items():
-        if algorithm not in ALGORITHMS:
+        if algorithm not in DEPLOYED:
             _fail(f"algorithms[{name!r}]", f"names an unknown algorithm {algorithm!r}")
     for name, b in _by_layer(description, "min_batch").items():
         _int(b, f"min_batch[{name!r}]", 1)

@@ -6,6 +6,8 @@
   FFT size (which depends on the input size unless ``tile`` fixes it).
 - :class:`PackedConv2d`: direct convolution by oneDNN on a weight packed once per input shape
   (``algorithms.packed``), the deployment form of a plain layer.
+- :class:`NarrowConv2d`: direct convolution with output channels in vectors of 8
+  (``algorithms.narrow``), for the thin factors of decomposed layers.
 
 All hold ``weight`` and ``bias`` as ``nn.Conv2d`` does, so ``state_dict`` is interchangeable, and
 all are differentiable: while autograd records (training), the filter is transformed on every
@@ -25,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..algorithms import fft as _fft
+from ..algorithms import narrow as _narrow
 from ..algorithms import packed as _packed
 from ..algorithms import winograd as _winograd
 from ..algorithms._geometry import normalise, pair, symmetric_padding
@@ -34,7 +37,7 @@ from ..cost.formulas import OpCost, conv_cost
 from ..errors import InvalidSpecError
 from ._common import call_spec, reset_like_conv
 
-__all__ = ["FFTConv2d", "PackedConv2d", "WinogradConv2d"]
+__all__ = ["FFTConv2d", "NarrowConv2d", "PackedConv2d", "WinogradConv2d"]
 
 
 @contextmanager
@@ -138,6 +141,22 @@ class _FastConv2d(nn.Module):
             device=conv.weight.device,
             dtype=conv.weight.dtype,
         )
+
+    def _same_kwargs(self, activation: str | None) -> dict:
+        """The constructor arguments of a layer of this geometry, device and dtype."""
+        return dict(
+            in_channels=self.in_channels, out_channels=self.out_channels,
+            kernel_size=self.kernel_size, stride=self.stride, padding=self.padding,
+            dilation=self.dilation, groups=self.groups, bias=self.bias is not None,
+            check_finite=self.check_finite, activation=activation, device=self.weight.device,
+            dtype=self.weight.dtype,
+        )  # fmt: skip
+
+    def as_packed(self) -> PackedConv2d:
+        """This layer as a :class:`PackedConv2d` (oneDNN, same weights and activation)."""
+        layer = PackedConv2d(**self._same_kwargs(self.activation))
+        layer._copy_from(self)
+        return layer.train(self.training)
 
     def _copy_from(self, conv: nn.Conv2d) -> None:
         with _normal_tensors():
@@ -409,3 +428,67 @@ class PackedConv2d(_FastConv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         return self._packed_direct(x)
+
+
+class NarrowConv2d(_FastConv2d):
+    """``nn.Conv2d`` computed by the narrow direct kernel (:mod:`leanconv.algorithms.narrow`):
+    output channels in vectors of 8, bias and ``activation`` applied as the output is written,
+    the packed weight cached while the weight does not change.
+
+    Where the kernel does not apply (autograd recording, devices other than the CPU, dtypes other
+    than float32, groups, asymmetric or string padding, unbatched input, no compiled kernels) and
+    below ``min_batch`` it runs oneDNN (:class:`PackedConv2d`'s path): the same function up to
+    float32 rounding. The output is channels-last on the kernel's path.
+    """
+
+    _where = "NarrowConv2d"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._cache: tuple[tuple, Tensor, Tensor | None] | None = None
+
+    @classmethod
+    def from_conv(
+        cls, conv: nn.Conv2d | PackedConv2d, activation: str | None = None
+    ) -> NarrowConv2d:
+        """A narrow layer computing ``activation(conv(x))`` (weights copied); from a
+        :class:`PackedConv2d`, its own activation unless ``activation`` is given."""
+        if isinstance(conv, PackedConv2d):
+            kwargs = conv._same_kwargs(activation or conv.activation)
+        else:
+            kwargs = cls._from_conv_kwargs(conv, activation)
+        layer = cls(**kwargs)
+        layer._copy_from(conv)
+        return layer.train(conv.training)
+
+    def packed(self) -> tuple[Tensor, Tensor | None]:
+        """The weight and bias as the kernel reads them (cached while the weight does not
+        change)."""
+        key = self._weight_key() + (None if self.bias is None else self.bias._version,)
+        if self._cache is None or self._cache[0] != key:
+            with _normal_tensors():
+                w = _narrow.pack(self.weight)
+                self._cache = (key, w, _narrow.pack_bias(self.bias, w.shape[-1]))
+        return self._cache[1], self._cache[2]
+
+    def _kernel_applies(self, x: Tensor) -> bool:
+        if self.groups != 1 or x.is_meta or self._below_min_batch(x):
+            return False
+        padding = symmetric_padding(self.padding)
+        if padding is None or not _narrow.usable(x, self.weight):
+            return False
+        sizes = [
+            (s + 2 * p - d * (k - 1) - 1) // st + 1
+            for s, p, d, k, st in zip(
+                x.shape[2:], padding, self.dilation, self.kernel_size, self.stride, strict=True
+            )
+        ]
+        return x.shape[1] == self.in_channels and min(sizes) >= 1
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self._kernel_applies(x):
+            return self._packed_direct(x)
+        w, b = self.packed()
+        padding = symmetric_padding(self.padding)
+        args = (self.out_channels, self.stride, padding, self.dilation, self.activation)
+        return _narrow.conv2d(x, w, b, *args)

@@ -10,6 +10,10 @@ sizes from which the algorithm is at least as fast at that size and every larger
 the layer runs the direct convolution on a weight packed for oneDNN; the function is the same
 either way (up to float32 rounding), so the switch by input shape changes speed only.
 
+A narrow layer (:class:`leanconv.nn.NarrowConv2d`, the narrow direct kernel) is fitted the same
+way against oneDNN: the deployment gives it to every factor of a decomposed layer and keeps it
+where it won at some batch size (:func:`leanconv.compress.deploy.settle_narrow`).
+
 A decomposed layer's chain (:class:`leanconv.nn.ChainConv2d`) is fitted the same way, after the
 fast layers (a chain's Winograd core switches first): below its ``min_batch`` it runs the one
 convolution the chain composes to, which runs as fast as the layer it replaced. Timed alone at
@@ -31,7 +35,7 @@ from ..bench.timing import compare
 from ..errors import InvalidSpecError
 from ..modules import capture_inputs, input_at_batch
 from ..nn.chain import ChainConv2d
-from ..nn.fast import FFTConv2d, WinogradConv2d
+from ..nn.fast import FFTConv2d, NarrowConv2d, WinogradConv2d
 
 __all__ = ["fit_min_batch"]
 
@@ -43,18 +47,21 @@ def _switchable(model: nn.Module, kinds) -> dict[str, nn.Module]:
 def fit_min_batch(
     model: nn.Module, example: torch.Tensor, batch_sizes, repeats: int = 5
 ) -> dict[str, int]:
-    """Set ``min_batch`` on each Winograd or FFT layer and each switchable chain of ``model`` (in
-    place) from timings on ``example`` (a batch of inputs, repeated or cut to each ``b`` of
-    ``batch_sizes``; see the module docstring); returns the layers whose ``min_batch`` is above
-    1, and its value. A layer slower at every size gets one more than the largest (it always runs
-    direct)."""
+    """Set ``min_batch`` on each Winograd, FFT or narrow layer and each switchable chain of
+    ``model`` (in place) from timings on ``example`` (a batch of inputs, repeated or cut to each
+    ``b`` of ``batch_sizes``; see the module docstring); returns the layers whose ``min_batch``
+    is above 1, and its value. A layer slower at every size gets one more than the largest (it
+    always runs direct)."""
     if example.dim() != 4:
         raise InvalidSpecError(
             f"fit_min_batch: example of shape {tuple(example.shape)} is not a batch (N, C, H, W)"
         )
     sizes = sorted({int(b) for b in batch_sizes if int(b) >= 1})
     switched = {}
-    for kinds in (WinogradConv2d | FFTConv2d, ChainConv2d):  # a chain's fast core first
+    for kinds in (
+        WinogradConv2d | FFTConv2d | NarrowConv2d,
+        ChainConv2d,
+    ):  # a chain's fast core first
         layers = _switchable(model, kinds) if sizes else {}
         if not layers:
             continue

@@ -17,10 +17,11 @@ from __future__ import annotations
 from torch import nn
 
 from ..algorithms import eligibility as rules
-from ..algorithms.eligibility import FFTLimits, Verdict, WinogradLimits
+from ..algorithms.eligibility import FFTLimits, NarrowLimits, Verdict, WinogradLimits
 
 __all__ = [
     "FFT_TUNER",
+    "NARROW",
     "WINOGRAD_PLANNER",
     "WINOGRAD_TUNER",
     "FFTLimits",
@@ -28,6 +29,7 @@ __all__ = [
     "WinogradLimits",
     "convertible",
     "fft",
+    "narrow",
     "packed",
     "winograd",
 ]
@@ -42,6 +44,9 @@ WINOGRAD_PLANNER = WinogradLimits(
 )
 # The tuner tries FFT once either kernel side (dilation not counted) reaches 7.
 FFT_TUNER = FFTLimits(min_kernel=7, side="larger", dilated=False)
+# The tuner and the deployment try the narrow direct kernel up to 64 output channels (eight of its
+# vectors); wider layers fill oneDNN's vectors.
+NARROW = NarrowLimits(max_out_channels=64)
 
 
 def convertible(module: nn.Module) -> Verdict:
@@ -77,3 +82,14 @@ def fft(module: nn.Module, limits: FFTLimits = FFTLimits()) -> Verdict:
         module.kernel_size, module.stride, module.dilation, module.groups, module.in_channels,
         limits,
     )  # fmt: skip
+
+
+def narrow(module: nn.Module, limits: NarrowLimits = NARROW) -> Verdict:
+    """The narrow direct convolution for ``module``: a plain ``nn.Conv2d`` (or its packed
+    deployment form, :class:`leanconv.nn.PackedConv2d`) padding with zeros, within ``limits``."""
+    from ..nn.fast import PackedConv2d
+
+    verdict = Verdict(True, "packed") if type(module) is PackedConv2d else convertible(module)
+    if not verdict:
+        return verdict
+    return rules.narrow(module.kernel_size, module.groups, module.out_channels, limits)

@@ -2,7 +2,8 @@
 
 For each ``nn.Conv2d`` the tuner (1) records the layer's real input from one forward pass of the
 example, (2) builds every applicable fast form (direct convolution on a weight packed once for
-oneDNN, Winograd F(2x2), F(4x4), F(6x6) for small kernels, FFT for large ones), (3) checks each
+oneDNN, the narrow direct kernel for layers of at most 64 output channels, Winograd F(2x2),
+F(4x4), F(6x6) for small kernels, FFT for large ones), (3) checks each
 against the layer's own output (max error relative to the largest output magnitude, must stay
 within ``tolerance``), (4) times the survivors against the native layer with interleaved runs
 and medians, and (5) replaces the layer with the fastest one only if it beats the native layer
@@ -98,12 +99,14 @@ class TuneReport:
 def candidate_builders(conv: nn.Conv2d) -> dict[str, Callable[[], nn.Module]]:
     """The fast forms that apply to ``conv`` (:mod:`.eligibility` with the tuner's limits), by
     name, each as a builder of a module."""
-    from ..nn.fast import FFTConv2d, PackedConv2d, WinogradConv2d
+    from ..nn.fast import FFTConv2d, NarrowConv2d, PackedConv2d, WinogradConv2d
 
     out: dict[str, Callable[[], nn.Module]] = {}
     if not eligibility.packed(conv):
         return out
     out["packed"] = lambda: PackedConv2d.from_conv(conv)
+    if eligibility.narrow(conv) and native.available():
+        out["narrow"] = lambda: NarrowConv2d.from_conv(conv)
     if eligibility.winograd(conv, eligibility.WINOGRAD_TUNER):
         for m in (2, 4, 6):
             out[f"winograd{m}"] = lambda m=m: WinogradConv2d.from_conv(conv, tile=m)

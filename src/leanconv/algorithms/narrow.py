@@ -1,0 +1,85 @@
+"""Direct convolution for narrow layers: output channels in vectors of 8 (a compiled kernel).
+
+    y[n, k, y, x] = act(b[k] + sum_{c, i, j} x[n, c, y s_h - p_h + i d_h, x s_w - p_w + j d_w]
+                                              w[k, c, i, j]),   act in {identity, ReLU}
+
+computed by ``kernels/narrow_direct.c`` (:func:`leanconv.algorithms.native.narrow`), the
+register-blocked direct convolution of Georganas et al. 2018 ("Anatomy of high-performance deep
+learning convolutions on SIMD architectures") with the output-channel block narrowed to 8 floats.
+
+Why: oneDNN blocks output channels by the machine's widest vector, 16 floats with AVX-512, so a
+layer with 8 output channels (or 24, 40) computes a half-empty last vector. The thin factors of a
+decomposed layer have exactly such widths (ranks 4-24): on the 2-core AVX-512 test machine a
+32 -> 8 3x1 factor at batch 64, 32x32, ran at 27-50 GMAC/s by ``F.conv2d`` against 87-111 for the
+dense 32 -> 32 3x3 layer it came from. The kernel's vectors hold 8 channels whatever the machine
+(on AMD Zen 4, which executes 512-bit vectors as two 256-bit halves, that costs nothing) and it
+reads zero padding as skipped taps instead of copying it.
+
+It is not faster everywhere (docs/benchmarks.md, "Narrow direct convolution"): where it runs is
+measured, layer by layer and batch size by batch size (:class:`leanconv.nn.NarrowConv2d` below its
+``min_batch`` runs oneDNN; :func:`leanconv.selection.batch_switch.fit_min_batch` sets it), never
+assumed. Float32 CPU tensors only, one group; :func:`usable` says when it applies.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from . import native
+
+__all__ = ["conv2d", "pack", "pack_bias", "usable"]
+
+
+def usable(x: Tensor, weight: Tensor) -> bool:
+    """The kernel applies: plain float32 CPU tensors (:func:`native.usable`), a batched 4-D input,
+    and no autograd recording (the packed weight has no gradient)."""
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+        return False
+    return x.dim() == 4 and weight.shape[2] <= native.NARROW_MAX_ROWS and native.usable(x, weight)
+
+
+def pack(weight: Tensor) -> Tensor:
+    """``weight`` (K, C, kh, kw) as the kernel reads it: ``[kh, kw, C, Kp]``, Kp = K rounded up to
+    a whole vector, the extra channels zero."""
+    k, c, kh, kw = weight.shape
+    kp = -(-k // native.NARROW_VECTOR) * native.NARROW_VECTOR
+    packed = weight.new_zeros((kh, kw, c, kp))
+    packed[..., :k] = weight.detach().permute(2, 3, 1, 0)
+    return packed
+
+
+def pack_bias(bias: Tensor | None, padded: int) -> Tensor | None:
+    """``bias`` zero-padded to ``padded`` values (None stays None)."""
+    if bias is None:
+        return None
+    out = bias.new_zeros(padded)
+    out[: bias.numel()] = bias.detach()
+    return out
+
+
+def conv2d(
+    x: Tensor,
+    packed: Tensor,
+    bias: Tensor | None,
+    out_channels: int,
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+    activation: str | None = None,
+) -> Tensor:
+    """``act(conv2d(x, W) + b)`` for ``packed = pack(W)`` and ``bias`` from :func:`pack_bias`
+    (symmetric ``padding``; one group). The output is channels-last; an input whose channels are
+    not innermost is made channels-last first (a copy)."""
+    if activation not in (None, "relu"):
+        raise ValueError(f"activation={activation!r} is not None or 'relu'")
+    if x.stride(1) != 1 and x.shape[1] != 1:
+        x = x.contiguous(memory_format=torch.channels_last)
+    n, _, h, w = x.shape
+    kh, kw = packed.shape[:2]
+    size = [(s + 2 * p - d * (k - 1) - 1) // st + 1 for s, p, d, k, st in
+            zip((h, w), padding, dilation, (kh, kw), stride, strict=True)]  # fmt: skip
+    out = torch.empty((n, out_channels, *size), dtype=x.dtype, memory_format=torch.channels_last)
+    if out.numel():
+        native.narrow(x, packed, out, stride, padding, dilation, bias, activation == "relu")
+    return out

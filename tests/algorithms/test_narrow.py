@@ -1,0 +1,181 @@
+"""The narrow direct convolution (``algorithms.narrow``, ``kernels/narrow_direct.c``) and its
+module ``nn.NarrowConv2d``.
+
+Reference: ``torch.nn.functional.conv2d`` (then ``relu``) in float64. An indexing mistake in the
+kernel (a tap, a padded edge, a partial vector of channels) gives errors of the order of the
+output itself; float32 direct summation stays below 1e-5 of it.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from leanconv.algorithms import narrow, native
+from leanconv.nn import NarrowConv2d, PackedConv2d
+from leanconv.selection import eligibility
+
+pytestmark = pytest.mark.skipif(not native.available(), reason=native.status())
+
+
+def _relative_error(y: torch.Tensor, ref: torch.Tensor) -> float:
+    assert y.shape == ref.shape and y.dtype == torch.float32
+    return ((y.double() - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
+
+
+@st.composite
+def geometries(draw):
+    kernel = (draw(st.integers(1, 5)), draw(st.integers(1, 7)))
+    dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 3)))
+    reach = [d * (k - 1) + 1 for k, d in zip(kernel, dilation, strict=True)]
+    padding = (draw(st.integers(0, 3)), draw(st.integers(0, 4)))
+    size = [draw(st.integers(max(1, r - 2 * p), r + 12)) for r, p in zip(reach, padding,
+                                                                          strict=True)]  # fmt: skip
+    return {
+        "batch": draw(st.sampled_from([1, 3])),
+        "cin": draw(st.sampled_from([1, 3, 8, 17, 32])),
+        # whole and partial vectors of 8, and more than the four vectors of one pass
+        "cout": draw(st.sampled_from([1, 2, 7, 8, 9, 24, 33, 40])),
+        "kernel": kernel,
+        "stride": (draw(st.integers(1, 3)), draw(st.integers(1, 3))),
+        "padding": padding,
+        "dilation": dilation,
+        "size": size,
+        "bias": draw(st.booleans()),
+        "relu": draw(st.booleans()),
+        "channels_last": draw(st.booleans()),
+    }
+
+
+@settings(max_examples=80, deadline=None)
+@given(geometries())
+def test_matches_conv2d_in_float64(g):
+    torch.manual_seed(0)
+    x = torch.randn(g["batch"], g["cin"], *g["size"])
+    if g["channels_last"]:
+        x = x.contiguous(memory_format=torch.channels_last)
+    w = torch.randn(g["cout"], g["cin"], *g["kernel"])
+    b = torch.randn(g["cout"]) if g["bias"] else None
+    args = (g["stride"], g["padding"], g["dilation"])
+    ref = F.conv2d(x.double(), w.double(), None if b is None else b.double(), *args)
+    if g["relu"]:
+        ref = ref.relu()
+    packed = narrow.pack(w)
+    y = narrow.conv2d(x, packed, narrow.pack_bias(b, packed.shape[-1]), g["cout"], *args,
+                      activation="relu" if g["relu"] else None)  # fmt: skip
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert _relative_error(y, ref) < 1e-5
+
+
+def test_input_whose_channels_are_a_slice():
+    """Pixels further apart than the channels (a channel slice of a wider tensor): the kernel
+    reads the input's own strides."""
+    torch.manual_seed(1)
+    wide = torch.randn(2, 40, 9, 11).contiguous(memory_format=torch.channels_last)
+    x = wide[:, 4:20]
+    assert x.stride(1) == 1 and x.stride(3) == 40
+    w = torch.randn(8, 16, 3, 3)
+    ref = F.conv2d(x.double(), w.double(), padding=1)
+    y = narrow.conv2d(x, narrow.pack(w), None, 8, (1, 1), (1, 1), (1, 1))
+    assert _relative_error(y, ref) < 1e-5
+
+
+def test_pack_layout_and_bias_padding():
+    w = torch.arange(2 * 3 * 2 * 1, dtype=torch.float32).reshape(2, 3, 2, 1)
+    p = narrow.pack(w)
+    assert p.shape == (2, 1, 3, native.NARROW_VECTOR)
+    assert torch.equal(p[1, 0, 2, :2], w[:, 2, 1, 0]) and not p[..., 2:].any()
+    b = narrow.pack_bias(torch.tensor([1.0, 2.0]), 8)
+    assert b.tolist() == [1.0, 2.0] + [0.0] * 6
+    assert narrow.pack_bias(None, 8) is None
+
+
+def test_wrong_operands_never_reach_the_kernel():
+    x = torch.randn(1, 4, 6, 6).contiguous(memory_format=torch.channels_last)
+    packed = narrow.pack(torch.randn(8, 4, 3, 3))
+    out = torch.empty(1, 8, 5, 5, memory_format=torch.channels_last)  # should be 4x4
+    with pytest.raises(ValueError, match="wrong size"):
+        native.narrow(x, packed, out, (1, 1), (0, 0), (1, 1))
+    with pytest.raises(ValueError, match="packing"):
+        native.narrow(x, packed[..., :4].contiguous(), out[:, :4, :4, :4], (1, 1), (0, 0), (1, 1))
+    with pytest.raises(ValueError, match="activation"):
+        narrow.conv2d(x, packed, None, 8, (1, 1), (0, 0), (1, 1), activation="gelu")
+
+
+class TestModule:
+    def _conv(self, **kw):
+        torch.manual_seed(2)
+        return torch.nn.Conv2d(16, 8, (3, 1), padding=(1, 0), **kw)
+
+    def test_from_conv_and_from_packed(self):
+        conv = self._conv()
+        x = torch.randn(3, 16, 10, 12)
+        ref = F.conv2d(x.double(), conv.weight.double(), conv.bias.double(), padding=(1, 0))
+        with torch.no_grad():
+            plain = NarrowConv2d.from_conv(conv).eval()
+            fused = NarrowConv2d.from_conv(PackedConv2d.from_conv(conv, activation="relu"))
+            assert fused.activation == "relu"
+            assert _relative_error(plain(x), ref) < 1e-5
+            assert _relative_error(fused.eval()(x), ref.relu()) < 1e-5
+            back = fused.as_packed()
+            assert type(back) is PackedConv2d and back.activation == "relu"
+            assert _relative_error(back(x), ref.relu()) < 1e-5
+
+    def test_cache_follows_the_weight(self):
+        layer = NarrowConv2d.from_conv(self._conv()).eval()
+        x = torch.randn(2, 16, 7, 7)
+        with torch.no_grad():
+            layer(x)
+            layer.weight.mul_(2)
+            layer.bias.add_(1)
+            ref = F.conv2d(x.double(), layer.weight.double(), layer.bias.double(), padding=(1, 0))
+            assert _relative_error(layer(x), ref) < 1e-5
+
+    def test_trains_through_the_oneDNN_path(self):
+        """While autograd records, the layer runs ``F.conv2d``: gradients reach the weight and
+        equal those of ``nn.Conv2d``."""
+        conv = self._conv()
+        layer = NarrowConv2d.from_conv(conv)
+        x = torch.randn(2, 16, 6, 6)
+        layer(x).square().sum().backward()
+        conv(x).square().sum().backward()
+        assert torch.allclose(layer.weight.grad, conv.weight.grad, rtol=1e-4, atol=1e-4)
+
+    def test_other_dtypes_groups_and_min_batch_fall_back(self):
+        conv = self._conv().double()
+        layer = NarrowConv2d.from_conv(conv).eval()
+        x = torch.randn(2, 16, 6, 6, dtype=torch.float64)
+        with torch.no_grad():
+            y = layer(x)
+        assert y.dtype == torch.float64
+        assert torch.allclose(y, conv(x), atol=1e-12)
+        grouped = NarrowConv2d(16, 8, 3, padding=1, groups=2).eval()
+        xg = torch.randn(1, 16, 5, 5)
+        with torch.no_grad():
+            ref = F.conv2d(xg, grouped.weight, grouped.bias, padding=1, groups=2)
+            assert torch.allclose(grouped(xg), ref, atol=1e-5)
+        assert not eligibility.narrow(torch.nn.Conv2d(16, 8, 3, groups=2))
+        small = NarrowConv2d.from_conv(self._conv()).eval()
+        small.min_batch = 4  # batch 2 runs oneDNN, the same function
+        with torch.no_grad():
+            ref = F.conv2d(x.float(), small.weight, small.bias, padding=(1, 0))
+            assert torch.allclose(small(x.float()), ref, atol=1e-5)
+
+    def test_copies_drop_the_cache(self):
+        layer = NarrowConv2d.from_conv(self._conv()).eval()
+        with torch.no_grad():
+            layer(torch.randn(1, 16, 5, 5))
+        assert layer._cache is not None
+        assert copy.deepcopy(layer)._cache is None
+
+
+def test_eligibility_limits():
+    assert eligibility.narrow(torch.nn.Conv2d(64, 64, 3))
+    assert not eligibility.narrow(torch.nn.Conv2d(64, 65, 1))
+    assert not eligibility.narrow(torch.nn.Conv2d(8, 8, 3, padding_mode="reflect"))
+    assert eligibility.narrow(PackedConv2d(8, 8, 3))

@@ -1,0 +1,88 @@
+"""The narrow direct kernel in the deployment of a compressed model: offered to every factor of
+a decomposed layer, fitted by batch size against oneDNN, turned back where it lost, saved and
+loaded again. Reference: the plain model in float64."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import leanconv
+from leanconv.algorithms import native
+from leanconv.compress import serialize
+from leanconv.compress.algorithms import narrow_candidates
+from leanconv.compress.deploy import Deployment, settle_narrow
+from leanconv.compress.replace import decompose_layer
+from leanconv.nn import NarrowConv2d, PackedConv2d
+from leanconv.selection.batch_switch import fit_min_batch
+
+pytestmark = pytest.mark.skipif(not native.available(), reason=native.status())
+
+
+def _net() -> nn.Sequential:
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 24, 3, padding=1),
+    ).eval()  # fmt: skip
+    net[3] = decompose_layer(net[3], "spatial_svd", 4, input_size=(10, 10)).module
+    net[6] = decompose_layer(net[6], "tucker2", (8, 8), input_size=(10, 10)).module
+    return net
+
+
+def _close(y: torch.Tensor, ref: torch.Tensor) -> None:
+    assert (y.double() - ref).abs().max() <= 1e-4 * ref.abs().max()
+
+
+def test_candidates_are_the_factors_of_decomposed_layers():
+    net = _net()
+    found = narrow_candidates(net, ["3", "6"])
+    assert set(found) == {"3.0", "3.1", "6.0", "6.1", "6.2"}
+    assert set(found.values()) == {"narrow"}
+    assert "0" not in narrow_candidates(net, ["3"])  # kept layers are not offered
+
+
+def test_fitted_settled_saved_and_loaded(tmp_path):
+    net = _net()
+    x = torch.randn(4, 3, 10, 10)
+    with torch.no_grad():
+        ref = copy.deepcopy(net).double()(x.double())
+    chains = ["3", "6"]
+    deployed = Deployment().deploy(net, narrow_candidates(net, chains), chains=chains)
+    layers = {n for n, a in deployed.algorithms.items() if a == "narrow"}
+    assert layers == {"3.0", "3.1", "6.0", "6.1", "6.2"}
+    assert all(type(deployed.model.get_submodule(n)) is NarrowConv2d for n in layers)
+    with torch.no_grad():
+        _close(deployed.model(x), ref)
+    deployed.min_batch = fit_min_batch(deployed.model, x, [1, 4], repeats=3)
+    # force one layer to have lost everywhere: it must become a packed layer again
+    deployed.model.get_submodule("6.1").min_batch = 5
+    deployed.min_batch["6.1"] = 5
+    kept = settle_narrow(deployed, [1, 4])
+    assert "6.1" not in kept and "6.1" not in deployed.algorithms
+    assert "6.1" not in deployed.min_batch
+    assert type(deployed.model.get_submodule("6.1")) is PackedConv2d
+    assert set(kept) == {n for n, a in deployed.algorithms.items() if a == "narrow"}
+    with torch.no_grad():
+        _close(deployed.model(x), ref)
+    # described as the pipeline saves it: the chains, the folded layers, the norms gone
+    replaced = {n: deployed.folded.get_submodule(n) for n in [*chains, *deployed.folded_convs]}
+    replaced.update({n: nn.Identity() for n in deployed.folded_norms})
+    path = serialize.save(deployed.folded, tmp_path / "m", {}, replaced, force=True,
+                          algorithms=deployed.algorithms, min_batch=deployed.min_batch,
+                          fuse=True)  # fmt: skip
+    recorded = json.loads((path / "model.json").read_text())["algorithms"]
+    assert {n for n, a in recorded.items() if a == "narrow"} == set(kept)
+    back = leanconv.load(path, factory=lambda: _net())
+    for name in kept:
+        layer = back.get_submodule(name)
+        assert type(layer) is NarrowConv2d
+        assert layer.min_batch == deployed.min_batch.get(name, 1)
+    assert type(back.get_submodule("6.1")) is PackedConv2d
+    with torch.no_grad():
+        _close(back(x), ref)
