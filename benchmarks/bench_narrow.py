@@ -54,8 +54,9 @@ def main() -> None:
             ratios, ms = [], {}
             with torch.no_grad():
                 for _ in range(args.runs):
-                    t = compare({"onednn": lambda: onednn(x), "narrow": lambda: narrow(x)},
-                                warmup=3, repeats=args.repeats)  # fmt: skip
+                    calls = {"onednn": lambda m=onednn, x=x: m(x),
+                             "narrow": lambda m=narrow, x=x: m(x)}  # fmt: skip
+                    t = compare(calls, warmup=3, repeats=args.repeats)
                     ratios.append(t["onednn"].ms / t["narrow"].ms)
                     ms = {k: v.ms for k, v in t.items()}
             macs = batch * size * size * cin * cout * kernel[0] * kernel[1]
