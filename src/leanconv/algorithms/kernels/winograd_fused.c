@@ -42,7 +42,16 @@ typedef int vi __attribute__((vector_size(VW * 4)));
 
 static inline vf vload(const float *p) { return *(const vfu *)p; }
 static inline void vstore(float *p, vf v) { *(vfu *)p = v; }
-static inline vf vsplat(float s) { return (vf){0} + s; }
+/* all lanes s, written out: (vf){0} + s costs an addition per use (-0 + 0 is not -0), where
+ * this compiles to a broadcast load folded into the FMA */
+#if VW == 16
+#define SPLAT(s) {s, s, s, s, s, s, s, s, s, s, s, s, s, s, s, s}
+#elif VW == 8
+#define SPLAT(s) {s, s, s, s, s, s, s, s}
+#else
+#define SPLAT(s) {s, s, s, s}
+#endif
+static inline vf vsplat(float s) { return (vf)SPLAT(s); }
 static inline long min_l(long a, long b) { return a < b ? a : b; }
 
 /* m[r][0 : nv VW] = sum_c v[r][c] u[c][0 : nv VW] for RB rows (row strides cp, kp, kp). */
