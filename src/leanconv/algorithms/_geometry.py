@@ -62,6 +62,22 @@ def symmetric_padding(padding) -> tuple[int, int] | None:
     return None
 
 
+def symmetric_output_size(
+    size: Sequence[int],
+    kernel: Sequence[int],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+) -> tuple[int, int]:
+    """``(H_o, W_o) = ((H + 2 p - d (k - 1) - 1) // s + 1, ...)``: the output of a convolution of
+    a ``size = (H, W)`` input padding both sides of each axis by ``padding`` (zero or less: the
+    input is too small for the kernel)."""
+    return tuple(
+        (n + 2 * p - d * (k - 1) - 1) // s + 1
+        for n, k, s, p, d in zip(size, kernel, stride, padding, dilation, strict=True)
+    )
+
+
 def padding4(
     padding: PaddingArg,
     kernel: tuple[int, int],

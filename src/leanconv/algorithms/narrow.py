@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from . import native
+from ._geometry import symmetric_output_size
 
 __all__ = ["conv2d", "pack", "pack_bias", "usable"]
 
@@ -75,11 +76,10 @@ def conv2d(
         raise ValueError(f"activation={activation!r} is not None or 'relu'")
     if x.stride(1) != 1 and x.shape[1] != 1:
         x = x.contiguous(memory_format=torch.channels_last)
-    n, _, h, w = x.shape
-    kh, kw = packed.shape[:2]
-    size = [(s + 2 * p - d * (k - 1) - 1) // st + 1 for s, p, d, k, st in
-            zip((h, w), padding, dilation, (kh, kw), stride, strict=True)]  # fmt: skip
-    out = torch.empty((n, out_channels, *size), dtype=x.dtype, memory_format=torch.channels_last)
+    size = symmetric_output_size(x.shape[2:], packed.shape[:2], stride, padding, dilation)
+    out = torch.empty(
+        (x.shape[0], out_channels, *size), dtype=x.dtype, memory_format=torch.channels_last
+    )
     if out.numel():
         native.narrow(x, packed, out, stride, padding, dilation, bias, activation == "relu")
     return out

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from .. import cache
+from ._geometry import symmetric_output_size
 
 SOURCES = tuple(
     Path(__file__).with_name("kernels") / name
@@ -323,9 +324,8 @@ def narrow(
            "channels that are not innermost")  # fmt: skip
     _check(kp % NARROW_VECTOR == 0 and k <= kp < k + NARROW_VECTOR, "a wrong packing")
     _check(1 <= kh <= NARROW_MAX_ROWS, "too many kernel rows")
-    expect = [(size + 2 * p - d * (kk - 1) - 1) // s + 1 for size, p, d, kk, s in
-              zip((height, width), padding, dilation, (kh, kw), stride, strict=True)]  # fmt: skip
-    _check(expect == [out_h, out_w], "an output of the wrong size")
+    expect = symmetric_output_size((height, width), (kh, kw), stride, padding, dilation)
+    _check(expect == (out_h, out_w), "an output of the wrong size")
     if bias is not None:
         _check_operands(out, (bias,), kp, "bias")
     sn, _, sh, sw = x.stride()

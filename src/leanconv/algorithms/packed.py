@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import torch
 
+from ._geometry import symmetric_output_size
+
 __all__ = ["ACTIVATIONS", "MIN_MACS", "conv2d_packed", "onednn_ops", "pack", "usable",
            "worth_packing"]  # fmt: skip
 
@@ -73,9 +75,8 @@ def worth_packing(
 ) -> bool:
     """Whether a call on ``input_shape`` does at least :data:`MIN_MACS` multiply-accumulates."""
     k, cg, kh, kw = weight_shape
-    n, _, h, w = input_shape
-    ho = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
-    wo = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    ho, wo = symmetric_output_size(input_shape[2:], (kh, kw), stride, padding, dilation)
+    n = input_shape[0]
     return n * k * max(ho, 0) * max(wo, 0) * cg * kh * kw >= MIN_MACS
 
 

@@ -30,7 +30,7 @@ from ..algorithms import fft as _fft
 from ..algorithms import narrow as _narrow
 from ..algorithms import packed as _packed
 from ..algorithms import winograd as _winograd
-from ..algorithms._geometry import normalise, pair, symmetric_padding
+from ..algorithms._geometry import normalise, pair, symmetric_output_size, symmetric_padding
 from ..cost import register_module_rule
 from ..cost.convention import Convention
 from ..cost.formulas import OpCost, conv_cost
@@ -471,24 +471,20 @@ class NarrowConv2d(_FastConv2d):
                 self._cache = (key, w, _narrow.pack_bias(self.bias, w.shape[-1]))
         return self._cache[1], self._cache[2]
 
-    def _kernel_applies(self, x: Tensor) -> bool:
+    def _kernel_padding(self, x: Tensor) -> tuple[int, int] | None:
+        """The symmetric padding when the kernel applies to ``x``; ``None`` when it does not."""
         if self.groups != 1 or x.is_meta or self._below_min_batch(x):
-            return False
+            return None
         padding = symmetric_padding(self.padding)
-        if padding is None or not _narrow.usable(x, self.weight):
-            return False
-        sizes = [
-            (s + 2 * p - d * (k - 1) - 1) // st + 1
-            for s, p, d, k, st in zip(
-                x.shape[2:], padding, self.dilation, self.kernel_size, self.stride, strict=True
-            )
-        ]
-        return x.shape[1] == self.in_channels and min(sizes) >= 1
+        if padding is None or not _narrow.usable(x, self.weight) or x.shape[1] != self.in_channels:
+            return None
+        args = (self.kernel_size, self.stride, padding, self.dilation)
+        return padding if min(symmetric_output_size(x.shape[2:], *args)) >= 1 else None
 
     def forward(self, x: Tensor) -> Tensor:
-        if not self._kernel_applies(x):
+        padding = self._kernel_padding(x)
+        if padding is None:
             return self._packed_direct(x)
         w, b = self.packed()
-        padding = symmetric_padding(self.padding)
         args = (self.out_channels, self.stride, padding, self.dilation, self.activation)
         return _narrow.conv2d(x, w, b, *args)
