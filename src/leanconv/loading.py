@@ -1,5 +1,6 @@
-"""Finding a model from what a user typed: a zoo name, ``file.py:factory``, a TorchScript archive
-or a ``torch.export`` file. Nothing here unpickles untrusted data."""
+"""Finding a model from what a user typed: a zoo name, ``file.py:factory``, a TorchScript archive,
+a ``torch.export`` file or a model directory that ``leanconv compress`` (``leanconv.save``) wrote.
+Nothing here unpickles untrusted data."""
 
 from __future__ import annotations
 
@@ -149,11 +150,42 @@ def _from_archive(path: Path, device: str) -> nn.Module:
     )
 
 
-def load_model(spec: str, device: str = "cpu", **kwargs) -> LoadedModel:
-    """Resolve ``spec``: a registered zoo name, ``path/to/file.py:factory``, a TorchScript file
-    (``.pt``, ``.pth``, ``.ts``) or a ``torch.export`` file (``.pt2``).
+def _from_saved(
+    path: Path, device: str, algorithms: bool = True, trust_code: bool = False
+) -> LoadedModel:
+    """A model directory written by ``leanconv compress`` (its ``model/`` folder, or the output
+    folder holding it) or ``leanconv.save``: rebuilt by ``leanconv.load`` (no code from the
+    directory runs unless ``trust_code``: see ``leanconv.load``), in its deployment form unless
+    ``algorithms`` is false; its example input
+    is the shape it was compressed with, at batch 1. Its weights are real, so ``meta`` loads
+    on the CPU."""
+    from .compress.serialize import load
 
-    Zoo models are built on ``device`` (``"meta"`` builds them instantly, without memory).
+    if not (path / "model.json").is_file() and (path / "model" / "model.json").is_file():
+        path = path / "model"
+    if not (path / "model.json").is_file():
+        raise ModelLoadError(
+            f"{str(path)!r} is a directory without model.json: give a model directory written "
+            "by `leanconv compress` (its output folder or the model/ folder in it) or "
+            "leanconv.save"
+        )
+    device = "cpu" if device == "meta" else device
+    model = load(path, device=device, algorithms=algorithms, trust_code=trust_code)
+    shape = (getattr(model, "expected_input", None) or {}).get("shape")
+    return LoadedModel(model, path.name, (1, *shape) if shape else None)
+
+
+def load_model(
+    spec: str, device: str = "cpu", *, deployed: bool = True, trust_code: bool = False, **kwargs
+) -> LoadedModel:
+    """Resolve ``spec``: a registered zoo name, ``path/to/file.py:factory``, a TorchScript file
+    (``.pt``, ``.pth``, ``.ts``), a ``torch.export`` file (``.pt2``) or a compressed model's
+    directory (``model.json`` + ``model.safetensors``).
+
+    Zoo models are built on ``device`` (``"meta"`` builds them instantly, without memory). A
+    compressed model runs its recorded algorithms unless ``deployed`` is false (plain
+    convolutions, as decomposed); ``trust_code`` lets it import the factory its model.json
+    records (else a user model comes back as its ``torch.export`` program, one flat graph).
     """
     from . import zoo
 
@@ -170,13 +202,16 @@ def load_model(spec: str, device: str = "cpu", **kwargs) -> LoadedModel:
     if is_module_factory(text):
         return LoadedModel(_from_module_factory(text, kwargs), text, None)
     path = Path(text)
+    if path.is_dir():
+        return _from_saved(path, device, algorithms=deployed, trust_code=trust_code)
     if path.suffix in (".pt", ".pth", ".ts", ".pt2", ".jit"):
         return LoadedModel(_from_archive(path, device), path.name, None)
     if path.suffix == ".py":
         raise ModelLoadError(f"{text!r}: name the factory too, as {text}:make_model")
     raise ModelLoadError(
         f"unknown model {text!r}: give a zoo name ({', '.join(zoo.names())}), "
-        "path/to/file.py:factory, a TorchScript file or a torch.export .pt2 file"
+        "path/to/file.py:factory, a TorchScript file, a torch.export .pt2 file or a compressed "
+        "model's directory"
     )
 
 

@@ -99,6 +99,21 @@ def test_cost_torch_export_file(tmp_path):
     assert json.loads(result.stdout)["total"]["macs"] == 36 * 4 * 27
 
 
+def test_torch_export_rows_are_named_by_layer(tmp_path):
+    """A program is one flat graph; its rows take the layer each node was traced in."""
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 6, 1, bias=False)
+    )
+    path = tmp_path / "m.pt2"
+    torch.export.save(torch.export.export(model, (torch.randn(1, 3, 8, 8),)), str(path))
+    result = run("cost", str(path), "--input", "1,3,8,8", "--json")
+    assert result.exit_code == 0, result.output
+    convs = {r["name"]: r for r in json.loads(result.stdout)["layers"] if r["kind"] == "conv2d"}
+    assert convs["0"]["macs"] == 36 * 4 * 27 and convs["0"]["params"] == 4 * 27 + 4
+    assert convs["2"]["macs"] == 36 * 6 * 4 and convs["2"]["params"] == 6 * 4
+    assert "Warning" not in result.output
+
+
 @pytest.fixture
 def lstm_file(tmp_path):
     src = tmp_path / "rnn.py"

@@ -75,6 +75,7 @@ class ProfileReport:
             "layers_ms": self.layers_ms,
             "share_by_kind": self.share_by_kind(),
             "layers": [layer.as_dict() for layer in self.layers],
+            "notes": list(self.notes),
         }
 
     def to_table(self):
@@ -122,8 +123,14 @@ def profile(
     peak: Peak | None = None,
 ) -> ProfileReport:
     """Time every leaf module of ``model`` on ``example`` and set it against its cost and the
-    machine's roofline. The model is put in eval mode and not otherwise changed."""
-    model.eval()
+    machine's roofline. The model is put in eval mode and not otherwise changed. A model that
+    is one graph (TorchScript, ``torch.export``) runs no layer as a module of its own: it gets
+    the end-to-end time alone, and a note that says so."""
+    notes = []
+    try:
+        model.eval()
+    except NotImplementedError:  # a torch.export program's module: it stays as exported
+        notes.append("a torch.export program is measured in the mode it was exported in")
     threads = num_threads or torch.get_num_threads()
     report = count(model, example, convention=convention or Convention(), name=name)
     peak = peak or measure_peak(example.device, example.dtype)
@@ -150,5 +157,12 @@ def profile(
             LayerProfile(lname, kind, sum(r.macs for r in rows), flops, moved, t.ms, roof)
         )
     end_to_end = compare({"model": lambda: model(example)}, 2, repeats, threads, example.device)
+    if not layers and report.rows:
+        notes.append(
+            "no layer ran as a module of its own (a TorchScript or torch.export model is one "
+            "graph): only the end-to-end time is measured; for per-layer times give its Python "
+            "factory (file.py:factory), or for a compressed model's directory --trust-code "
+            "(leanconv.load(path, trust_code=True))"
+        )
     return ProfileReport(name, tuple(example.shape), layers, end_to_end["model"].ms, peak, threads,
-                         allocator=allocator.describe())  # fmt: skip
+                         notes, allocator.describe())  # fmt: skip

@@ -13,7 +13,24 @@ from ..cost import parse_shape
 from ..errors import InputShapeError
 
 #: MODEL of the commands that read any model: ``leanconv cost MODEL``, ``leanconv profile MODEL``.
-Model = Annotated[str, typer.Argument(help="zoo name, file.py:factory, TorchScript or .pt2 file")]
+Model = Annotated[
+    str,
+    typer.Argument(
+        help="zoo name, file.py:factory, TorchScript or .pt2 file, "
+        "or a compressed model's directory"
+    ),
+]
+
+#: ``--trust-code`` of the commands that read any model: a compressed model's directory is then
+#: rebuilt from the factory its model.json records (``leanconv.load(path, trust_code=True)``).
+TrustCode = Annotated[
+    bool,
+    typer.Option(
+        "--trust-code",
+        help="rebuild a compressed model's directory from the factory its model.json records "
+        "(imports that file, checked against its sha256); without it, its torch.export program",
+    ),
+]
 
 #: The dtypes ``--input SHAPE:DTYPE`` accepts.
 DTYPES = {

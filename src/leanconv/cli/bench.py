@@ -14,7 +14,7 @@ from ..errors import InputShapeError
 from ..loading import load_model
 from ..selection.benchmark import benchmark_conv
 from ..spec import ConvSpec, normalise_tuple
-from .arguments import input_shape
+from .arguments import Model, TrustCode, input_shape
 from .common import command, console
 
 
@@ -84,18 +84,21 @@ def register(app: typer.Typer) -> None:
 
     @command(bench, "model")
     def bench_model(
-        model: str = typer.Argument(..., help="zoo name or file.py:factory"),
+        model: Model,
         input: str = typer.Option(None, "--input", "-i"),
         threads: int = typer.Option(None, "--threads"),
         repeats: int = typer.Option(5, "--repeats"),
         json_out: bool = typer.Option(False, "--json"),
+        trust_code: TrustCode = False,
     ) -> None:
         """Every convolution of MODEL: each algorithm's speedup against F.conv2d."""
         from torch import nn
 
         from ..compress.verify import capture_inputs
 
-        loaded = load_model(model)
+        loaded = load_model(
+            model, deployed=False, trust_code=trust_code
+        )  # a compressed model's factors as nn.Conv2d
         shape = input_shape(input, loaded, model, example=False)
         net = loaded.module.eval()
         names = [n for n, m in net.named_modules() if type(m) is nn.Conv2d]

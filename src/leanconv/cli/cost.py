@@ -11,7 +11,7 @@ from ..cost import Convention, count
 from ..errors import ForwardError, InputShapeError
 from ..loading import load_model
 from ..report.files import write_text_atomic
-from .arguments import Model, input_spec, key_values, needs_input
+from .arguments import Model, TrustCode, input_spec, key_values, needs_input
 from .common import command, console
 
 # More rows than this are folded in the printed table (not in --json or --csv) unless --all or
@@ -60,6 +60,7 @@ def register(app: typer.Typer) -> None:
             None, "--arg", help="NAME=VALUE keyword argument of forward, a Python literal"
         ),
         json_out: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
+        trust_code: TrustCode = False,
         csv: Path = typer.Option(None, "--csv", help="also write the rows as CSV to this file"),
         depth: int = typer.Option(None, "--depth", help="merge rows below this module depth"),
         valid_taps: bool = typer.Option(
@@ -81,7 +82,7 @@ def register(app: typer.Typer) -> None:
         """Count what every layer of MODEL costs on an input of the given shape."""
         values = [input_spec(text) for text in inputs or []]
         kwargs = key_values(arg, "--arg")
-        loaded = load_model(model, device="meta")
+        loaded = load_model(model, device="meta", trust_code=trust_code)
         if not values and loaded.default_input is not None:
             values = [loaded.default_input]
         if not values and not kwargs:

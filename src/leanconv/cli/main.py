@@ -3,6 +3,8 @@ itself on the app with ``register(app)``."""
 
 from __future__ import annotations
 
+import warnings
+
 import typer
 
 from ..bench.allocator import retain_freed_memory
@@ -25,6 +27,10 @@ def _start() -> None:
     # every command measures or may: freed memory stays in the process, so that a forward pass
     # does not pay thousands of page faults per call (bench/allocator.py)
     retain_freed_memory()
+    # torch warns about its own tree specs when a torch.export program's module is copied (as
+    # counting does): a note for torch's developers, not for the user of a .pt2 file
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)`",
+                            category=FutureWarning)  # fmt: skip
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ from ..bench.layers import profile as run_profile
 from ..bench.timing import threads as fixed_threads
 from ..errors import InputShapeError
 from ..loading import load_model
-from .arguments import Model, input_shape
+from .arguments import Model, TrustCode, input_shape
 from .common import command, console
 
 
@@ -23,6 +23,7 @@ def register(app: typer.Typer) -> None:
         threads: int = typer.Option(None, "--threads", help="torch threads (default: all)"),
         repeats: int = typer.Option(10, "--repeats", help="timed runs per layer (median)"),
         json_out: bool = typer.Option(False, "--json", help="print JSON"),
+        trust_code: TrustCode = False,
         seed: int = typer.Option(0, "--seed"),
     ) -> None:
         """Measure every layer of MODEL on this machine: latency, GFLOP/s, share of time,
@@ -31,7 +32,7 @@ def register(app: typer.Typer) -> None:
             raise InputShapeError(f"--repeats {repeats} must be at least 1")
         if threads is not None and threads < 1:
             raise InputShapeError(f"--threads {threads} must be at least 1")
-        loaded = load_model(model, device="cpu")
+        loaded = load_model(model, device="cpu", trust_code=trust_code)
         torch.manual_seed(seed)
         x = torch.randn(input_shape(input, loaded, model))
         with fixed_threads(threads):
@@ -41,4 +42,7 @@ def register(app: typer.Typer) -> None:
             return
         console.print(report.to_table())
         shares = ", ".join(f"{k} {100 * v:.1f}%" for k, v in report.share_by_kind().items())
-        console.print(f"time by layer kind: {shares}")
+        if shares:
+            console.print(f"time by layer kind: {shares}")
+        for note in report.notes:
+            console.print(f"note: {note}", soft_wrap=True, highlight=False)

@@ -3,9 +3,12 @@
 ``count(model, input)`` runs the model once under a ``TorchDispatchMode`` that sees every ATen
 operation (so functional calls such as ``F.conv2d``, ``einsum`` and ``@`` are counted, not only
 modules) and attributes each to the innermost module whose ``forward`` is running, tracked with
-global forward hooks. The model runs on a parameter-free copy on the ``meta`` device, so nothing is
-computed or allocated and any model size takes the same few milliseconds per layer. Modules that
-define :data:`MODULE_RULES` entries (e.g. deformable convolution) are counted by their closed form.
+global forward hooks. A graph whose nodes record the module they came from (a ``torch.export``
+program's module: one flat graph) runs node by node, each op named by its node's innermost
+``nn_module_stack`` entry. The model runs on a parameter-free copy on the ``meta`` device, so
+nothing is computed or allocated and any model size takes the same few milliseconds per layer.
+Modules that define :data:`MODULE_RULES` entries (e.g. deformable convolution) are counted by
+their closed form.
 """
 
 from __future__ import annotations
@@ -73,6 +76,7 @@ class _Tracker:
         self.names = names
         self.stack: list[nn.Module] = []
         self.opaque_depth = 0  # > 0 inside a module counted by a MODULE_RULE
+        self.node_name = ""  # the module a graph node came from, while it runs (_run_graph)
 
     @contextmanager
     def hooks(self, on_opaque_exit):
@@ -101,7 +105,46 @@ class _Tracker:
         for module in reversed(self.stack):
             if id(module) in self.names:
                 return self.names[id(module)]
+        return self.node_name
+
+
+def _node_module(node: torch.fx.Node) -> str:
+    """The qualified name of the innermost module ``node`` was traced in (``""``: none)."""
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
         return ""
+    path = list(stack.values())[-1][0]
+    return path if isinstance(path, str) else ""
+
+
+class _NamedNodes(torch.fx.Interpreter):
+    """Runs a graph node by node, telling the tracker which module each node came from."""
+
+    def __init__(self, module: torch.fx.GraphModule, tracker: _Tracker):
+        super().__init__(module)
+        self.tracker = tracker
+
+    def run_node(self, n: torch.fx.Node):
+        self.tracker.node_name = _node_module(n)
+        try:
+            return super().run_node(n)
+        finally:
+            self.tracker.node_name = ""
+
+
+def _call(model: nn.Module, tracker: _Tracker, args: tuple, kwargs: dict):
+    """``model(*args, **kwargs)``; a graph module whose nodes record their modules, called with
+    tensors alone, runs node by node instead (:class:`_NamedNodes`), so that its rows are named
+    by layer. The graph's placeholders are the flattened inputs (``torch.export``'s form)."""
+    if not isinstance(model, torch.fx.GraphModule) or kwargs:
+        return model(*args, **kwargs)
+    graph = model.graph
+    if not any(_node_module(n) for n in graph.nodes):
+        return model(*args, **kwargs)
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    if len(placeholders) != len(args) or not all(isinstance(a, torch.Tensor) for a in args):
+        return model(*args, **kwargs)
+    return _NamedNodes(model, tracker).run(*args)
 
 
 def _composite_functions() -> dict:
@@ -364,7 +407,7 @@ def _run(model, args, kwargs, convention, name, context, method: str) -> CostRep
         counting = _CountingMode(tracker, convention, rows)
         composites = _CompositeMode(tracker, convention, rows)
         with context, tracker.hooks(on_opaque_exit), torch.no_grad(), counting, composites:
-            model(*args, **kwargs)
+            _call(model, tracker, args, kwargs)
     except LeanconvError:
         raise
     except Exception as exc:  # the user's forward failed: say where
