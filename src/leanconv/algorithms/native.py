@@ -34,7 +34,7 @@ from ._geometry import symmetric_output_size
 
 SOURCES = tuple(
     Path(__file__).with_name("kernels") / name
-    for name in ("winograd_transforms.c", "winograd_fused.c", "narrow_direct.c")
+    for name in ("winograd_transforms.c", "winograd_fused.c", "narrow_direct.c", "gemv.c")
 )
 FLAGS = ("-O3", "-march=native", "-ffp-contract=fast", "-fopenmp", "-shared", "-fPIC", "-std=c99")
 
@@ -42,6 +42,7 @@ __all__ = [
     "available",
     "build_id",
     "fused",
+    "gemv",
     "input_transform",
     "library",
     "narrow",
@@ -132,6 +133,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.narrow_conv.restype = None
     lib.narrow_conv.argtypes = [ptr] + [long] * 6 + [ptr, long, long, ptr, integer, ptr]
     lib.narrow_conv.argtypes += [long] * 6 + [integer] * 9
+    lib.gemv_linear.restype = None
+    lib.gemv_linear.argtypes = [ptr, long, long, ptr, long, long, ptr, ptr, long, integer]
 
 
 def build_id() -> str:
@@ -168,7 +171,7 @@ def _ptr(t: torch.Tensor) -> int:
 
 def _check(condition: bool, what: str) -> None:
     if not condition:  # a wrong pointer or size would corrupt memory: never reach C with one
-        raise ValueError(f"native Winograd kernel called with {what}")
+        raise ValueError(f"a native kernel called with {what}")
 
 
 def _check_operands(
@@ -335,4 +338,21 @@ def narrow(
         None if bias is None else _ptr(bias), int(relu),
         _ptr(out), on, oh, ow, out_h, out_w, n, kh, kw, *stride, *padding, *dilation,
         torch.get_num_threads(),
+    )  # fmt: skip
+
+
+def gemv(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, bias: torch.Tensor | None = None):
+    """``out = x w^T + bias`` by ``kernels/gemv.c``: ``x`` (N, K) and ``out`` (N, O) with unit
+    column stride, ``w`` a contiguous (O, K), ``bias`` O contiguous values; all float32."""
+    lib = library()
+    n, k = x.shape
+    o = w.shape[0]
+    _check_operands(x, (w,), o * k, "weight")
+    _check(out.dtype == torch.float32 and tuple(out.shape) == (n, o), "an output of a wrong size")
+    _check((x.stride(1) == 1 or k == 1) and (out.stride(1) == 1 or o == 1), "strided columns")
+    if bias is not None:
+        _check_operands(out, (bias,), o, "bias")
+    lib.gemv_linear(
+        _ptr(x), x.stride(0), n, _ptr(w), k, o, None if bias is None else _ptr(bias),
+        _ptr(out), out.stride(0), torch.get_num_threads(),
     )  # fmt: skip

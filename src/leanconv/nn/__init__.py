@@ -15,6 +15,7 @@ from .dilated import (
 )
 from .factorised import CPConv2d, TTConv2d, TuckerConv2d, cp_conv2d, tt_conv2d, tucker2_conv2d
 from .fast import FFTConv2d, NarrowConv2d, PackedConv2d, WinogradConv2d
+from .gemv_linear import GemvLinear
 from .grouped import (
     ChannelShuffle,
     GroupedConv2d,
@@ -45,6 +46,7 @@ __all__ = [
     "DeformConv2d",
     "DeformConv2dOp",
     "FFTConv2d",
+    "GemvLinear",
     "NarrowConv2d",
     "PackedConv2d",
     "ModulatedDeformConv2d",

@@ -7,8 +7,11 @@ F(4x4), F(6x6) for small kernels, FFT for large ones), (3) checks each
 against the layer's own output (max error relative to the largest output magnitude, must stay
 within ``tolerance``), (4) times the survivors against the native layer with interleaved runs
 and medians, and (5) replaces the layer with the fastest one only if it beats the native layer
-by ``margin``. A final end-to-end measurement guards the promise that the result is never slower
-than the original: if it is, the original layers are kept.
+by ``margin``. Each ``nn.Linear`` is tuned the same way against its one fast form, the streaming
+matrix-vector kernel (:mod:`leanconv.algorithms.gemv`: at batch 1 a fully connected layer is
+bound by reading its weight, which the library's product does with one core). A final
+end-to-end measurement guards the promise that the result is never slower than the original:
+if it is, the original layers are kept.
 
 With ``deploy`` (the default) the layers are tuned in the model's inference form, the exact
 rewrites of :mod:`leanconv.rewrite`: batch norms folded into the convolutions before them
@@ -46,7 +49,7 @@ CACHE_FILE = "tuner.json"
 
 @dataclass
 class LayerChoice:
-    """What the tuner measured and decided for one convolution."""
+    """What the tuner measured and decided for one convolution or fully connected layer."""
 
     name: str
     geometry: str
@@ -96,12 +99,17 @@ class TuneReport:
         }
 
 
-def candidate_builders(conv: nn.Conv2d) -> dict[str, Callable[[], nn.Module]]:
+def candidate_builders(conv: nn.Conv2d | nn.Linear) -> dict[str, Callable[[], nn.Module]]:
     """The fast forms that apply to ``conv`` (:mod:`.eligibility` with the tuner's limits), by
-    name, each as a builder of a module."""
+    name, each as a builder of a module; for an ``nn.Linear``, the streaming kernel's."""
     from ..nn.fast import FFTConv2d, NarrowConv2d, PackedConv2d, WinogradConv2d
+    from ..nn.gemv_linear import GemvLinear
 
     out: dict[str, Callable[[], nn.Module]] = {}
+    if isinstance(conv, nn.Linear):
+        if native.available():
+            out["gemv"] = lambda: GemvLinear.from_linear(conv)
+        return out
     if not eligibility.packed(conv):
         return out
     out["packed"] = lambda: PackedConv2d.from_conv(conv)
@@ -115,7 +123,11 @@ def candidate_builders(conv: nn.Conv2d) -> dict[str, Callable[[], nn.Module]]:
     return out
 
 
-def _key(conv: nn.Conv2d, x: torch.Tensor, name: str) -> str:
+def _key(conv: nn.Conv2d | nn.Linear, x: torch.Tensor, name: str) -> str:
+    geometry = (
+        ("linear",) if isinstance(conv, nn.Linear)
+        else (conv.stride, conv.padding, conv.dilation, conv.groups)
+    )  # fmt: skip
     return "|".join(
         map(
             str,
@@ -123,10 +135,7 @@ def _key(conv: nn.Conv2d, x: torch.Tensor, name: str) -> str:
                 name,
                 tuple(x.shape),
                 tuple(conv.weight.shape),
-                conv.stride,
-                conv.padding,
-                conv.dilation,
-                conv.groups,
+                *geometry,
                 conv.bias is not None,
                 "channels_last" if x.is_contiguous(memory_format=torch.channels_last) else "nchw",
                 x.dtype,
@@ -194,7 +203,7 @@ def _timed(
 
 
 def _tune_layer(
-    name: str, conv: nn.Conv2d, x: torch.Tensor, tolerance: float, margin: float,
+    name: str, conv: nn.Conv2d | nn.Linear, x: torch.Tensor, tolerance: float, margin: float,
     cache: dict | None, report: TuneReport, timing: dict,
 ) -> nn.Module | None:  # fmt: skip
     """Record ``conv``'s :class:`LayerChoice` in ``report``; the fast module chosen, or None."""
@@ -275,7 +284,8 @@ def accelerate(
         model, report.folded, _ = fold_batchnorm(model, inplace=True)
         report.memory_format = _layout(model, example_input, timing)
         model = model.to(memory_format=FORMATS[report.memory_format])
-    inputs = capture_inputs(model, conv_layers(model), example_input, strict=False)
+    layers = conv_layers(model) + conv_layers(model, (nn.Linear,))
+    inputs = capture_inputs(model, layers, example_input, strict=False)
     cache = cache_store.load(CACHE_FILE) if use_cache else None
     chosen = {}
     for name, x in inputs.items():
@@ -297,7 +307,9 @@ def accelerate(
     return model, report
 
 
-def _geometry(conv: nn.Conv2d, x: torch.Tensor) -> str:
+def _geometry(conv: nn.Conv2d | nn.Linear, x: torch.Tensor) -> str:
+    if isinstance(conv, nn.Linear):
+        return f"{conv.in_features}->{conv.out_features} linear @ {tuple(x.shape)}"
     k = "x".join(map(str, conv.kernel_size))
     s = "x".join(map(str, conv.stride))
     return f"{conv.in_channels}->{conv.out_channels} k{k} s{s} g{conv.groups} @ {tuple(x.shape)}"
