@@ -9,7 +9,7 @@ from torch import nn
 
 import leanconv
 from leanconv.algorithms import native
-from leanconv.nn.fast import FFTConv2d, PackedConv2d, WinogradConv2d
+from leanconv.nn.fast import FFTConv2d, NarrowConv2d, PackedConv2d, WinogradConv2d
 
 
 def _model():
@@ -45,7 +45,7 @@ def test_accelerate_is_exact_within_tolerance_and_cached(tmp_path, monkeypatch):
     with torch.no_grad():
         ref, out = model(x), fast(x)
     assert (out - ref).abs().max() / ref.abs().max() < 1e-3
-    kinds = WinogradConv2d | FFTConv2d | PackedConv2d
+    kinds = WinogradConv2d | FFTConv2d | PackedConv2d | NarrowConv2d
     replaced = [m for m in fast.modules() if isinstance(m, kinds)]
     assert len(replaced) == sum(layer.chosen != "native" for layer in report.layers)
     assert (tmp_path / "tuner.json").exists()
@@ -103,6 +103,10 @@ def test_accelerate_deploys_folded_fused_and_exact(tmp_path, monkeypatch):
     assert all(getattr(fast.get_submodule(f"{i}.0"), "activation", None) == "relu"
                for i in range(3))  # fmt: skip
     assert report.memory_format in ("contiguous", "channels_last")
+    # tuned in both layouts: the report holds the kept layout's choices, one per layer
+    assert [layer.name for layer in report.layers] == ["0.0", "1.0", "2.0", "3"]
+    layouts = next(n for n in report.notes if n.startswith("tuned in each layout"))
+    assert "contiguous" in layouts and "channels_last" in layouts
     # the same function: against float64, as close as the original itself
     with torch.no_grad():
         out = fast(x)
