@@ -485,8 +485,21 @@ def _measure_stage(run: _Run, before, plan, surgery, history, compressed, notes)
             f"{metric.name} dropped {result.metric_drop:.2f} points, more than --max-drop "
             f"{allowed}: use a smaller --speedup or more fine-tuning epochs"
         )
+    elif allowed is None and result.metric_drop > NOTABLE_DROP:
+        result.notes.append(
+            f"{metric.name} dropped {result.metric_drop:.2f} points (no --max-drop was given): "
+            f"the plan for the {plan.target} target has a summed sensitivity of "
+            f"{plan.sensitivity[0]:.3g} and a relative output error of "
+            f"{surgery.model_output_error:.3g} before fine-tuning, which fine-tuning did not "
+            "recover; ask for a smaller --speedup, set "
+            "--max-drop to bound the loss, or give more --epochs"
+        )
     _slower_notes(result)
     return result, deployed
+
+
+#: A fall of the metric (in its points) worth a note in the report when no --max-drop bounds it.
+NOTABLE_DROP = 1.0
 
 
 def _write_stage(run: _Run, result, deployed, base, out_dir: Path, force: bool, t_start) -> None:

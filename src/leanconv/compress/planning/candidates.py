@@ -110,6 +110,11 @@ def build_candidates(
     inputs = capture_inputs(model, layers, calibration)
     with torch.no_grad():
         reference = outputs.reference(model(calibration), logits)
+    if log and getattr(reference, "temperature", 1.0) > 1.0:
+        log(f"      the original's predictions are saturated on the calibration images (mean "
+            f"top-1 probability above {outputs.CONFIDENCE}): sensitivities are compared at "
+            f"temperature {reference.temperature:.2f}, where rewrites that keep each image's "
+            "class still differ")  # fmt: skip
     cache = cache_store.load(CACHE_FILE) if use_cache else {}
     out: dict[str, list[Candidate]] = {}
     originals: dict[str, object] = {}  # each layer's original on its input, timed again below
