@@ -156,9 +156,8 @@ def _from_saved(
     """A model directory written by ``leanconv compress`` (its ``model/`` folder, or the output
     folder holding it) or ``leanconv.save``: rebuilt by ``leanconv.load`` (no code from the
     directory runs unless ``trust_code``: see ``leanconv.load``), in its deployment form unless
-    ``algorithms`` is false; its example input
-    is the shape it was compressed with, at batch 1. Its weights are real, so ``meta`` loads
-    on the CPU."""
+    ``algorithms`` is false; its example input is the shape it was compressed with, at batch 1.
+    Its weights are real, so ``meta`` loads on the CPU."""
     from .compress.serialize import load
 
     if not (path / "model.json").is_file() and (path / "model" / "model.json").is_file():

@@ -60,6 +60,8 @@ MAX_BATCH = 4096
 #: From this many MACs per image (ImageNet-size models: a ResNet-50 at 224 has 4.1 G) the
 #: planner's sensitivities are local by default (CompressConfig.sensitivity="auto").
 LOCAL_SENSITIVITY_MACS = 1_000_000_000
+#: A fall of the metric (in its points) worth a note in the report when no --max-drop bounds it.
+NOTABLE_DROP = 1.0
 
 
 @dataclass
@@ -491,15 +493,11 @@ def _measure_stage(run: _Run, before, plan, surgery, history, compressed, notes)
             f"the plan for the {plan.target} target has a summed sensitivity of "
             f"{plan.sensitivity[0]:.3g} and a relative output error of "
             f"{surgery.model_output_error:.3g} before fine-tuning, which fine-tuning did not "
-            "recover; ask for a smaller --speedup, set "
-            "--max-drop to bound the loss, or give more --epochs"
+            "recover; ask for a smaller --speedup, set --max-drop to bound the loss, or give "
+            "more --epochs"
         )
     _slower_notes(result)
     return result, deployed
-
-
-#: A fall of the metric (in its points) worth a note in the report when no --max-drop bounds it.
-NOTABLE_DROP = 1.0
 
 
 def _write_stage(run: _Run, result, deployed, base, out_dir: Path, force: bool, t_start) -> None:

@@ -76,7 +76,7 @@ class _Tracker:
         self.names = names
         self.stack: list[nn.Module] = []
         self.opaque_depth = 0  # > 0 inside a module counted by a MODULE_RULE
-        self.node_name = ""  # the module a graph node came from, while it runs (_run_graph)
+        self.node_name = ""  # the module a graph node came from, while it runs (_NamedNodes)
 
     @contextmanager
     def hooks(self, on_opaque_exit):

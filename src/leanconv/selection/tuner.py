@@ -313,7 +313,7 @@ def _tuned(
     if layout is not None:
         report.memory_format = layout
         model = model.to(memory_format=FORMATS[layout])
-    layers = conv_layers(model) + conv_layers(model, (nn.Linear,))
+    layers = conv_layers(model, (nn.Conv2d, nn.Linear))
     inputs = capture_inputs(model, layers, example, strict=False)
     chosen = {}
     for name, x in inputs.items():

@@ -17,7 +17,6 @@
  * scalar loop; O not a multiple of R ends in single rows. The sums run in another order than
  * the library's, so results differ from it by float32 rounding only.
  */
-#include <stddef.h>
 
 #if defined(__AVX512F__)
 #define VW 16
