@@ -11,7 +11,12 @@ with the planner's limits (:data:`leanconv.selection.eligibility.WINOGRAD_PLANNE
 The deployment adds one more, per convolution: ``"narrow"``, the narrow direct kernel
 (:class:`leanconv.nn.NarrowConv2d`) for a factor of a decomposed layer, kept where it is measured
 faster (:func:`narrow_candidates`, then :func:`leanconv.selection.batch_switch.fit_min_batch`).
-It is not a planner candidate: the planner times factors by oneDNN.
+It is not a planner candidate: the planner times factors by oneDNN. And ``"gemv"``, per fully
+connected layer: :class:`leanconv.nn.GemvLinear`, the streaming matrix-vector kernel for at most
+8 rows (batch 1 reads the whole weight for one multiply-add per value), offered to every
+``nn.Linear`` (:func:`gemv_candidates`) and kept only where it is measured at least as fast as
+``F.linear`` at every batch size it runs at (:func:`leanconv.selection.batch_switch.gemv_wins`,
+then :func:`leanconv.compress.deploy.settle_gemv`).
 
 The algorithm computes the same function up to float32 rounding (docs/algorithms.md, "Accuracy"),
 so the compress pipeline fine-tunes and folds batch norms on plain convolutions and applies the
@@ -30,12 +35,13 @@ from ..modules import get_layer, replace_modules
 from ..selection.eligibility import WINOGRAD_PLANNER, narrow, winograd
 
 ALGORITHMS = {"winograd2": 2, "winograd4": 4, "winograd6": 6}
-#: Every algorithm a deployed layer may run by: the planner's, and the narrow direct kernel.
-DEPLOYED = (*ALGORITHMS, "narrow")
+#: Every algorithm a deployed layer may run by: the planner's, the narrow direct kernel and the
+#: streaming matrix-vector kernel.
+DEPLOYED = (*ALGORITHMS, "narrow", "gemv")
 MIN_CHANNELS = WINOGRAD_PLANNER.min_channels  # below it Winograd does not pay
 
-__all__ = ["ALGORITHMS", "DEPLOYED", "apply_algorithms", "eligible", "narrow_candidates",
-           "with_algorithm"]  # fmt: skip
+__all__ = ["ALGORITHMS", "DEPLOYED", "apply_algorithms", "eligible", "gemv_candidates",
+           "narrow_candidates", "with_algorithm"]  # fmt: skip
 
 
 def eligible(conv: nn.Module) -> bool:
@@ -47,11 +53,14 @@ def with_algorithm(module: nn.Module, algorithm: str) -> nn.Module | None:
     """A copy of ``module`` whose eligible convolutions run by ``algorithm``; ``None`` when it has
     none (the candidate would be the module itself)."""
     from ..nn.fast import NarrowConv2d, WinogradConv2d
+    from ..nn.gemv_linear import GemvLinear
 
     if algorithm not in DEPLOYED:
         raise ValueError(f"algorithm={algorithm!r} is not one of {', '.join(DEPLOYED)}")
     if algorithm == "narrow":
         return NarrowConv2d.from_conv(module) if narrow(module) else None
+    if algorithm == "gemv":
+        return GemvLinear.from_linear(module) if type(module) is nn.Linear else None
     tile = ALGORITHMS[algorithm]
     if eligible(module):
         return WinogradConv2d.from_conv(module, tile=tile).train(module.training)
@@ -93,3 +102,12 @@ def narrow_candidates(model: nn.Module, layers) -> dict[str, str]:
             if sub and narrow(module):
                 out[f"{name}.{sub}"] = "narrow"
     return out
+
+
+def gemv_candidates(model: nn.Module) -> dict[str, str]:
+    """Every plain ``nn.Linear`` of ``model`` mapped to ``"gemv"`` (the streaming matrix-vector
+    kernel, :class:`leanconv.nn.GemvLinear`); none where the compiled kernels are not available.
+    Whether each keeps it is measured afterwards (see the module docstring)."""
+    if not native.available():
+        return {}
+    return {name: "gemv" for name, m in model.named_modules() if type(m) is nn.Linear}

@@ -7,7 +7,10 @@ A rewritten model is deployed after exact rewrites that change its speed but not
 2. the planned fast algorithms switched on (:mod:`.algorithms`), and, in the final deployment, the
    narrow direct kernel on the decomposed layers' factors (:func:`.algorithms.narrow_candidates`),
    kept by :func:`settle_narrow` only where :func:`leanconv.selection.batch_switch.fit_min_batch`
-   measured it faster at some batch size;
+   measured it faster at some batch size; the streaming matrix-vector kernel on every ``nn.Linear``
+   (:func:`.algorithms.gemv_candidates`), kept by :func:`settle_gemv` only where
+   :func:`leanconv.selection.batch_switch.gemv_wins` measured it at least as fast as
+   ``F.linear`` at every batch size it runs at;
 3. ReLUs fused into the convolutions before them, plain convolutions packed for oneDNN
    (:mod:`leanconv.rewrite.fuse`, ``fuse``);
 4. each decomposed layer's chain made switchable (:class:`leanconv.nn.ChainConv2d`): below a
@@ -35,7 +38,7 @@ from ..rewrite import fold_batchnorm, fuse_activations
 from .algorithms import apply_algorithms
 from .measure import FORMATS
 
-__all__ = ["Deployed", "Deployment", "settle_narrow", "switchable_chains"]
+__all__ = ["Deployed", "Deployment", "settle_gemv", "settle_narrow", "switchable_chains"]
 
 
 @dataclass
@@ -123,5 +126,24 @@ def settle_narrow(deployed: Deployed, batch_sizes) -> list[str]:
             deployed.min_batch.pop(name, None)
         else:
             kept.append(name)
+    replace_modules(deployed.model, back, inplace=True)
+    return kept
+
+
+def settle_gemv(deployed: Deployed, wins: dict[str, dict[int, bool]]) -> list[str]:
+    """After :func:`leanconv.selection.batch_switch.gemv_wins`: each streaming-kernel layer of
+    ``deployed`` that lost to ``F.linear`` at some batch size, or never ran the kernel, turned back
+    into a plain ``nn.Linear`` (in place, and out of ``deployed.algorithms``); returns the layers
+    kept."""
+    back, kept = {}, []
+    for name, algorithm in list(deployed.algorithms.items()):
+        if algorithm != "gemv":
+            continue
+        won = wins.get(name, {})
+        if won and all(won.values()):
+            kept.append(name)
+        else:
+            back[name] = get_layer(deployed.model, name).as_linear()
+            del deployed.algorithms[name]
     replace_modules(deployed.model, back, inplace=True)
     return kept

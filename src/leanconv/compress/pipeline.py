@@ -20,17 +20,18 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..algorithms.gemv import MAX_ROWS
 from ..bench import allocator
 from ..data.batches import first_inputs
 from ..data.bundle import DataBundle
 from ..decompose.rank import canonical_method
 from ..errors import LeanconvError, OutputExistsError
 from ..report.files import write_text_atomic
-from ..selection.batch_switch import fit_min_batch
+from ..selection.batch_switch import fit_min_batch, gemv_wins
 from . import run_record, serialize
-from .algorithms import ALGORITHMS, narrow_candidates
+from .algorithms import ALGORITHMS, gemv_candidates, narrow_candidates
 from .artefacts import write_artefacts
-from .deploy import Deployment, settle_narrow
+from .deploy import Deployment, settle_gemv, settle_narrow
 from .evaluate import check_outputs, resolve_metric
 from .finetune import FinetuneConfig, finetune
 from .measure import ModelFigures, in_format, measure_formats, static_figures
@@ -443,12 +444,18 @@ def _measure_stage(run: _Run, before, plan, surgery, history, compressed, notes)
     dep, metric = run.config.deployment, run.metric
     chains = list(plan.rewrites())
     algorithms = plan.algorithms() | narrow_candidates(compressed, chains)
-    deployed = dep.deploy(compressed, algorithms, chains=chains)
+    deployed = dep.deploy(compressed, algorithms | gemv_candidates(compressed), chains=chains)
     deployed.min_batch = fit_min_batch(deployed.model, run.example, run.config.batch_sizes,
                                        run.config.repeats)  # fmt: skip
     narrow = settle_narrow(deployed, run.config.batch_sizes)
     run.say(f"      {len(narrow)} of the decomposed layers' factors run the narrow direct kernel "
             "(measured faster than oneDNN)")  # fmt: skip
+    gemv = settle_gemv(deployed, gemv_wins(deployed.model, run.example, run.config.batch_sizes,
+                                           run.config.repeats))  # fmt: skip
+    if gemv:
+        run.say(f"      {len(gemv)} fully connected layer(s) run the streaming matrix-vector "
+                f"kernel up to batch {MAX_ROWS} (measured at least as fast as F.linear there): "
+                + ", ".join(gemv))  # fmt: skip
     for name, b in deployed.min_batch.items():
         what = ("its chain", "one composed convolution") if name in deployed.chains else (
             "its algorithm", "direct")  # fmt: skip

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import itertools
 import json
 import os
 from collections.abc import Callable
@@ -61,6 +62,14 @@ def _export_program(model: nn.Module, example: torch.Tensor, path: Path) -> str 
     """Save ``model`` as a ``torch.export`` program (batch dimension dynamic) in
     ``path/model.pt2``; ``None`` (and nothing written) when it cannot be exported."""
     model = copy.deepcopy(model).eval()
+    # each weight contiguous and alone in its storage, as the archive stores raw tensors: on a
+    # channels-last weight torch.export.save warns that it found no complete tensor, and a view
+    # would take the storage it shares
+    with torch.no_grad():
+        for t in itertools.chain(model.parameters(), model.buffers()):
+            whole = t.untyped_storage().nbytes() == t.numel() * t.element_size()
+            if not (whole and t.is_contiguous()):
+                t.data = t.data.clone(memory_format=torch.contiguous_format)
     try:
         batch = torch.export.Dim("batch", min=1)
         program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))

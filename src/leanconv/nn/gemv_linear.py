@@ -22,5 +22,12 @@ class GemvLinear(nn.Linear):
         layer.load_state_dict(linear.state_dict())
         return layer.train(linear.training)
 
+    def as_linear(self) -> nn.Linear:
+        """The plain ``nn.Linear`` computing the same function (its weights copied)."""
+        layer = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
+                          device=self.weight.device, dtype=self.weight.dtype)  # fmt: skip
+        layer.load_state_dict(self.state_dict())
+        return layer.train(self.training)
+
     def forward(self, x: Tensor) -> Tensor:
         return _gemv.linear(x, self.weight, self.bias)

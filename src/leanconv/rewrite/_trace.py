@@ -13,12 +13,13 @@ __all__ = ["module_calls", "trace_forward"]
 
 class _Tracer(fx.Tracer):
     """Traces down to convolutions: a plain, packed or fast convolution is one call (its own
-    forward has shape checks that a trace cannot follow), and so is a decomposed layer's chain
-    (the forward keeps calling it by its name, where the deployment may put a switchable
-    chain, :class:`leanconv.nn.ChainConv2d`)."""
+    forward has shape checks that a trace cannot follow), and so are a fully connected layer
+    (:class:`leanconv.nn.GemvLinear`'s forward checks its input's rows) and a decomposed
+    layer's chain (the forward keeps calling it by its name, where the deployment may put a
+    switchable chain, :class:`leanconv.nn.ChainConv2d`)."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        if isinstance(m, nn.Conv2d | _FastConv2d):
+        if isinstance(m, nn.Conv2d | _FastConv2d | nn.Linear):
             return True
         if isinstance(m, nn.Sequential):  # by type only: while tracing, parameters are proxies
             kids = [k for k in m._modules.values() if type(k) is not nn.Identity]

@@ -14,6 +14,13 @@ A narrow layer (:class:`leanconv.nn.NarrowConv2d`, the narrow direct kernel) is 
 way against oneDNN: the deployment gives it to every factor of a decomposed layer and keeps it
 where it won at some batch size (:func:`leanconv.compress.deploy.settle_narrow`).
 
+A fully connected layer by the streaming matrix-vector kernel (:class:`leanconv.nn.GemvLinear`)
+runs it only up to :data:`leanconv.algorithms.gemv.MAX_ROWS` rows, where ``F.linear`` reads the
+weight with one core; it has no switch to fit, so :func:`gemv_wins` says whether it is at least as
+fast as ``F.linear`` at each batch size it runs at: the deployed sizes up to ``MAX_ROWS`` and
+``MAX_ROWS`` itself (the sizes between are served by the same kernel). The deployment keeps it
+only where it won at all of them (:func:`leanconv.compress.deploy.settle_gemv`).
+
 A decomposed layer's chain (:class:`leanconv.nn.ChainConv2d`) is fitted the same way, after the
 fast layers (a chain's Winograd core switches first): below its ``min_batch`` it runs the one
 convolution the chain composes to, which runs as fast as the layer it replaced. Timed alone at
@@ -29,15 +36,18 @@ it is faster.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from ..algorithms import gemv
 from ..bench.timing import compare
 from ..errors import InvalidSpecError
 from ..modules import capture_inputs, input_at_batch
 from ..nn.chain import ChainConv2d
 from ..nn.fast import FFTConv2d, NarrowConv2d, WinogradConv2d
+from ..nn.gemv_linear import GemvLinear
 
-__all__ = ["fit_min_batch"]
+__all__ = ["fit_min_batch", "gemv_wins"]
 
 
 def _switchable(model: nn.Module, kinds) -> dict[str, nn.Module]:
@@ -114,3 +124,29 @@ def _fit(model, layers: dict[str, nn.Module], example, sizes: list[int], repeats
         losing = [b for b in sizes if not won.get(b, True)]
         layer.min_batch = 1 if not losing else next(
             (b for b in sizes if b > max(losing)), sizes[-1] + 1)  # fmt: skip
+
+
+def gemv_wins(
+    model: nn.Module, example: torch.Tensor, batch_sizes, repeats: int = 5
+) -> dict[str, dict[int, bool]]:
+    """For each :class:`leanconv.nn.GemvLinear` of ``model``: at each batch size it runs the
+    kernel at (those of ``batch_sizes`` and :data:`~leanconv.algorithms.gemv.MAX_ROWS` whose
+    input has at most that many rows), whether it ran at least as fast as ``F.linear`` on its
+    real input there (``example`` repeated or cut to the size). A layer whose input never has few
+    enough rows gets an empty dict."""
+    layers = _switchable(model, GemvLinear)
+    sizes = sorted({int(b) for b in batch_sizes if 1 <= int(b) <= gemv.MAX_ROWS} | {gemv.MAX_ROWS})
+    wins: dict[str, dict[int, bool]] = {n: {} for n in layers}
+    for b in sizes if layers else ():
+        inputs = capture_inputs(model, list(layers), input_at_batch(example, b), strict=False)
+        for name, x in inputs.items():
+            m = layers[name]
+            with torch.no_grad():  # as timed: the kernel does not run while autograd records
+                runs = gemv.usable(x, m.weight, m.bias)
+            if not runs:
+                continue  # F.linear runs here either way
+            forms = {"fast": lambda m=m, x=x: m(x),
+                     "direct": lambda m=m, x=x: F.linear(x, m.weight, m.bias)}  # fmt: skip
+            t = compare(forms, warmup=1, repeats=repeats, device=x.device)
+            wins[name][b] = t["fast"].ms <= t["direct"].ms
+    return wins
