@@ -17,7 +17,7 @@ from leanconv.compress import serialize
 from leanconv.compress.algorithms import narrow_candidates
 from leanconv.compress.deploy import Deployment, settle_narrow
 from leanconv.compress.replace import decompose_layer
-from leanconv.nn import NarrowConv2d, PackedConv2d
+from leanconv.nn import ChainConv2d, NarrowConv2d, PackedConv2d
 from leanconv.selection.batch_switch import fit_min_batch
 
 pytestmark = pytest.mark.skipif(not native.available(), reason=native.status())
@@ -86,3 +86,28 @@ def test_fitted_settled_saved_and_loaded(tmp_path):
     assert type(back.get_submodule("6.1")) is PackedConv2d
     with torch.no_grad():
         _close(back(x), ref)
+
+
+def test_measured_deployment_as_the_loop_and_the_pipeline_use_it():
+    """``Deployment.measured``: the narrow kernel offered to the factors and settled, the
+    streaming kernel to the Linear layers; chains switchable only when asked (the pipeline, not
+    the closed loop). The function is the model's either way."""
+    net = nn.Sequential(*_net(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(24, 5)).eval()
+    x = torch.randn(4, 3, 10, 10)
+    with torch.no_grad():
+        ref = copy.deepcopy(net).double()(x.double())
+    dep = Deployment()
+    loop = dep.measured(net, {}, ["3", "6"], x, [4], repeats=3, switchable=False)
+    final = dep.measured(net, {}, ["3", "6"], x, [1, 4], repeats=3)
+    assert loop.chains == [] and final.chains == ["3", "6"]
+    assert not any(isinstance(m, ChainConv2d) for m in loop.model.modules())
+    for deployed in (loop, final):
+        narrow = {n for n, a in deployed.algorithms.items() if a == "narrow"}
+        assert narrow <= {"3.0", "3.1", "6.0", "6.1", "6.2"}
+        # what was kept runs the kernel, what lost was turned back into a packed layer
+        for name in ("3.0", "3.1", "6.0", "6.1", "6.2"):
+            layer = deployed.model.get_submodule(name)
+            assert type(layer) is (NarrowConv2d if name in narrow else PackedConv2d), name
+        assert set(deployed.algorithms.values()) <= {"narrow", "gemv"}
+        with torch.no_grad():
+            _close(deployed.model(x), ref)

@@ -19,10 +19,12 @@ A rewritten model is deployed after exact rewrites that change its speed but not
    activations then follow.
 
 The planner times candidates in this form (:meth:`Deployment.layer`), the closed loop times the
-assembled plan in it (:meth:`Deployment.apply`), and the pipeline deploys and saves it, so that
-what is predicted is what runs. The original model is measured as given (in the faster of the two
-layouts) and, for comparison, in this same form (``baseline`` in the report): the second ratio is
-what the rewrites of the plan alone bring.
+assembled plan in it with the measured choices of step 2 made at the planning batch
+(:meth:`Deployment.measured`, chains not switchable), and the pipeline deploys and saves it
+(the same, at every deployed batch size), so that what is predicted is what runs. The original
+model is measured as given (in the faster of the two layouts) and, for comparison, in this same
+form (``baseline`` in the report): the second ratio is what the rewrites of the plan alone
+bring.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ from torch import nn
 from ..modules import get_layer, replace_modules
 from ..nn import ChainConv2d
 from ..rewrite import fold_batchnorm, fuse_activations
-from .algorithms import apply_algorithms
+from ..selection.batch_switch import fit_min_batch, gemv_wins
+from .algorithms import apply_algorithms, gemv_candidates, narrow_candidates
 from .measure import FORMATS
 
 __all__ = ["Deployed", "Deployment", "settle_gemv", "settle_narrow", "switchable_chains"]
@@ -85,6 +88,25 @@ class Deployment:
         fast = replace_modules(fast, switchable, inplace=True)
         fast = fast.to(memory_format=FORMATS[self.memory_format]).eval()
         return Deployed(fast, folded, norms, convs, applied, fused, sorted(switchable))
+
+    def measured(
+        self, model: nn.Module, algorithms: dict[str, str], decomposed, example, batch_sizes,
+        repeats: int = 5, switchable: bool = True,
+    ) -> Deployed:  # fmt: skip
+        """``model`` deployed with the planned ``algorithms`` and each measured choice made on
+        ``example`` at ``batch_sizes``: the narrow kernel offered to every factor of the
+        ``decomposed`` layers and the streaming kernel to every ``nn.Linear``, then each fast
+        layer's and chain's ``min_batch`` fitted (``fit_min_batch``) and the losing narrow and
+        streaming layers turned back (:func:`settle_narrow`, :func:`settle_gemv`). With
+        ``switchable`` the decomposed chains are made switchable by batch size (the final
+        deployment); without, they run as chains (the closed loop, at its one batch size)."""
+        decomposed = list(decomposed)
+        offered = algorithms | narrow_candidates(model, decomposed) | gemv_candidates(model)
+        deployed = self.deploy(model, offered, chains=decomposed if switchable else ())
+        deployed.min_batch = fit_min_batch(deployed.model, example, batch_sizes, repeats)
+        settle_narrow(deployed, batch_sizes)
+        settle_gemv(deployed, gemv_wins(deployed.model, example, batch_sizes, repeats))
+        return deployed
 
     def apply(self, model: nn.Module, algorithms: dict[str, str] | None = None) -> nn.Module:
         """A deployed copy of ``model``, with ``algorithms`` (layer name -> algorithm)."""

@@ -27,11 +27,10 @@ from ..data.bundle import DataBundle
 from ..decompose.rank import canonical_method
 from ..errors import LeanconvError, OutputExistsError
 from ..report.files import write_text_atomic
-from ..selection.batch_switch import fit_min_batch, gemv_wins
 from . import run_record, serialize
-from .algorithms import ALGORITHMS, gemv_candidates, narrow_candidates
+from .algorithms import ALGORITHMS
 from .artefacts import write_artefacts
-from .deploy import Deployment, settle_gemv, settle_narrow
+from .deploy import Deployment
 from .evaluate import check_outputs, resolve_metric
 from .finetune import FinetuneConfig, finetune
 from .measure import ModelFigures, in_format, measure_formats, static_figures
@@ -442,16 +441,12 @@ def _measure_stage(run: _Run, before, plan, surgery, history, compressed, notes)
     # `fast` runs the algorithms (the same function up to rounding, so trained in plain form)
     # with the activations fused; `deployed.folded` (plain layers) is what is saved
     dep, metric = run.config.deployment, run.metric
-    chains = list(plan.rewrites())
-    algorithms = plan.algorithms() | narrow_candidates(compressed, chains)
-    deployed = dep.deploy(compressed, algorithms | gemv_candidates(compressed), chains=chains)
-    deployed.min_batch = fit_min_batch(deployed.model, run.example, run.config.batch_sizes,
-                                       run.config.repeats)  # fmt: skip
-    narrow = settle_narrow(deployed, run.config.batch_sizes)
+    deployed = dep.measured(compressed, plan.algorithms(), plan.rewrites(), run.example,
+                            run.config.batch_sizes, run.config.repeats)  # fmt: skip
+    narrow = [n for n, a in deployed.algorithms.items() if a == "narrow"]
+    gemv = [n for n, a in deployed.algorithms.items() if a == "gemv"]
     run.say(f"      {len(narrow)} of the decomposed layers' factors run the narrow direct kernel "
             "(measured faster than oneDNN)")  # fmt: skip
-    gemv = settle_gemv(deployed, gemv_wins(deployed.model, run.example, run.config.batch_sizes,
-                                           run.config.repeats))  # fmt: skip
     if gemv:
         run.say(f"      {len(gemv)} fully connected layer(s) run the streaming matrix-vector "
                 f"kernel up to batch {MAX_ROWS} (measured at least as fast as F.linear there): "
