@@ -13,15 +13,12 @@ read their weight once per call and do a few multiply-adds per weight read.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 
 import torch
+from _interleave import ab_runs, kernel_args
 from torch import nn
 
-from leanconv.algorithms import native
-from leanconv.bench.allocator import retain_freed_memory
-from leanconv.bench.timing import compare
 from leanconv.nn import GemvLinear
 
 # (in features, out features)
@@ -29,15 +26,7 @@ SHAPES = [(25088, 4096), (4096, 4096), (4096, 1000), (2048, 1000), (512, 1000)]
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--batch", nargs="+", type=int, default=[1, 2, 4, 8])
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=15)
-    p.add_argument("--runs", type=int, default=3)
-    args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    retain_freed_memory()
-    print(f"kernels: {native.status()}; {args.threads} threads, torch {torch.__version__}")
+    args = kernel_args([1, 2, 4, 8])
     print("layer (in -> out) | batch | F.linear ms | gemv ms | ratio (runs) | "
           "GB/s F.linear -> gemv")  # fmt: skip
     for cin, cout in SHAPES:
@@ -49,15 +38,10 @@ def main() -> None:
             x = torch.randn(batch, cin)
             with torch.no_grad():
                 error = (fast(x).double() - plain(x).double()).abs().max().item()
-                ratios, ms = [], {}
-                for _ in range(args.runs):
-                    calls = {"linear": lambda m=plain, x=x: m(x), "gemv": lambda m=fast, x=x: m(x)}
-                    t = compare(calls, warmup=3, repeats=args.repeats)
-                    ratios.append(t["linear"].ms / t["gemv"].ms)
-                    ms = {k: v.ms for k, v in t.items()}
+            ratios, ms = ab_runs(plain, fast, x, args.runs, args.repeats)
             spread = ", ".join(f"{r:.2f}" for r in ratios)
-            rates = " -> ".join(f"{weight_bytes / ms[k] / 1e6:.1f}" for k in ("linear", "gemv"))
-            print(f"{cin} -> {cout} | {batch} | {ms['linear']:.3f} | {ms['gemv']:.3f} | "
+            rates = " -> ".join(f"{weight_bytes / ms[k] / 1e6:.1f}" for k in ("base", "fast"))
+            print(f"{cin} -> {cout} | {batch} | {ms['base']:.3f} | {ms['fast']:.3f} | "
                   f"**{statistics.median(ratios):.2f}x** ({spread}) | {rates} | "
                   f"max diff {error:.1e}")  # fmt: skip
 

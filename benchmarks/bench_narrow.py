@@ -11,15 +11,12 @@ and 16 of 32- and 64-channel layers) and a few wider ones.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 
 import torch
+from _interleave import ab_runs, kernel_args
 from torch import nn
 
-from leanconv.algorithms import native
-from leanconv.bench.allocator import retain_freed_memory
-from leanconv.bench.timing import compare
 from leanconv.nn import NarrowConv2d, PackedConv2d
 
 # (in, out, kernel, spatial size)
@@ -32,15 +29,7 @@ SHAPES = [
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--batch", nargs="+", type=int, default=[64, 1])
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=15)
-    p.add_argument("--runs", type=int, default=3)
-    args = p.parse_args()
-    torch.set_num_threads(args.threads)
-    retain_freed_memory()
-    print(f"kernels: {native.status()}; {args.threads} threads, torch {torch.__version__}")
+    args = kernel_args([64, 1])
     print("layer (in->out kernel @ size) | batch | oneDNN ms | narrow ms | ratio (runs) | "
           "GMAC/s oneDNN -> narrow")  # fmt: skip
     for cin, cout, kernel, size in SHAPES:
@@ -51,21 +40,14 @@ def main() -> None:
         narrow = NarrowConv2d.from_conv(conv, activation="relu").eval()
         for batch in args.batch:
             x = torch.randn(batch, cin, size, size).contiguous(memory_format=torch.channels_last)
-            ratios, ms = [], {}
-            with torch.no_grad():
-                for _ in range(args.runs):
-                    calls = {"onednn": lambda m=onednn, x=x: m(x),
-                             "narrow": lambda m=narrow, x=x: m(x)}  # fmt: skip
-                    t = compare(calls, warmup=3, repeats=args.repeats)
-                    ratios.append(t["onednn"].ms / t["narrow"].ms)
-                    ms = {k: v.ms for k, v in t.items()}
+            ratios, ms = ab_runs(onednn, narrow, x, args.runs, args.repeats)
             macs = batch * size * size * cin * cout * kernel[0] * kernel[1]
             rate = {k: macs / (v * 1e-3) / 1e9 for k, v in ms.items()}
             spread = ", ".join(f"{r:.2f}" for r in ratios)
             print(f"{cin}->{cout} {kernel[0]}x{kernel[1]} @ {size} | {batch} | "
-                  f"{ms['onednn']:.3f} | {ms['narrow']:.3f} | "
+                  f"{ms['base']:.3f} | {ms['fast']:.3f} | "
                   f"{statistics.median(ratios):.2f}x ({spread}) | "
-                  f"{rate['onednn']:.0f} -> {rate['narrow']:.0f}")  # fmt: skip
+                  f"{rate['base']:.0f} -> {rate['fast']:.0f}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """The saved ``torch.export`` program of a model whose weights are channels-last (as the compress
 pipeline saves its model) are saved without torch's warning that a group of tensors has no
-complete one; weights that are views of one storage are saved apart; both load back computing the
+complete one; weights that are views of one storage are saved too; both load back computing the
 model. Reference: the model itself."""
 
 from __future__ import annotations

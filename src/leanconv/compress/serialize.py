@@ -63,8 +63,7 @@ def _export_program(model: nn.Module, example: torch.Tensor, path: Path) -> str 
     ``path/model.pt2``; ``None`` (and nothing written) when it cannot be exported."""
     model = copy.deepcopy(model).eval()
     # each weight contiguous and alone in its storage, as the archive stores raw tensors: on a
-    # channels-last weight torch.export.save warns that it found no complete tensor, and a view
-    # would take the storage it shares
+    # channels-last weight torch.export.save warns that it found no complete tensor
     with torch.no_grad():
         for t in itertools.chain(model.parameters(), model.buffers()):
             whole = t.untyped_storage().nbytes() == t.numel() * t.element_size()
