@@ -72,6 +72,27 @@ def test_matches_conv2d_in_float64(g):
     assert _relative_error(y, ref) < 1e-5
 
 
+@pytest.mark.parametrize("kernel", [(3, 1), (1, 3), (3, 3)])
+@pytest.mark.parametrize("padding", [(0, 0), (1, 1), (1, 0), (0, 1)])
+@pytest.mark.parametrize("cout", [1, 5, 8])
+def test_row_blocks_of_the_thinnest_factors(kernel, padding, cout):
+    """Stride 1 and at most 8 output channels take the row-blocked path (several output rows
+    share each input value); sizes with a remainder of rows and pixels, smaller than one block,
+    taps over every edge, and an input whose pixels are further apart than its channels."""
+    torch.manual_seed(2)
+    for size in [(1, 1), (2, 3), (5, 7), (13, 32), (32, 13)]:
+        if any(s + 2 * p < k for s, p, k in zip(size, padding, kernel, strict=True)):
+            continue
+        wide = torch.randn(3, 40, *size).contiguous(memory_format=torch.channels_last)
+        for x in (wide[:, :32].contiguous(memory_format=torch.channels_last), wide[:, 3:35]):
+            w, b = torch.randn(cout, 32, *kernel), torch.randn(cout)
+            ref = F.conv2d(x.double(), w.double(), b.double(), padding=padding).relu()
+            packed = narrow.pack(w)
+            y = narrow.conv2d(x, packed, narrow.pack_bias(b, packed.shape[-1]), cout, (1, 1),
+                              padding, (1, 1), activation="relu")  # fmt: skip
+            assert _relative_error(y, ref) < 1e-5, (size, x.stride())
+
+
 def test_input_whose_channels_are_a_slice():
     """Pixels further apart than the channels (a channel slice of a wider tensor): the kernel
     reads the input's own strides."""
