@@ -158,8 +158,10 @@ static void row_range(const float *x, long sn, long sy, long sx, long c, long h,
 /* Stride 1, no dilation, one vector of channels (K <= 8, the thinnest factors): a block of R
  * output rows x P pixels. Each input value loaded feeds every tap of the block that reads it:
  * input row t, column q serves output (t - i, q - j) through tap (i, j), so one broadcast does up
- * to kh kw FMAs where the general block does one (a 32 -> 8 3x1 factor at batch 64, 32x32: 47 ->
- * 73 GMAC/s on 2 Zen 4 cores; with two vectors of channels the general block ran faster).
+ * to kh kw FMAs where the general block does one. Against the general block on 2 Zen 4 cores,
+ * batch 64, 32x32, interleaved: 1.24x on a 32 -> 8 3x1 factor, 1.38x on an 8 -> 8 3x3 core,
+ * 1.24x on a 16 -> 8 1x3 factor; with two vectors of channels it ran 0.67-0.8x of the general
+ * block, which is kept there.
  * rows[t]: input row t of the block at its first column's leftmost tap (NULL: outside the input,
  * its taps skipped); the block's pixels all lie in [x_lo, x_hi). */
 static inline __attribute__((always_inline)) void block_rows(
@@ -181,7 +183,8 @@ static inline __attribute__((always_inline)) void block_rows(
         for (int t = 0; t < R + KH - 1; t++) {
             const float *row = rows[t];
             if (!row) continue;
-            /* the next block's pixels, a line per step: without it 47 GMAC/s above, not 73 */
+            /* the next block's pixels, a line per step (without it, slower than the general
+             * block, which prefetches likewise) */
             if (c * 16 < P * xs) __builtin_prefetch(row + (P + KW - 1) * xs + c * 16);
 #pragma GCC unroll 16
             for (int q = 0; q < P + KW - 1; q++) {
@@ -218,7 +221,7 @@ static inline __attribute__((always_inline)) void block_rows(
 /* The row blocks, (kh, kw) -> (R, P): R P accumulators and kh kw weights in the vector
  * registers (32 with AVX-512, 16 otherwise). Other kernels take the general path. */
 #if defined(__AVX512F__)
-#define ROW_BLOCKS X(3, 1, 4, 6) X(1, 3, 2, 12) X(3, 3, 2, 10)
+#define ROW_BLOCKS X(3, 1, 3, 8) X(1, 3, 2, 12) X(3, 3, 2, 10)
 #else
 #define ROW_BLOCKS X(3, 1, 2, 5) X(1, 3, 1, 10) X(3, 3, 1, 5)
 #endif
