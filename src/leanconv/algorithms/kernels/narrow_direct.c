@@ -226,10 +226,14 @@ static inline __attribute__((always_inline)) void block_rows(
 #define ROW_BLOCKS X(3, 1, 2, 5) X(1, 3, 1, 10) X(3, 3, 1, 5)
 #endif
 
+/* The most input rows a row block reads (R + kh - 1), the size of narrow_conv's row arrays. */
+#define BLOCK_ROWS_MAX 8
+
 /* The block's rows and pixels for a kh x kw kernel (0: no row block). */
 static int row_block(int kh, int kw, int *r, int *p) {
 #define X(KH, KW, R, P)                                                                        \
-    if (kh == KH && kw == KW) {                                                                \
+    if (kh == KH && kw == KW && KH <= 3 && KW <= 3 && R <= 4 && P <= 12 &&                    \
+        R + KH - 1 <= BLOCK_ROWS_MAX) { /* within block_rows' arrays */                     \
         *r = R;                                                                                \
         *p = P;                                                                                \
         return 1;                                                                              \
@@ -282,7 +286,7 @@ void narrow_conv(const float *x, long sn, long sy, long sx, long c, long h, long
                           0, wo, kh, kw, 1, 1, pad_y, pad_x, 1, 1, x_lo, x_hi);
             continue;
         }
-        const float *rows[8], *at[8];
+        const float *rows[BLOCK_ROWS_MAX], *at[BLOCK_ROWS_MAX];
         for (int t = 0; t < rb + kh - 1; t++) {
             const long iy = y0 - pad_y + t;
             rows[t] = (iy < 0 || iy >= h) ? NULL : x + b * sn + iy * sy - pad_x * sx;
