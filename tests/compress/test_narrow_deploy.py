@@ -91,7 +91,8 @@ def test_fitted_settled_saved_and_loaded(tmp_path):
 def test_measured_deployment_as_the_loop_and_the_pipeline_use_it():
     """``Deployment.measured``: the narrow kernel offered to the factors and settled, the
     streaming kernel to the Linear layers; chains switchable only when asked (the pipeline, not
-    the closed loop). The function is the model's either way."""
+    the closed loop: there they always run as chains, their narrow pairs fused as deployed).
+    The function is the model's either way."""
     net = nn.Sequential(*_net(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(24, 5)).eval()
     x = torch.randn(4, 3, 10, 10)
     with torch.no_grad():
@@ -99,8 +100,10 @@ def test_measured_deployment_as_the_loop_and_the_pipeline_use_it():
     dep = Deployment()
     loop = dep.measured(net, {}, ["3", "6"], x, [4], repeats=3, switchable=False)
     final = dep.measured(net, {}, ["3", "6"], x, [1, 4], repeats=3)
-    assert loop.chains == [] and final.chains == ["3", "6"]
-    assert not any(isinstance(m, ChainConv2d) for m in loop.model.modules())
+    assert loop.chains == final.chains == ["3", "6"]
+    loop_chains = [m for m in loop.model.modules() if isinstance(m, ChainConv2d)]
+    assert len(loop_chains) == 2 and all(m.min_batch == 1 for m in loop_chains)
+    assert not set(loop.min_batch) & {"3", "6"}
     for deployed in (loop, final):
         narrow = {n for n, a in deployed.algorithms.items() if a == "narrow"}
         assert narrow <= {"3.0", "3.1", "6.0", "6.1", "6.2"}

@@ -15,6 +15,14 @@ dense 32 -> 32 3x3 layer it came from. The kernel's vectors hold 8 channels what
 (on AMD Zen 4, which executes 512-bit vectors as two 256-bit halves, that costs nothing) and it
 reads zero padding as skipped taps instead of copying it.
 
+Two factors in a row, the second one kernel row (``kh x kw`` then ``1 x kw'``: a spatial SVD's
+vertical and horizontal factors, or a ``low_rank`` chain's ``kh x kw`` core and 1x1), run in one
+pass by :func:`conv2d_pair`: each thread computes a band of six rows of the first factor's
+output into a buffer of its own and the second factor reads them from cache, so the thin
+intermediate never goes to memory and one parallel loop replaces two. Against the same two
+factors in two calls, 2-core AMD EPYC (Zen 4), batch 64: 1.13x on a 32 -> 8 -> 32 spatial SVD at
+32x32, 1.06x on 64 -> 16 -> 64 at 16x16; at batch 1, 1.8x (docs/benchmarks.md, "Narrow pairs").
+
 It is not faster everywhere (docs/benchmarks.md, "Narrow direct convolution"): where it runs is
 measured, layer by layer and batch size by batch size (:class:`leanconv.nn.NarrowConv2d` below its
 ``min_batch`` runs oneDNN; :func:`leanconv.selection.batch_switch.fit_min_batch` sets it), never
@@ -29,7 +37,7 @@ from torch import Tensor
 from . import native
 from ._geometry import symmetric_output_size
 
-__all__ = ["conv2d", "pack", "pack_bias", "usable"]
+__all__ = ["conv2d", "conv2d_pair", "pack", "pack_bias", "pair_fits", "usable"]
 
 
 def usable(x: Tensor, weight: Tensor) -> bool:
@@ -82,4 +90,30 @@ def conv2d(
     )
     if out.numel():
         native.narrow(x, packed, out, stride, padding, dilation, bias, activation == "relu")
+    return out
+
+
+def pair_fits(second_kernel: tuple[int, int], second_stride, second_padding) -> bool:
+    """The second of two factors can take the first's rows band by band in :func:`conv2d_pair`:
+    one kernel row, vertical stride 1, no vertical padding."""
+    return second_kernel[0] == 1 and second_stride[0] == 1 and second_padding[0] == 0
+
+
+def conv2d_pair(x: Tensor, first: tuple, second: tuple) -> Tensor:
+    """``conv2(conv1(x))`` in one pass, each ``conv`` as :func:`conv2d`'s arguments after ``x``:
+    ``(packed, bias, out_channels, stride, padding, dilation, activation)``; the second must fit
+    (:func:`pair_fits`). The output is channels-last, as :func:`conv2d`'s."""
+    for conv in (first, second):
+        if conv[6] not in (None, "relu"):
+            raise ValueError(f"activation={conv[6]!r} is not None or 'relu'")
+    if x.stride(1) != 1 and x.shape[1] != 1:
+        x = x.contiguous(memory_format=torch.channels_last)
+    w1, b1, k1, s1, p1, d1, a1 = first
+    w2, b2, k2, s2, p2, d2, a2 = second
+    mid = symmetric_output_size(x.shape[2:], w1.shape[:2], s1, p1, d1)
+    size = symmetric_output_size(mid, w2.shape[:2], s2, p2, d2)
+    out = torch.empty((x.shape[0], k2, *size), dtype=x.dtype, memory_format=torch.channels_last)
+    if out.numel():
+        native.narrow_pair(x, (w1, b1, k1, s1, p1, d1, a1 == "relu"),
+                           (w2, b2, k2, s2, p2, d2, a2 == "relu"), out)  # fmt: skip
     return out

@@ -14,13 +14,14 @@ A rewritten model is deployed after exact rewrites that change its speed but not
 3. ReLUs fused into the convolutions before them, plain convolutions packed for oneDNN
    (:mod:`leanconv.rewrite.fuse`, ``fuse``);
 4. each decomposed layer's chain made switchable (:class:`leanconv.nn.ChainConv2d`): below a
-   batch size measured later (``min_batch``) it runs the one convolution it composes to;
+   batch size measured later (``min_batch``) it runs the one convolution it composes to, from
+   it on the chain, two narrow factors in a row in one pass;
 5. weights in ``memory_format`` (NCHW ``"contiguous"`` or ``"channels_last"``), which the
    activations then follow.
 
 The planner times candidates in this form (:meth:`Deployment.layer`), the closed loop times the
 assembled plan in it with the measured choices of step 2 made at the planning batch
-(:meth:`Deployment.measured`, chains not switchable), and the pipeline deploys and saves it
+(:meth:`Deployment.measured`, chains that always run as chains), and the pipeline deploys and saves it
 (the same, at every deployed batch size), so that what is predicted is what runs. The original
 model is measured as given (in the faster of the two layouts) and, for comparison, in this same
 form (``baseline`` in the report): the second ratio is what the rewrites of the plan alone
@@ -99,11 +100,13 @@ class Deployment:
         layer's and chain's ``min_batch`` fitted (``fit_min_batch``) and the losing narrow and
         streaming layers turned back (:func:`settle_narrow`, :func:`settle_gemv`). With
         ``switchable`` the decomposed chains are made switchable by batch size (the final
-        deployment); without, they run as chains (the closed loop, at its one batch size)."""
+        deployment); without, they always run as chains (the closed loop, at its one batch
+        size), their narrow pairs in one pass as deployed."""
         decomposed = list(decomposed)
         offered = algorithms | narrow_candidates(model, decomposed) | gemv_candidates(model)
-        deployed = self.deploy(model, offered, chains=decomposed if switchable else ())
-        deployed.min_batch = fit_min_batch(deployed.model, example, batch_sizes, repeats)
+        deployed = self.deploy(model, offered, chains=decomposed)
+        deployed.min_batch = fit_min_batch(deployed.model, example, batch_sizes, repeats,
+                                           chains=switchable)  # fmt: skip
         settle_narrow(deployed, batch_sizes)
         settle_gemv(deployed, gemv_wins(deployed.model, example, batch_sizes, repeats))
         return deployed

@@ -10,6 +10,11 @@ on a weight packed for oneDNN with the last factor's activation fused, for input
 (up to float32 rounding), so the switch by input shape changes speed only; ``min_batch`` is
 measured by :func:`leanconv.selection.batch_switch.fit_min_batch`, as for the fast algorithms.
 
+From ``min_batch`` on, two narrow factors in a row (:class:`leanconv.nn.NarrowConv2d`, the second
+one kernel row: a spatial SVD's pair, a ``low_rank`` chain's core and 1x1) run in one pass
+(:meth:`leanconv.nn.NarrowConv2d.forward_pair`) when the kernel takes both; the other layers run
+one after the other, as in ``nn.Sequential``.
+
 The module is an ``nn.Sequential`` of the chain's layers: its parameters, state dict and cost
 (the chain's, counted on the meta device) are the chain's. The composite is built from the
 chain's current weights when first needed and rebuilt when they change; it is never trained
@@ -22,9 +27,26 @@ import torch
 from torch import Tensor, nn
 
 from ..decompose.compose import chain_convolutions, compose_chain
-from .fast import PackedConv2d
+from .fast import NarrowConv2d, PackedConv2d
 
-__all__ = ["ChainConv2d"]
+__all__ = ["ChainConv2d", "run_chain"]
+
+
+def run_chain(layers, x: Tensor) -> Tensor:
+    """``x`` through ``layers`` in order (``nn.Identity`` skipped), each two narrow layers in a
+    row that :meth:`NarrowConv2d.forward_pair` takes in one pass."""
+    todo = [m for m in layers if type(m) is not nn.Identity]
+    i = 0
+    while i < len(todo):
+        first = todo[i]
+        if isinstance(first, NarrowConv2d) and i + 1 < len(todo):
+            second = todo[i + 1]
+            y = first.forward_pair(second, x) if isinstance(second, NarrowConv2d) else None
+            if y is not None:
+                x, i = y, i + 2
+                continue
+        x, i = first(x), i + 1
+    return x
 
 
 class ChainConv2d(nn.Sequential):
@@ -68,7 +90,7 @@ class ChainConv2d(nn.Sequential):
     def forward(self, x: Tensor) -> Tensor:
         if self._below_min_batch(x):
             return self._packed_direct(x)
-        return super().forward(x)
+        return run_chain(self, x)
 
     def _below_min_batch(self, x: Tensor) -> bool:
         if self.min_batch <= 1 or x.dim() != 4 or x.shape[0] >= self.min_batch:

@@ -488,3 +488,30 @@ class NarrowConv2d(_FastConv2d):
         w, b = self.packed()
         args = (self.out_channels, self.stride, padding, self.dilation, self.activation)
         return _narrow.conv2d(x, w, b, *args)
+
+    def forward_pair(self, second: NarrowConv2d, x: Tensor) -> Tensor | None:
+        """``second(self(x))`` in one pass (:func:`leanconv.algorithms.narrow.conv2d_pair`)
+        where the kernel runs both layers on this input and ``second`` takes this layer's output
+        band by band (one kernel row, vertical stride 1, no vertical padding); ``None``
+        otherwise (the caller then runs them one after the other)."""
+        padding = self._kernel_padding(x)
+        if padding is None or second.groups != 1 or second._below_min_batch(x):
+            return None
+        pad2 = symmetric_padding(second.padding)
+        if pad2 is None or second.in_channels != self.out_channels:
+            return None
+        if not _narrow.pair_fits(second.kernel_size, second.stride, pad2):
+            return None
+        if not _narrow.usable(x, second.weight):
+            return None
+        mid = symmetric_output_size(x.shape[2:], self.kernel_size, self.stride, padding,
+                                    self.dilation)  # fmt: skip
+        args = (second.kernel_size, second.stride, pad2, second.dilation)
+        if min(symmetric_output_size(mid, *args)) < 1:
+            return None
+        (w1, b1), (w2, b2) = self.packed(), second.packed()
+        first_args = (w1, b1, self.out_channels, self.stride, padding, self.dilation,
+                      self.activation)  # fmt: skip
+        second_args = (w2, b2, second.out_channels, second.stride, pad2, second.dilation,
+                       second.activation)  # fmt: skip
+        return _narrow.conv2d_pair(x, first_args, second_args)

@@ -55,13 +55,14 @@ def _switchable(model: nn.Module, kinds) -> dict[str, nn.Module]:
 
 
 def fit_min_batch(
-    model: nn.Module, example: torch.Tensor, batch_sizes, repeats: int = 5
+    model: nn.Module, example: torch.Tensor, batch_sizes, repeats: int = 5, chains: bool = True
 ) -> dict[str, int]:
-    """Set ``min_batch`` on each Winograd, FFT or narrow layer and each switchable chain of
-    ``model`` (in place) from timings on ``example`` (a batch of inputs, repeated or cut to each
-    ``b`` of ``batch_sizes``; see the module docstring); returns the layers whose ``min_batch``
-    is above 1, and its value. A layer slower at every size gets one more than the largest (it
-    always runs direct)."""
+    """Set ``min_batch`` on each Winograd, FFT or narrow layer and, with ``chains``, each
+    switchable chain of ``model`` (in place) from timings on ``example`` (a batch of inputs,
+    repeated or cut to each ``b`` of ``batch_sizes``; see the module docstring); returns the
+    layers whose ``min_batch`` is above 1, and its value. A layer slower at every size gets one
+    more than the largest (it always runs direct). Without ``chains`` the chains keep their
+    ``min_batch``."""
     if example.dim() != 4:
         raise InvalidSpecError(
             f"fit_min_batch: example of shape {tuple(example.shape)} is not a batch (N, C, H, W)"
@@ -70,8 +71,10 @@ def fit_min_batch(
     switched = {}
     for kinds in (
         WinogradConv2d | FFTConv2d | NarrowConv2d,
-        ChainConv2d,
+        ChainConv2d if chains else None,
     ):  # a chain's fast core first
+        if kinds is None:
+            continue
         layers = _switchable(model, kinds) if sizes else {}
         if not layers:
             continue

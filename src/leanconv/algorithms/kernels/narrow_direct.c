@@ -120,19 +120,19 @@ static void block_any(const float *const *rows, long xs, long xd, long c, const 
 static inline long ceil_div(long a, long b) { return a >= 0 ? (a + b - 1) / b : -((-a) / b); }
 static inline long floor_div(long a, long b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
 
-/* Output pixels [xa, xb) of output row (b, y), every vector of channels (the general path). */
-static void row_range(const float *x, long sn, long sy, long sx, long c, long h, long wd,
-                      const float *w, long kp, long k, const float *bias, int relu, float *out,
-                      long on, long oy, long ox, long b, long y, long xa, long xb, int kh, int kw,
-                      int stride_y, int stride_x, int pad_y, int pad_x, int dil_y, int dil_x,
-                      long x_lo, long x_hi) {
+/* Output pixels [xa, xb) of output row y of one image (the general path): img is the image's
+ * input, orow the output row. */
+static void row_range(const float *img, long sy, long sx, long c, long h, long wd,
+                      const float *w, long kp, long k, const float *bias, int relu, float *orow,
+                      long ox, long y, long xa, long xb, int kh, int kw, int stride_y,
+                      int stride_x, int pad_y, int pad_x, int dil_y, int dil_x, long x_lo,
+                      long x_hi) {
     const long xs = stride_x * sx, xd = (long)dil_x * sx;
     const float *rows[64]; /* input row of tap i at output column 0 (may point before it) */
     for (int i = 0; i < kh; i++) {
         const long iy = y * stride_y - pad_y + (long)i * dil_y;
-        rows[i] = (iy < 0 || iy >= h) ? NULL : x + b * sn + iy * sy - pad_x * sx;
+        rows[i] = (iy < 0 || iy >= h) ? NULL : img + iy * sy - pad_x * sx;
     }
-    float *orow = out + b * on + y * oy;
     for (long k0 = 0; k0 < kp; k0 += NVMAX * VW) {
         const int nv = (int)min_l(NVMAX, (kp - k0) / VW);
         const int pb = pixels_for(nv);
@@ -255,52 +255,126 @@ static void block_rows_any(const float *const *rows, long xs, long c, const floa
 #undef X
 }
 
+/* One convolution's geometry and weights (the arguments every row function takes). */
+typedef struct {
+    long sy, sx, c, h, wd;   /* input: row and pixel strides (floats), channels, height, width */
+    const float *w;          /* packed [kh][kw][C][kp] */
+    long kp, k;              /* padded and real output channels */
+    const float *bias;       /* kp values or NULL */
+    int relu, kh, kw, stride_y, stride_x, pad_y, pad_x, dil_y, dil_x;
+    long ho, wo, x_lo, x_hi; /* output size; columns whose every tap lies inside the input */
+    int rb, pb;              /* row block (0: none), its pixels */
+} conv_t;
+
+static conv_t conv_geometry(long sy, long sx, long c, long h, long wd, const float *w, long kp,
+                            long k, const float *bias, int relu, long ho, long wo, int kh,
+                            int kw, int stride_y, int stride_x, int pad_y, int pad_x, int dil_y,
+                            int dil_x) {
+    conv_t g = {sy, sx, c, h, wd, w, kp, k, bias, relu, kh, kw, stride_y, stride_x, pad_y,
+                pad_x, dil_y, dil_x, ho, wo, 0, 0, 0, 0};
+    g.x_lo = min_l(wo, max_l(0, ceil_div(pad_x, stride_x)));
+    g.x_hi = max_l(g.x_lo, min_l(wo, floor_div(wd - 1 + pad_x - (long)(kw - 1) * dil_x,
+                                               stride_x) + 1));
+    const int unit = stride_y == 1 && stride_x == 1 && dil_y == 1 && dil_x == 1;
+    if (!unit || kp != VW || !row_block(kh, kw, &g.rb, &g.pb)) g.rb = g.pb = 0;
+    return g;
+}
+
+/* Output rows [y0, y1) of one image: img its input, orow output row y0, oy and ox the output's
+ * row and pixel strides. Whole row blocks where the geometry has them, else row by row. */
+static void rows_out(const conv_t *g, const float *img, float *orow, long oy, long ox, long y0,
+                     long y1) {
+    long y = y0;
+    if (g->rb) {
+        const long full = (g->x_hi - g->x_lo) / g->pb * g->pb; /* interior, whole blocks */
+        for (; y + g->rb <= y1; y += g->rb) {
+            const float *rows[BLOCK_ROWS_MAX], *at[BLOCK_ROWS_MAX];
+            for (int t = 0; t < g->rb + g->kh - 1; t++) {
+                const long iy = y - g->pad_y + t;
+                rows[t] = (iy < 0 || iy >= g->h) ? NULL : img + iy * g->sy - g->pad_x * g->sx;
+            }
+            float *o = orow + (y - y0) * oy;
+            for (long x0 = g->x_lo; x0 < g->x_lo + full; x0 += g->pb) {
+                for (int t = 0; t < g->rb + g->kh - 1; t++)
+                    at[t] = rows[t] ? rows[t] + x0 * g->sx : NULL;
+                block_rows_any(at, g->sx, g->c, g->w, g->kp, g->bias, g->relu, o + x0 * ox, oy,
+                               ox, g->k, g->kh, g->kw);
+            }
+            for (long r = y; r < y + g->rb; r++) { /* edge pixels, the interior's remainder */
+                float *o_r = orow + (r - y0) * oy;
+                row_range(img, g->sy, g->sx, g->c, g->h, g->wd, g->w, g->kp, g->k, g->bias,
+                          g->relu, o_r, ox, r, 0, g->x_lo, g->kh, g->kw, 1, 1, g->pad_y,
+                          g->pad_x, 1, 1, g->x_lo, g->x_hi);
+                row_range(img, g->sy, g->sx, g->c, g->h, g->wd, g->w, g->kp, g->k, g->bias,
+                          g->relu, o_r, ox, r, g->x_lo + full, g->wo, g->kh, g->kw, 1, 1,
+                          g->pad_y, g->pad_x, 1, 1, g->x_lo, g->x_hi);
+            }
+        }
+    }
+    for (; y < y1; y++) /* the general path, or the last rows, fewer than a block */
+        row_range(img, g->sy, g->sx, g->c, g->h, g->wd, g->w, g->kp, g->k, g->bias, g->relu,
+                  orow + (y - y0) * oy, ox, y, 0, g->wo, g->kh, g->kw, g->stride_y,
+                  g->stride_x, g->pad_y, g->pad_x, g->dil_y, g->dil_x, g->x_lo, g->x_hi);
+}
+
 /* x (N, C, H, W) with any strides but s_c = 1, out (N, K, Ho, Wo) likewise. */
 void narrow_conv(const float *x, long sn, long sy, long sx, long c, long h, long wd,
                  const float *w, long kp, long k, const float *bias, int relu, float *out,
                  long on, long oy, long ox, long ho, long wo, long n, int kh, int kw,
                  int stride_y, int stride_x, int pad_y, int pad_x, int dil_y, int dil_x,
                  int threads) {
-    /* output columns whose every tap lies inside the input: [x_lo, x_hi) */
-    const long x_lo = min_l(wo, max_l(0, ceil_div(pad_x, stride_x)));
-    const long x_hi = max_l(x_lo, min_l(wo, floor_div(wd - 1 + pad_x - (long)(kw - 1) * dil_x,
-                                                      stride_x) + 1));
-    int rb = 0, pb = 0;
-    const int unit = stride_y == 1 && stride_x == 1 && dil_y == 1 && dil_x == 1;
-    if (!unit || kp != VW || !row_block(kh, kw, &rb, &pb)) {
+    const conv_t g = conv_geometry(sy, sx, c, h, wd, w, kp, k, bias, relu, ho, wo, kh, kw,
+                                   stride_y, stride_x, pad_y, pad_x, dil_y, dil_x);
+    const long rows = g.rb ? g.rb : 1, groups = (ho + rows - 1) / rows;
 #pragma omp parallel for num_threads(threads) schedule(static)
-        for (long r = 0; r < n * ho; r++)
-            row_range(x, sn, sy, sx, c, h, wd, w, kp, k, bias, relu, out, on, oy, ox, r / ho,
-                      r % ho, 0, wo, kh, kw, stride_y, stride_x, pad_y, pad_x, dil_y, dil_x,
-                      x_lo, x_hi);
-        return;
+    for (long q = 0; q < n * groups; q++) {
+        const long b = q / groups, y0 = q % groups * rows;
+        rows_out(&g, x + b * sn, out + b * on + y0 * oy, oy, ox, y0, min_l(y0 + rows, ho));
     }
-    const long groups = (ho + rb - 1) / rb;
-    const long full = (x_hi - x_lo) / pb * pb; /* interior pixels in whole blocks */
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (long g = 0; g < n * groups; g++) {
-        const long b = g / groups, y0 = g % groups * rb;
-        if (y0 + rb > ho) { /* the last rows, fewer than a block */
-            for (long y = y0; y < ho; y++)
-                row_range(x, sn, sy, sx, c, h, wd, w, kp, k, bias, relu, out, on, oy, ox, b, y,
-                          0, wo, kh, kw, 1, 1, pad_y, pad_x, 1, 1, x_lo, x_hi);
-            continue;
+}
+
+/* The rows of output a thread makes at a time in narrow_chain (a multiple of 1, 2 and 3). */
+#define CHAIN_ROWS 6
+
+/* Two convolutions in one pass, the second 1 x kw (one kernel row, vertical stride 1, no
+ * vertical padding): for each band of CHAIN_ROWS output rows the first convolution writes its
+ * rows into a buffer of the thread's, which the second reads while they are in cache. The first
+ * has K1 <= kp1 output channels, which the second takes as its input (w2 packed with C = k1).
+ * Returns 1 when a thread could not allocate its buffer (nothing is then written). */
+int narrow_chain(const float *x, long sn, long sy, long sx, long c, long h, long wd,
+                 const float *w1, long kp1, long k1, const float *bias1, int relu1, long ho,
+                 long wo1, int kh1, int kw1, int stride_y1, int stride_x1, int pad_y1,
+                 int pad_x1, int dil_y1, int dil_x1, const float *w2, long kp2, long k2,
+                 const float *bias2, int relu2, int kw2, int stride_x2, int pad_x2, int dil_x2,
+                 float *out, long on, long oy, long ox, long wo, long n, int threads) {
+    const conv_t g1 = conv_geometry(sy, sx, c, h, wd, w1, kp1, kp1, bias1, relu1, ho, wo1, kh1,
+                                    kw1, stride_y1, stride_x1, pad_y1, pad_x1, dil_y1, dil_x1);
+    const long by = wo1 * kp1; /* the buffer's row stride */
+    const conv_t g2 = conv_geometry(by, kp1, k1, CHAIN_ROWS, wo1, w2, kp2, k2, bias2, relu2,
+                                    CHAIN_ROWS, wo, 1, kw2, 1, stride_x2, 0, pad_x2, 1, dil_x2);
+    const long bands = (ho + CHAIN_ROWS - 1) / CHAIN_ROWS;
+    int failed = 0;
+#pragma omp parallel num_threads(threads)
+    {
+        float *buf = malloc((size_t)(CHAIN_ROWS * by) * sizeof(float));
+        if (!buf) {
+#pragma omp atomic write
+            failed = 1;
         }
-        const float *rows[BLOCK_ROWS_MAX], *at[BLOCK_ROWS_MAX];
-        for (int t = 0; t < rb + kh - 1; t++) {
-            const long iy = y0 - pad_y + t;
-            rows[t] = (iy < 0 || iy >= h) ? NULL : x + b * sn + iy * sy - pad_x * sx;
+#pragma omp barrier
+        int bad;
+#pragma omp atomic read
+        bad = failed;
+        if (!bad) {
+#pragma omp for schedule(static)
+            for (long q = 0; q < n * bands; q++) {
+                const long b = q / bands, y0 = q % bands * CHAIN_ROWS;
+                const long y1 = min_l(y0 + CHAIN_ROWS, ho);
+                rows_out(&g1, x + b * sn, buf, by, kp1, y0, y1);
+                rows_out(&g2, buf, out + b * on + y0 * oy, oy, ox, 0, y1 - y0);
+            }
         }
-        float *o = out + b * on + y0 * oy;
-        for (long x0 = x_lo; x0 < x_lo + full; x0 += pb) {
-            for (int t = 0; t < rb + kh - 1; t++) at[t] = rows[t] ? rows[t] + x0 * sx : NULL;
-            block_rows_any(at, sx, c, w, kp, bias, relu, o + x0 * ox, oy, ox, k, kh, kw);
-        }
-        for (long y = y0; y < y0 + rb; y++) { /* the edge pixels and the interior's remainder */
-            row_range(x, sn, sy, sx, c, h, wd, w, kp, k, bias, relu, out, on, oy, ox, b, y, 0,
-                      x_lo, kh, kw, 1, 1, pad_y, pad_x, 1, 1, x_lo, x_hi);
-            row_range(x, sn, sy, sx, c, h, wd, w, kp, k, bias, relu, out, on, oy, ox, b, y,
-                      x_lo + full, wo, kh, kw, 1, 1, pad_y, pad_x, 1, 1, x_lo, x_hi);
-        }
+        free(buf);
     }
+    return failed;
 }
