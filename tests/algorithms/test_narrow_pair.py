@@ -138,8 +138,12 @@ def test_the_deployed_chain_runs_its_narrow_pair_in_one_pass(monkeypatch):
                           nn.Conv2d(8, 24, (1, 3), padding=(0, 1)))  # fmt: skip
     x = torch.randn(2, 16, 11, 9)
     with torch.no_grad():
-        ref = F.conv2d(F.conv2d(x.double(), chain[0].weight.double(), None, padding=(1, 0)),
-                       chain[2].weight.double(), chain[2].bias.double(), padding=(0, 1)).relu()
+        ref = F.conv2d(
+            F.conv2d(x.double(), chain[0].weight.double(), None, padding=(1, 0)),
+            chain[2].weight.double(),
+            chain[2].bias.double(),
+            padding=(0, 1),
+        ).relu()
         calls = []
         monkeypatch.setattr(narrow, "conv2d", lambda *a, **k: calls.append(a))
         y = chain(x)

@@ -21,11 +21,11 @@ A rewritten model is deployed after exact rewrites that change its speed but not
 
 The planner times candidates in this form (:meth:`Deployment.layer`), the closed loop times the
 assembled plan in it with the measured choices of step 2 made at the planning batch
-(:meth:`Deployment.measured`, chains that always run as chains), and the pipeline deploys and saves it
-(the same, at every deployed batch size), so that what is predicted is what runs. The original
-model is measured as given (in the faster of the two layouts) and, for comparison, in this same
-form (``baseline`` in the report): the second ratio is what the rewrites of the plan alone
-bring.
+(:meth:`Deployment.measured`, chains that always run as chains), and the pipeline deploys and
+saves it (the same, at every deployed batch size), so that what is predicted is what runs. The
+original model is measured as given (in the faster of the two layouts) and, for comparison, in
+this same form (``baseline`` in the report): the second ratio is what the rewrites of the plan
+alone bring.
 """
 
 from __future__ import annotations
