@@ -136,6 +136,25 @@ def test_a_saved_chain_switch_is_rebuilt_on_load(tmp_path):
     assert type(plain[3]) is nn.Sequential
 
 
+def test_every_decomposed_chain_loads_as_deployed(tmp_path, monkeypatch):
+    """A decomposed chain with no recorded ``min_batch`` loads as a ``ChainConv2d`` too (as the
+    deployment ran it), so that its two narrow factors run in one pass after loading."""
+    from leanconv.algorithms import narrow, native
+
+    net = _net("spatial_svd", 3)
+    path = serialize.save(net, tmp_path / "m", {}, {"3": net[3]}, fuse=True,
+                          algorithms={"3.0": "narrow", "3.1": "narrow"})  # fmt: skip
+    back = serialize.load(path, factory=_net)
+    assert isinstance(back[3], ChainConv2d) and back[3].min_batch == 1
+    x = torch.randn(3, 3, 10, 10)
+    pairs = []
+    real = narrow.conv2d_pair
+    monkeypatch.setattr(narrow, "conv2d_pair", lambda *a: pairs.append(1) or real(*a))
+    with torch.no_grad():
+        torch.testing.assert_close(back(x), net(x), rtol=1e-4, atol=1e-5)
+    assert pairs == ([1] if native.available() else [])
+
+
 def test_a_min_batch_that_names_no_switchable_layer_is_refused(tmp_path):
     from leanconv.errors import LeanconvError
 

@@ -289,6 +289,18 @@ def _set_min_batch(model: nn.Module, min_batch: dict[str, int], meta_file: Path)
         layer.min_batch = b
 
 
+def _chains_as_deployed(model: nn.Module, replaced) -> None:
+    """Each decomposed layer's chain as the deployment runs it, a
+    :class:`leanconv.nn.ChainConv2d` (``min_batch`` 1 where none was recorded: its narrow pairs
+    in one pass), in place."""
+    from ..modules import get_layer
+    from ..nn import ChainConv2d
+    from .deploy import switchable_chains
+
+    names = [n for n in replaced if not isinstance(get_layer(model, n), ChainConv2d)]
+    replace_modules(model, switchable_chains(model, names), inplace=True)
+
+
 def load(
     path: str | Path,
     device: str | torch.device = "cpu",
@@ -345,6 +357,7 @@ def load(
         model, _ = fuse_activations(model, inplace=True)
     if algorithms:  # after fusing: a switchable chain holds the fused chain
         _set_min_batch(model, description.get("min_batch") or {}, meta_file)
+        _chains_as_deployed(model, description.get("replaced", {}))
     model = model.to(memory_format=FORMATS[layout]).eval()
     model.expected_input = dict(description.get("extra", {}).get("input") or {})
     return model
