@@ -301,7 +301,8 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], list[str
     ``.safetensors`` is read as is; ``.pt/.pth/.bin/.ckpt`` through
     ``torch.load(weights_only=True)`` (tensors and plain containers only: no code runs), which
     may hold the state dict itself or a checkpoint nesting it under one of
-    :data:`CHECKPOINT_KEYS`. Key prefixes of :data:`PREFIXES` shared by every key are removed.
+    :data:`CHECKPOINT_KEYS`, or under any one key when it holds no other state dict. Key
+    prefixes of :data:`PREFIXES` shared by every key are removed.
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -357,10 +358,17 @@ def _nested_state(obj, path: Path, said: list[str]) -> dict[str, torch.Tensor]:
             if _is_state(obj.get(key)):
                 said.append(f"read the state dict under the checkpoint key {key!r}")
                 return dict(obj[key])
+        found = [k for k, v in obj.items() if _is_state(v)]
+        if len(found) == 1:  # a checkpoint's own name for it ("model_state", "weights", ...)
+            said.append(f"read the state dict under the checkpoint key {found[0]!r} (the only "
+                        "state dict in the checkpoint)")  # fmt: skip
+            return dict(obj[found[0]])
         keys = ", ".join(repr(k) for k in list(obj)[:8])
+        which = (f"several state dicts ({', '.join(repr(k) for k in found)}) and none under "
+                 if found else "a dict without a state dict under ")  # fmt: skip
         raise ModelLoadError(
-            f"weights file {str(path)!r} holds a dict without a state dict under "
-            f"{', '.join(CHECKPOINT_KEYS)} (its keys: {keys})"
+            f"weights file {str(path)!r} holds {which}{', '.join(CHECKPOINT_KEYS)} (its keys: "
+            f"{keys}); save the model's state dict alone, or under one of those keys"
         )
     raise ModelLoadError(
         f"weights file {str(path)!r} holds a {type(obj).__name__}, not a state dict"
