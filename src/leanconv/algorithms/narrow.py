@@ -20,8 +20,9 @@ vertical and horizontal factors, or a ``low_rank`` chain's ``kh x kw`` core and 
 pass by :func:`conv2d_pair`: each thread computes a band of six rows of the first factor's
 output into a buffer of its own and the second factor reads them from cache, so the thin
 intermediate never goes to memory and one parallel loop replaces two. Against the same two
-factors in two calls, 2-core AMD EPYC (Zen 4), batch 64: 1.13x on a 32 -> 8 -> 32 spatial SVD at
-32x32, 1.06x on 64 -> 16 -> 64 at 16x16; at batch 1, 1.8x (docs/benchmarks.md, "Narrow pairs").
+factors in two calls (``benchmarks/bench_narrow_pair.py``, 2-core AMD EPYC, Zen 4): 1.34x on a
+32 -> 8 -> 32 spatial SVD at 32x32 and batch 64, 0.98-1.06x on wider ranks there, 1.1-1.33x at
+batch 1 (docs/benchmarks.md, "Narrow pairs").
 
 It is not faster everywhere (docs/benchmarks.md, "Narrow direct convolution"): where it runs is
 measured, layer by layer and batch size by batch size (:class:`leanconv.nn.NarrowConv2d` below its

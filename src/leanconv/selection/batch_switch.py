@@ -69,12 +69,8 @@ def fit_min_batch(
         )
     sizes = sorted({int(b) for b in batch_sizes if int(b) >= 1})
     switched = {}
-    for kinds in (
-        WinogradConv2d | FFTConv2d | NarrowConv2d,
-        ChainConv2d if chains else None,
-    ):  # a chain's fast core first
-        if kinds is None:
-            continue
+    # a chain's fast core first
+    for kinds in (WinogradConv2d | FFTConv2d | NarrowConv2d, *([ChainConv2d] if chains else [])):
         layers = _switchable(model, kinds) if sizes else {}
         if not layers:
             continue

@@ -262,16 +262,16 @@ typedef struct {
     long kp, k;              /* padded and real output channels */
     const float *bias;       /* kp values or NULL */
     int relu, kh, kw, stride_y, stride_x, pad_y, pad_x, dil_y, dil_x;
-    long ho, wo, x_lo, x_hi; /* output size; columns whose every tap lies inside the input */
+    long wo, x_lo, x_hi;     /* output width; columns whose every tap lies inside the input */
     int rb, pb;              /* row block (0: none), its pixels */
 } conv_t;
 
 static conv_t conv_geometry(long sy, long sx, long c, long h, long wd, const float *w, long kp,
-                            long k, const float *bias, int relu, long ho, long wo, int kh,
-                            int kw, int stride_y, int stride_x, int pad_y, int pad_x, int dil_y,
+                            long k, const float *bias, int relu, long wo, int kh, int kw,
+                            int stride_y, int stride_x, int pad_y, int pad_x, int dil_y,
                             int dil_x) {
     conv_t g = {sy, sx, c, h, wd, w, kp, k, bias, relu, kh, kw, stride_y, stride_x, pad_y,
-                pad_x, dil_y, dil_x, ho, wo, 0, 0, 0, 0};
+                pad_x, dil_y, dil_x, wo, 0, 0, 0, 0};
     g.x_lo = min_l(wo, max_l(0, ceil_div(pad_x, stride_x)));
     g.x_hi = max_l(g.x_lo, min_l(wo, floor_div(wd - 1 + pad_x - (long)(kw - 1) * dil_x,
                                                stride_x) + 1));
@@ -323,8 +323,8 @@ void narrow_conv(const float *x, long sn, long sy, long sx, long c, long h, long
                  long on, long oy, long ox, long ho, long wo, long n, int kh, int kw,
                  int stride_y, int stride_x, int pad_y, int pad_x, int dil_y, int dil_x,
                  int threads) {
-    const conv_t g = conv_geometry(sy, sx, c, h, wd, w, kp, k, bias, relu, ho, wo, kh, kw,
-                                   stride_y, stride_x, pad_y, pad_x, dil_y, dil_x);
+    const conv_t g = conv_geometry(sy, sx, c, h, wd, w, kp, k, bias, relu, wo, kh, kw, stride_y,
+                                   stride_x, pad_y, pad_x, dil_y, dil_x);
     const long rows = g.rb ? g.rb : 1, groups = (ho + rows - 1) / rows;
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (long q = 0; q < n * groups; q++) {
@@ -347,11 +347,11 @@ int narrow_chain(const float *x, long sn, long sy, long sx, long c, long h, long
                  int pad_x1, int dil_y1, int dil_x1, const float *w2, long kp2, long k2,
                  const float *bias2, int relu2, int kw2, int stride_x2, int pad_x2, int dil_x2,
                  float *out, long on, long oy, long ox, long wo, long n, int threads) {
-    const conv_t g1 = conv_geometry(sy, sx, c, h, wd, w1, kp1, kp1, bias1, relu1, ho, wo1, kh1,
-                                    kw1, stride_y1, stride_x1, pad_y1, pad_x1, dil_y1, dil_x1);
+    const conv_t g1 = conv_geometry(sy, sx, c, h, wd, w1, kp1, kp1, bias1, relu1, wo1, kh1, kw1,
+                                    stride_y1, stride_x1, pad_y1, pad_x1, dil_y1, dil_x1);
     const long by = wo1 * kp1; /* the buffer's row stride */
-    const conv_t g2 = conv_geometry(by, kp1, k1, CHAIN_ROWS, wo1, w2, kp2, k2, bias2, relu2,
-                                    CHAIN_ROWS, wo, 1, kw2, 1, stride_x2, 0, pad_x2, 1, dil_x2);
+    const conv_t g2 = conv_geometry(by, kp1, k1, CHAIN_ROWS, wo1, w2, kp2, k2, bias2, relu2, wo,
+                                    1, kw2, 1, stride_x2, 0, pad_x2, 1, dil_x2);
     const long bands = (ho + CHAIN_ROWS - 1) / CHAIN_ROWS;
     int failed = 0;
 #pragma omp parallel num_threads(threads)
