@@ -288,3 +288,18 @@ def test_cli_second_run_on_the_same_output_exits_at_once(tmp_path, factory):
                                      "--train-first"])  # fmt: skip
         assert time.perf_counter() - t0 < 5
     assert r.exit_code == 2 and f"pid {os.getpid()}" in r.output and "started" in r.output
+
+
+def test_report_shows_the_start_and_the_epoch_kept(tmp_path, factory):
+    config = _config(epochs=2)
+    config.finetune = FinetuneConfig(epochs=2, batch_size=16, progress=False, validation=0.25)
+    out = tmp_path / "out"
+    result = compress(_model(factory), tiny_data(n=128), config, out, log=None)
+    kept = json.loads((out / "report.json").read_text())["finetune_kept"]
+    assert kept == result.finetune_kept and kept["epoch"] in (0, 1, 2)
+    assert kept["start_validation"] is not None and kept["start_metric"] is not None
+    md = (out / "report.md").read_text()
+    assert f"| 0 (before) | | {kept['start_validation']:.2f} | {kept['start_metric']:.2f} |" in md
+    said = "The weights before fine-tuning are kept" if kept["epoch"] == 0 else (
+        f"Epoch {kept['epoch']} is kept.")  # fmt: skip
+    assert said in md

@@ -10,6 +10,7 @@ from ..compress.deploy import Deployment
 from ..compress.finetune import FinetuneConfig, finetune
 from ..compress.pipeline import CompressConfig, compress, staging_of
 from ..compress.planning import DEFAULT_METHODS, target_from
+from ..compress.precise_bn import SAMPLES as BN_SAMPLES
 from ..compress.run_lock import RunLock
 from ..data import load_data
 from ..decompose import METHODS
@@ -100,6 +101,12 @@ def register(app: typer.Typer) -> None:
         patience: int = typer.Option(
             None, "--patience", help="stop after N epochs without a better validation accuracy"
         ),
+        bn_samples: int = typer.Option(
+            BN_SAMPLES,
+            "--bn-samples",
+            help="training images the BatchNorm statistics are recomputed from before each "
+            "evaluation (0: keep the running averages)",
+        ),
         batch: int = typer.Option(64, "--batch", help="deployment batch for planning"),
         calibration: int = typer.Option(
             128, "--calibration", help="training images the sensitivities are measured on"
@@ -142,7 +149,12 @@ def register(app: typer.Typer) -> None:
             prefer_capacity=not most_accurate,
             deployment=Deployment(fuse=fuse),
             finetune=FinetuneConfig(
-                epochs=epochs, lr=lr, seed=seed, validation=validation, patience=patience
+                epochs=epochs,
+                lr=lr,
+                seed=seed,
+                validation=validation,
+                patience=patience,
+                bn_samples=bn_samples,
             ),
             seed=seed,
             min_metric=min_metric,

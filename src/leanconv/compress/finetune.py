@@ -17,11 +17,15 @@ the cross-entropy (or the user's loss) alone.
   uninterrupted run would, and ends at the same weights.
 - A checkpoint (model, optimiser, history) is written atomically after every epoch; an
   interruption leaves the previous one intact.
+- Before each evaluation the BatchNorm layers' running statistics are recomputed for the
+  current weights over ``bn_samples`` training inputs (:mod:`.precise_bn`): on a small training
+  set the running averages lag the weights so far that a model evaluates at chance.
 - The test split is never used for a choice: with ``validation`` (a fraction of the training
-  images held out, fixed by ``seed``) the weights of the epoch with the best validation metric
-  are kept and ``patience`` stops after that many epochs without improvement; without it the last
-  epoch's weights are kept (the cosine schedule ends at a learning rate near zero). The test
-  metric is printed every epoch for monitoring only.
+  images held out, fixed by ``seed``) the weights with the best validation metric are kept, the
+  weights fine-tuning started from included (epoch 0: an epoch must beat or tie them), and
+  ``patience`` stops after that many epochs without improvement; without it the last epoch's
+  weights are kept (the cosine schedule ends at a learning rate near zero). The test metric is
+  printed every epoch for monitoring only.
 - Mixed precision (bfloat16 autocast) on CUDA; float32 on the CPU.
 - Under ``torchrun`` (``torch.distributed`` initialised) the model is wrapped in
   DistributedDataParallel (gloo on CPU, nccl on GPU) and each rank takes every ``world``-th sample
@@ -50,7 +54,7 @@ from ..data import batches as source
 from ..data.bundle import DataBundle
 from ..data.transforms import Augment
 from ..errors import LeanconvError
-from . import outputs
+from . import outputs, precise_bn
 from .evaluate import ACCURACY, Metric, check_outputs, to_model
 
 #: Fine-tuning has diverged when a step's loss is not finite or exceeds DIVERGED times the run's
@@ -69,7 +73,7 @@ CLIP = 1.0
 class FinetuneConfig:
     epochs: int = 5
     batch_size: int = 64
-    lr: float = 0.02
+    lr: float = 0.01  # as the command line's --lr
     momentum: float = 0.9
     weight_decay: float = 5e-4
     temperature: float = 4.0
@@ -79,6 +83,7 @@ class FinetuneConfig:
     warmup_epochs: float = 0.0  # linear learning-rate warm-up before the cosine decay
     seed: int = 0
     augment: bool = True  # random crops of 4-D image batches (the built-in data; off for a user's)
+    bn_samples: int = precise_bn.SAMPLES  # BatchNorm statistics recomputed from these; 0: not
     amp: bool | None = None  # None: bfloat16 autocast on CUDA only
     checkpoint: str | Path | None = None  # file written after every epoch
     resume: bool = False
@@ -95,6 +100,8 @@ class FinetuneConfig:
                 raise ValueError(f"{_flag(name)} {value}: must be a positive number")
         if not 0 <= self.alpha <= 1:
             raise ValueError(f"alpha={self.alpha}: must be in [0, 1]")
+        if self.bn_samples < 0:
+            raise ValueError(f"--bn-samples {self.bn_samples}: must be 0 (off) or more")
         if not 0 <= self.validation < 1:
             raise ValueError(f"--validation {self.validation}: a fraction in [0, 1)")
         if self.patience is not None and self.validation == 0:
@@ -124,7 +131,9 @@ class EpochRecord:
 class FinetuneResult:
     history: list[EpochRecord] = field(default_factory=list)
     best_metric: float = 0.0  # test metric of the epoch kept
-    best_epoch: int = -1  # the epoch kept: best on validation, else the last
+    best_epoch: int = -1  # the epoch kept: best on validation (0: the start), else the last
+    start_metric: float | None = None  # test metric before fine-tuning (with a validation split)
+    start_validation: float | None = None  # validation metric before fine-tuning
     stopped_early: bool = False
     resumed_from: int | None = None
 
@@ -133,6 +142,8 @@ class FinetuneResult:
 
 
 def _best_validation(result: FinetuneResult) -> float:
+    if result.best_epoch == 0:
+        return result.start_validation
     return result.history[result.best_epoch - 1].validation_metric
 
 
@@ -239,6 +250,10 @@ def finetune(
     run = _Run(model, train_model, teacher, optimizer, cfg, metric, loss, augment, device, amp,
                steps_per_epoch * cfg.epochs, warmup_steps, steps_per_epoch, rank, world,
                progress, lr_scale)  # fmt: skip
+    if val_set is not None and start_epoch == 0:
+        best_state = _start(run, data, train_set, val_set, result)
+        if log and rank == 0:
+            log(_start_line(result, metric))
     initial = _snapshot(model, optimizer, result, best_state)
     epoch, restarts = start_epoch, 0
     while epoch < cfg.epochs:
@@ -254,7 +269,7 @@ def finetune(
                     f"and gradients clipped to norm {CLIP:g}")  # fmt: skip
             epoch = start_epoch
             continue
-        record = _evaluated(run, data, val_set, epoch, seen, total_loss, lr,
+        record = _evaluated(run, data, train_set, val_set, epoch, seen, total_loss, lr,
                             time.perf_counter() - t0)  # fmt: skip
         best_state = _keep_best(result, record, model, best_state)
         if ckpt is not None and rank == 0:
@@ -279,15 +294,37 @@ def _snapshot(model: nn.Module, optimizer, result: FinetuneResult, best_state: d
             result.best_epoch)  # fmt: skip
 
 
-def _evaluated(run, data, val_set, epoch, seen, total_loss, lr, seconds) -> EpochRecord:
+def _evaluated(run, data, train_set, val_set, epoch, seen, total_loss, lr, seconds) -> EpochRecord:
     """The record of an epoch: its loss and speed, the test metric (on rank 0) and the
-    validation metric. Every rank evaluates the validation images (the same weights everywhere
-    after the all-reduce), so that all take the same choice and stop at the same epoch."""
-    metric, model = run.metric, run.model
-    acc = metric(model, data.test) if run.rank == 0 else 0.0
-    val = metric(model, val_set) if val_set is not None else None
+    validation metric, with the BatchNorm statistics recomputed for the epoch's weights. Every
+    rank evaluates the validation images (the same weights everywhere after the all-reduce), so
+    that all take the same choice and stop at the same epoch."""
+    acc, val = _metrics(run, data, train_set, val_set)
     return EpochRecord(epoch + 1, total_loss / max(1, seen), acc, lr, seconds,
                        seen * run.world / seconds, val)  # fmt: skip
+
+
+def _metrics(run, data, train_set, val_set) -> tuple[float, float | None]:
+    """The test metric (rank 0 only) and the validation metric of the model as it is now, its
+    BatchNorm statistics first recomputed over ``cfg.bn_samples`` training inputs."""
+    metric, model = run.metric, run.model
+    precise_bn.recompute(model, train_set, run.cfg.batch_size, run.cfg.bn_samples)
+    acc = metric(model, data.test) if run.rank == 0 else 0.0
+    val = metric(model, val_set) if val_set is not None else None
+    return acc, val
+
+
+def _start(run, data, train_set, val_set, result: FinetuneResult) -> dict:
+    """Evaluate the weights fine-tuning starts from as epoch 0, the one to keep unless an epoch
+    does as well on the validation images; returns them."""
+    result.start_metric, result.start_validation = _metrics(run, data, train_set, val_set)
+    result.best_metric, result.best_epoch = result.start_metric, 0
+    return copy.deepcopy(run.model.state_dict())
+
+
+def _start_line(result: FinetuneResult, metric: Metric) -> str:
+    return (f"before fine-tuning: validation {result.start_validation:.2f}{metric.unit}, "
+            f"test {metric.name} {result.start_metric:.2f}{metric.unit}")  # fmt: skip
 
 
 def _epoch_line(record: EpochRecord, epochs: int, metric: Metric) -> str:
@@ -333,18 +370,25 @@ def _restore(
     result.history = [EpochRecord(**r) for r in state["history"]]
     result.best_metric = float(state["best_metric"])
     result.best_epoch = int(state["best_epoch"])
+    result.start_metric = state.get("start_metric")
+    result.start_validation = state.get("start_validation")
     result.resumed_from = start_epoch - 1
     return state["best_model"], start_epoch, float(state.get("lr_scale", 1.0))
 
 
 def _keep_best(result: FinetuneResult, record: EpochRecord, model, best_state: dict) -> dict:
     """Add the epoch to the history; the weights to keep: the last epoch's without a validation
-    split, else those of the best epoch on it."""
+    split, else those of the best epoch on it (an epoch that ties the start replaces it)."""
     result.history.append(record)
     if record.validation_metric is None:  # no choice to make: the last epoch is kept
         result.best_metric, result.best_epoch = record.metric, record.epoch
         return model.state_dict()
-    if result.best_epoch < 0 or record.validation_metric > _best_validation(result):
+    best = None if result.best_epoch < 0 else _best_validation(result)
+    if (
+        best is None
+        or record.validation_metric > best
+        or (result.best_epoch == 0 and record.validation_metric == best)
+    ):
         result.best_metric, result.best_epoch = record.metric, record.epoch
         return copy.deepcopy(model.state_dict())
     return best_state
@@ -403,6 +447,7 @@ class _Run:
              "best_model": best_state, "epoch": epoch,
              "history": [asdict(r) for r in result.history],
              "best_metric": result.best_metric, "best_epoch": result.best_epoch,
+             "start_metric": result.start_metric, "start_validation": result.start_validation,
              "lr_scale": self.lr_scale},
             ckpt,
         )  # fmt: skip

@@ -159,6 +159,8 @@ class CompressResult:
     data: dict = field(default_factory=dict)
     # the compressed model as deployed (folded, fast algorithms, fused, its faster layout)
     model: nn.Module | None = field(default=None, repr=False)
+    # the epoch kept (0: the weights before fine-tuning), and their metrics with a validation split
+    finetune_kept: dict = field(default_factory=dict)
 
     @property
     def speedup(self) -> dict[int, float]:
@@ -196,6 +198,7 @@ class CompressResult:
             "plan": self.plan.as_dict(),
             "surgery": self.surgery.as_dict(),
             "finetune": self.finetune_history,
+            "finetune_kept": self.finetune_kept,
             "folded_batchnorm": self.folded,
             "onnx_max_abs_error": self.onnx_max_error,
             "notes": self.notes,
@@ -434,6 +437,12 @@ def _finetune_stage(run: _Run, compressed: nn.Module):
                     loss=config.loss)  # fmt: skip
 
 
+def _kept(history) -> dict:
+    """Which fine-tuning epoch the model ends with, and the metrics before fine-tuning."""
+    return {"epoch": history.best_epoch, "start_metric": history.start_metric,
+            "start_validation": history.start_validation}  # fmt: skip
+
+
 def _measure_stage(run: _Run, before, plan, surgery, history, compressed, notes):
     """Deploy (fold, algorithms, fuse), then measure before and after in one harness; returns
     the result and the deployment (what is saved)."""
@@ -482,7 +491,8 @@ def _measure_stage(run: _Run, before, plan, surgery, history, compressed, notes)
                             deployed.folded_norms, baseline, deployed.fused,
                             notes=[*notes, *plan.notes], measured_with=measured_with,
                             data={"name": run.data.name, "input": expected},
-                            model=in_format(deployed.model, memory_format))  # fmt: skip
+                            model=in_format(deployed.model, memory_format),
+                            finetune_kept=_kept(history))  # fmt: skip
     allowed = run.config.allowed_drop
     if allowed is not None and result.metric_drop > allowed:
         result.notes.append(

@@ -135,15 +135,22 @@ def _finetune_section(result, label: str) -> list[str]:
                   "| epoch | loss |" + (f" validation {label} |" if held else "")
                   + f" test {label} | img/s |", "|---:|---:|" + ("---:|" if held else "")
                   + "---:|---:|"]  # fmt: skip
+        kept = result.finetune_kept or {}
+        if held and kept.get("start_validation") is not None:
+            lines.append(f"| 0 (before) | | {kept['start_validation']:.2f} | "
+                         f"{kept['start_metric']:.2f} | |")  # fmt: skip
         for r in result.finetune_history:
             val = f" {r['validation_metric']:.2f} |" if held else ""
             lines.append(f"| {r['epoch']} | {r['loss']:.4f} |{val} {r['metric']:.2f} | "
                          f"{r['images_per_second']:.0f} |")  # fmt: skip
         lines.append("")
-        lines.append(
-            "The epoch kept is the best on the validation images (held out from the training set)."
-            if held
+        epoch = kept.get("epoch")
+        which = "" if epoch is None else (
+            "The weights before fine-tuning are kept: no epoch did as well on the validation "
+            "images. " if epoch == 0 else f"Epoch {epoch} is kept. ")  # fmt: skip
+        lines.append(which + (
+            "The epoch kept is the best on the validation images (held out from the training "
+            "set)." if held
             else "The last epoch is kept (no validation split was held out; the "
-            "test metric above is reported, never used to choose)."
-        )
+            "test metric above is reported, never used to choose)."))  # fmt: skip
     return lines
