@@ -71,9 +71,10 @@ def test_best_epoch_is_chosen_on_validation_images():
     assert accuracy(model, held.test) == kept.validation_metric
 
 
-def test_resume_reaches_the_same_weights(tmp_path):
+@pytest.mark.parametrize("spike_clip", [2.0, 1.0])  # 1.0: most steps clipped, by the history
+def test_resume_reaches_the_same_weights(tmp_path, spike_clip):
     data = tiny_data()
-    cfg = dict(epochs=3, batch_size=16, lr=0.05, progress=False, seed=3)
+    cfg = dict(epochs=3, batch_size=16, lr=0.05, progress=False, seed=3, spike_clip=spike_clip)
     full = tiny_model()
     finetune(full, data, None, FinetuneConfig(**cfg), log=None)
 

@@ -107,6 +107,12 @@ def register(app: typer.Typer) -> None:
             help="training images the BatchNorm statistics are recomputed from before each "
             "evaluation (0: keep the running averages)",
         ),
+        spike_clip: float = typer.Option(
+            2.0,
+            "--spike-clip",
+            help="fine-tuning cuts a step's gradient norm to this many times the median of the "
+            "last 100 steps (0: off)",
+        ),
         batch: int = typer.Option(64, "--batch", help="deployment batch for planning"),
         calibration: int = typer.Option(
             128, "--calibration", help="training images the sensitivities are measured on"
@@ -155,6 +161,7 @@ def register(app: typer.Typer) -> None:
                 validation=validation,
                 patience=patience,
                 bn_samples=bn_samples,
+                spike_clip=spike_clip,
             ),
             seed=seed,
             min_metric=min_metric,

@@ -8,9 +8,9 @@ Options (``**options``) are the settings of :class:`.pipeline.CompressConfig` (`
 ``algorithms``, ``ratios``, ``plan_batch``, ``batch_sizes``, ``calibration``, ``prefer_capacity``,
 ``repeats``, ``search_epochs``, ``max_layer_error``, ``min_metric``, ``seed``, ``deployment``), of
 :class:`.finetune.FinetuneConfig` (``lr``, ``batch_size``, ``validation``, ``patience``,
-``bn_samples``, ``temperature``, ``alpha``, ``warmup_epochs``, ``weight_decay``, ``momentum``,
-``augment``), and
-``force``, ``resume``, ``log`` (a function taking one line, or ``None`` for silence) and
+``bn_samples``, ``spike_clip``, ``temperature``, ``alpha``, ``warmup_epochs``, ``weight_decay``,
+``momentum``, ``augment``), and ``force``, ``resume``, ``log`` (a function taking one line, or
+``None`` for silence) and
 ``factory`` (``"package.module:function"`` or ``"file.py:function"``, with ``factory_kwargs``:
 recorded in the saved model so that ``leanconv.load(out / "model")`` can rebuild the
 architecture; without it, ``leanconv.load(path, factory=build)``).

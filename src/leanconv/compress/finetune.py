@@ -17,6 +17,8 @@ the cross-entropy (or the user's loss) alone.
   uninterrupted run would, and ends at the same weights.
 - A checkpoint (model, optimiser, history) is written atomically after every epoch; an
   interruption leaves the previous one intact.
+- A step's gradient norm is cut to ``spike_clip`` times the median of the last 100 steps
+  (:mod:`.grad_spikes`): one spike can otherwise throw a decomposed model off for good.
 - Before each evaluation the BatchNorm layers' running statistics are recomputed for the
   current weights over ``bn_samples`` training inputs (:mod:`.precise_bn`): on a small training
   set the running averages lag the weights so far that a model evaluates at chance.
@@ -56,6 +58,7 @@ from ..data.transforms import Augment
 from ..errors import LeanconvError
 from . import outputs, precise_bn
 from .evaluate import ACCURACY, Metric, check_outputs, to_model
+from .grad_spikes import SpikeClip
 
 #: Fine-tuning has diverged when a step's loss is not finite or exceeds DIVERGED times the run's
 #: first loss (at least DIVERGED_FLOOR): a user's model without normalisation layers, decomposed at
@@ -84,6 +87,7 @@ class FinetuneConfig:
     seed: int = 0
     augment: bool = True  # random crops of 4-D image batches (the built-in data; off for a user's)
     bn_samples: int = precise_bn.SAMPLES  # BatchNorm statistics recomputed from these; 0: not
+    spike_clip: float = 2.0  # gradient norms cut to this x the recent median (grad_spikes); 0: not
     amp: bool | None = None  # None: bfloat16 autocast on CUDA only
     checkpoint: str | Path | None = None  # file written after every epoch
     resume: bool = False
@@ -98,8 +102,14 @@ class FinetuneConfig:
             value = getattr(self, name)
             if not (value > 0 and math.isfinite(value)):
                 raise ValueError(f"{_flag(name)} {value}: must be a positive number")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum={self.momentum}: must be in [0, 1)")
+        if not self.weight_decay >= 0:
+            raise ValueError(f"weight_decay={self.weight_decay}: must be 0 or more")
         if not 0 <= self.alpha <= 1:
             raise ValueError(f"alpha={self.alpha}: must be in [0, 1]")
+        if not (self.spike_clip == 0 or self.spike_clip >= 1):
+            raise ValueError(f"--spike-clip {self.spike_clip}: 0 (off) or at least 1")
         if self.bn_samples < 0:
             raise ValueError(f"--bn-samples {self.bn_samples}: must be 0 (off) or more")
         if not 0 <= self.validation < 1:
@@ -240,16 +250,16 @@ def finetune(
 
     result = FinetuneResult()
     best_state = copy.deepcopy(model.state_dict())
-    start_epoch, lr_scale = 0, 1.0
+    start_epoch, lr_scale, grad_norms = 0, 1.0, []
     ckpt = Path(cfg.checkpoint) if cfg.checkpoint else None
     if cfg.resume:
-        best_state, start_epoch, lr_scale = _restore(ckpt, model, optimizer, result)
+        best_state, start_epoch, lr_scale, grad_norms = _restore(ckpt, model, optimizer, result)
         if log and rank == 0:
             log(f"resumed from the checkpoint of epoch {start_epoch} in {ckpt}")
     progress = _Progress(cfg.progress and rank == 0 and sys.stderr.isatty(), steps_per_epoch)
     run = _Run(model, train_model, teacher, optimizer, cfg, metric, loss, augment, device, amp,
                steps_per_epoch * cfg.epochs, warmup_steps, steps_per_epoch, rank, world,
-               progress, lr_scale)  # fmt: skip
+               progress, SpikeClip(cfg.spike_clip, norms=grad_norms), lr_scale)  # fmt: skip
     if val_set is not None and start_epoch == 0:
         best_state = _start(run, data, train_set, val_set, result)
         if log and rank == 0:
@@ -344,7 +354,8 @@ def _distributed(model: nn.Module, device: torch.device, world: int) -> nn.Modul
 
 
 def _optimizer(model: nn.Module, cfg: FinetuneConfig) -> torch.optim.Optimizer:
-    """SGD with Nesterov momentum; weight decay on weights, none on biases and norms."""
+    """SGD with Nesterov momentum (plain SGD at momentum 0); weight decay on weights, none on
+    biases and norms."""
     decay, no_decay = [], []
     for p in model.parameters():
         if p.requires_grad:
@@ -353,14 +364,15 @@ def _optimizer(model: nn.Module, cfg: FinetuneConfig) -> torch.optim.Optimizer:
         {"params": decay, "weight_decay": cfg.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
 
 
 def _restore(
     ckpt: Path | None, model, optimizer, result: FinetuneResult
-) -> tuple[dict, int, float]:
+) -> tuple[dict, int, float, list[float]]:
     """Model, optimiser and history from the checkpoint; returns the best state kept so far, the
-    epoch to start from and the learning-rate scale (lowered by divergences)."""
+    epoch to start from, the learning-rate scale (lowered by divergences) and the recent
+    gradient norms (:mod:`.grad_spikes`)."""
     if ckpt is None or not ckpt.exists():
         raise LeanconvError(f"--resume: no checkpoint at {str(ckpt)!r}")
     state = _load_checkpoint(ckpt)
@@ -373,7 +385,8 @@ def _restore(
     result.start_metric = state.get("start_metric")
     result.start_validation = state.get("start_validation")
     result.resumed_from = start_epoch - 1
-    return state["best_model"], start_epoch, float(state.get("lr_scale", 1.0))
+    return (state["best_model"], start_epoch, float(state.get("lr_scale", 1.0)),
+            [float(n) for n in state.get("grad_norms", [])])  # fmt: skip
 
 
 def _keep_best(result: FinetuneResult, record: EpochRecord, model, best_state: dict) -> dict:
@@ -418,6 +431,7 @@ class _Run:
     rank: int
     world: int
     progress: _Progress
+    spikes: SpikeClip  # gradient spikes cut to a multiple of the recent median norm
     lr_scale: float = 1.0  # lowered after a divergence (RETRIES), for the rest of the run
     clip: float | None = None  # gradient norm bound, set after a divergence
     reference_loss: float | None = None  # the run's first loss (see DIVERGED)
@@ -438,6 +452,7 @@ class _Run:
         del result.history[n_history:]
         result.best_metric, result.best_epoch = best_metric, best_epoch
         self.lr_scale, self.clip, self.reference_loss = self.lr_scale / SLOWER, CLIP, None
+        self.spikes.norms.clear()
         return copy.deepcopy(best_state)
 
     def save(self, ckpt: Path, best_state: dict, epoch: int, result: FinetuneResult) -> None:
@@ -448,7 +463,7 @@ class _Run:
              "history": [asdict(r) for r in result.history],
              "best_metric": result.best_metric, "best_epoch": result.best_epoch,
              "start_metric": result.start_metric, "start_validation": result.start_validation,
-             "lr_scale": self.lr_scale},
+             "lr_scale": self.lr_scale, "grad_norms": self.spikes.state()},
             ckpt,
         )  # fmt: skip
 
@@ -484,8 +499,9 @@ class _Run:
                 raise _Diverged(f"step {i}: loss {current:.4g} (first {self.reference_loss:.4g})")
             self.optimizer.zero_grad(set_to_none=True)
             value.backward()
-            if self.clip is not None:
-                nn.utils.clip_grad_norm_(model.parameters(), self.clip)
+            norm = self.spikes(model.parameters(), self.clip)
+            if not math.isfinite(norm):
+                raise _Diverged(f"step {i}: gradient norm {norm}")
             self.optimizer.step()
             seen += len(x)
             total_loss += current * len(x)
