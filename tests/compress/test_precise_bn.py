@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 
 from leanconv.compress import precise_bn
 from leanconv.compress.evaluate import accuracy
@@ -57,7 +57,8 @@ def test_statistics_are_the_average_over_batches_of_the_current_weights():
         model(torch.randn(8, 2, 6, 6, dtype=torch.float64))
         model[0].weight.mul_(2)
     model.eval()
-    used = precise_bn.recompute(model, data, batch_size=8, samples=10_000)
+    loader = DataLoader(data, batch_size=8)  # a loader: its own batches, in its order
+    used = precise_bn.recompute(model, loader, batch_size=99, samples=10_000)
     assert used == 40
     want = by_hand(model, data.tensors[0], 8)
     for bn, (mean, var) in zip((model[2], model[5]), want, strict=True):
@@ -73,11 +74,11 @@ def test_samples_cap_dropout_off_and_flags_restored():
     model.train()
     model[1].eval()  # a mix of flags, each to come back as it was
     flags = [m.training for m in model.modules()]
-    used = precise_bn.recompute(model, data, batch_size=8, samples=20)
+    used = precise_bn.recompute(model, DataLoader(data, batch_size=8), samples=20)
     assert used == 20
     assert [m.training for m in model.modules()] == flags
     first = copy.deepcopy(model.state_dict())
-    precise_bn.recompute(model, data, batch_size=8, samples=20)  # dropout off: the same again
+    precise_bn.recompute(model, DataLoader(data, batch_size=8), samples=20)  # no dropout: same
     for k, v in model.state_dict().items():
         torch.testing.assert_close(v, first[k], rtol=0, atol=0)
     plain = two_bn_model(dropout=0.0)
@@ -102,6 +103,13 @@ def test_nothing_to_do_or_nothing_usable_leaves_statistics_alone():
 
     untracked = nn.Sequential(nn.Conv2d(1, 1, 1), nn.BatchNorm2d(1, track_running_stats=False))
     assert precise_bn.batch_norms(untracked) == []
+
+
+def test_a_dataset_sorted_by_class_is_sampled_across_it():
+    x = torch.cat([torch.zeros(64, 1, 2, 2), torch.full((64, 1, 2, 2), 10.0)])  # class 0, then 1
+    model = nn.Sequential(nn.BatchNorm2d(1))
+    precise_bn.recompute(model, TensorDataset(x, torch.zeros(128)), batch_size=16, samples=64)
+    assert 2.0 < model[0].running_mean.item() < 8.0  # not 0: the first half's alone
 
 
 def bn_classifier(classes=3):

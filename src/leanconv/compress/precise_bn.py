@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from ..data import batches as source
 from .evaluate import to_model
@@ -41,10 +42,11 @@ def batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
 @torch.no_grad()
 def recompute(model: nn.Module, data, batch_size: int = 64, samples: int = SAMPLES) -> int:
     """Replace the running statistics of every BatchNorm layer in ``model`` by their average
-    over the first ``samples`` inputs of ``data`` (batches of ``batch_size``, or the loader's
-    own); returns the number of inputs used. Batches of one input are skipped (a BatchNorm1d
-    cannot take their statistics); with no batch left, or no such layer, the statistics stay
-    as they were and 0 is returned. The model's training flags are restored afterwards."""
+    over ``samples`` inputs of ``data`` (a dataset's in a fixed random order, batches of
+    ``batch_size``; a loader's first ones, in its batches); returns the number of inputs used.
+    Batches of one input are skipped (a BatchNorm1d cannot take their statistics); with no
+    batch left, or no such layer, the statistics stay as they were and 0 is returned. The
+    model's training flags are restored afterwards."""
     norms = batch_norms(model)
     if not norms or samples <= 0:
         return 0
@@ -58,7 +60,7 @@ def recompute(model: nn.Module, data, batch_size: int = 64, samples: int = SAMPL
         bn.train()
     seen = 0
     try:
-        for x, _ in source.iterate(data, batch_size, where="training data"):
+        for x, _ in source.iterate(data, batch_size, _order(data), where="training data"):
             x = x[: samples - seen]
             if len(x) < 2:
                 continue
@@ -79,6 +81,14 @@ def recompute(model: nn.Module, data, batch_size: int = 64, samples: int = SAMPL
         for m, training in modes.items():
             m.train(training)
     return seen
+
+
+def _order(data) -> torch.Tensor | None:
+    """A dataset's samples in a fixed random order (a dataset sorted by class would otherwise
+    give the first classes' statistics); a loader keeps its own."""
+    if not source.is_dataset(data) or isinstance(data, DataLoader):
+        return None
+    return torch.randperm(len(data), generator=torch.Generator().manual_seed(0))
 
 
 def _stats(bn: nn.modules.batchnorm._BatchNorm) -> list[torch.Tensor]:
