@@ -8,6 +8,8 @@ import typer
 
 from ..compress.deploy import Deployment
 from ..compress.finetune import FinetuneConfig, finetune
+from ..compress.grad_spikes import FACTOR as SPIKE_FACTOR
+from ..compress.grad_spikes import WINDOW as SPIKE_WINDOW
 from ..compress.pipeline import CompressConfig, compress, staging_of
 from ..compress.planning import DEFAULT_METHODS, target_from
 from ..compress.precise_bn import SAMPLES as BN_SAMPLES
@@ -108,10 +110,10 @@ def register(app: typer.Typer) -> None:
             "evaluation (0: keep the running averages)",
         ),
         spike_clip: float = typer.Option(
-            2.0,
+            SPIKE_FACTOR,
             "--spike-clip",
             help="fine-tuning cuts a step's gradient norm to this many times the median of the "
-            "last 100 steps (0: off)",
+            f"last {SPIKE_WINDOW} steps (0: off)",
         ),
         batch: int = typer.Option(64, "--batch", help="deployment batch for planning"),
         calibration: int = typer.Option(

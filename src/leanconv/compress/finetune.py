@@ -58,6 +58,7 @@ from ..data.transforms import Augment
 from ..errors import LeanconvError
 from . import outputs, precise_bn
 from .evaluate import ACCURACY, Metric, check_outputs, to_model
+from .grad_spikes import FACTOR as SPIKE_FACTOR
 from .grad_spikes import SpikeClip
 
 #: Fine-tuning has diverged when a step's loss is not finite or exceeds DIVERGED times the run's
@@ -85,9 +86,9 @@ class FinetuneConfig:
     validation: float = 0.0  # fraction of the training images held out to choose the epoch
     warmup_epochs: float = 0.0  # linear learning-rate warm-up before the cosine decay
     seed: int = 0
-    augment: bool = True  # random crops of 4-D image batches (the built-in data; off for a user's)
+    augment: bool = True  # random crops of 4-D image batches (the Python API turns it off)
     bn_samples: int = precise_bn.SAMPLES  # BatchNorm statistics recomputed from these; 0: not
-    spike_clip: float = 2.0  # gradient norms cut to this x the recent median (grad_spikes); 0: not
+    spike_clip: float = SPIKE_FACTOR  # gradient norms cut to this x the recent median; 0: not
     amp: bool | None = None  # None: bfloat16 autocast on CUDA only
     checkpoint: str | Path | None = None  # file written after every epoch
     resume: bool = False

@@ -23,6 +23,8 @@ from torch import nn
 
 #: Steps whose gradient norms set the median.
 WINDOW = 100
+#: The multiple of that median a step's gradient norm is cut to (fine-tuning's default).
+FACTOR = 2.0
 
 
 class SpikeClip:
@@ -44,7 +46,11 @@ class SpikeClip:
         """Clip the gradients of ``parameters`` in place; returns their norm before clipping
         (which joins the history when finite)."""
         limit = self.threshold() if bound is None else min(bound, self.threshold())
-        norm = float(nn.utils.clip_grad_norm_(list(parameters), limit))
+        parameters = list(parameters)
+        total = nn.utils.get_total_norm([p.grad for p in parameters if p.grad is not None])
+        norm = float(total)
+        if norm > limit:  # ordinary steps are not touched (no pass over the gradients)
+            nn.utils.clip_grads_with_norm_(parameters, limit, total)
         if math.isfinite(norm):
             self.norms.append(norm)
         return norm
