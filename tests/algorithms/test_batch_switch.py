@@ -50,7 +50,7 @@ def test_below_min_batch_the_direct_convolution_runs_the_same_function(monkeypat
         calls = []
         direct = layer._packed_direct
         monkeypatch.setattr(layer, "_packed_direct",
-                            lambda t: calls.append(t.shape[0]) or direct(t))  # fmt: skip
+                            lambda t, r=None: calls.append(t.shape[0]) or direct(t, r))  # fmt: skip
         by_direct = model(x)
         assert calls == [8]  # 8 images < min_batch 9: the direct convolution ran
         reference = model.double()(x.double())

@@ -1,7 +1,7 @@
 """The narrow direct convolution (``algorithms.narrow``, ``kernels/narrow_direct.c``) and its
 module ``nn.NarrowConv2d``.
 
-Reference: ``torch.nn.functional.conv2d`` (then ``relu``) in float64. An indexing mistake in the
+Reference: ``torch.nn.functional.conv2d`` (plus the residual, then ``relu``) in float64. An indexing mistake in the
 kernel (a tap, a padded edge, a partial vector of channels) gives errors of the order of the
 output itself; float32 direct summation stays below 1e-5 of it.
 """
@@ -49,7 +49,17 @@ def geometries(draw):
         "bias": draw(st.booleans()),
         "relu": draw(st.booleans()),
         "channels_last": draw(st.booleans()),
+        # a residual block's shortcut: none, in the output's layout, or in the other (copied)
+        "residual": draw(st.sampled_from([None, "channels_last", "contiguous"])),
     }
+
+
+def _residual_like(ref: torch.Tensor, layout: str | None) -> torch.Tensor | None:
+    """A random residual of ``ref``'s shape in ``layout`` (None: no residual)."""
+    if layout is None:
+        return None
+    r = torch.randn(ref.shape)
+    return r.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else r
 
 
 @settings(max_examples=80, deadline=None)
@@ -63,11 +73,14 @@ def test_matches_conv2d_in_float64(g):
     b = torch.randn(g["cout"]) if g["bias"] else None
     args = (g["stride"], g["padding"], g["dilation"])
     ref = F.conv2d(x.double(), w.double(), None if b is None else b.double(), *args)
+    residual = _residual_like(ref, g["residual"])
+    if residual is not None:
+        ref = ref + residual.double()
     if g["relu"]:
         ref = ref.relu()
     packed = narrow.pack(w)
     y = narrow.conv2d(x, packed, narrow.pack_bias(b, packed.shape[-1]), g["cout"], *args,
-                      activation="relu" if g["relu"] else None)  # fmt: skip
+                      activation="relu" if g["relu"] else None, residual=residual)  # fmt: skip
     assert y.is_contiguous(memory_format=torch.channels_last)
     assert _relative_error(y, ref) < 1e-5
 
@@ -75,10 +88,12 @@ def test_matches_conv2d_in_float64(g):
 @pytest.mark.parametrize("kernel", [(3, 1), (1, 3), (3, 3)])
 @pytest.mark.parametrize("padding", [(0, 0), (1, 1), (1, 0), (0, 1)])
 @pytest.mark.parametrize("cout", [1, 5, 8])
-def test_row_blocks_of_the_thinnest_factors(kernel, padding, cout):
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_row_blocks_of_the_thinnest_factors(kernel, padding, cout, with_residual):
     """Stride 1 and at most 8 output channels take the row-blocked path (several output rows
     share each input value); sizes with a remainder of rows and pixels, smaller than one block,
-    taps over every edge, and an input whose pixels are further apart than its channels."""
+    taps over every edge, and an input whose pixels are further apart than its channels; with
+    and without a residual added before the ReLU."""
     torch.manual_seed(2)
     for size in [(1, 1), (2, 3), (5, 7), (13, 32), (32, 13)]:
         if any(s + 2 * p < k for s, p, k in zip(size, padding, kernel, strict=True)):
@@ -86,10 +101,12 @@ def test_row_blocks_of_the_thinnest_factors(kernel, padding, cout):
         wide = torch.randn(3, 40, *size).contiguous(memory_format=torch.channels_last)
         for x in (wide[:, :32].contiguous(memory_format=torch.channels_last), wide[:, 3:35]):
             w, b = torch.randn(cout, 32, *kernel), torch.randn(cout)
-            ref = F.conv2d(x.double(), w.double(), b.double(), padding=padding).relu()
+            ref = F.conv2d(x.double(), w.double(), b.double(), padding=padding)
+            residual = _residual_like(ref, "channels_last" if with_residual else None)
+            ref = (ref if residual is None else ref + residual.double()).relu()
             packed = narrow.pack(w)
             y = narrow.conv2d(x, packed, narrow.pack_bias(b, packed.shape[-1]), cout, (1, 1),
-                              padding, (1, 1), activation="relu")  # fmt: skip
+                              padding, (1, 1), activation="relu", residual=residual)  # fmt: skip
             assert _relative_error(y, ref) < 1e-5, (size, x.stride())
 
 
@@ -126,6 +143,11 @@ def test_wrong_operands_never_reach_the_kernel():
         native.narrow(x, packed[..., :4].contiguous(), out[:, :4, :4, :4], (1, 1), (0, 0), (1, 1))
     with pytest.raises(ValueError, match="activation"):
         narrow.conv2d(x, packed, None, 8, (1, 1), (0, 0), (1, 1), activation="gelu")
+    good = torch.empty(1, 8, 4, 4, memory_format=torch.channels_last)
+    with pytest.raises(ValueError, match="residual of shape"):  # a broadcast is the caller's
+        narrow.conv2d(x, packed, None, 8, (1, 1), (0, 0), (1, 1), residual=torch.randn(1, 8, 1, 1))
+    with pytest.raises(ValueError, match="residual without"):
+        native.narrow(x, packed, good, (1, 1), (0, 0), (1, 1), residual=torch.randn(1, 8, 4, 4))
 
 
 class TestModule:

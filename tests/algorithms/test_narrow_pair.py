@@ -29,21 +29,22 @@ def _relative_error(y: torch.Tensor, ref: torch.Tensor) -> float:
     return ((y.double() - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
 
 
-def _reference(x, w1, b1, s1, p1, d1, relu1, w2, b2, s2, p2, d2, relu2):
-    def conv(t, w, b, s, p, d, relu):
+def _reference(x, w1, b1, s1, p1, d1, relu1, w2, b2, s2, p2, d2, relu2, residual=None):
+    def conv(t, w, b, s, p, d, relu, r=None):
         y = F.conv2d(t, w.double(), None if b is None else b.double(), s, p, d)
+        y = y if r is None else y + r.double()
         return y.relu() if relu else y
 
-    return conv(conv(x.double(), w1, b1, s1, p1, d1, relu1), w2, b2, s2, p2, d2, relu2)
+    return conv(conv(x.double(), w1, b1, s1, p1, d1, relu1), w2, b2, s2, p2, d2, relu2, residual)
 
 
-def _pair(x, w1, b1, s1, p1, d1, relu1, w2, b2, s2, p2, d2, relu2):
+def _pair(x, w1, b1, s1, p1, d1, relu1, w2, b2, s2, p2, d2, relu2, residual=None):
     q1, q2 = narrow.pack(w1), narrow.pack(w2)
     first = (q1, narrow.pack_bias(b1, q1.shape[-1]), w1.shape[0], s1, p1, d1,
              "relu" if relu1 else None)  # fmt: skip
     second = (q2, narrow.pack_bias(b2, q2.shape[-1]), w2.shape[0], s2, p2, d2,
               "relu" if relu2 else None)  # fmt: skip
-    return narrow.conv2d_pair(x, first, second)
+    return narrow.conv2d_pair(x, first, second, residual)
 
 
 @st.composite
@@ -68,6 +69,7 @@ def pairs(draw):
         "size": (draw(st.integers(max(1, reach_h - 2 * p1[0]), 20)),
                  draw(st.integers(k2 + 4, 24))),
         "bias": draw(st.booleans()), "relu1": draw(st.booleans()), "relu2": draw(st.booleans()),
+        "residual": draw(st.booleans()),  # a shortcut added to the second's output
     }  # fmt: skip
 
 
@@ -85,6 +87,9 @@ def test_pair_matches_two_convolutions_in_float64(g):
     ref = _reference(*args)
     if ref.numel() == 0 or ref.shape[3] == 0:
         return
+    if g["residual"]:
+        residual = torch.randn(ref.shape).contiguous(memory_format=torch.channels_last)
+        args, ref = (*args, residual), _reference(*args, residual)
     y = _pair(*args)
     assert y.is_contiguous(memory_format=torch.channels_last)
     assert _relative_error(y, ref) < 1e-5

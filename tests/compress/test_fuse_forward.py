@@ -184,7 +184,8 @@ def test_batch_norms_called_in_forward_are_folded_and_their_relus_fused():
     assert norms == ["bn1", "bn2"] and convs == ["conv1", "conv2"]
     assert type(folded.bn1) is nn.Identity and type(folded.shared_bn) is nn.BatchNorm2d
     deployed, fused = fuse_activations(folded)
-    assert fused == ["conv1 (relu in forward)"]  # the ReLU after the sum stays
+    # conv2 takes the residual sum and the ReLU after it; conv3's output is used twice: kept
+    assert fused == ["conv2 (residual sum and relu in forward)", "conv1 (relu in forward)"]
     x = torch.randn(2, 3, 9, 9)
     with torch.no_grad():
         reference = copy.deepcopy(net).double()(x.double())

@@ -45,7 +45,7 @@ def test_the_deployed_chain_is_switchable_and_below_min_batch_runs_its_composite
         calls = []
         composite = chain._packed_direct
         monkeypatch.setattr(chain, "_packed_direct",
-                            lambda t: calls.append(t.shape[0]) or composite(t))  # fmt: skip
+                            lambda t, *rest: calls.append(t.shape[0]) or composite(t, *rest))  # fmt: skip
         by_composite = deployed.model(x)
     assert calls == [6]  # 6 images < min_batch 7: the composite ran
     assert isinstance(chain.composed(), PackedConv2d) and chain.composed().activation == "relu"

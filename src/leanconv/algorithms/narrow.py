@@ -1,7 +1,8 @@
 """Direct convolution for narrow layers: output channels in vectors of 8 (a compiled kernel).
 
-    y[n, k, y, x] = act(b[k] + sum_{c, i, j} x[n, c, y s_h - p_h + i d_h, x s_w - p_w + j d_w]
-                                              w[k, c, i, j]),   act in {identity, ReLU}
+    y[n, k, y, x] = act(b[k] + r[n, k, y, x]
+                        + sum_{c, i, j} x[n, c, y s_h - p_h + i d_h, x s_w - p_w + j d_w]
+                                        w[k, c, i, j]),   act in {identity, ReLU}
 
 computed by ``kernels/narrow_direct.c`` (:func:`leanconv.algorithms.native.narrow`), the
 register-blocked direct convolution of Georganas et al. 2018 ("Anatomy of high-performance deep
@@ -23,6 +24,11 @@ intermediate never goes to memory and one parallel loop replaces two. Against th
 factors in two calls (``benchmarks/bench_narrow_pair.py``, 2-core AMD EPYC, Zen 4): 1.34x on a
 32 -> 8 -> 32 spatial SVD at 32x32 and batch 64, 0.98-1.06x on wider ranks there, 1.1-1.33x at
 batch 1 (docs/benchmarks.md, "Narrow pairs").
+
+The residual ``r`` (a residual block's shortcut, zero when not given) is added as each output
+vector is written, before the activation: a block's ``relu(conv(h) + shortcut)`` then costs one
+read of the shortcut where a separate sum and ReLU cost two more passes over the output
+(:mod:`leanconv.rewrite.residual`).
 
 It is not faster everywhere (docs/benchmarks.md, "Narrow direct convolution"): where it runs is
 measured, layer by layer and batch size by batch size (:class:`leanconv.nn.NarrowConv2d` below its
@@ -77,10 +83,12 @@ def conv2d(
     padding: tuple[int, int],
     dilation: tuple[int, int],
     activation: str | None = None,
+    residual: Tensor | None = None,
 ) -> Tensor:
-    """``act(conv2d(x, W) + b)`` for ``packed = pack(W)`` and ``bias`` from :func:`pack_bias`
-    (symmetric ``padding``; one group). The output is channels-last; an input whose channels are
-    not innermost is made channels-last first (a copy)."""
+    """``act(conv2d(x, W) + b + residual)`` for ``packed = pack(W)`` and ``bias`` from
+    :func:`pack_bias` (symmetric ``padding``; one group; ``residual`` None or of the output's
+    shape). The output is channels-last; an input whose channels are not innermost, or a residual
+    in another layout, is made channels-last first (a copy)."""
     if activation not in (None, "relu"):
         raise ValueError(f"activation={activation!r} is not None or 'relu'")
     if x.stride(1) != 1 and x.shape[1] != 1:
@@ -89,9 +97,25 @@ def conv2d(
     out = torch.empty(
         (x.shape[0], out_channels, *size), dtype=x.dtype, memory_format=torch.channels_last
     )
+    residual = _like(residual, out)
     if out.numel():
-        native.narrow(x, packed, out, stride, padding, dilation, bias, activation == "relu")
+        native.narrow(x, packed, out, stride, padding, dilation, bias, activation == "relu",
+                      residual)  # fmt: skip
     return out
+
+
+def _like(residual: Tensor | None, out: Tensor) -> Tensor | None:
+    """``residual`` with ``out``'s strides (a copy when it has others); an error when it does
+    not have ``out``'s shape (a broadcast sum is the caller's, as ``+``)."""
+    if residual is None:
+        return None
+    if residual.shape != out.shape:
+        raise ValueError(
+            f"residual of shape {tuple(residual.shape)} is not the output's {tuple(out.shape)}"
+        )
+    if residual.stride() != out.stride() or residual.dtype != out.dtype:
+        residual = torch.empty_like(out).copy_(residual)
+    return residual
 
 
 def pair_fits(second_kernel: tuple[int, int], second_stride, second_padding) -> bool:
@@ -100,10 +124,11 @@ def pair_fits(second_kernel: tuple[int, int], second_stride, second_padding) -> 
     return second_kernel[0] == 1 and second_stride[0] == 1 and second_padding[0] == 0
 
 
-def conv2d_pair(x: Tensor, first: tuple, second: tuple) -> Tensor:
+def conv2d_pair(x: Tensor, first: tuple, second: tuple, residual: Tensor | None = None) -> Tensor:
     """``conv2(conv1(x))`` in one pass, each ``conv`` as :func:`conv2d`'s arguments after ``x``:
     ``(packed, bias, out_channels, stride, padding, dilation, activation)``; the second must fit
-    (:func:`pair_fits`). The output is channels-last, as :func:`conv2d`'s."""
+    (:func:`pair_fits`) and takes ``residual`` as :func:`conv2d` does. The output is
+    channels-last, as :func:`conv2d`'s."""
     for conv in (first, second):
         if conv[6] not in (None, "relu"):
             raise ValueError(f"activation={conv[6]!r} is not None or 'relu'")
@@ -114,7 +139,8 @@ def conv2d_pair(x: Tensor, first: tuple, second: tuple) -> Tensor:
     mid = symmetric_output_size(x.shape[2:], w1.shape[:2], s1, p1, d1)
     size = symmetric_output_size(mid, w2.shape[:2], s2, p2, d2)
     out = torch.empty((x.shape[0], k2, *size), dtype=x.dtype, memory_format=torch.channels_last)
+    residual = _like(residual, out)
     if out.numel():
         native.narrow_pair(x, (w1, b1, k1, s1, p1, d1, a1 == "relu"),
-                           (w2, b2, k2, s2, p2, d2, a2 == "relu"), out)  # fmt: skip
+                           (w2, b2, k2, s2, p2, d2, a2 == "relu"), out, residual)  # fmt: skip
     return out

@@ -132,12 +132,12 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.winograd_fused_vector.restype = integer
     lib.winograd_fused_vector.argtypes = []
     lib.narrow_conv.restype = None
-    lib.narrow_conv.argtypes = [ptr] + [long] * 6 + [ptr, long, long, ptr, integer, ptr]
+    lib.narrow_conv.argtypes = [ptr] + [long] * 6 + [ptr, long, long, ptr, integer, ptr, ptr]
     lib.narrow_conv.argtypes += [long] * 6 + [integer] * 9
     lib.narrow_chain.restype = integer
     lib.narrow_chain.argtypes = [ptr] + [long] * 6 + [ptr, long, long, ptr, integer, long, long]
     lib.narrow_chain.argtypes += [integer] * 8 + [ptr, long, long, ptr] + [integer] * 5
-    lib.narrow_chain.argtypes += [ptr] + [long] * 5 + [integer]
+    lib.narrow_chain.argtypes += [ptr, ptr] + [long] * 5 + [integer]
     lib.gemv_linear.restype = None
     lib.gemv_linear.argtypes = [ptr, long, long, ptr, long, long, ptr, ptr, long, integer]
 
@@ -317,11 +317,13 @@ def narrow(
     dilation: tuple[int, int],
     bias: torch.Tensor | None = None,
     relu: bool = False,
+    residual: torch.Tensor | None = None,
 ) -> None:
     """The direct convolution of ``x`` (N, C, H, W with channels innermost, ``stride(1) == 1``)
     into ``out`` (N, K, H_o, W_o, channels innermost) by ``kernels/narrow_direct.c``: ``w`` packed
     as a contiguous ``[kh, kw, C, Kp]`` (Kp: K rounded up to :data:`NARROW_VECTOR`, zeros), the
-    symmetric ``padding``, ``bias`` Kp values, then ReLU when asked."""
+    symmetric ``padding``, ``bias`` Kp values, ``residual`` (shape and strides of ``out``) added,
+    then ReLU when asked."""
     lib = library()
     n, c, height, width = x.shape
     _, k, out_h, out_w = out.shape
@@ -336,12 +338,14 @@ def narrow(
     _check(expect == (out_h, out_w), "an output of the wrong size")
     if bias is not None:
         _check_operands(out, (bias,), kp, "bias")
+    _check_residual(residual, out)
     sn, _, sh, sw = x.stride()
     on, _, oh, ow = out.stride()
     lib.narrow_conv(
         _ptr(x), sn, sh, sw, c, height, width, _ptr(w), kp, k,
-        None if bias is None else _ptr(bias), int(relu),
-        _ptr(out), on, oh, ow, out_h, out_w, n, kh, kw, *stride, *padding, *dilation,
+        None if bias is None else _ptr(bias), int(relu), _ptr(out),
+        None if residual is None else _ptr(residual),
+        on, oh, ow, out_h, out_w, n, kh, kw, *stride, *padding, *dilation,
         torch.get_num_threads(),
     )  # fmt: skip
 
@@ -351,12 +355,14 @@ def narrow_pair(
     first: tuple,
     second: tuple,
     out: torch.Tensor,
+    residual: torch.Tensor | None = None,
 ) -> None:
     """Two narrow convolutions in one pass (``narrow_chain`` in ``kernels/narrow_direct.c``):
     ``out = conv2(conv1(x))``, each ``conv`` given as ``(w, bias, out_channels, stride, padding,
     dilation, relu)`` as :func:`narrow` takes them (``w`` packed, ``bias`` Kp values or None).
     The second has one kernel row, vertical stride 1 and no vertical padding, and reads the
-    first's ``out_channels`` channels; ``x`` and ``out`` as in :func:`narrow`."""
+    first's ``out_channels`` channels; ``x``, ``out`` and ``residual`` (added to the second's
+    output before its ReLU) as in :func:`narrow`."""
     lib = library()
     n, c, height, width = x.shape
     w1, b1, k1, s1, p1, d1, relu1 = first
@@ -376,6 +382,7 @@ def narrow_pair(
     _check(min(mid) >= 1, "an empty intermediate")
     _check((x.stride(1) == 1 or c == 1) and (out.stride(1) == 1 or k2 == 1),
            "channels that are not innermost")  # fmt: skip
+    _check_residual(residual, out)
     sn, _, sh, sw = x.stride()
     on, _, oh, ow = out.stride()
     failed = lib.narrow_chain(
@@ -383,10 +390,20 @@ def narrow_pair(
         _ptr(w1), kp1, k1, None if b1 is None else _ptr(b1), int(relu1), mid[0], mid[1],
         kh1, kw1, *s1, *p1, *d1,
         _ptr(w2), kp2, k2, None if b2 is None else _ptr(b2), int(relu2), kw2, s2[1], p2[1], d2[1],
-        _ptr(out), on, oh, ow, size[1], n, torch.get_num_threads(),
+        _ptr(out), None if residual is None else _ptr(residual), on, oh, ow, size[1], n,
+        torch.get_num_threads(),
     )  # fmt: skip
     if failed:
         raise MemoryError("native narrow kernel: a thread could not allocate its row buffer")
+
+
+def _check_residual(residual: torch.Tensor | None, out: torch.Tensor) -> None:
+    """A residual the kernel reads at the output's offsets: float32 on the CPU, with the
+    output's shape and strides."""
+    if residual is not None:
+        _check(residual.dtype == torch.float32 and residual.device == out.device
+               and residual.shape == out.shape and residual.stride() == out.stride(),
+               "a residual without the output's shape and strides")  # fmt: skip
 
 
 def gemv(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, bias: torch.Tensor | None = None):

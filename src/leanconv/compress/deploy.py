@@ -124,11 +124,12 @@ class Deployment:
 
 def switchable_chains(model: nn.Module, names) -> dict[str, ChainConv2d]:
     """Of the layers ``names`` of ``model``, each that is a chain composing into one convolution,
-    as a :class:`leanconv.nn.ChainConv2d` sharing its layers (``min_batch`` 1 until measured)."""
+    as a :class:`leanconv.nn.ChainConv2d` sharing its layers (``min_batch`` 1 until measured;
+    one already switchable, as a residual sum's fusion leaves it, as it is)."""
     out = {}
     for name in names:
         layer = get_layer(model, name)
-        switch = None if isinstance(layer, ChainConv2d) else ChainConv2d.from_chain(layer)
+        switch = layer if isinstance(layer, ChainConv2d) else ChainConv2d.from_chain(layer)
         if switch is not None:
             out[name] = switch
     return out

@@ -15,6 +15,11 @@ one kernel row: a spatial SVD's pair, a ``low_rank`` chain's core and 1x1) run i
 (:meth:`leanconv.nn.NarrowConv2d.forward_pair`) when the kernel takes both; the other layers run
 one after the other, as in ``nn.Sequential``.
 
+``chain(x, residual)`` gives a residual block's shortcut to the chain's last convolution, which
+computes ``activation(conv(h) + residual)`` (:mod:`leanconv.nn.fast`; the composite takes it
+likewise), so that the block's sum and the ReLU after it are taken as the output is written
+(:mod:`leanconv.rewrite.residual`).
+
 The module is an ``nn.Sequential`` of the chain's layers: its parameters, state dict and cost
 (the chain's, counted on the meta device) are the chain's. The composite is built from the
 chain's current weights when first needed and rebuilt when they change; it is never trained
@@ -27,25 +32,32 @@ import torch
 from torch import Tensor, nn
 
 from ..decompose.compose import chain_convolutions, compose_chain
-from .fast import NarrowConv2d, PackedConv2d
+from .fast import NarrowConv2d, PackedConv2d, _FastConv2d
 
 __all__ = ["ChainConv2d", "run_chain"]
 
 
-def run_chain(layers, x: Tensor) -> Tensor:
+def run_chain(layers, x: Tensor, residual: Tensor | None = None) -> Tensor:
     """``x`` through ``layers`` in order (``nn.Identity`` skipped), each two narrow layers in a
-    row that :meth:`NarrowConv2d.forward_pair` takes in one pass."""
+    row that :meth:`NarrowConv2d.forward_pair` takes in one pass; ``residual`` given to the last
+    layer (a fast layer adds it before its activation; after any other it is added)."""
     todo = [m for m in layers if type(m) is not nn.Identity]
     i = 0
     while i < len(todo):
         first = todo[i]
-        if isinstance(first, NarrowConv2d) and i + 1 < len(todo):
+        last = i + 1 == len(todo)
+        if isinstance(first, NarrowConv2d) and not last:
             second = todo[i + 1]
-            y = first.forward_pair(second, x) if isinstance(second, NarrowConv2d) else None
+            extra = residual if i + 2 == len(todo) else None
+            y = first.forward_pair(second, x, extra) if isinstance(second, NarrowConv2d) else None
             if y is not None:
                 x, i = y, i + 2
                 continue
-        x, i = first(x), i + 1
+        if last and residual is not None:
+            x = first(x, residual) if isinstance(first, _FastConv2d) else first(x) + residual
+        else:
+            x = first(x)
+        i += 1
     return x
 
 
@@ -70,27 +82,29 @@ class ChainConv2d(nn.Sequential):
         """The one convolution the chain computes, with the last factor's activation, packed
         (built from the current weights, kept while they do not change)."""
         convs = [m for m in self._modules.values() if type(m) is not nn.Identity]  # the chain
-        key = tuple((c.weight._version, c.weight.data_ptr()) for c in convs)
+        activation = getattr(convs[-1], "activation", None)
+        key = tuple((c.weight._version, c.weight.data_ptr()) for c in convs) + (activation,)
         hit = self.__dict__.get("_composed")
         if hit is None or hit[0] != key:  # the layers were checked by from_chain
             like = convs[-1].weight
             with torch.no_grad():
                 conv = compose_chain(convs).conv(like)
-            activation = getattr(convs[-1], "activation", None)
             layer = PackedConv2d.from_conv(conv, activation=activation).eval()
             layer = layer.to(memory_format=_memory_format(like))
             hit = self.__dict__["_composed"] = (key, layer)
         return hit[1]
 
-    def _packed_direct(self, x: Tensor) -> Tensor:
+    def _packed_direct(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
         """The composite convolution (what runs below ``min_batch``; its ``forward`` directly:
         one module call per layer, as the layer it replaced)."""
-        return self.composed().forward(x)
+        return self.composed().forward(x, residual)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
+        """The chain (or below ``min_batch`` its composite), ``residual`` added by its last
+        convolution before that one's activation (see the module docstring)."""
         if self._below_min_batch(x):
-            return self._packed_direct(x)
-        return run_chain(self, x)
+            return self._packed_direct(x, residual)
+        return run_chain(self, x, residual)
 
     def _below_min_batch(self, x: Tensor) -> bool:
         if self.min_batch <= 1 or x.dim() != 4 or x.shape[0] >= self.min_batch:

@@ -16,6 +16,12 @@ call so that gradients reach ``weight``; under ``torch.no_grad`` / eval the cach
 ``activation="relu"`` makes a layer compute ``relu(conv(x))``, in the pass that writes its output
 where the algorithm allows (compiled Winograd, oneDNN), so that a following ``nn.ReLU`` can go
 (:func:`leanconv.rewrite.fuse_activations`).
+
+Every layer also takes a residual block's shortcut: ``layer(x, residual)`` computes
+``activation(conv(x) + residual)``, the sum taken as the output is written where the algorithm
+allows (the narrow kernel, oneDNN's binary post-operation), else as a pass of its own, in place on
+the layer's fresh output; a ``residual`` of another shape is broadcast, as ``+`` does
+(:mod:`leanconv.rewrite.residual` calls layers so).
 """
 
 from __future__ import annotations
@@ -173,14 +179,14 @@ class _FastConv2d(nn.Module):
         state.pop("_packs", None)
         return state
 
-    def _direct(self, x: Tensor) -> Tensor:
+    def _direct(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
         """Direct convolution (``leanconv.algorithms.conv2d``): the output on a meta tensor (for
         counting and shape inference: no values exist, so no transform can run;
         :func:`_fast_conv_rule` gives the cost), and where a layer's own path does not apply."""
         from ..algorithms import conv2d
 
         args = (self.stride, self.padding, self.dilation, self.groups)
-        return self._activate(conv2d(x, self.weight, self.bias, *args, algorithm="direct"))
+        return self._finish(conv2d(x, self.weight, self.bias, *args, algorithm="direct"), residual)
 
     def packed_weight(self, shape: tuple[int, ...]) -> Tensor | None:
         """The weight packed for inputs of ``shape`` (cached while the weight does not change);
@@ -202,20 +208,29 @@ class _FastConv2d(nn.Module):
             cache[shape] = hit
         return hit[1]
 
-    def _packed_direct(self, x: Tensor) -> Tensor:
-        """The direct convolution on the weight packed for oneDNN, bias and activation fused
-        (what :class:`PackedConv2d` runs, and a fast layer below its ``min_batch``); where the
-        packed path does not apply, ``F.conv2d``."""
+    def _packed_direct(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
+        """The direct convolution on the weight packed for oneDNN, bias, ``residual`` and
+        activation fused (what :class:`PackedConv2d` runs, and a fast layer below its
+        ``min_batch``); where the packed path does not apply, ``F.conv2d``."""
         padding = symmetric_padding(self.padding)
         if x.is_meta or padding is None:
-            return self._direct(x)
+            return self._direct(x, residual)
+        geometry = (self.stride, padding, self.dilation)
         if _packed.usable(x, self.weight):
             packed = self.packed_weight(tuple(x.shape))
             if packed is not None:
-                args = (self.stride, padding, self.dilation, self.groups, self.activation)
-                return _packed.conv2d_packed(x, packed, self.bias, *args)
+                if residual is None:
+                    args = (*geometry, self.groups, self.activation)
+                    return _packed.conv2d_packed(x, packed, self.bias, *args)
+                if _packed.residual_fits(residual, x, self.out_channels, *geometry,
+                                                     self.kernel_size):  # fmt: skip
+                    args = (*geometry, self.groups, self.activation)
+                    return _packed.conv2d_packed(x, packed, self.bias, *args, residual=residual)
+                # a broadcast residual: the packed convolution, then the sum as ``+`` takes it
+                y = _packed.conv2d_packed(x, packed, self.bias, *geometry, self.groups, None)
+                return self._finish(y, residual)
         y = F.conv2d(x, self.weight, self.bias, self.stride, padding, self.dilation, self.groups)
-        return y.relu_() if self.activation == "relu" else y
+        return self._finish(y, residual)
 
     def _pack_cache(self) -> dict:
         """The packed weights by input shape (in ``_PACKS``)."""
@@ -230,6 +245,17 @@ class _FastConv2d(nn.Module):
     def _activate(self, y: Tensor) -> Tensor:
         """``activation`` as a separate pass (where the algorithm could not fuse it)."""
         return torch.relu(y) if self.activation == "relu" else y
+
+    def _finish(self, y: Tensor, residual: Tensor | None) -> Tensor:
+        """``activation(y + residual)`` for ``y`` this call's own pre-activation output: the sum
+        and the activation in place on ``y`` where it has the output's shape, else broadcast as
+        ``+`` does."""
+        if residual is None:
+            return y.relu_() if self.activation == "relu" else y
+        if not isinstance(residual, Tensor) or residual.shape != y.shape:
+            return self._activate(y + residual)
+        y = y.add_(residual)
+        return y.relu_() if self.activation == "relu" else y
 
     def _recording(self) -> bool:
         return torch.is_grad_enabled() and self.weight.requires_grad
@@ -254,6 +280,18 @@ class _FastConv2d(nn.Module):
         if self.min_batch > 1:
             s += f", min_batch={self.min_batch}"
         return s
+
+
+def _kernel_takes(residual, shape: tuple[int, ...]) -> bool:
+    """A compiled kernel can add ``residual`` to an output of ``shape``: none, or a float32 CPU
+    tensor of that shape that autograd does not record."""
+    if residual is None:
+        return True
+    if type(residual) is not Tensor or residual.dtype != torch.float32 or residual.is_meta:
+        return False
+    if residual.device.type != "cpu" or (torch.is_grad_enabled() and residual.requires_grad):
+        return False
+    return tuple(residual.shape) == tuple(shape)
 
 
 @register_module_rule(_FastConv2d)
@@ -302,11 +340,16 @@ class WinogradConv2d(_FastConv2d):
             self._cache = (key, filt)
         return self._cache[1]
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
         if x.is_meta:
-            return self._direct(x)
+            return self._direct(x, residual)
         if self._below_min_batch(x):
-            return self._packed_direct(x)
+            return self._packed_direct(x, residual)
+        if residual is not None:  # the sum a pass of its own, then the activation
+            y = _winograd.conv2d_transformed(
+                x, self.transformed_filter(), self.bias, self.padding, self.check_finite, None
+            )
+            return self._finish(y, residual)
         return _winograd.conv2d_transformed(
             x, self.transformed_filter(), self.bias, self.padding, self.check_finite,
             self.activation,
@@ -384,18 +427,17 @@ class FFTConv2d(_FastConv2d):
             self._cache[size] = hit
         return hit[1]
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
         if x.is_meta:
-            return self._direct(x)
+            return self._direct(x, residual)
         if self._below_min_batch(x):
-            return self._packed_direct(x)
+            return self._packed_direct(x, residual)
         batch = x.shape[0] if x.dim() == 4 else 1
         size = self.fft_size(x.shape[-2], x.shape[-1], batch)
-        return self._activate(
-            _fft.conv2d_transformed(
-                x, self.transformed_filter(size), self.bias, self.padding, self.check_finite
-            )
+        y = _fft.conv2d_transformed(
+            x, self.transformed_filter(size), self.bias, self.padding, self.check_finite
         )
+        return self._finish(y, residual)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", tile={self.tile}"
@@ -426,8 +468,8 @@ class PackedConv2d(_FastConv2d):
         layer._copy_from(conv)
         return layer.train(conv.training)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self._packed_direct(x)
+    def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
+        return self._packed_direct(x, residual)
 
 
 class NarrowConv2d(_FastConv2d):
@@ -481,19 +523,26 @@ class NarrowConv2d(_FastConv2d):
         args = (self.kernel_size, self.stride, padding, self.dilation)
         return padding if min(symmetric_output_size(x.shape[2:], *args)) >= 1 else None
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
         padding = self._kernel_padding(x)
-        if padding is None:
-            return self._packed_direct(x)
+        if padding is None or not _kernel_takes(residual, self._output_shape(x, padding)):
+            return self._packed_direct(x, residual)
         w, b = self.packed()
         args = (self.out_channels, self.stride, padding, self.dilation, self.activation)
-        return _narrow.conv2d(x, w, b, *args)
+        return _narrow.conv2d(x, w, b, *args, residual=residual)
 
-    def forward_pair(self, second: NarrowConv2d, x: Tensor) -> Tensor | None:
-        """``second(self(x))`` in one pass (:func:`leanconv.algorithms.narrow.conv2d_pair`)
-        where the kernel runs both layers on this input and ``second`` takes this layer's output
-        band by band (one kernel row, vertical stride 1, no vertical padding); ``None``
-        otherwise (the caller then runs them one after the other)."""
+    def _output_shape(self, x: Tensor, padding: tuple[int, int]) -> tuple[int, ...]:
+        args = (self.kernel_size, self.stride, padding, self.dilation)
+        return (x.shape[0], self.out_channels, *symmetric_output_size(x.shape[2:], *args))
+
+    def forward_pair(
+        self, second: NarrowConv2d, x: Tensor, residual: Tensor | None = None
+    ) -> Tensor | None:
+        """``second(self(x), residual)`` in one pass
+        (:func:`leanconv.algorithms.narrow.conv2d_pair`) where the kernel runs both layers on
+        this input and ``second`` takes this layer's output band by band (one kernel row,
+        vertical stride 1, no vertical padding) and ``residual``; ``None`` otherwise (the caller
+        then runs them one after the other)."""
         padding = self._kernel_padding(x)
         if padding is None or second.groups != 1 or second._below_min_batch(x):
             return None
@@ -507,11 +556,14 @@ class NarrowConv2d(_FastConv2d):
         mid = symmetric_output_size(x.shape[2:], self.kernel_size, self.stride, padding,
                                     self.dilation)  # fmt: skip
         args = (second.kernel_size, second.stride, pad2, second.dilation)
-        if min(symmetric_output_size(mid, *args)) < 1:
+        size = symmetric_output_size(mid, *args)
+        if min(size) < 1:
+            return None
+        if not _kernel_takes(residual, (x.shape[0], second.out_channels, *size)):
             return None
         (w1, b1), (w2, b2) = self.packed(), second.packed()
         first_args = (w1, b1, self.out_channels, self.stride, padding, self.dilation,
                       self.activation)  # fmt: skip
         second_args = (w2, b2, second.out_channels, second.stride, pad2, second.dilation,
                        second.activation)  # fmt: skip
-        return _narrow.conv2d_pair(x, first_args, second_args)
+        return _narrow.conv2d_pair(x, first_args, second_args, residual)

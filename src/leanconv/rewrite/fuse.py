@@ -1,6 +1,6 @@
 """The deployment form of the convolutions: ReLUs fused into them, weights packed for oneDNN.
 
-Two exact rewrites, applied to a model whose batch norms are already folded (:mod:`.fold`):
+Exact rewrites, applied to a model whose batch norms are already folded (:mod:`.fold`):
 
 - **Activation fusion.** Inside an ``nn.Sequential``, an ``nn.ReLU`` that follows a convolution
   (directly, or through the ``nn.Identity`` a folded batch norm left) is computed by that
@@ -12,12 +12,15 @@ Two exact rewrites, applied to a model whose batch norms are already folded (:mo
   (``torch.fx``), and a ReLU whose input is the output of a module called once, used by nothing
   else, and able to absorb it (the cases above) is computed by that module and dropped from the
   forward. The model becomes an instance of a subclass of its own class (same name, attributes
-  and methods) whose ``forward`` is the traced one without those ReLUs. A ReLU after a residual
-  sum stays, and a forward that does not trace (data-dependent control flow, say) is left as
-  it is. Like every rewrite here it is for inference: Python branches of the forward (``if
-  self.training:``) are fixed as they ran when traced, in eval mode. On the 64x64 user-style
+  and methods) whose ``forward`` is the traced one without those ReLUs. A forward that does
+  not trace (data-dependent control flow, say) is left as it is. Like every rewrite here it is
+  for inference: Python branches of the forward (``if self.training:``) are fixed as they ran
+  when traced, in eval mode. On the 64x64 user-style
   model of ``benchmarks/bench_byo.py`` its eight ``F.relu`` calls took 22.6 ms of 170.5 ms at
   batch 64, deployed.
+- **Residual sums called in ``forward``** (``out += identity; out = F.relu(out)``), with the
+  ReLU after them, computed by the convolution or chain before them in the same traced forward
+  (:mod:`.residual`).
 - **Packing.** Every plain ``nn.Conv2d`` becomes an :class:`leanconv.nn.PackedConv2d`: oneDNN on a
   weight reordered once instead of on every call (:mod:`leanconv.algorithms.packed`).
 
@@ -31,13 +34,12 @@ from __future__ import annotations
 
 import copy
 
-import torch
-import torch.nn.functional as F
-from torch import fx, nn
+from torch import nn
 
 from ..modules import replace_modules
 from ..nn.fast import PackedConv2d, _FastConv2d
-from ._trace import module_calls, trace_forward
+from ._trace import module_calls, producer, relu_input, trace_forward
+from .residual import fuse_residual_sums
 
 __all__ = ["fuse_activations"]
 
@@ -93,7 +95,7 @@ def fuse_activations(
                 seq[i] = nn.Identity()
                 fused.append(f"{name}.{i}" if name else str(i))
     if traced and not isinstance(model, nn.Sequential | nn.Conv2d | _FastConv2d):
-        fused += _fuse_called_relus(model)
+        fused += _fuse_in_forward(model)
     plain = {
         n: PackedConv2d.from_conv(m)
         for n, m in model.named_modules()
@@ -102,52 +104,23 @@ def fuse_activations(
     return replace_modules(model, plain, inplace=True).eval(), fused
 
 
-_RELU_FUNCTIONS = (F.relu, torch.relu, torch.relu_)
-
-
-def _is_relu(node: fx.Node, root: nn.Module) -> bool:
-    if node.op == "call_function":
-        return node.target in _RELU_FUNCTIONS
-    if node.op == "call_method":
-        return node.target in ("relu", "relu_")
-    return node.op == "call_module" and type(root.get_submodule(node.target)) is nn.ReLU
-
-
-def _relu_input(node: fx.Node, root: nn.Module) -> fx.Node | None:
-    """The input of ``node`` if ``node`` applies a ReLU (and nothing else) to it."""
-    if not _is_relu(node, root):
-        return None
-    extra = set(node.kwargs) - {"inplace"}
-    args = [a for a in node.args[1:] if a is not False]  # F.relu(x, False) / (x, True)
-    src = node.args[0] if node.args else None
-    return src if isinstance(src, fx.Node) and not extra and len(args) <= 1 else None
-
-
-def _producer(node: fx.Node, model: nn.Module) -> fx.Node:
-    """``node``, or the node whose output it passes on through ``nn.Identity`` calls (a folded
-    batch norm), each used once."""
-    while (node.op == "call_module" and len(node.users) == 1 and node.args
-           and type(model.get_submodule(node.target)) is nn.Identity
-           and isinstance(node.args[0], fx.Node)):  # fmt: skip
-        node = node.args[0]
-    return node
-
-
-def _fuse_called_relus(model: nn.Module) -> list[str]:
-    """The ReLUs called in ``model.forward`` fused into the convolutions whose output they take
-    (in place; see the module docstring); the names of those convolutions."""
+def _fuse_in_forward(model: nn.Module) -> list[str]:
+    """The residual sums (:mod:`.residual`) and ReLUs called in ``model.forward`` fused into the
+    convolutions whose output they take (in place; see the module docstring); what was fused,
+    by the convolutions' names."""
     graph = trace_forward(model)
     if graph is None:
         return []
     if any(n.op == "get_attr" and not _has(model, n.target) for n in graph.nodes):
         return []  # the traced forward needs what the model does not hold
     calls = module_calls(graph)
-    fused = []
+    replacements, fused = fuse_residual_sums(graph, model, calls)
+    replace_modules(model, replacements, inplace=True)
     for node in list(graph.nodes):
-        given = _relu_input(node, model)
+        given = relu_input(node, model)
         if given is None or len(given.users) != 1:
             continue
-        src = _producer(given, model)
+        src = producer(given, model)
         if src.op != "call_module" or len(src.users) != 1 or calls.get(src.target) != 1:
             continue  # a module called twice would apply the ReLU to both calls
         absorbed = _absorb_relu(model.get_submodule(src.target))
@@ -162,7 +135,7 @@ def _fuse_called_relus(model: nn.Module) -> list[str]:
         # subclass of the model's own class, so that its attributes and methods stay
         code = graph.python_code(root_module="self")
         namespace = dict(code.globals)
-        exec(compile(code.src, f"<{type(model).__name__}.forward, ReLUs fused>", "exec"), namespace)
+        exec(compile(code.src, f"<{type(model).__name__}.forward, fused>", "exec"), namespace)
         cls = type(model)
         model.__class__ = type(cls.__name__, (cls,), {
             "forward": namespace["forward"], "__module__": cls.__module__,

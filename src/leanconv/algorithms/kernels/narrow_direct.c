@@ -3,8 +3,9 @@
  * Georganas et al. 2018, "Anatomy of high-performance deep learning convolutions on SIMD
  * architectures", section 3, with the channel block narrowed to 8):
  *
- *     out[n, y, x, k] = act(bias[k] + sum_{i, j, c} in[n, y s_y - p_y + i d_y,
- *                                                      x s_x - p_x + j d_x, c] w[i, j, c, k])
+ *     out[n, y, x, k] = act(bias[k] + res[n, y, x, k]
+ *                           + sum_{i, j, c} in[n, y s_y - p_y + i d_y, x s_x - p_x + j d_x, c]
+ *                                           w[i, j, c, k])
  *
  * Library kernels block output channels by the machine's widest vector (16 floats with
  * AVX-512), so a layer with 8 output channels, or 24, fills half of its last vector: the thin
@@ -21,6 +22,9 @@
  * row, and the pixels whose taps reach past the left or right edge (at most a few per row) are
  * computed one at a time with those taps skipped; zero padding is never materialised.
  * w is packed [kh][kw][C][Kp] with Kp = K rounded up to 8 (zeros), bias Kp values or NULL.
+ * res (a residual block's shortcut, NULL: none) has the output's shape and strides: it is added
+ * as each output vector is written, before the activation, so that relu(conv + b + shortcut)
+ * costs one read of the shortcut instead of two more passes over the output.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -49,8 +53,9 @@ static inline long max_l(long a, long b) { return a > b ? a : b; }
  * (NULL: outside the input); pixel p, tap j reads rows[i] + p xs + j xd (floats). */
 static inline __attribute__((always_inline)) void block(
     const float *const *rows, long xs, long xd, long c_count, const float *restrict w, long kp,
-    long k0, const float *restrict bias, int relu, float *restrict out, long os, long k,
-    int kh, int kw, int j0, int j1, const int P, const int nv) {
+    long k0, const float *restrict bias, int relu, float *restrict out,
+    const float *restrict res, long os, long k, int kh, int kw, int j0, int j1, const int P,
+    const int nv) {
     v8 acc[PMAX][NVMAX];
     for (int p = 0; p < P; p++)
         for (int v = 0; v < nv; v++) acc[p][v] = bias ? vload(bias + k0 + v * VW) : (v8){0};
@@ -75,14 +80,20 @@ static inline __attribute__((always_inline)) void block(
     for (int p = 0; p < P; p++) {
         for (int v = 0; v < nv; v++) {
             v8 r = acc[p][v];
-            if (relu) r = (v8)((v8i)r & (r > 0)); /* max(0, r) */
-            const long kk = k0 + v * VW;
+            const long kk = k0 + v * VW, at = p * os + kk;
             if (kk + VW <= k) {
-                vstore(out + p * os + kk, r);
+                if (res) r += vload(res + at);
+                if (relu) r = (v8)((v8i)r & (r > 0)); /* max(0, r) */
+                vstore(out + at, r);
             } else { /* the last, partial vector of channels */
-                float tmp[VW];
+                float tmp[VW] = {0};
+                if (res) {
+                    memcpy(tmp, res + at, (size_t)(k - kk) * sizeof(float));
+                    r += vload(tmp);
+                }
+                if (relu) r = (v8)((v8i)r & (r > 0));
                 vstore(tmp, r);
-                memcpy(out + p * os + kk, tmp, (size_t)(k - kk) * sizeof(float));
+                memcpy(out + at, tmp, (size_t)(k - kk) * sizeof(float));
             }
         }
     }
@@ -96,7 +107,7 @@ static inline int pixels_for(int nv) {
 
 #define CASE_P(P, NV)                                                                          \
     case P:                                                                                    \
-        block(rows, xs, xd, c, w, kp, k0, bias, relu, out, os, k, kh, kw, j0, j1, P, NV);      \
+        block(rows, xs, xd, c, w, kp, k0, bias, relu, out, res, os, k, kh, kw, j0, j1, P, NV); \
         break;
 #define SWITCH_P(NV)                                                                           \
     switch (p_count) {                                                                         \
@@ -107,8 +118,9 @@ static inline int pixels_for(int nv) {
 
 /* A block of p_count (<= pixels_for(nv)) pixels: constant P and nv keep it in registers. */
 static void block_any(const float *const *rows, long xs, long xd, long c, const float *w,
-                      long kp, long k0, const float *bias, int relu, float *out, long os, long k,
-                      int kh, int kw, int j0, int j1, int p_count, int nv) {
+                      long kp, long k0, const float *bias, int relu, float *out,
+                      const float *res, long os, long k, int kh, int kw, int j0, int j1,
+                      int p_count, int nv) {
     switch (nv) {
     case 1: SWITCH_P(1) break;
     case 2: SWITCH_P(2) break;
@@ -124,7 +136,8 @@ static inline long floor_div(long a, long b) { return a >= 0 ? a / b : -((-a + b
  * input, orow the output row. */
 static void row_range(const float *img, long sy, long sx, long c, long h, long wd,
                       const float *w, long kp, long k, const float *bias, int relu, float *orow,
-                      long ox, long y, long xa, long xb, int kh, int kw, int stride_y,
+                      const float *rrow, long ox, long y, long xa, long xb, int kh, int kw,
+                      int stride_y,
                       int stride_x, int pad_y, int pad_x, int dil_y, int dil_x, long x_lo,
                       long x_hi) {
     const long xs = stride_x * sx, xd = (long)dil_x * sx;
@@ -148,8 +161,8 @@ static void row_range(const float *img, long sy, long sx, long c, long h, long w
                 p_count = 1;
             }
             for (int i = 0; i < kh; i++) at[i] = rows[i] ? rows[i] + x0 * xs : NULL;
-            block_any(at, xs, xd, c, w, kp, k0, bias, relu, orow + x0 * ox, ox, k, kh, kw, j0,
-                      j1, p_count, nv);
+            block_any(at, xs, xd, c, w, kp, k0, bias, relu, orow + x0 * ox,
+                      rrow ? rrow + x0 * ox : NULL, ox, k, kh, kw, j0, j1, p_count, nv);
             x0 += p_count;
         }
     }
@@ -166,8 +179,8 @@ static void row_range(const float *img, long sy, long sx, long c, long h, long w
  * its taps skipped); the block's pixels all lie in [x_lo, x_hi). */
 static inline __attribute__((always_inline)) void block_rows(
     const float *const *rows, long xs, long c_count, const float *restrict w, long kp,
-    const float *restrict bias, int relu, float *restrict out, long oy, long os, long k,
-    const int KH, const int KW, const int R, const int P) {
+    const float *restrict bias, int relu, float *restrict out, const float *restrict res,
+    long oy, long os, long k, const int KH, const int KW, const int R, const int P) {
     v8 acc[4][12];
 #pragma GCC unroll 16
     for (int r = 0; r < R; r++)
@@ -205,14 +218,20 @@ static inline __attribute__((always_inline)) void block_rows(
 #pragma GCC unroll 16
         for (int p = 0; p < P; p++) {
             v8 s = acc[r][p];
-            if (relu) s = (v8)((v8i)s & (s > 0)); /* max(0, s) */
-            float *o = out + r * oy + p * os;
+            const long at = r * oy + p * os;
             if (k == VW) {
-                vstore(o, s);
+                if (res) s += vload(res + at);
+                if (relu) s = (v8)((v8i)s & (s > 0)); /* max(0, s) */
+                vstore(out + at, s);
             } else { /* fewer than 8 channels */
-                float tmp[VW];
+                float tmp[VW] = {0};
+                if (res) {
+                    memcpy(tmp, res + at, (size_t)k * sizeof(float));
+                    s += vload(tmp);
+                }
+                if (relu) s = (v8)((v8i)s & (s > 0));
                 vstore(tmp, s);
-                memcpy(o, tmp, (size_t)k * sizeof(float));
+                memcpy(out + at, tmp, (size_t)k * sizeof(float));
             }
         }
     }
@@ -244,11 +263,11 @@ static int row_block(int kh, int kw, int *r, int *p) {
 }
 
 static void block_rows_any(const float *const *rows, long xs, long c, const float *w, long kp,
-                           const float *bias, int relu, float *out, long oy, long os, long k,
-                           int kh, int kw) {
+                           const float *bias, int relu, float *out, const float *res, long oy,
+                           long os, long k, int kh, int kw) {
 #define X(KH, KW, R, P)                                                                        \
     if (kh == KH && kw == KW) {                                                                \
-        block_rows(rows, xs, c, w, kp, bias, relu, out, oy, os, k, KH, KW, R, P);              \
+        block_rows(rows, xs, c, w, kp, bias, relu, out, res, oy, os, k, KH, KW, R, P);         \
         return;                                                                                \
     }
     ROW_BLOCKS
@@ -280,10 +299,11 @@ static conv_t conv_geometry(long sy, long sx, long c, long h, long wd, const flo
     return g;
 }
 
-/* Output rows [y0, y1) of one image: img its input, orow output row y0, oy and ox the output's
- * row and pixel strides. Whole row blocks where the geometry has them, else row by row. */
-static void rows_out(const conv_t *g, const float *img, float *orow, long oy, long ox, long y0,
-                     long y1) {
+/* Output rows [y0, y1) of one image: img its input, orow output row y0, rrow the residual's row
+ * y0 (NULL: none), oy and ox the output's (and the residual's) row and pixel strides. Whole row
+ * blocks where the geometry has them, else row by row. */
+static void rows_out(const conv_t *g, const float *img, float *orow, const float *rrow, long oy,
+                     long ox, long y0, long y1) {
     long y = y0;
     if (g->rb) {
         const long full = (g->x_hi - g->x_lo) / g->pb * g->pb; /* interior, whole blocks */
@@ -294,34 +314,38 @@ static void rows_out(const conv_t *g, const float *img, float *orow, long oy, lo
                 rows[t] = (iy < 0 || iy >= g->h) ? NULL : img + iy * g->sy - g->pad_x * g->sx;
             }
             float *o = orow + (y - y0) * oy;
+            const float *rr = rrow ? rrow + (y - y0) * oy : NULL;
             for (long x0 = g->x_lo; x0 < g->x_lo + full; x0 += g->pb) {
                 for (int t = 0; t < g->rb + g->kh - 1; t++)
                     at[t] = rows[t] ? rows[t] + x0 * g->sx : NULL;
-                block_rows_any(at, g->sx, g->c, g->w, g->kp, g->bias, g->relu, o + x0 * ox, oy,
-                               ox, g->k, g->kh, g->kw);
+                block_rows_any(at, g->sx, g->c, g->w, g->kp, g->bias, g->relu, o + x0 * ox,
+                               rr ? rr + x0 * ox : NULL, oy, ox, g->k, g->kh, g->kw);
             }
             for (long r = y; r < y + g->rb; r++) { /* edge pixels, the interior's remainder */
                 float *o_r = orow + (r - y0) * oy;
+                const float *r_r = rrow ? rrow + (r - y0) * oy : NULL;
                 row_range(img, g->sy, g->sx, g->c, g->h, g->wd, g->w, g->kp, g->k, g->bias,
-                          g->relu, o_r, ox, r, 0, g->x_lo, g->kh, g->kw, 1, 1, g->pad_y,
+                          g->relu, o_r, r_r, ox, r, 0, g->x_lo, g->kh, g->kw, 1, 1, g->pad_y,
                           g->pad_x, 1, 1, g->x_lo, g->x_hi);
                 row_range(img, g->sy, g->sx, g->c, g->h, g->wd, g->w, g->kp, g->k, g->bias,
-                          g->relu, o_r, ox, r, g->x_lo + full, g->wo, g->kh, g->kw, 1, 1,
+                          g->relu, o_r, r_r, ox, r, g->x_lo + full, g->wo, g->kh, g->kw, 1, 1,
                           g->pad_y, g->pad_x, 1, 1, g->x_lo, g->x_hi);
             }
         }
     }
     for (; y < y1; y++) /* the general path, or the last rows, fewer than a block */
         row_range(img, g->sy, g->sx, g->c, g->h, g->wd, g->w, g->kp, g->k, g->bias, g->relu,
-                  orow + (y - y0) * oy, ox, y, 0, g->wo, g->kh, g->kw, g->stride_y,
-                  g->stride_x, g->pad_y, g->pad_x, g->dil_y, g->dil_x, g->x_lo, g->x_hi);
+                  orow + (y - y0) * oy, rrow ? rrow + (y - y0) * oy : NULL, ox, y, 0, g->wo,
+                  g->kh, g->kw, g->stride_y, g->stride_x, g->pad_y, g->pad_x, g->dil_y,
+                  g->dil_x, g->x_lo, g->x_hi);
 }
 
-/* x (N, C, H, W) with any strides but s_c = 1, out (N, K, Ho, Wo) likewise. */
+/* x (N, C, H, W) with any strides but s_c = 1, out (N, K, Ho, Wo) likewise, res (NULL: none)
+ * with out's shape and strides. */
 void narrow_conv(const float *x, long sn, long sy, long sx, long c, long h, long wd,
                  const float *w, long kp, long k, const float *bias, int relu, float *out,
-                 long on, long oy, long ox, long ho, long wo, long n, int kh, int kw,
-                 int stride_y, int stride_x, int pad_y, int pad_x, int dil_y, int dil_x,
+                 const float *res, long on, long oy, long ox, long ho, long wo, long n, int kh,
+                 int kw, int stride_y, int stride_x, int pad_y, int pad_x, int dil_y, int dil_x,
                  int threads) {
     const conv_t g = conv_geometry(sy, sx, c, h, wd, w, kp, k, bias, relu, wo, kh, kw, stride_y,
                                    stride_x, pad_y, pad_x, dil_y, dil_x);
@@ -329,7 +353,8 @@ void narrow_conv(const float *x, long sn, long sy, long sx, long c, long h, long
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (long q = 0; q < n * groups; q++) {
         const long b = q / groups, y0 = q % groups * rows;
-        rows_out(&g, x + b * sn, out + b * on + y0 * oy, oy, ox, y0, min_l(y0 + rows, ho));
+        const long o = b * on + y0 * oy;
+        rows_out(&g, x + b * sn, out + o, res ? res + o : NULL, oy, ox, y0, min_l(y0 + rows, ho));
     }
 }
 
@@ -339,14 +364,16 @@ void narrow_conv(const float *x, long sn, long sy, long sx, long c, long h, long
 /* Two convolutions in one pass, the second 1 x kw (one kernel row, vertical stride 1, no
  * vertical padding): for each band of CHAIN_ROWS output rows the first convolution writes its
  * rows into a buffer of the thread's, which the second reads while they are in cache. The first
- * has K1 <= kp1 output channels, which the second takes as its input (w2 packed with C = k1).
+ * has K1 <= kp1 output channels, which the second takes as its input (w2 packed with C = k1);
+ * res (NULL: none), with out's shape and strides, is added to the second's output.
  * Returns 1 when a thread could not allocate its buffer (nothing is then written). */
 int narrow_chain(const float *x, long sn, long sy, long sx, long c, long h, long wd,
                  const float *w1, long kp1, long k1, const float *bias1, int relu1, long ho,
                  long wo1, int kh1, int kw1, int stride_y1, int stride_x1, int pad_y1,
                  int pad_x1, int dil_y1, int dil_x1, const float *w2, long kp2, long k2,
                  const float *bias2, int relu2, int kw2, int stride_x2, int pad_x2, int dil_x2,
-                 float *out, long on, long oy, long ox, long wo, long n, int threads) {
+                 float *out, const float *res, long on, long oy, long ox, long wo, long n,
+                 int threads) {
     const conv_t g1 = conv_geometry(sy, sx, c, h, wd, w1, kp1, kp1, bias1, relu1, wo1, kh1, kw1,
                                     stride_y1, stride_x1, pad_y1, pad_x1, dil_y1, dil_x1);
     const long by = wo1 * kp1; /* the buffer's row stride */
@@ -370,8 +397,9 @@ int narrow_chain(const float *x, long sn, long sy, long sx, long c, long h, long
             for (long q = 0; q < n * bands; q++) {
                 const long b = q / bands, y0 = q % bands * CHAIN_ROWS;
                 const long y1 = min_l(y0 + CHAIN_ROWS, ho);
-                rows_out(&g1, x + b * sn, buf, by, kp1, y0, y1);
-                rows_out(&g2, buf, out + b * on + y0 * oy, oy, ox, 0, y1 - y0);
+                const long o = b * on + y0 * oy;
+                rows_out(&g1, x + b * sn, buf, NULL, by, kp1, y0, y1);
+                rows_out(&g2, buf, out + o, res ? res + o : NULL, oy, ox, 0, y1 - y0);
             }
         }
         free(buf);
