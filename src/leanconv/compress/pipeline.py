@@ -465,8 +465,10 @@ def _measure_stage(run: _Run, before, plan, surgery, history, compressed, notes)
             "its algorithm", "direct")  # fmt: skip
         run.say(f"      {name} runs {what[0]} from batch {b} on ({what[1]} below: faster there)")
     if dep.fuse:
-        run.say(f"      {len(deployed.fused)} ReLUs fused into the convolutions before them, "
-                "convolutions packed for oneDNN")  # fmt: skip
+        sums = sum("(residual sum" in f for f in deployed.fused)
+        run.say(f"      {len(deployed.fused) - sums} ReLUs fused into the convolutions before "
+                f"them, {sums} residual sums taken by the layer before them, convolutions "
+                "packed for oneDNN")  # fmt: skip
     winograd = {n: a for n, a in deployed.algorithms.items() if a in ALGORITHMS}
     if winograd:
         run.say(f"      {len(winograd)} layers run by Winograd: "

@@ -97,12 +97,14 @@ def _plan_rows(result) -> list[str]:
             f"{c.macs / max(1, base.macs):.2f} | {base.latency_ms:.2f} | {c.latency_ms:.2f} | "
             f"{c.sensitivity:.4f} | {err} | {status} |"
         )
+    sums = sum("(residual sum" in f for f in result.fused)
     lines += [
         "",
         f"Whole-model output error after surgery, before fine-tuning: "
         f"{result.surgery.model_output_error:.4f} (relative, Frobenius).",
         f"Batch norms folded into convolutions: {len(result.folded)}; ReLUs fused into "
-        f"convolutions: {len(result.fused)}.",
+        f"convolutions: {len(result.fused) - sums}; residual sums taken by the layer before "
+        f"them: {sums}.",
     ]
     if result.measured_with:
         w = result.measured_with
