@@ -48,12 +48,34 @@ def test_image_folder_with_train_and_test(tmp_path):
     assert (len(bundle.train.dataset), len(bundle.test.dataset)) == (6, 4)
 
 
+@pytest.mark.parametrize("held", ["val", "validation"])
+def test_image_folder_with_train_and_val(tmp_path, held):
+    """torchvision's ImageNet layout: the held-out split named val/ (or validation/)."""
+    for split, n in (("train", 3), (held, 1)):
+        for cls in ("a", "b", "c"):
+            for i in range(n):
+                _png(tmp_path / split / cls / f"{i}.png", (i * 40, 0, 0))
+    bundle = load_data(f"folder:{tmp_path}", size=6)
+    assert (len(bundle.train.dataset), len(bundle.test.dataset)) == (9, 3)
+    assert bundle.preprocessing["classes"] == ["a", "b", "c"]
+
+
+def test_image_folder_train_without_a_held_out_split_says_so(tmp_path):
+    for split in ("train", "holdout"):
+        _png(tmp_path / split / "a" / "0.png", (1, 2, 3))
+    with pytest.raises(DataError, match=r"no held-out split.*found holdout/"):
+        image_folder(tmp_path)
+
+
 def test_image_folder_errors_name_the_path(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         image_folder(tmp_path / "missing")
     (tmp_path / "empty" / "cls").mkdir(parents=True)
-    with pytest.raises(DataError, match="holds no images"):
+    with pytest.raises(DataError, match="holds no images$"):
         image_folder(tmp_path / "empty")
+    _png(tmp_path / "deep" / "all" / "cls" / "0.png", (1, 2, 3))
+    with pytest.raises(DataError, match="holds no images .*one level deeper"):
+        image_folder(tmp_path / "deep")
     _png(tmp_path / "bad" / "cls" / "ok.png", (1, 2, 3))
     (tmp_path / "bad" / "cls" / "broken.png").write_bytes(b"not an image")
     with pytest.raises(DataError, match="broken.png"):

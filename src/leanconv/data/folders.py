@@ -1,4 +1,5 @@
-"""Image folders: ``root/<class>/<image>`` (or ``root/train/<class>/...`` and ``root/test/...``).
+"""Image folders: ``root/<class>/<image>``, or ``root/train/<class>/...`` beside a held-out split
+``root/test/...`` (or ``val/``, ``valid/``, ``validation/``: torchvision's ImageNet layout).
 
 Images are read lazily, one at a time, by a ``DataLoader`` with worker processes: memory does not
 grow with the number of images. Each image is converted to RGB, then prepared as the user says and
@@ -15,7 +16,8 @@ as torchvision's standard evaluation transforms do, and as nothing else:
   ``std``: ``(x - mean) / std`` per channel.
 
 What was used is recorded in the bundle's ``preprocessing`` (and from there in ``report.json`` and
-the saved model's JSON). Without train/ and test/ sub-folders a fixed stratified split is made.
+the saved model's JSON). Without train/ and held-out sub-folders a fixed stratified split is made;
+a train/ folder of class folders with no held-out split beside it is an error that says so.
 Empty folders, unreadable files and images of different sizes are errors that name the path.
 """
 
@@ -97,6 +99,30 @@ class ImageFiles(Dataset):
         return self.preprocess(self.files[i]), self.labels[i]
 
 
+#: The names a held-out split's folder may have beside ``train/``, in the order looked for.
+HELD_OUT = ("test", "val", "valid", "validation")
+
+
+def _splits(root: Path) -> tuple[Path, Path] | None:
+    """``(train, held_out)`` folders when ``root`` is split so; ``None`` when it is not (its
+    sub-folders are the classes); an error for a train/ folder of class folders alone."""
+    train = root / "train"
+    if not train.is_dir():
+        return None
+    held = next((root / n for n in HELD_OUT if (root / n).is_dir()), None)
+    if held is not None:
+        return train, held
+    if any(p.is_dir() for p in train.iterdir()):
+        others = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name != "train")
+        raise DataError(
+            f"image folder {str(root)!r} has a train/ folder of classes but no held-out split "
+            f"beside it (looked for {', '.join(n + '/' for n in HELD_OUT)}; found "
+            f"{', '.join(o + '/' for o in others) or 'nothing else'}): rename the held-out "
+            "folder, or put the class folders directly under the root for a fixed split"
+        )
+    return None
+
+
 def _scan(root: Path, classes: list[str] | None) -> tuple[list[Path], list[int], list[str]]:
     found = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
     names = classes or [p.name for p in found]
@@ -113,7 +139,9 @@ def _scan(root: Path, classes: list[str] | None) -> tuple[list[Path], list[int],
         folder = root / name
         images = sorted(p for p in folder.glob("*") if p.suffix.lower() in EXTENSIONS)
         if not images:
-            raise DataError(f"class folder {str(folder)!r} holds no images")
+            nested = any(p.is_dir() for p in folder.iterdir()) if folder.is_dir() else False
+            hint = " (it holds folders: are its classes one level deeper?)" if nested else ""
+            raise DataError(f"class folder {str(folder)!r} holds no images{hint}")
         files += images
         labels += [label] * len(images)
     return files, labels, names
@@ -226,9 +254,10 @@ def image_folder(
         raise DataError(f"--std {','.join(map(str, std))}: every value must be positive")
     if mean is not None and normalize != "none":
         raise DataError("give --normalize or --mean/--std, not both")
-    if (root / "train").is_dir() and (root / "test").is_dir():
-        tr_files, tr_labels, names = _scan(root / "train", None)
-        te_files, te_labels, _ = _scan(root / "test", names)
+    splits = _splits(root)
+    if splits is not None:
+        tr_files, tr_labels, names = _scan(splits[0], None)
+        te_files, te_labels, _ = _scan(splits[1], names)
     else:
         files, labels, names = _scan(root, None)
         tr_files, tr_labels, te_files, te_labels = _split(files, labels, test_fraction, seed)
