@@ -5,13 +5,16 @@ model. Reference: the model itself."""
 
 from __future__ import annotations
 
+import copy
 import warnings
 
+import pytest
 import torch
 from torch import nn
 
 import leanconv
 from leanconv.compress import serialize
+from leanconv.errors import LeanconvError
 
 
 def _sliced() -> nn.Sequential:
@@ -49,3 +52,20 @@ def test_views_saved_whole_in_the_program(tmp_path):
     with torch.no_grad():
         assert torch.allclose(back(x), net(x), atol=1e-6)
     assert net[0].weight.untyped_storage().nbytes() == 40 * 4  # the caller's model untouched
+
+
+def test_a_loaded_program_takes_eval_and_refuses_train(tmp_path):
+    """Users call ``model.eval()`` on what they load: on the program (whose own ``eval`` raises
+    ``NotImplementedError``) it is a no-op, ``train()`` a clear error, and copies keep both."""
+    net = _sliced()
+    x = torch.randn(5, 6)
+    path = serialize.save(net, tmp_path / "m", {}, force=True, example=x[:2])
+    back = leanconv.load(path)
+    assert back.eval() is back and not back.training
+    assert not any(m.training for m in back.modules())
+    with torch.no_grad():
+        assert torch.allclose(back(x), net(x), atol=1e-6)
+    with pytest.raises(LeanconvError, match="cannot be put in training mode.*factory"):
+        back.train()
+    twin = copy.deepcopy(back)
+    assert twin.eval() is twin

@@ -21,6 +21,7 @@ import hashlib
 import itertools
 import json
 import os
+import types
 from collections.abc import Callable
 from pathlib import Path
 
@@ -214,7 +215,8 @@ def _base_model(description: dict, path: Path, factory, trust_code: bool) -> nn.
 
 def _load_program(path: Path, description: dict, device, state: dict) -> nn.Module:
     """The saved program's module, with the weights of ``model.safetensors`` (the program's own
-    copy must name the same tensors)."""
+    copy must name the same tensors), in eval mode as it was exported (:func:`_train_exported`:
+    ``eval()`` works, as on any module, and ``train()`` says why it cannot)."""
     try:
         program = torch.export.load(str(path / PROGRAM_FILE))
     except Exception as exc:
@@ -228,7 +230,30 @@ def _load_program(path: Path, description: dict, device, state: dict) -> nn.Modu
             f"{str(path / 'model.safetensors')!r} does not match {PROGRAM_FILE}: {first}"
         ) from None
     model.expected_input = dict(description.get("extra", {}).get("input") or {})
+    for module in model.modules():
+        module.training = False  # exported in eval mode: the graph computes that
+    model.train = types.MethodType(_train_exported, model)
+    model.eval = types.MethodType(_eval_exported, model)
     return model
+
+
+def _train_exported(self: nn.Module, mode: bool = True) -> nn.Module:
+    """``train`` of a loaded ``torch.export`` program (whose own ``train``/``eval`` raise
+    ``NotImplementedError``): ``eval()`` is a no-op, the program having been exported in eval
+    mode; training mode cannot be switched on in a traced graph, so it is refused, saying what
+    to do instead."""
+    if mode:
+        raise LeanconvError(
+            "this model was loaded from its saved torch.export program (model.pt2), which runs "
+            "as exported, in eval mode, and cannot be put in training mode: to train or "
+            "fine-tune it, load it with its architecture (leanconv.load(path, factory=...) or "
+            "trust_code=True)"
+        )
+    return self
+
+
+def _eval_exported(self: nn.Module) -> nn.Module:
+    return self.train(False)
 
 
 def _read_weights(weights: Path, device) -> dict[str, torch.Tensor]:
