@@ -2,8 +2,8 @@
 
 Each model is deployed twice (batch norms folded, ReLUs fused, channels-last), with and without
 the residual sums and the ReLUs after them taken by the convolutions before them (the narrow
-kernel's output pass, oneDNN's binary post-operation, an in-place pass after Winograd), and the
-two are timed interleaved at each batch size; the ratio is ``time without / time with``. Models:
+kernel's output pass, else an in-place pass on the layer's fresh output), and the two are timed
+interleaved at each batch size; the ratio is ``time without / time with``. Models:
 
 - ``resnet18_cifar``: the zoo's CIFAR ResNet-18 (width 0.5, 32x32), as the demo trains it;
 - ``user``: a torchvision-style user model written as users write it (``out += identity``,

@@ -1,6 +1,6 @@
 """A residual block's sum and ReLU, written in a user's ``forward``, computed by the convolution
-before them (rewrite.residual: oneDNN's binary post-operation, the narrow kernel's output pass,
-an in-place pass after Winograd and FFT): the function unchanged, checked against the model in
+before them (rewrite.residual: the narrow kernel's output pass, an in-place pass on the other
+layers' fresh output): the function unchanged, checked against the model in
 float64."""
 
 import copy
@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from leanconv.algorithms import narrow as narrow_kernel
-from leanconv.algorithms import native, packed
+from leanconv.algorithms import native
 from leanconv.compress.deploy import Deployment
 from leanconv.compress.replace import decompose_layer
 from leanconv.nn import ChainConv2d, FFTConv2d, NarrowConv2d, PackedConv2d, WinogradConv2d
@@ -78,16 +78,14 @@ def test_sums_are_fused_into_the_convolutions_before_them(monkeypatch):
     assert model.conv2.activation == "relu" and model.conv3.activation is None
     assert type(model.twice) is PackedConv2d and model.twice.activation is None
     calls = []
-    real = packed.conv2d_packed
-    monkeypatch.setattr(packed, "conv2d_packed",
-                        lambda *a, **k: calls.append(k.get("residual") is not None)
-                        or real(*a, **k))  # fmt: skip
-    x = torch.randn(4, 3, 64, 64)  # every sum's convolution large enough to be packed
+    real = PackedConv2d.forward
+    monkeypatch.setattr(PackedConv2d, "forward",
+                        lambda self, x, r=None: calls.append(r is not None) or real(self, x, r))  # fmt: skip
+    x = torch.randn(4, 3, 64, 64)
     with torch.inference_mode():
         got = model(x.contiguous(memory_format=torch.channels_last))
     _close(got, _reference(net, x))
-    # conv2, conv3 and down took their sums in the packed call; gate's broadcast sum did not
-    assert sum(calls) == 3
+    assert sum(calls) == 4  # conv2, conv3, down and gate were given their sums
 
 
 def test_the_fused_forward_still_differentiates():
@@ -149,22 +147,18 @@ def test_a_saved_model_is_fused_again_on_load(tmp_path):
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("groups", [1, 2])
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
-def test_packed_call_with_a_residual_matches_float64(stride, groups, layout):
+def test_packed_layer_with_a_residual_matches_float64(stride, groups, layout):
     torch.manual_seed(3)
     conv = nn.Conv2d(8, 12, 3, stride=stride, padding=1, groups=groups)
     layer = PackedConv2d.from_conv(conv, activation="relu").eval()
     x = torch.randn(2, 8, 30, 30).contiguous(memory_format=layout)
     size = (30 + 2 - 3) // stride + 1
     residual = torch.randn(2, 12, size, size).contiguous(memory_format=layout)
-    args = (conv.stride, (1, 1), conv.dilation, conv.kernel_size)
-    assert packed.residual_fits(residual, x, 12, *args)
-    assert not packed.residual_fits(residual[:, :1], x, 12, *args)  # broadcast: PyTorch's
-    assert not packed.residual_fits(residual.double(), x, 12, *args)
-    with torch.inference_mode():
-        got = layer(x, residual)
-    want = F.relu(F.conv2d(x.double(), conv.weight.double(), conv.bias.double(), stride, 1, 1,
-                           groups) + residual.double())  # fmt: skip
-    _close(got, want)
+    want = F.conv2d(x.double(), conv.weight.double(), conv.bias.double(), stride, 1, 1, groups)
+    for r in (residual, residual[:1, :, :1]):  # the output's shape, and broadcast as + does
+        with torch.inference_mode():
+            got = layer(x, r)
+        _close(got, F.relu(want + r.double()))
 
 
 def _last(kind: str) -> nn.Module:

@@ -8,14 +8,6 @@ the same pass that writes the output:
 
     y = act(conv2d(x, W) + b),   act in {identity, ReLU}
 
-and, given a ``residual`` r of the output's shape (a residual block's shortcut), the sum with it
-as a binary post-operation before the activation, in the same pass:
-
-    y = act(conv2d(x, W) + b + r)
-
-(``_convolution_pointwise.binary``; 3-14 % less time than the convolution followed by a separate
-sum and ReLU on 32-64-channel layers, docs/benchmarks.md).
-
 Measured on the 2-core test machine, float32, channels-last (docs/benchmarks.md, "Deployment
 form"): 1.03-1.13x on VGG-16's 3x3 layers at batch 64, 1.66x on a 8->64 1x1 expansion (the ReLU
 pass costs as much as the convolution there), and 7x on a 512-channel 2x2 layer at batch 1 (the
@@ -39,8 +31,8 @@ import torch
 
 from ._geometry import symmetric_output_size
 
-__all__ = ["ACTIVATIONS", "MIN_MACS", "conv2d_packed", "onednn_ops", "pack", "residual_fits",
-           "usable", "worth_packing"]  # fmt: skip
+__all__ = ["ACTIVATIONS", "MIN_MACS", "conv2d_packed", "onednn_ops", "pack", "usable",
+           "worth_packing"]  # fmt: skip
 
 #: Activations fused as post-operations (None: the plain convolution).
 ACTIVATIONS = (None, "relu")
@@ -118,40 +110,11 @@ def conv2d_packed(
     dilation: tuple[int, int],
     groups: int,
     activation: str | None = None,
-    residual: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``act(conv2d(x, W) + b [+ residual])`` on a weight from :func:`pack` (symmetric
-    ``padding`` only; ``residual`` of the output's shape, see :func:`residual_fits`)."""
+    """``act(conv2d(x, W) + b)`` on a weight from :func:`pack` (symmetric ``padding`` only)."""
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation={activation!r} is not one of {ACTIVATIONS}")
+    conv = onednn_ops()[1]
     b = None if bias is None else bias.detach()
-    args = (list(padding), list(stride), list(dilation), groups)
-    if residual is not None:
-        return _binary_op()(x, residual, packed, b, *args, "add", None, activation, [], "")
     attr = "none" if activation is None else activation
-    return onednn_ops()[1](x, packed, b, *args, attr, [], "")
-
-
-def _binary_op():
-    """oneDNN's convolution with a binary post-operation, or ``None`` where it is missing."""
-    try:
-        return torch.ops.mkldnn._convolution_pointwise.binary
-    except (AttributeError, RuntimeError):
-        return None
-
-
-def residual_fits(residual: object, x: torch.Tensor, out_channels: int, stride: tuple[int, int],
-                  padding: tuple[int, int], dilation: tuple[int, int],
-                  kernel_size: tuple[int, int]) -> bool:  # fmt: skip
-    """Whether ``residual`` can be the packed call's binary post-operation: a plain float32 CPU
-    tensor of exactly the output's shape (a broadcast sum is left to PyTorch)."""
-    if type(residual) is not torch.Tensor or residual.dtype != torch.float32:
-        return False
-    if _binary_op() is None:
-        return False
-    if residual.device.type != "cpu" or residual.dim() != 4:
-        return False
-    if torch.is_grad_enabled() and residual.requires_grad:
-        return False
-    size = symmetric_output_size(x.shape[2:], kernel_size, stride, padding, dilation)
-    return tuple(residual.shape) == (x.shape[0], out_channels, *size)
+    return conv(x, packed, b, list(padding), list(stride), list(dilation), groups, attr, [], "")

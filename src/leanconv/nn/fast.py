@@ -19,8 +19,8 @@ where the algorithm allows (compiled Winograd, oneDNN), so that a following ``nn
 
 Every layer also takes a residual block's shortcut: ``layer(x, residual)`` computes
 ``activation(conv(x) + residual)``, the sum taken as the output is written where the algorithm
-allows (the narrow kernel, oneDNN's binary post-operation), else as a pass of its own, in place on
-the layer's fresh output; a ``residual`` of another shape is broadcast, as ``+`` does
+allows (the narrow kernel), else as a pass of its own, in place on the layer's fresh output; a
+``residual`` of another shape is broadcast, as ``+`` does
 (:mod:`leanconv.rewrite.residual` calls layers so).
 """
 
@@ -209,26 +209,22 @@ class _FastConv2d(nn.Module):
         return hit[1]
 
     def _packed_direct(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
-        """The direct convolution on the weight packed for oneDNN, bias, ``residual`` and
-        activation fused (what :class:`PackedConv2d` runs, and a fast layer below its
-        ``min_batch``); where the packed path does not apply, ``F.conv2d``."""
+        """The direct convolution on the weight packed for oneDNN, bias and activation fused
+        (what :class:`PackedConv2d` runs, and a fast layer below its ``min_batch``); where the
+        packed path does not apply, ``F.conv2d``. A ``residual`` is added in place on the fresh
+        output, the activation after it: oneDNN's binary post-operation, which would take the sum
+        in the convolution's pass, measured slower (0.93-0.98x on the zoo's ResNet-18 at batch 1
+        and 64, docs/benchmarks.md)."""
         padding = symmetric_padding(self.padding)
         if x.is_meta or padding is None:
             return self._direct(x, residual)
-        geometry = (self.stride, padding, self.dilation)
         if _packed.usable(x, self.weight):
             packed = self.packed_weight(tuple(x.shape))
             if packed is not None:
-                if residual is None:
-                    args = (*geometry, self.groups, self.activation)
-                    return _packed.conv2d_packed(x, packed, self.bias, *args)
-                if _packed.residual_fits(residual, x, self.out_channels, *geometry,
-                                                     self.kernel_size):  # fmt: skip
-                    args = (*geometry, self.groups, self.activation)
-                    return _packed.conv2d_packed(x, packed, self.bias, *args, residual=residual)
-                # a broadcast residual: the packed convolution, then the sum as ``+`` takes it
-                y = _packed.conv2d_packed(x, packed, self.bias, *geometry, self.groups, None)
-                return self._finish(y, residual)
+                activation = self.activation if residual is None else None
+                args = (self.stride, padding, self.dilation, self.groups, activation)
+                y = _packed.conv2d_packed(x, packed, self.bias, *args)
+                return y if residual is None else self._finish(y, residual)
         y = F.conv2d(x, self.weight, self.bias, self.stride, padding, self.dilation, self.groups)
         return self._finish(y, residual)
 

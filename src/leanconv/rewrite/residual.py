@@ -7,12 +7,12 @@ sum can take both in the pass that writes its output:
     y = relu(conv(h) + b + shortcut)
 
 the narrow direct kernel as it writes each output vector (:mod:`leanconv.algorithms.narrow`: the
-last factor of most decomposed layers), oneDNN as a *binary post-operation*
-(:func:`leanconv.algorithms.packed.conv2d_packed`); the other fast layers add it in place on
-their fresh output (:class:`leanconv.nn.WinogradConv2d`, :class:`leanconv.nn.FFTConv2d`). On a
-user's ResNet-style model compressed 2.4x (three blocks, 32x32 inputs, batch 64, 2-core AMD EPYC)
-the sums and ReLUs took 14-19 % of the compressed model's time before this rewrite
-(docs/benchmarks.md). In the traced forward
+last factor of most decomposed layers); the other layers add it in place on their fresh output,
+then apply the ReLU (oneDNN's binary post-operation, which takes the sum in the convolution's
+pass, measured 0.93-0.98x of that). On a user's ResNet-style model compressed 2.4x (three
+blocks, 32x32 inputs, batch 64, 2-core AMD EPYC) the sums and ReLUs took 11-19 % of the
+compressed model's time; with this rewrite it runs 1.08-1.10x faster (docs/benchmarks.md). In
+the traced forward
 (:mod:`._trace`) this rewrite finds a sum ``a + b`` (``+``, ``torch.add``, ``.add()``,
 ``.add_()``) one of whose operands is the output of a convolution, a decomposed layer's chain, or
 either followed by ``nn.Identity`` calls (a folded batch norm), used by nothing else and produced
