@@ -42,7 +42,16 @@ def problems(draw):
         "relu": draw(st.booleans()),
         "chunk": draw(st.sampled_from([1, 5000, 1 << 30])),
         "seed": draw(st.integers(0, 2**16)),
+        # a residual block's shortcut added before the ReLU: none, channels-last, channels-first
+        "residual": draw(st.sampled_from([None, "channels_last", "contiguous"])),
     }
+
+
+def _residual(ref: torch.Tensor, layout: str | None, gen) -> torch.Tensor | None:
+    if layout is None:
+        return None
+    r = torch.randn(ref.shape, generator=gen)
+    return r.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else r
 
 
 @settings(max_examples=80)
@@ -66,10 +75,14 @@ def _check_problem(p):
         F.pad(x.double(), p["padding"]), w.double(), None if b is None else b.double(), 1, 0, 1,
         p["groups"],
     )  # fmt: skip
-    if p["relu"]:  # fused into the output transform
+    residual = _residual(ref, p["residual"], gen)
+    if p["relu"] or residual is not None:  # fused into the output transform
         filt = winograd.transform_filter(w, p["tile"], 1, 1, p["groups"])
-        y = winograd.conv2d_transformed(x, filt, b, p["padding"], activation="relu")
-        ref = ref.relu()
+        act = "relu" if p["relu"] else None
+        y = winograd.conv2d_transformed(x, filt, b, p["padding"], activation=act,
+                                        residual=residual)  # fmt: skip
+        ref = ref if residual is None else ref + residual.double()
+        ref = ref.relu() if p["relu"] else ref
     else:
         y = winograd.conv2d(x, w, b, 1, p["padding"], 1, p["groups"], tile=p["tile"])
     assert _relative_error(y, ref) < 1e-4
@@ -204,6 +217,7 @@ def one_pass_problems(draw):
         "bias": draw(st.booleans()),
         "relu": draw(st.booleans()),
         "seed": draw(st.integers(0, 2**16)),
+        "residual": draw(st.sampled_from([None, "channels_last", "contiguous"])),
     }
 
 
@@ -223,6 +237,9 @@ def test_one_pass_kernel_matches_conv2d(p):
     w = torch.randn(p["k"], p["c"], *p["kernel"], generator=gen)
     b = torch.randn(p["k"], generator=gen) if p["bias"] else None
     ref = F.conv2d(F.pad(x.double(), p["padding"]), w.double(), None if b is None else b.double())
+    residual = _residual(ref, p["residual"], gen)
+    if residual is not None:
+        ref = ref + residual.double()
     if p["relu"]:
         ref = ref.relu()
     if any(m + r - 1 > winograd.MAX_ALPHA for m, r in zip(p["tile"], p["kernel"], strict=True)):
@@ -231,7 +248,7 @@ def test_one_pass_kernel_matches_conv2d(p):
         calls = _counting(patch, "fused")
         filt = winograd.transform_filter(w, p["tile"])
         y = winograd.conv2d_transformed(
-            x, filt, b, p["padding"], activation="relu" if p["relu"] else None
+            x, filt, b, p["padding"], activation="relu" if p["relu"] else None, residual=residual
         )
     if not x.is_contiguous():  # with one channel (or pixel) it is channels-first too
         assert calls == [1] and y.is_contiguous(memory_format=torch.channels_last)

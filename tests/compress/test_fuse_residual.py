@@ -215,18 +215,43 @@ def test_a_narrow_pair_takes_the_sum_in_its_pass(monkeypatch):
     assert seen == [True]
 
 
-@pytest.mark.skipif(not native.available(), reason=native.status())
-def test_a_narrow_layer_with_a_residual_trains_through_pytorch():
+@pytest.mark.parametrize("kind", [NarrowConv2d, WinogradConv2d])
+def test_a_layer_with_a_residual_trains_through_pytorch(kind):
     """While autograd records, the sum is PyTorch's and gradients reach the residual."""
     torch.manual_seed(6)
-    conv = nn.Conv2d(8, 16, 1)
-    layer = NarrowConv2d.from_conv(conv, activation="relu")
+    conv = nn.Conv2d(8, 16, 3, padding=1)
+    layer = kind.from_conv(conv)
+    layer.activation = "relu"
     x = torch.randn(2, 8, 5, 5)
     r = torch.randn(2, 16, 5, 5, requires_grad=True)
     layer(x, r).sum().backward()
     rr = r.detach().double().requires_grad_()
-    F.relu(F.conv2d(x.double(), conv.weight.double(), conv.bias.double()) + rr).sum().backward()
+    want = F.conv2d(x.double(), conv.weight.double(), conv.bias.double(), padding=1) + rr
+    F.relu(want).sum().backward()
     _close(r.grad, rr.grad)
+
+
+@pytest.mark.skipif(not native.available(), reason=native.status())
+@pytest.mark.parametrize("layout", [torch.channels_last, torch.contiguous_format])
+def test_a_winograd_layer_takes_the_sum_in_its_output_transform(monkeypatch, layout):
+    """Both compiled paths (one pass on channels-last inputs, three stages otherwise) are given
+    the residual: no separate sum runs."""
+    torch.manual_seed(7)
+    conv = nn.Conv2d(16, 16, 3, padding=1)
+    layer = WinogradConv2d.from_conv(conv)
+    layer.activation = "relu"
+    seen = []
+    for name in ("fused", "output_transform"):
+        real = getattr(native, name)
+        monkeypatch.setattr(native, name, lambda *a, real=real: seen.append(a[-1] is not None)
+                            or real(*a))  # fmt: skip
+    x = torch.randn(2, 16, 12, 12).contiguous(memory_format=layout)
+    r = torch.randn(2, 16, 12, 12)
+    with torch.inference_mode():
+        got = layer(x, r)
+    want = F.conv2d(x.double(), conv.weight.double(), conv.bias.double(), padding=1)
+    _close(got, (want + r.double()).relu())
+    assert seen and all(seen)
 
 
 def test_fuse_activations_on_a_bare_module_fuses_no_sum():

@@ -124,10 +124,11 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.winograd_input.argtypes = [ptr] + [long] * 9 + [ptr] + [long] * 5 + [integer] * 4
     lib.winograd_input.argtypes += [ptr, ptr, integer]
     lib.winograd_output.restype = None
-    lib.winograd_output.argtypes = [ptr, long, ptr] + [long] * 11 + [integer] * 4
+    lib.winograd_output.argtypes = [ptr, long, ptr, ptr] + [long] * 11 + [integer] * 4
     lib.winograd_output.argtypes += [ptr, ptr, ptr, integer, integer]
     lib.winograd_fused.restype = integer
-    lib.winograd_fused.argtypes = [ptr] + [long] * 8 + [ptr] + [long] * 3 + [ptr] + [long] * 9
+    lib.winograd_fused.argtypes = [ptr] + [long] * 8 + [ptr] + [long] * 3 + [ptr, ptr]
+    lib.winograd_fused.argtypes += [long] * 9
     lib.winograd_fused.argtypes += [integer] * 4 + [ptr] * 5 + [integer, integer]
     lib.winograd_fused_vector.restype = integer
     lib.winograd_fused_vector.argtypes = []
@@ -231,10 +232,12 @@ def output_transform(
     at_w: torch.Tensor,
     bias: torch.Tensor | None = None,
     relu: bool = False,
+    residual: torch.Tensor | None = None,
 ) -> None:
     """``out[tile p] = A_h^T m[p] A_w`` for ``m`` as ``[tiles, a_h * a_w * K]`` (the tiles that
     :func:`input_transform` made), written to ``out`` (N, K, H_o, W_o, any strides) and clipped at
-    its bottom and right edges; plus ``bias`` (K values) and through ReLU when asked."""
+    its bottom and right edges; plus ``bias`` (K values), plus ``residual`` (``out``'s shape and
+    strides) and through ReLU when asked."""
     lib = library()
     n, k, height, width = out.shape
     ah, aw = at_h.shape[1], at_w.shape[1]
@@ -243,9 +246,11 @@ def output_transform(
     _check(nw * tile[1] >= width, "tiles that do not cover the output")
     if bias is not None:
         _check_operands(out, (bias,), k, "bias")
+    _check_residual(residual, out)
     sn, sk, sh, sw = out.stride()
     lib.winograd_output(
-        _ptr(m), k, _ptr(out), sn, sk, sh, sw, height, width, first[0], first[1], images, rows,
+        _ptr(m), k, _ptr(out), None if residual is None else _ptr(residual),
+        sn, sk, sh, sw, height, width, first[0], first[1], images, rows,
         nw, tile[0], tile[1], ah, aw, _ptr(at_h), _ptr(at_w),
         None if bias is None else _ptr(bias), int(relu), torch.get_num_threads(),
     )  # fmt: skip
@@ -267,10 +272,12 @@ def fused(
     matrices: tuple[torch.Tensor, ...],
     bias: torch.Tensor | None = None,
     relu: bool = False,
+    residual: torch.Tensor | None = None,
 ) -> bool:
     """Stride-1 Winograd of channels-last ``x`` (N, C, H, W with ``stride(1) == 1``) padded by
     ``pad = (top, left)`` into channels-last ``out`` (N, K, H_o, W_o) in one pass
-    (``kernels/winograd_fused.c``), plus ``bias`` and ReLU. ``u`` is the transformed filter packed
+    (``kernels/winograd_fused.c``), plus ``bias``, plus ``residual`` (``out``'s shape and
+    strides), and ReLU. ``u`` is the transformed filter packed
     as a contiguous ``[T, Cp, Kp]`` (channels zero-padded to multiples of :func:`vector_width`),
     ``matrices`` ``(B_h^T, B_w^T, A_h^T, A_w^T)``; ``tiles_per_block`` a multiple of 6. Returns
     whether every transformed input value is finite."""
@@ -289,13 +296,15 @@ def fused(
     _check(max(ah, aw) <= 16 and at_h.shape == (mh, ah) and at_w.shape == (mw, aw), "bad tiles")
     if bias is not None:
         _check_operands(out, (bias,), k, "bias")
+    _check_residual(residual, out)
     sn, _, sh, sw = x.stride()
     on, _, oh, ow = out.stride()
     nh, nw = -(-out_h // mh), -(-out_w // mw)
     bad = lib.winograd_fused(
         _ptr(x), sn, sh, sw, c, height, width, pad[0], pad[1],
         _ptr(u), u.shape[1], u.shape[2], k,
-        _ptr(out), on, oh, ow, out_h, out_w, n, nh, nw, tiles_per_block,
+        _ptr(out), None if residual is None else _ptr(residual),
+        on, oh, ow, out_h, out_w, n, nh, nw, tiles_per_block,
         mh, mw, ah, aw, *map(_ptr, matrices),
         None if bias is None else _ptr(bias), int(relu), torch.get_num_threads(),
     )  # fmt: skip

@@ -94,13 +94,15 @@ def run(
     matrices: tuple[torch.Tensor, ...],
     bias: torch.Tensor | None = None,
     relu: bool = False,
+    residual: torch.Tensor | None = None,
 ) -> bool:
     """Stride-1 Winograd of ``x`` padded by ``pad = (top, left)`` (zeros below and right up to
     ``out``'s size) into ``out``, with the filter packed as ``[T, Cp, Kp]`` and ``matrices``
-    ``(B_h^T, B_w^T, A_h^T, A_w^T)``; plus ``bias``, through ReLU when ``relu``. Returns whether
-    every transformed input value was finite."""
+    ``(B_h^T, B_w^T, A_h^T, A_w^T)``; plus ``bias``, plus ``residual`` (``out``'s shape and
+    strides), through ReLU when ``relu``. Returns whether every transformed input value was
+    finite."""
     t, cp, kp = packed.shape
     tiles = x.shape[0] * -(-out.shape[2] // tile[0]) * -(-out.shape[3] // tile[1])
     block = tiles_per_block(tiles, t * (cp + kp) * 4, torch.get_num_threads())
     matrices = tuple(m.contiguous() for m in matrices)
-    return native.fused(x, packed, out, pad, tile, block, matrices, bias, relu)
+    return native.fused(x, packed, out, pad, tile, block, matrices, bias, relu, residual)

@@ -57,12 +57,14 @@ ACTIVATIONS = (None, "relu")
 
 @dataclass
 class _Epilogue:
-    """What follows the convolution: ``+ bias`` then ReLU. The compiled path applies both while
-    writing the output and checks the input for NaN and infinity while transforming it, and says
-    so (``applied``, ``finite``); otherwise :func:`conv2d_transformed` does them as extra passes."""
+    """What follows the convolution: ``+ bias``, ``+ residual`` (a residual block's shortcut,
+    with the output's strides), then ReLU. The compiled path applies them while writing the output
+    and checks the input for NaN and infinity while transforming it, and says so (``applied``,
+    ``finite``); otherwise :func:`conv2d_transformed` does them as extra passes."""
 
     bias: torch.Tensor | None = None
     relu: bool = False
+    residual: torch.Tensor | None = None
     applied: bool = False
     finite: bool | None = None  # None: not checked on the way
 
@@ -484,6 +486,7 @@ def _winograd_valid_native(
     v_all = x.new_empty((most, ah * aw * c))
     pad = (tiling.pad[0], tiling.pad[2])
     bias, relu = (epilogue.bias, epilogue.relu) if epilogue is not None else (None, False)
+    residual = epilogue.residual if epilogue is not None else None
     finite = True
     for n0, n1, th0, th1 in chunks:
         watch.restart()
@@ -499,7 +502,7 @@ def _winograd_valid_native(
         m = gemm(v_all)[:tiles]
         watch.lap("gemm")
         native.output_transform(
-            m, out, (n0, th0), images, rows, nw, (mh, mw), at_h, at_w, bias, relu
+            m, out, (n0, th0), images, rows, nw, (mh, mw), at_h, at_w, bias, relu, residual
         )
         watch.lap("output")
     if epilogue is not None:
@@ -520,8 +523,10 @@ def _winograd_one_pass(
     at_h, _, bt_h = _matrices(mh, tiling.kernel[0], torch.float32, "cpu")
     at_w, _, bt_w = _matrices(mw, tiling.kernel[1], torch.float32, "cpu")
     bias, relu = (epilogue.bias, epilogue.relu) if epilogue is not None else (None, False)
+    residual = epilogue.residual if epilogue is not None else None
     pad = (tiling.pad[0], tiling.pad[2])
-    finite = one_pass.run(x, packed, out, pad, (mh, mw), (bt_h, bt_w, at_h, at_w), bias, relu)
+    matrices = (bt_h, bt_w, at_h, at_w)
+    finite = one_pass.run(x, packed, out, pad, (mh, mw), matrices, bias, relu, residual)
     if epilogue is not None:
         epilogue.applied, epilogue.finite = True, finite
     return out
@@ -534,10 +539,12 @@ def conv2d_transformed(
     padding: PaddingArg = 0,
     check_finite_input: bool = True,
     activation: str | None = None,
+    residual: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Convolve with a filter from :func:`transform_filter` (what ``nn.WinogradConv2d`` calls),
-    then add ``bias`` and apply ``activation`` (``None`` or ``"relu"``); the compiled path does
-    both, and the input's finite check, inside its transforms (no extra pass)."""
+    then add ``bias`` and ``residual`` (a residual block's shortcut, of the output's shape) and
+    apply ``activation`` (``None`` or ``"relu"``); the compiled path does all three, and the
+    input's finite check, inside its transforms (no extra pass)."""
     where = f"winograd F({filt.tile[0]}x{filt.tile[1]})"
     if activation not in ACTIVATIONS:
         raise InvalidSpecError(f"{where}: activation={activation!r} is not one of {ACTIVATIONS}")
@@ -555,6 +562,14 @@ def conv2d_transformed(
     recording = torch.is_grad_enabled() and bias is not None and bias.requires_grad
     fused_bias = None if bias is None or recording else bias.detach().to(compute).contiguous()
     epilogue = _Epilogue(fused_bias, activation == "relu")
+    residual = batched(residual) if residual is not None and x.dim() == 3 else residual
+    if residual is not None and tuple(residual.shape) != (
+        xc.shape[0],
+        k_out,
+        *args.output_size(*xc.shape[-2:]),
+    ):
+        raise InvalidSpecError(f"{where}: residual of shape {tuple(residual.shape)} is not the "
+                               "output's")  # fmt: skip
 
     def core(x_sub: torch.Tensor, key: tuple[int, int]) -> torch.Tensor:
         u, kernel = filt.phases[key], filt.sub_kernels[key]
@@ -578,6 +593,10 @@ def conv2d_transformed(
         ho, wo = args.output_size(*xc.shape[-2:])
         shape = (xc.shape[0], k_out, ho, wo)
         out = torch.empty(shape, dtype=xc.dtype, device=xc.device, memory_format=run_fmt)
+        if residual is not None and not (torch.is_grad_enabled() and residual.requires_grad):
+            # the compiled paths read it at the output's offsets
+            fits = residual.stride() == out.stride() and residual.dtype == out.dtype
+            epilogue.residual = residual if fits else torch.empty_like(out).copy_(residual)
         gemm = functools.partial(filt.gemm, (0, 0))
         packed = functools.partial(filt.packed, (0, 0))
         y = _winograd_valid(xr, u, filt.tile, filt.kernel_size, filt.groups, args.padding, out,
@@ -596,6 +615,9 @@ def conv2d_transformed(
     if not epilogue.applied:
         if bias is not None:
             y.add_(bias.to(compute).view(1, -1, 1, 1))
+        if residual is not None:
+            r = residual.to(compute)
+            y = y + r if torch.is_grad_enabled() else y.add_(r)  # y: this call's own
         if activation == "relu":
             y = y.relu_()
     return unbatched(y.to(x.dtype), x)

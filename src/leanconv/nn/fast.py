@@ -278,6 +278,13 @@ class _FastConv2d(nn.Module):
         return s
 
 
+def _same_shape_tensor(residual, x: Tensor, out_channels: int) -> bool:
+    """``residual`` is a tensor with the output's batch and channels, and 4-D (its height and
+    width are the algorithm's to check)."""
+    return (type(residual) is Tensor and residual.dim() == 4 and x.dim() == 4
+            and residual.shape[:2] == (x.shape[0], out_channels))  # fmt: skip
+
+
 def _kernel_takes(residual, shape: tuple[int, ...]) -> bool:
     """A compiled kernel can add ``residual`` to an output of ``shape``: none, or a float32 CPU
     tensor of that shape that autograd does not record."""
@@ -341,15 +348,11 @@ class WinogradConv2d(_FastConv2d):
             return self._direct(x, residual)
         if self._below_min_batch(x):
             return self._packed_direct(x, residual)
-        if residual is not None:  # the sum a pass of its own, then the activation
-            y = _winograd.conv2d_transformed(
-                x, self.transformed_filter(), self.bias, self.padding, self.check_finite, None
-            )
-            return self._finish(y, residual)
-        return _winograd.conv2d_transformed(
-            x, self.transformed_filter(), self.bias, self.padding, self.check_finite,
-            self.activation,
-        )  # fmt: skip
+        args = (x, self.transformed_filter(), self.bias, self.padding, self.check_finite)
+        if residual is not None and not _same_shape_tensor(residual, x, self.out_channels):
+            # a broadcast residual: the sum a pass of its own, then the activation
+            return self._finish(_winograd.conv2d_transformed(*args, None), residual)
+        return _winograd.conv2d_transformed(*args, self.activation, residual)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", tile={self.tile}"

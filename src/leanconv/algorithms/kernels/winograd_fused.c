@@ -6,7 +6,8 @@
  *   1. V[t][p][c] = (B_h^T d_p B_w)[t] for the TB input tiles d_p (zero outside the input),
  *   2. M[t][p][k] = sum_c V[t][p][c] U[t][c][k] for every tile element t (T = a_h a_w small
  *      GEMMs, register-blocked: RB tiles x NV vectors of output channels per inner loop),
- *   3. out[tile p] = A_h^T M[., p, .] A_w + bias, then max(0, .) when relu is set.
+ *   3. out[tile p] = A_h^T M[., p, .] A_w + bias (+ res[tile p], a residual block's shortcut with
+ *      out's strides, when given), then max(0, .) when relu is set.
  * Each input value is read once and each output value written once; the three-stage path of
  * winograd_transforms.c instead writes V and M to memory between stages. U (T x Cp x Kp, zero
  * padded to whole vectors) is shared by every block, so this pays where U fits in cache (few
@@ -161,9 +162,11 @@ static void input_tile(const float *restrict xn, long s_h, long s_w, long channe
     }
 }
 
-/* out[row0 + i][col0 + l][k] for one tile from M[t][p][k] (rows t_stride apart), + bias, ReLU. */
+/* out[row0 + i][col0 + l][k] for one tile from M[t][p][k] (rows t_stride apart), + bias,
+ * + the residual rn (same offsets as on; NULL: none), ReLU. */
 static void output_tile(const float *restrict m, long t_stride, long out_channels, long kp,
-                        float *restrict on, long o_h, long o_w, long out_h, long out_w,
+                        float *restrict on, const float *restrict rn, long o_h, long o_w,
+                        long out_h, long out_w,
                         long row0, long col0, int mw, int ah, int aw, int hi,
                         const sparse_row *ath, const sparse_row *atw,
                         const float *restrict bias, int relu) {
@@ -186,9 +189,16 @@ static void output_tile(const float *restrict m, long t_stride, long out_channel
         for (int i = 0; i < hi; i++)
             for (int l = 0; l < wi; l++) {
                 vf y = bv + combine(&atw[l], tmp + i * MAXA, 1);
+                const long at = (row0 + i) * o_h + (col0 + l) * o_w + k0;
+                if (rn) {
+                    if (kb == VW)
+                        y += vload(rn + at);
+                    else
+                        for (long k = 0; k < kb; k++) y[k] += rn[at + k];
+                }
                 if (relu) /* zero where y < 0; NaN stays NaN */
                     y = (vf)((vi)y & ~(vi)(y < 0.0f));
-                float *o = on + (row0 + i) * o_h + (col0 + l) * o_w + k0;
+                float *o = on + at;
                 if (kb == VW)
                     vstore(o, y);
                 else
@@ -202,7 +212,8 @@ int winograd_fused_vector(void) { return VW; }
 int winograd_fused(const float *restrict x, long s_n, long s_h, long s_w, long channels,
                    long height, long width, long pad_top, long pad_left,
                    const float *restrict u, long cp, long kp, long out_channels,
-                   float *restrict out, long o_n, long o_h, long o_w, long out_h, long out_w,
+                   float *restrict out, const float *restrict res, long o_n, long o_h,
+                   long o_w, long out_h, long out_w,
                    long images, long nh, long nw, long tb, int mh, int mw, int ah, int aw,
                    const float *restrict bth, const float *restrict btw,
                    const float *restrict ath, const float *restrict atw,
@@ -240,9 +251,9 @@ int winograd_fused(const float *restrict x, long s_n, long s_h, long s_w, long c
             for (long q = 0; q < count; q++) {
                 const long p = p0 + q, img = p / (nh * nw), th = (p / nw) % nh, tw = p % nw;
                 const int hi = (int)min_l(mh, out_h - th * mh);
-                output_tile(m + q * kp, ms, out_channels, kp, out + img * o_n, o_h, o_w,
-                            out_h, out_w, th * mh, tw * mw, mw, ah, aw, hi, sath, satw, bias,
-                            relu);
+                output_tile(m + q * kp, ms, out_channels, kp, out + img * o_n,
+                            res ? res + img * o_n : NULL, o_h, o_w, out_h, out_w, th * mh,
+                            tw * mw, mw, ah, aw, hi, sath, satw, bias, relu);
             }
         }
         for (int j = 0; j < aw; j++)

@@ -5,7 +5,9 @@
  * Output transform of the element-wise products M:
  *     Y[i][l][k] = sum_a sum_b ATh[i][a] * M[p][a][b][k] * ATw[l][b]
  * written to out[n][k][row0 + i][col0 + l] (any strides) where it falls inside the output, plus
- * bias[k] when a bias is given, then max(0, .) when relu is set (the epilogue of the layer).
+ * bias[k] when a bias is given, plus res[n][k][row0 + i][col0 + l] when a residual is given (a
+ * residual block's shortcut, with out's strides), then max(0, .) when relu is set (the epilogue of
+ * the layer).
  *
  * The input transform returns 1 when a transformed value is NaN or infinite: a NaN or infinity in
  * the input reaches at least one of them (B^T is invertible, so every input value has a nonzero
@@ -118,8 +120,9 @@ int winograd_input(const float *restrict x, long s_n, long s_c, long s_h, long s
     return bad;
 }
 
-void winograd_output(const float *restrict m, long channels, float *restrict out, long s_n,
-                     long s_k, long s_h, long s_w, long height, long width, long n0, long th0,
+void winograd_output(const float *restrict m, long channels, float *restrict out,
+                     const float *restrict res, long s_n, long s_k, long s_h, long s_w,
+                     long height, long width, long n0, long th0,
                      long images, long rows, long nw, int mh, int mw, int ah, int aw,
                      const float *restrict ath, const float *restrict atw,
                      const float *restrict bias, int relu, int threads) {
@@ -155,13 +158,20 @@ void winograd_output(const float *restrict m, long channels, float *restrict out
                 }
             }
             /* out[n][k0 + k][row0 + i][col] = band[i][col][k] */
-            float *on = out + (n0 + img) * s_n + row0 * s_h + k0 * s_k;
+            const long at = (n0 + img) * s_n + row0 * s_h + k0 * s_k;
+            float *on = out + at;
             for (long k = 0; k < kb; k++) {
                 const float b = bias ? bias[k0 + k] : 0.0f;
                 for (int i = 0; i < hi; i++) {
                     float *o = on + k * s_k + i * s_h;
                     const float *s = band + (long)i * band_w * CB + k;
-                    if (relu)
+                    if (res) {
+                        const float *r = res + at + k * s_k + i * s_h;
+                        for (long col = 0; col < width; col++) {
+                            const float y = s[col * CB] + b + r[col * s_w];
+                            o[col * s_w] = relu && y < 0.0f ? 0.0f : y;
+                        }
+                    } else if (relu)
                         for (long col = 0; col < width; col++) {
                             const float y = s[col * CB] + b;
                             o[col * s_w] = y < 0.0f ? 0.0f : y; /* NaN stays NaN */
