@@ -333,3 +333,29 @@ def test_channels_first_is_turned_only_for_small_filters(monkeypatch):
     y_cl = winograd.conv2d(x.contiguous(memory_format=torch.channels_last), w, None, 1, 1, tile=4)
     assert (len(fused), len(staged)) == (1, 1)
     assert max(_relative_error(y, ref), _relative_error(y_cl, ref)) < 1e-5
+
+
+@pytest.mark.parametrize("channels_last", [False, True])  # three stages (turned) / one pass
+def test_what_the_compiled_pass_cannot_take_comes_after_it(channels_last):
+    """A bias or residual whose gradient is wanted, or a broadcast residual, is added after the
+    compiled pass, and the ReLU after it (never in the pass, before them); the filter's own
+    weight frozen, so the compiled path runs."""
+    torch.manual_seed(8)
+    x, w = torch.randn(2, 16, 12, 12), torch.randn(16, 16, 3, 3)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    filt = winograd.transform_filter(w, 4)
+    conv = F.conv2d(x.double(), w.double(), padding=1)
+    b = torch.randn(16, requires_grad=True)
+    r = torch.randn(2, 16, 12, 12, requires_grad=True)
+    cases = [
+        (b, None, conv + b.double().view(1, -1, 1, 1)),
+        (None, r, conv + r.double()),
+        (None, r[:1, :, :1].detach(), conv + r[:1, :, :1].double()),  # broadcast
+    ]
+    for bias, residual, want in cases:
+        y = winograd.conv2d_transformed(x, filt, bias, 1, activation="relu", residual=residual)
+        assert _relative_error(y, want.relu()) < 1e-5
+    y = winograd.conv2d_transformed(x, filt, b, 1, activation="relu", residual=r)
+    y.sum().backward()
+    assert b.grad is not None and r.grad is not None

@@ -542,9 +542,11 @@ def conv2d_transformed(
     residual: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Convolve with a filter from :func:`transform_filter` (what ``nn.WinogradConv2d`` calls),
-    then add ``bias`` and ``residual`` (a residual block's shortcut, of the output's shape) and
-    apply ``activation`` (``None`` or ``"relu"``); the compiled path does all three, and the
-    input's finite check, inside its transforms (no extra pass)."""
+    then add ``bias`` and ``residual`` (a residual block's shortcut; another shape is broadcast,
+    as ``+`` does) and apply ``activation`` (``None`` or ``"relu"``); the compiled path does all
+    three, and the input's finite check, inside its transforms (no extra pass), except a bias or
+    residual whose gradient is wanted or a broadcast residual: those are added after it, and the
+    activation then too."""
     where = f"winograd F({filt.tile[0]}x{filt.tile[1]})"
     if activation not in ACTIVATIONS:
         raise InvalidSpecError(f"{where}: activation={activation!r} is not one of {ACTIVATIONS}")
@@ -561,15 +563,8 @@ def conv2d_transformed(
     # the compiled path adds the bias itself unless its gradient is wanted
     recording = torch.is_grad_enabled() and bias is not None and bias.requires_grad
     fused_bias = None if bias is None or recording else bias.detach().to(compute).contiguous()
-    epilogue = _Epilogue(fused_bias, activation == "relu")
+    epilogue = _Epilogue(fused_bias)
     residual = batched(residual) if residual is not None and x.dim() == 3 else residual
-    if residual is not None and tuple(residual.shape) != (
-        xc.shape[0],
-        k_out,
-        *args.output_size(*xc.shape[-2:]),
-    ):
-        raise InvalidSpecError(f"{where}: residual of shape {tuple(residual.shape)} is not the "
-                               "output's")  # fmt: skip
 
     def core(x_sub: torch.Tensor, key: tuple[int, int]) -> torch.Tensor:
         u, kernel = filt.phases[key], filt.sub_kernels[key]
@@ -593,10 +588,17 @@ def conv2d_transformed(
         ho, wo = args.output_size(*xc.shape[-2:])
         shape = (xc.shape[0], k_out, ho, wo)
         out = torch.empty(shape, dtype=xc.dtype, device=xc.device, memory_format=run_fmt)
-        if residual is not None and not (torch.is_grad_enabled() and residual.requires_grad):
+        wanted = residual is not None and torch.is_grad_enabled() and residual.requires_grad
+        if residual is not None and not wanted and tuple(residual.shape) == shape:
             # the compiled paths read it at the output's offsets
             fits = residual.stride() == out.stride() and residual.dtype == out.dtype
             epilogue.residual = residual if fits else torch.empty_like(out).copy_(residual)
+        # the ReLU in the compiled pass only when all that comes before it is there too
+        epilogue.relu = (
+            activation == "relu"
+            and (bias is None or fused_bias is not None)
+            and (residual is None or epilogue.residual is not None)
+        )
         gemm = functools.partial(filt.gemm, (0, 0))
         packed = functools.partial(filt.packed, (0, 0))
         y = _winograd_valid(xr, u, filt.tile, filt.kernel_size, filt.groups, args.padding, out,
@@ -612,14 +614,15 @@ def conv2d_transformed(
                 f"{where}: the input's values overflow float32 in the transform (magnitudes near "
                 "3e38); use algorithm='direct'"
             )
-    if not epilogue.applied:
-        if bias is not None:
-            y.add_(bias.to(compute).view(1, -1, 1, 1))
-        if residual is not None:
-            r = residual.to(compute)
-            y = y + r if torch.is_grad_enabled() else y.add_(r)  # y: this call's own
-        if activation == "relu":
-            y = y.relu_()
+    done = epilogue if epilogue.applied else _Epilogue()  # what the compiled path applied
+    if bias is not None and done.bias is None:
+        y.add_(bias.to(compute).view(1, -1, 1, 1))
+    if residual is not None and done.residual is None:
+        r = residual.to(compute)
+        in_place = r.shape == y.shape and not torch.is_grad_enabled()
+        y = y.add_(r) if in_place else y + r  # y: this call's own
+    if activation == "relu" and not done.relu:
+        y = y.relu_()
     return unbatched(y.to(x.dtype), x)
 
 

@@ -246,11 +246,10 @@ class _FastConv2d(nn.Module):
         """``activation(y + residual)`` for ``y`` this call's own pre-activation output: the sum
         and the activation in place on ``y`` where it has the output's shape, else broadcast as
         ``+`` does."""
-        if residual is None:
-            return y.relu_() if self.activation == "relu" else y
-        if not isinstance(residual, Tensor) or residual.shape != y.shape:
-            return self._activate(y + residual)
-        y = y.add_(residual)
+        if residual is not None:
+            if not isinstance(residual, Tensor) or residual.shape != y.shape:
+                return self._activate(y + residual)
+            y = y.add_(residual)
         return y.relu_() if self.activation == "relu" else y
 
     def _recording(self) -> bool:
@@ -276,13 +275,6 @@ class _FastConv2d(nn.Module):
         if self.min_batch > 1:
             s += f", min_batch={self.min_batch}"
         return s
-
-
-def _same_shape_tensor(residual, x: Tensor, out_channels: int) -> bool:
-    """``residual`` is a tensor with the output's batch and channels, and 4-D (its height and
-    width are the algorithm's to check)."""
-    return (type(residual) is Tensor and residual.dim() == 4 and x.dim() == 4
-            and residual.shape[:2] == (x.shape[0], out_channels))  # fmt: skip
 
 
 def _kernel_takes(residual, shape: tuple[int, ...]) -> bool:
@@ -349,8 +341,7 @@ class WinogradConv2d(_FastConv2d):
         if self._below_min_batch(x):
             return self._packed_direct(x, residual)
         args = (x, self.transformed_filter(), self.bias, self.padding, self.check_finite)
-        if residual is not None and not _same_shape_tensor(residual, x, self.out_channels):
-            # a broadcast residual: the sum a pass of its own, then the activation
+        if residual is not None and not isinstance(residual, Tensor):  # a number, as + takes it
             return self._finish(_winograd.conv2d_transformed(*args, None), residual)
         return _winograd.conv2d_transformed(*args, self.activation, residual)
 
