@@ -16,6 +16,7 @@ from leanconv.compress.deploy import Deployment
 from leanconv.compress.replace import decompose_layer
 from leanconv.nn import ChainConv2d, FFTConv2d, NarrowConv2d, PackedConv2d, WinogradConv2d
 from leanconv.rewrite import fuse_activations
+from leanconv.rewrite.residual import residual_sums
 
 from .test_fuse import _randomise_norms
 
@@ -73,6 +74,7 @@ def test_sums_are_fused_into_the_convolutions_before_them(monkeypatch):
         "down (residual sum and relu in forward)",
         "gate (residual sum in forward)",
     ]
+    assert residual_sums(deployed.fused) == 4 and len(deployed.fused) > 4  # the ReLUs apart
     model = deployed.model
     assert type(model).__name__ == "ResNetStyle" and isinstance(model, ResNetStyle)
     assert model.conv2.activation == "relu" and model.conv3.activation is None

@@ -126,7 +126,9 @@ def register(app: typer.Typer) -> None:
             "standard error of it",
         ),
         fuse: bool = typer.Option(
-            True, "--fuse/--no-fuse", help="fuse ReLUs into convolutions, pack them for oneDNN"
+            True,
+            "--fuse/--no-fuse",
+            help="fuse ReLUs and residual sums into convolutions, pack them for oneDNN",
         ),
         workers: int = typer.Option(None, "--workers", help="processes reading images"),
         force: bool = typer.Option(False, "--force", help="replace an existing --out"),

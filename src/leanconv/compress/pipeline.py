@@ -27,6 +27,7 @@ from ..data.bundle import DataBundle
 from ..decompose.rank import canonical_method
 from ..errors import LeanconvError, OutputExistsError
 from ..report.files import write_text_atomic
+from ..rewrite.residual import residual_sums
 from . import run_record, serialize
 from .algorithms import ALGORITHMS
 from .artefacts import write_artefacts
@@ -465,7 +466,7 @@ def _measure_stage(run: _Run, before, plan, surgery, history, compressed, notes)
             "its algorithm", "direct")  # fmt: skip
         run.say(f"      {name} runs {what[0]} from batch {b} on ({what[1]} below: faster there)")
     if dep.fuse:
-        sums = sum("(residual sum" in f for f in deployed.fused)
+        sums = residual_sums(deployed.fused)
         run.say(f"      {len(deployed.fused) - sums} ReLUs fused into the convolutions before "
                 f"them, {sums} residual sums taken by the layer before them, convolutions "
                 "packed for oneDNN")  # fmt: skip

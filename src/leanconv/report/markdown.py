@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..rewrite.residual import residual_sums
+
 
 def _ms(d: dict, b: int) -> str:
     return f"{d[b]:.2f}" if b in d else "-"
@@ -97,7 +99,7 @@ def _plan_rows(result) -> list[str]:
             f"{c.macs / max(1, base.macs):.2f} | {base.latency_ms:.2f} | {c.latency_ms:.2f} | "
             f"{c.sensitivity:.4f} | {err} | {status} |"
         )
-    sums = sum("(residual sum" in f for f in result.fused)
+    sums = residual_sums(result.fused)
     lines += [
         "",
         f"Whole-model output error after surgery, before fine-tuning: "

@@ -3,9 +3,11 @@ float32 rounding).
 
 - :mod:`.fold`: each inference batch norm folded into the convolution before it;
 - :mod:`.fuse`: each ReLU that follows a convolution computed by it, plain convolutions packed
-  for oneDNN.
+  for oneDNN;
+- :mod:`.residual` (applied by :mod:`.fuse`): each residual sum written in ``forward``, and the
+  ReLU after it, computed by the layer before it.
 
-Both ``leanconv.accelerate`` (:mod:`leanconv.selection.tuner`) and the compressed model's
+All three ``leanconv.accelerate`` (:mod:`leanconv.selection.tuner`) and the compressed model's
 deployment form (:mod:`leanconv.compress.deploy`) apply them.
 """
 

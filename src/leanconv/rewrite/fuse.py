@@ -15,9 +15,8 @@ Exact rewrites, applied to a model whose batch norms are already folded (:mod:`.
   and methods) whose ``forward`` is the traced one without those ReLUs. A forward that does
   not trace (data-dependent control flow, say) is left as it is. Like every rewrite here it is
   for inference: Python branches of the forward (``if self.training:``) are fixed as they ran
-  when traced, in eval mode. On the 64x64 user-style
-  model of ``benchmarks/bench_byo.py`` its eight ``F.relu`` calls took 22.6 ms of 170.5 ms at
-  batch 64, deployed.
+  when traced, in eval mode. On the 64x64 user-style model of ``benchmarks/bench_byo.py`` its
+  eight ``F.relu`` calls took 22.6 ms of 170.5 ms at batch 64, deployed.
 - **Residual sums called in ``forward``** (``out += identity; out = F.relu(out)``), with the
   ReLU after them, computed by the convolution or chain before them in the same traced forward
   (:mod:`.residual`).

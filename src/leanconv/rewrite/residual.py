@@ -7,18 +7,19 @@ sum can take both in the pass that writes its output:
     y = relu(conv(h) + b + shortcut)
 
 the narrow direct kernel as it writes each output vector (:mod:`leanconv.algorithms.narrow`: the
-last factor of most decomposed layers); the other layers add it in place on their fresh output,
-then apply the ReLU (oneDNN's binary post-operation, which takes the sum in the convolution's
-pass, measured 0.93-0.98x of that). On a user's ResNet-style model compressed 2.4x (three
-blocks, 32x32 inputs, batch 64, 2-core AMD EPYC) the sums and ReLUs took 11-19 % of the
-compressed model's time; with this rewrite it runs 1.08-1.10x faster (docs/benchmarks.md). In
-the traced forward
-(:mod:`._trace`) this rewrite finds a sum ``a + b`` (``+``, ``torch.add``, ``.add()``,
-``.add_()``) one of whose operands is the output of a convolution, a decomposed layer's chain, or
-either followed by ``nn.Identity`` calls (a folded batch norm), used by nothing else and produced
-by a module called once; the ReLU that takes the sum, when the sum is used by nothing else, goes
-with it. The module is then called as ``module(h, shortcut)`` at the sum's place. It must be
-able to take the shortcut:
+last factor of most decomposed layers), and Winograd's compiled output transforms likewise; the
+other layers add it in place on their fresh output, then apply the ReLU (oneDNN's binary
+post-operation, which takes the sum in the convolution's pass, measured 0.93-0.98x of that). On
+a user's ResNet-style model compressed 2.4x (three blocks, 32x32 inputs, batch 64, 2-core AMD
+EPYC) the sums and ReLUs took 11-19 % of the compressed model's time; with this rewrite it runs
+1.08-1.11x faster (docs/benchmarks.md).
+
+In the traced forward (:mod:`._trace`) this rewrite finds a sum ``a + b`` (``+``,
+``torch.add``, ``.add()``, ``.add_()``) one of whose operands is the output of a convolution, a
+decomposed layer's chain, or either followed by ``nn.Identity`` calls (a folded batch norm), used
+by nothing else and produced by a module called once; the ReLU that takes the sum, when the sum
+is used by nothing else, goes with it. The module is then called as ``module(h, shortcut)`` at
+the sum's place. It must be able to take the shortcut:
 
 - a plain ``nn.Conv2d`` (zero padding) becomes an :class:`leanconv.nn.PackedConv2d`;
 - a fast layer (:mod:`leanconv.nn.fast`) with no activation of its own;
@@ -42,9 +43,11 @@ from ..nn.chain import ChainConv2d
 from ..nn.fast import PackedConv2d, _FastConv2d
 from ._trace import producer, relu_input
 
-__all__ = ["fuse_residual_sums"]
+__all__ = ["fuse_residual_sums", "residual_sums"]
 
 _SUM_FUNCTIONS = (operator.add, operator.iadd, torch.add)
+#: How a fused sum's entry in a list of fusions begins, after the layer's name.
+_LABEL = "(residual "
 _SUM_METHODS = ("add", "add_")
 
 
@@ -119,9 +122,14 @@ def fuse_residual_sums(
                 if dead is not None:
                     graph.erase_node(dead)
             kind = "sum and relu" if relu is not None else "sum"
-            fused.append(f"{src.target} (residual {kind} in forward)")
+            fused.append(f"{src.target} {_LABEL}{kind} in forward)")
             break
     return replacements, fused
+
+
+def residual_sums(fused: list[str]) -> int:
+    """How many of the fusions listed (``fuse_activations``' second result) are residual sums."""
+    return sum(f" {_LABEL}" in entry for entry in fused)
 
 
 def _only_relu_user(node: fx.Node, model: nn.Module) -> fx.Node | None:
