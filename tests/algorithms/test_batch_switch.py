@@ -85,3 +85,40 @@ def test_an_unbatched_example_is_refused():
 
     with pytest.raises(InvalidSpecError, match=r"not a batch \(N, C, H, W\)"):
         batch_switch.fit_min_batch(_model(), torch.randn(8, 6, 6), (1, 8))
+
+
+def _tucker_chain():
+    """A model whose one layer is a Tucker-2 chain of three narrow factors."""
+    from leanconv.nn import ChainConv2d, NarrowConv2d
+
+    torch.manual_seed(1)
+    convs = [nn.Conv2d(16, 8, 1, bias=False), nn.Conv2d(8, 8, 3, padding=1, bias=False),
+             nn.Conv2d(8, 16, 1)]  # fmt: skip
+    chain = ChainConv2d.from_chain(nn.Sequential(*map(NarrowConv2d.from_conv, convs)))
+    return nn.Sequential(chain, nn.ReLU()).eval()
+
+
+def _run_timings(run_wins_from: int | None):
+    """A stand-in for bench.timing.compare: the chain's factors in one pass win against oneDNN
+    from ``run_wins_from`` images (None: never)."""
+
+    def compare(fns, **_kwargs):
+        x = fns["fast"].__defaults__[0].__defaults__[2]
+        won = run_wins_from is not None and x.shape[0] >= run_wins_from
+        fast, direct = (1.0, 2.0) if won else (2.0, 1.0)
+        return {"fast": Timing(fast, fast, fast, 1), "direct": Timing(direct, direct, direct, 1)}
+
+    return compare
+
+
+@pytest.mark.parametrize("run_wins_from, expected", [(1, 1), (4, 4), (16, 16), (None, 17)])
+def test_a_chain_s_narrow_factors_are_fitted_together(monkeypatch, run_wins_from, expected):
+    """A chain's narrow factors run the kernel together from the size on which their pass won
+    against oneDNN at that size and every larger one; where it never won, none runs it (and the
+    deployment turns them back into packed layers)."""
+    monkeypatch.setattr(batch_switch, "compare", _run_timings(run_wins_from))
+    model = _tucker_chain()
+    batch_switch.fit_min_batch(model, torch.randn(16, 16, 6, 6), (1, 4, 16), chains=False)
+    layers = [model[0][i] for i in range(3)]
+    assert [layer.min_batch for layer in layers] == [expected] * 3
+    assert model[0].min_batch == 1  # the chain's own switch is left as it was

@@ -204,9 +204,9 @@ def test_a_narrow_pair_takes_the_sum_in_its_pass(monkeypatch):
     second = NarrowConv2d.from_conv(nn.Conv2d(8, 16, (1, 3), padding=(0, 1)), activation="relu")
     chain = ChainConv2d(first, second).eval()
     seen = []
-    real = narrow_kernel.conv2d_pair
-    monkeypatch.setattr(narrow_kernel, "conv2d_pair",
-                        lambda *a: seen.append(a[3] is not None) or real(*a))  # fmt: skip
+    real = narrow_kernel.conv2d_chain
+    monkeypatch.setattr(narrow_kernel, "conv2d_chain",
+                        lambda *a: seen.append(a[2] is not None) or real(*a))  # fmt: skip
     x = torch.randn(2, 16, 12, 12).contiguous(memory_format=torch.channels_last)
     r = torch.randn(2, 16, 12, 12)
     with torch.inference_mode():

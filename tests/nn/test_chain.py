@@ -148,8 +148,8 @@ def test_every_decomposed_chain_loads_as_deployed(tmp_path, monkeypatch):
     assert isinstance(back[3], ChainConv2d) and back[3].min_batch == 1
     x = torch.randn(3, 3, 10, 10)
     pairs = []
-    real = narrow.conv2d_pair
-    monkeypatch.setattr(narrow, "conv2d_pair", lambda *a: pairs.append(1) or real(*a))
+    real = narrow.conv2d_chain
+    monkeypatch.setattr(narrow, "conv2d_chain", lambda *a: pairs.append(1) or real(*a))
     with torch.no_grad():
         torch.testing.assert_close(back(x), net(x), rtol=1e-4, atol=1e-5)
     assert pairs == ([1] if native.available() else [])

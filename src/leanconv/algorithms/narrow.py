@@ -16,14 +16,16 @@ dense 32 -> 32 3x3 layer it came from. The kernel's vectors hold 8 channels what
 (on AMD Zen 4, which executes 512-bit vectors as two 256-bit halves, that costs nothing) and it
 reads zero padding as skipped taps instead of copying it.
 
-Two factors in a row, the second one kernel row (``kh x kw`` then ``1 x kw'``: a spatial SVD's
-vertical and horizontal factors, or a ``low_rank`` chain's ``kh x kw`` core and 1x1), run in one
-pass by :func:`conv2d_pair`: each thread computes a band of six rows of the first factor's
-output into a buffer of its own and the second factor reads them from cache, so the thin
-intermediate never goes to memory and one parallel loop replaces two. Against the same two
-factors in two calls (``benchmarks/bench_narrow_pair.py``, 2-core AMD EPYC, Zen 4): 1.34x on a
-32 -> 8 -> 32 spatial SVD at 32x32 and batch 64, 0.98-1.06x on wider ranks there, 1.1-1.33x at
-batch 1 (docs/benchmarks.md, "Narrow pairs").
+Factors in a row (2 to 4: a spatial SVD's pair, a Tucker-2 or ``low_rank`` chain's 1x1, core and
+1x1, a CP chain) run in one pass by :func:`conv2d_chain`: each thread takes a band of output rows
+of the last factor, and each earlier factor computes the rows of its output that the band needs
+(its kernel's reach above and below: a 3x3 core's band needs two more rows of the 1x1 before it,
+computed by both neighbouring bands) into a buffer of the thread's, which the next factor reads
+from cache. The thin intermediates never go to memory and one parallel loop replaces several.
+Two factors, the second one kernel row, against two calls (``benchmarks/bench_narrow_pair.py``,
+2-core AMD EPYC, Zen 4): 1.34x on a 32 -> 8 -> 32 spatial SVD at 32x32 and batch 64, 0.98-1.06x
+on wider ranks there, 1.1-1.33x at batch 1 (docs/benchmarks.md, "Narrow pairs"); whole chains
+in docs/benchmarks.md, "Whole chains in one pass".
 
 The residual ``r`` (a residual block's shortcut, zero when not given) is added as each output
 vector is written, before the activation: a block's ``relu(conv(h) + shortcut)`` then costs one
@@ -44,7 +46,10 @@ from torch import Tensor
 from . import native
 from ._geometry import symmetric_output_size
 
-__all__ = ["conv2d", "conv2d_pair", "pack", "pack_bias", "pair_fits", "usable"]
+__all__ = ["CHAIN_MAX", "conv2d", "conv2d_chain", "pack", "pack_bias", "usable"]
+
+#: The most factors :func:`conv2d_chain` runs in one pass.
+CHAIN_MAX = native.NARROW_CHAIN_MAX
 
 
 def usable(x: Tensor, weight: Tensor) -> bool:
@@ -118,29 +123,24 @@ def _like(residual: Tensor | None, out: Tensor) -> Tensor | None:
     return residual
 
 
-def pair_fits(second_kernel: tuple[int, int], second_stride, second_padding) -> bool:
-    """The second of two factors can take the first's rows band by band in :func:`conv2d_pair`:
-    one kernel row, vertical stride 1, no vertical padding."""
-    return second_kernel[0] == 1 and second_stride[0] == 1 and second_padding[0] == 0
-
-
-def conv2d_pair(x: Tensor, first: tuple, second: tuple, residual: Tensor | None = None) -> Tensor:
-    """``conv2(conv1(x))`` in one pass, each ``conv`` as :func:`conv2d`'s arguments after ``x``:
-    ``(packed, bias, out_channels, stride, padding, dilation, activation)``; the second must fit
-    (:func:`pair_fits`) and takes ``residual`` as :func:`conv2d` does. The output is
-    channels-last, as :func:`conv2d`'s."""
-    for conv in (first, second):
+def conv2d_chain(x: Tensor, convs: list[tuple], residual: Tensor | None = None) -> Tensor:
+    """``conv_n(... conv_1(x))`` in one pass (2 to :data:`CHAIN_MAX` convolutions), each
+    ``conv`` as :func:`conv2d`'s arguments after ``x``: ``(packed, bias, out_channels, stride,
+    padding, dilation, activation)``, each reading the previous one's ``out_channels``; the last
+    takes ``residual`` as :func:`conv2d` does. The output is channels-last, as :func:`conv2d`'s."""
+    for conv in convs:
         if conv[6] not in (None, "relu"):
             raise ValueError(f"activation={conv[6]!r} is not None or 'relu'")
     if x.stride(1) != 1 and x.shape[1] != 1:
         x = x.contiguous(memory_format=torch.channels_last)
-    w1, b1, k1, s1, p1, d1, a1 = first
-    w2, b2, k2, s2, p2, d2, a2 = second
-    mid = symmetric_output_size(x.shape[2:], w1.shape[:2], s1, p1, d1)
-    size = symmetric_output_size(mid, w2.shape[:2], s2, p2, d2)
-    out = torch.empty((x.shape[0], k2, *size), dtype=x.dtype, memory_format=torch.channels_last)
+    size = tuple(x.shape[2:])
+    for i, (w, _, _, stride, padding, dilation, _) in enumerate(convs):
+        size = symmetric_output_size(size, w.shape[:2], stride, padding, dilation)
+        if min(size) < 1:
+            raise ValueError(f"convolution {i} of the chain gives an empty output {size}")
+    out = torch.empty((x.shape[0], convs[-1][2], *size), dtype=x.dtype,
+                      memory_format=torch.channels_last)  # fmt: skip
     residual = _like(residual, out)
     if out.numel():
-        native.narrow_pair(x, (w1, b1, k1, s1, p1, d1, a1 == "relu"),
-                           (w2, b2, k2, s2, p2, d2, a2 == "relu"), out, residual)  # fmt: skip
+        native.narrow_chain(x, [(*c[:6], c[6] == "relu") for c in convs], out, residual)
     return out

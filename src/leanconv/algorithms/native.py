@@ -46,7 +46,7 @@ __all__ = [
     "input_transform",
     "library",
     "narrow",
-    "narrow_pair",
+    "narrow_chain",
     "output_transform",
     "status",
     "vector_width",
@@ -136,9 +136,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.narrow_conv.argtypes = [ptr] + [long] * 6 + [ptr, long, long, ptr, integer, ptr, ptr]
     lib.narrow_conv.argtypes += [long] * 6 + [integer] * 9
     lib.narrow_chain.restype = integer
-    lib.narrow_chain.argtypes = [ptr] + [long] * 6 + [ptr, long, long, ptr, integer, long, long]
-    lib.narrow_chain.argtypes += [integer] * 8 + [ptr, long, long, ptr] + [integer] * 5
-    lib.narrow_chain.argtypes += [ptr, ptr] + [long] * 5 + [integer]
+    lib.narrow_chain.argtypes = [ptr] + [long] * 6 + [integer, ptr, ptr, ptr, ptr, ptr]
+    lib.narrow_chain.argtypes += [long] * 4 + [integer]
     lib.gemv_linear.restype = None
     lib.gemv_linear.argtypes = [ptr, long, long, ptr, long, long, ptr, ptr, long, integer]
 
@@ -359,51 +358,54 @@ def narrow(
     )  # fmt: skip
 
 
-def narrow_pair(
-    x: torch.Tensor,
-    first: tuple,
-    second: tuple,
-    out: torch.Tensor,
-    residual: torch.Tensor | None = None,
+#: The most convolutions :func:`narrow_chain` runs in one pass (``CHAIN_MAX`` in the kernel).
+NARROW_CHAIN_MAX = 4
+
+
+def narrow_chain(
+    x: torch.Tensor, convs: list[tuple], out: torch.Tensor, residual: torch.Tensor | None = None
 ) -> None:
-    """Two narrow convolutions in one pass (``narrow_chain`` in ``kernels/narrow_direct.c``):
-    ``out = conv2(conv1(x))``, each ``conv`` given as ``(w, bias, out_channels, stride, padding,
-    dilation, relu)`` as :func:`narrow` takes them (``w`` packed, ``bias`` Kp values or None).
-    The second has one kernel row, vertical stride 1 and no vertical padding, and reads the
-    first's ``out_channels`` channels; ``x``, ``out`` and ``residual`` (added to the second's
-    output before its ReLU) as in :func:`narrow`."""
+    """Narrow convolutions in a row in one pass (``narrow_chain`` in ``kernels/narrow_direct.c``):
+    ``out = conv_n(... conv_1(x))``, 2 to :data:`NARROW_CHAIN_MAX` of them, each given as ``(w,
+    bias, out_channels, stride, padding, dilation, relu)`` as :func:`narrow` takes them (``w``
+    packed, ``bias`` Kp values or None); each reads the previous one's ``out_channels``
+    channels. ``x``, ``out`` and ``residual`` (added to the last one's output before its ReLU)
+    as in :func:`narrow`."""
     lib = library()
     n, c, height, width = x.shape
-    w1, b1, k1, s1, p1, d1, relu1 = first
-    w2, b2, k2, s2, p2, d2, relu2 = second
-    kh1, kw1, c1, kp1 = w1.shape
-    kh2, kw2, c2, kp2 = w2.shape
-    for w, b, k, kp in ((w1, b1, k1, kp1), (w2, b2, k2, kp2)):
+    _check(2 <= len(convs) <= NARROW_CHAIN_MAX, "a chain of the wrong length")
+    spec, weights, biases = [], [], []
+    channels, size = c, (height, width)
+    for w, b, k, stride, padding, dilation, relu in convs:
+        kh, kw, wc, kp = w.shape
         _check_operands(x, (w,), w.numel(), "filter")
         _check(kp % NARROW_VECTOR == 0 and k <= kp < k + NARROW_VECTOR, "a wrong packing")
+        _check(wc == channels and 1 <= kh <= NARROW_MAX_ROWS, "a wrong filter")
         if b is not None:
             _check_operands(x, (b,), kp, "bias")
-    _check(c1 == c and c2 == k1 and 1 <= kh1 <= NARROW_MAX_ROWS, "a wrong filter")
-    _check(kh2 == 1 and s2[0] == 1 and p2[0] == 0, "a second kernel that is not one row")
-    mid = symmetric_output_size((height, width), (kh1, kw1), s1, p1, d1)
-    size = symmetric_output_size(mid, (1, kw2), s2, p2, d2)
-    _check(out.dtype == torch.float32 and tuple(out.shape) == (n, k2, *size), "a wrong output")
-    _check(min(mid) >= 1, "an empty intermediate")
-    _check((x.stride(1) == 1 or c == 1) and (out.stride(1) == 1 or k2 == 1),
+        size = symmetric_output_size(size, (kh, kw), stride, padding, dilation)
+        _check(min(size) >= 1, "an empty output")
+        spec += [kp, k, int(relu), kh, kw, *stride, *padding, *dilation, *size]
+        weights.append(_ptr(w))
+        biases.append(None if b is None else _ptr(b))
+        channels = k
+    _check(out.dtype == torch.float32 and tuple(out.shape) == (n, channels, *size),
+           "a wrong output")  # fmt: skip
+    _check((x.stride(1) == 1 or c == 1) and (out.stride(1) == 1 or channels == 1),
            "channels that are not innermost")  # fmt: skip
     _check_residual(residual, out)
     sn, _, sh, sw = x.stride()
     on, _, oh, ow = out.stride()
+    spec = (ctypes.c_long * len(spec))(*spec)
+    weights = (ctypes.c_void_p * len(convs))(*weights)
+    biases = (ctypes.c_void_p * len(convs))(*biases)
     failed = lib.narrow_chain(
-        _ptr(x), sn, sh, sw, c, height, width,
-        _ptr(w1), kp1, k1, None if b1 is None else _ptr(b1), int(relu1), mid[0], mid[1],
-        kh1, kw1, *s1, *p1, *d1,
-        _ptr(w2), kp2, k2, None if b2 is None else _ptr(b2), int(relu2), kw2, s2[1], p2[1], d2[1],
-        _ptr(out), None if residual is None else _ptr(residual), on, oh, ow, size[1], n,
+        _ptr(x), sn, sh, sw, c, height, width, len(convs), spec, weights, biases,
+        _ptr(out), None if residual is None else _ptr(residual), on, oh, ow, n,
         torch.get_num_threads(),
     )  # fmt: skip
     if failed:
-        raise MemoryError("native narrow kernel: a thread could not allocate its row buffer")
+        raise MemoryError("native narrow kernel: a thread could not allocate its row buffers")
 
 
 def _check_residual(residual: torch.Tensor | None, out: torch.Tensor) -> None:

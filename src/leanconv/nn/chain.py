@@ -10,10 +10,10 @@ on a weight packed for oneDNN with the last factor's activation fused, for input
 (up to float32 rounding), so the switch by input shape changes speed only; ``min_batch`` is
 measured by :func:`leanconv.selection.batch_switch.fit_min_batch`, as for the fast algorithms.
 
-From ``min_batch`` on, two narrow factors in a row (:class:`leanconv.nn.NarrowConv2d`, the second
-one kernel row: a spatial SVD's pair, a ``low_rank`` chain's core and 1x1) run in one pass
-(:meth:`leanconv.nn.NarrowConv2d.forward_pair`) when the kernel takes both; the other layers run
-one after the other, as in ``nn.Sequential``.
+From ``min_batch`` on, narrow factors in a row (:class:`leanconv.nn.NarrowConv2d`: a spatial SVD's
+pair, a Tucker-2 chain's 1x1, core and 1x1) run in one pass
+(:meth:`leanconv.nn.NarrowConv2d.forward_chain`) when the kernel takes them all; the other layers
+run one after the other, as in ``nn.Sequential``.
 
 ``chain(x, residual)`` gives a residual block's shortcut to the chain's last convolution, which
 computes ``activation(conv(h) + residual)`` (:mod:`leanconv.nn.fast`; the composite takes it
@@ -31,34 +31,56 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..algorithms import narrow
 from ..decompose.compose import chain_convolutions, compose_chain
 from .fast import NarrowConv2d, PackedConv2d, _FastConv2d
 
-__all__ = ["ChainConv2d", "run_chain"]
+__all__ = ["ChainConv2d", "narrow_runs", "run_chain"]
 
 
 def run_chain(layers, x: Tensor, residual: Tensor | None = None) -> Tensor:
-    """``x`` through ``layers`` in order (``nn.Identity`` skipped), each two narrow layers in a
-    row that :meth:`NarrowConv2d.forward_pair` takes in one pass; ``residual`` given to the last
-    layer (a fast layer adds it before its activation; after any other it is added)."""
+    """``x`` through ``layers`` in order (``nn.Identity`` skipped), each run of narrow layers in
+    a row (2 to :data:`leanconv.algorithms.narrow.CHAIN_MAX`) that
+    :meth:`NarrowConv2d.forward_chain` takes in one pass; ``residual`` given to the last layer
+    (a fast layer adds it before its activation; after any other it is added)."""
     todo = [m for m in layers if type(m) is not nn.Identity]
     i = 0
     while i < len(todo):
-        first = todo[i]
-        last = i + 1 == len(todo)
-        if isinstance(first, NarrowConv2d) and not last:
-            second = todo[i + 1]
-            extra = residual if i + 2 == len(todo) else None
-            y = first.forward_pair(second, x, extra) if isinstance(second, NarrowConv2d) else None
+        run = _narrow_run(todo, i)
+        if len(run) >= 2:
+            extra = residual if i + len(run) == len(todo) else None
+            y = NarrowConv2d.forward_chain(run, x, extra)
             if y is not None:
-                x, i = y, i + 2
+                x, i = y, i + len(run)
                 continue
+        layer, last = todo[i], i + 1 == len(todo)
         if last and residual is not None:
-            x = first(x, residual) if isinstance(first, _FastConv2d) else first(x) + residual
+            x = layer(x, residual) if isinstance(layer, _FastConv2d) else layer(x) + residual
         else:
-            x = first(x)
+            x = layer(x)
         i += 1
     return x
+
+
+def _narrow_run(layers: list, start: int) -> list:
+    """The narrow layers in a row from ``start`` (at most the kernel's chain length)."""
+    end = start
+    while end < len(layers) and isinstance(layers[end], NarrowConv2d):
+        end += 1
+    return layers[start : min(end, start + narrow.CHAIN_MAX)]
+
+
+def narrow_runs(layers) -> list[list[NarrowConv2d]]:
+    """The runs of narrow layers that :func:`run_chain` gives the kernel in one pass when each
+    of them runs it (``nn.Identity`` skipped; two layers or more)."""
+    todo = [m for m in layers if type(m) is not nn.Identity]
+    runs, i = [], 0
+    while i < len(todo):
+        run = _narrow_run(todo, i)
+        if len(run) >= 2:
+            runs.append(run)
+        i += max(len(run), 1)
+    return runs
 
 
 class ChainConv2d(nn.Sequential):

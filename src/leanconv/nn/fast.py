@@ -503,15 +503,19 @@ class NarrowConv2d(_FastConv2d):
                 self._cache = (key, w, _narrow.pack_bias(self.bias, w.shape[-1]))
         return self._cache[1], self._cache[2]
 
-    def _kernel_padding(self, x: Tensor) -> tuple[int, int] | None:
-        """The symmetric padding when the kernel applies to ``x``; ``None`` when it does not."""
-        if self.groups != 1 or x.is_meta or self._below_min_batch(x):
+    def _kernel_padding(self, x: Tensor, shape=None) -> tuple[int, int] | None:
+        """The symmetric padding when the kernel applies to ``x`` (or to an input of ``shape``
+        with ``x``'s type, dtype and device); ``None`` when it does not."""
+        shape = tuple(x.shape if shape is None else shape)
+        if self.groups != 1 or x.is_meta or len(shape) != 4:
+            return None
+        if self.min_batch > 1 and shape[0] < self.min_batch:
             return None
         padding = symmetric_padding(self.padding)
-        if padding is None or not _narrow.usable(x, self.weight) or x.shape[1] != self.in_channels:
+        if padding is None or not _narrow.usable(x, self.weight) or shape[1] != self.in_channels:
             return None
         args = (self.kernel_size, self.stride, padding, self.dilation)
-        return padding if min(symmetric_output_size(x.shape[2:], *args)) >= 1 else None
+        return padding if min(symmetric_output_size(shape[2:], *args)) >= 1 else None
 
     def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
         padding = self._kernel_padding(x)
@@ -525,35 +529,35 @@ class NarrowConv2d(_FastConv2d):
         args = (self.kernel_size, self.stride, padding, self.dilation)
         return (x.shape[0], self.out_channels, *symmetric_output_size(x.shape[2:], *args))
 
-    def forward_pair(
-        self, second: NarrowConv2d, x: Tensor, residual: Tensor | None = None
+    def _kernel_args(self, x: Tensor, shape) -> tuple | None:
+        """This layer's arguments to :func:`leanconv.algorithms.narrow.conv2d_chain` and its
+        output's shape when the kernel runs it on an input of ``shape`` (with ``x``'s type, dtype
+        and device); ``None`` when it does not."""
+        padding = self._kernel_padding(x, shape)
+        if padding is None:
+            return None
+        w, b = self.packed()
+        args = (w, b, self.out_channels, self.stride, padding, self.dilation, self.activation)
+        size = symmetric_output_size(shape[2:], self.kernel_size, self.stride, padding,
+                                     self.dilation)  # fmt: skip
+        return args, (shape[0], self.out_channels, *size)
+
+    @staticmethod
+    def forward_chain(
+        layers: list[NarrowConv2d], x: Tensor, residual: Tensor | None = None
     ) -> Tensor | None:
-        """``second(self(x), residual)`` in one pass
-        (:func:`leanconv.algorithms.narrow.conv2d_pair`) where the kernel runs both layers on
-        this input and ``second`` takes this layer's output band by band (one kernel row,
-        vertical stride 1, no vertical padding) and ``residual``; ``None`` otherwise (the caller
-        then runs them one after the other)."""
-        padding = self._kernel_padding(x)
-        if padding is None or second.groups != 1 or second._below_min_batch(x):
+        """``layers[-1](...layers[0](x), residual)`` in one pass
+        (:func:`leanconv.algorithms.narrow.conv2d_chain`) where the kernel runs every layer on
+        its input; ``None`` otherwise (the caller then runs them one after the other)."""
+        if not 2 <= len(layers) <= _narrow.CHAIN_MAX:
             return None
-        pad2 = symmetric_padding(second.padding)
-        if pad2 is None or second.in_channels != self.out_channels:
+        convs, shape = [], tuple(x.shape)
+        for layer in layers:
+            got = layer._kernel_args(x, shape)
+            if got is None:
+                return None
+            convs.append(got[0])
+            shape = got[1]
+        if not _kernel_takes(residual, shape):
             return None
-        if not _narrow.pair_fits(second.kernel_size, second.stride, pad2):
-            return None
-        if not _narrow.usable(x, second.weight):
-            return None
-        mid = symmetric_output_size(x.shape[2:], self.kernel_size, self.stride, padding,
-                                    self.dilation)  # fmt: skip
-        args = (second.kernel_size, second.stride, pad2, second.dilation)
-        size = symmetric_output_size(mid, *args)
-        if min(size) < 1:
-            return None
-        if not _kernel_takes(residual, (x.shape[0], second.out_channels, *size)):
-            return None
-        (w1, b1), (w2, b2) = self.packed(), second.packed()
-        first_args = (w1, b1, self.out_channels, self.stride, padding, self.dilation,
-                      self.activation)  # fmt: skip
-        second_args = (w2, b2, second.out_channels, second.stride, pad2, second.dilation,
-                       second.activation)  # fmt: skip
-        return _narrow.conv2d_pair(x, first_args, second_args, residual)
+        return _narrow.conv2d_chain(x, convs, residual)

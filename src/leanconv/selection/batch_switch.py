@@ -43,7 +43,7 @@ from ..algorithms import gemv
 from ..bench.timing import compare
 from ..errors import InvalidSpecError
 from ..modules import capture_inputs, input_at_batch
-from ..nn.chain import ChainConv2d
+from ..nn.chain import ChainConv2d, narrow_runs
 from ..nn.fast import FFTConv2d, NarrowConv2d, WinogradConv2d
 from ..nn.gemv_linear import GemvLinear
 
@@ -77,8 +77,54 @@ def fit_min_batch(
         _fit(model, layers, example, sizes, repeats)
         if kinds is ChainConv2d:
             _confirm(model, layers, example, sizes, repeats)
+        else:
+            _fit_runs(model, example, sizes, repeats)
         switched.update({n: m.min_batch for n, m in layers.items() if m.min_batch > 1})
     return switched
+
+
+def _threshold(won: dict[int, bool], sizes: list[int]) -> int:
+    """The smallest of ``sizes`` from which the fast form won at that size and every larger
+    one (one more than the largest when it lost at the largest)."""
+    losing = [b for b in sizes if not won.get(b, True)]
+    return 1 if not losing else next((b for b in sizes if b > max(losing)), sizes[-1] + 1)
+
+
+def _fit_runs(model, example, sizes: list[int], repeats: int):
+    """Each run of narrow factors in a chain (:func:`narrow_runs`), which runs in one pass when
+    all of them run the kernel, timed that way on the chain's input against the same factors
+    by oneDNN one after the other; its factors run the kernel from the size on which the pass
+    won at that size and every larger one (their ``min_batch``, together). :func:`_fit` cannot
+    time them alone: inside the pass their own ``forward`` never runs."""
+    chains = {n: c for n, c in _switchable(model, ChainConv2d).items() if narrow_runs(c)}
+    if not chains:
+        return
+    outer = {n: c.min_batch for n, c in chains.items()}
+    for chain in chains.values():
+        chain.min_batch = 1  # the chain itself runs while its factors are timed
+    runs = {(n, i): run for n, c in chains.items() for i, run in enumerate(narrow_runs(c))}
+    never = sizes[-1] + 1
+    wins: dict[tuple, dict[int, bool]] = {key: {} for key in runs}
+    for b in sizes:
+        inputs = capture_inputs(model, list(chains), input_at_batch(example, b), strict=False)
+        for (name, i), run in runs.items():
+            if name not in inputs:
+                continue
+
+            def timed(together: bool, run=run, chain=chains[name], x=inputs[name]):
+                for layer in run:
+                    layer.min_batch = 1 if together else never
+                return chain(x)
+
+            t = compare({"fast": lambda t=timed: t(True), "direct": lambda t=timed: t(False)},
+                        warmup=1, repeats=repeats, device=inputs[name].device)  # fmt: skip
+            wins[(name, i)][b] = t["fast"].ms <= t["direct"].ms
+    for key, run in runs.items():
+        start = _threshold(wins[key], sizes)
+        for layer in run:
+            layer.min_batch = start
+    for name, chain in chains.items():
+        chain.min_batch = outer[name]
 
 
 def _confirm(model, layers: dict[str, nn.Module], example, sizes: list[int], repeats: int):
@@ -119,10 +165,7 @@ def _fit(model, layers: dict[str, nn.Module], example, sizes: list[int], repeats
             t = compare(forms, warmup=1, repeats=repeats, device=x.device)
             wins[name][b] = t["fast"].ms <= t["direct"].ms
     for name, layer in layers.items():
-        won = wins[name]
-        losing = [b for b in sizes if not won.get(b, True)]
-        layer.min_batch = 1 if not losing else next(
-            (b for b in sizes if b > max(losing)), sizes[-1] + 1)  # fmt: skip
+        layer.min_batch = _threshold(wins[name], sizes)
 
 
 def gemv_wins(

@@ -132,37 +132,51 @@ static void block_any(const float *const *rows, long xs, long xd, long c, const 
 static inline long ceil_div(long a, long b) { return a >= 0 ? (a + b - 1) / b : -((-a) / b); }
 static inline long floor_div(long a, long b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
 
-/* Output pixels [xa, xb) of output row y of one image (the general path): img is the image's
- * input, orow the output row. */
-static void row_range(const float *img, long sy, long sx, long c, long h, long wd,
-                      const float *w, long kp, long k, const float *bias, int relu, float *orow,
-                      const float *rrow, long ox, long y, long xa, long xb, int kh, int kw,
-                      int stride_y,
-                      int stride_x, int pad_y, int pad_x, int dil_y, int dil_x, long x_lo,
-                      long x_hi) {
-    const long xs = stride_x * sx, xd = (long)dil_x * sx;
+/* One convolution's geometry and weights (the arguments every row function takes). */
+typedef struct {
+    long sy, sx, c, h, wd;   /* input: row and pixel strides (floats), channels, height, width */
+    const float *w;          /* packed [kh][kw][C][kp] */
+    long kp, k;              /* padded and real output channels */
+    const float *bias;       /* kp values or NULL */
+    int relu, kh, kw, stride_y, stride_x, pad_y, pad_x, dil_y, dil_x;
+    long wo, x_lo, x_hi;     /* output width; columns whose every tap lies inside the input */
+    int rb, pb;              /* row block (0: none), its pixels */
+    long y_first;            /* the input row that img's first row holds (a band of rows) */
+} conv_t;
+
+/* The input row iy of g's convolution in img (NULL: outside the input). */
+static inline const float *input_row(const conv_t *g, const float *img, long iy) {
+    return (iy < 0 || iy >= g->h) ? NULL : img + (iy - g->y_first) * g->sy;
+}
+
+/* Output pixels [xa, xb) of output row y of one image (the general path): img holds the
+ * image's input from row g->y_first, orow is the output row. */
+static void row_range(const conv_t *g, const float *img, float *orow, const float *rrow,
+                      long ox, long y, long xa, long xb) {
+    const long xs = g->stride_x * g->sx, xd = (long)g->dil_x * g->sx;
+    const int kh = g->kh, kw = g->kw;
     const float *rows[64]; /* input row of tap i at output column 0 (may point before it) */
     for (int i = 0; i < kh; i++) {
-        const long iy = y * stride_y - pad_y + (long)i * dil_y;
-        rows[i] = (iy < 0 || iy >= h) ? NULL : img + iy * sy - pad_x * sx;
+        const float *row = input_row(g, img, y * g->stride_y - g->pad_y + (long)i * g->dil_y);
+        rows[i] = row ? row - g->pad_x * g->sx : NULL;
     }
-    for (long k0 = 0; k0 < kp; k0 += NVMAX * VW) {
-        const int nv = (int)min_l(NVMAX, (kp - k0) / VW);
+    for (long k0 = 0; k0 < g->kp; k0 += NVMAX * VW) {
+        const int nv = (int)min_l(NVMAX, (g->kp - k0) / VW);
         const int pb = pixels_for(nv);
         const float *at[64];
         for (long x0 = xa; x0 < xb;) {
             int j0 = 0, j1 = kw, p_count;
-            if (x0 >= x_lo && x0 < x_hi) {
-                p_count = (int)min_l(pb, min_l(x_hi, xb) - x0);
+            if (x0 >= g->x_lo && x0 < g->x_hi) {
+                p_count = (int)min_l(pb, min_l(g->x_hi, xb) - x0);
             } else { /* an edge pixel: only the taps inside the input */
-                const long first = x0 * stride_x - pad_x;
-                j0 = (int)min_l(kw, max_l(0, ceil_div(-first, dil_x)));
-                j1 = (int)max_l(j0, min_l(kw, floor_div(wd - 1 - first, dil_x) + 1));
+                const long first = x0 * g->stride_x - g->pad_x;
+                j0 = (int)min_l(kw, max_l(0, ceil_div(-first, g->dil_x)));
+                j1 = (int)max_l(j0, min_l(kw, floor_div(g->wd - 1 - first, g->dil_x) + 1));
                 p_count = 1;
             }
             for (int i = 0; i < kh; i++) at[i] = rows[i] ? rows[i] + x0 * xs : NULL;
-            block_any(at, xs, xd, c, w, kp, k0, bias, relu, orow + x0 * ox,
-                      rrow ? rrow + x0 * ox : NULL, ox, k, kh, kw, j0, j1, p_count, nv);
+            block_any(at, xs, xd, g->c, g->w, g->kp, k0, g->bias, g->relu, orow + x0 * ox,
+                      rrow ? rrow + x0 * ox : NULL, ox, g->k, kh, kw, j0, j1, p_count, nv);
             x0 += p_count;
         }
     }
@@ -274,23 +288,12 @@ static void block_rows_any(const float *const *rows, long xs, long c, const floa
 #undef X
 }
 
-/* One convolution's geometry and weights (the arguments every row function takes). */
-typedef struct {
-    long sy, sx, c, h, wd;   /* input: row and pixel strides (floats), channels, height, width */
-    const float *w;          /* packed [kh][kw][C][kp] */
-    long kp, k;              /* padded and real output channels */
-    const float *bias;       /* kp values or NULL */
-    int relu, kh, kw, stride_y, stride_x, pad_y, pad_x, dil_y, dil_x;
-    long wo, x_lo, x_hi;     /* output width; columns whose every tap lies inside the input */
-    int rb, pb;              /* row block (0: none), its pixels */
-} conv_t;
-
 static conv_t conv_geometry(long sy, long sx, long c, long h, long wd, const float *w, long kp,
                             long k, const float *bias, int relu, long wo, int kh, int kw,
                             int stride_y, int stride_x, int pad_y, int pad_x, int dil_y,
                             int dil_x) {
     conv_t g = {sy, sx, c, h, wd, w, kp, k, bias, relu, kh, kw, stride_y, stride_x, pad_y,
-                pad_x, dil_y, dil_x, wo, 0, 0, 0, 0};
+                pad_x, dil_y, dil_x, wo, 0, 0, 0, 0, 0};
     g.x_lo = min_l(wo, max_l(0, ceil_div(pad_x, stride_x)));
     g.x_hi = max_l(g.x_lo, min_l(wo, floor_div(wd - 1 + pad_x - (long)(kw - 1) * dil_x,
                                                stride_x) + 1));
@@ -299,9 +302,9 @@ static conv_t conv_geometry(long sy, long sx, long c, long h, long wd, const flo
     return g;
 }
 
-/* Output rows [y0, y1) of one image: img its input, orow output row y0, rrow the residual's row
- * y0 (NULL: none), oy and ox the output's (and the residual's) row and pixel strides. Whole row
- * blocks where the geometry has them, else row by row. */
+/* Output rows [y0, y1) of one image: img its input from row g->y_first, orow output row y0,
+ * rrow the residual's row y0 (NULL: none), oy and ox the output's (and the residual's) row and
+ * pixel strides. Whole row blocks where the geometry has them, else row by row. */
 static void rows_out(const conv_t *g, const float *img, float *orow, const float *rrow, long oy,
                      long ox, long y0, long y1) {
     long y = y0;
@@ -310,8 +313,8 @@ static void rows_out(const conv_t *g, const float *img, float *orow, const float
         for (; y + g->rb <= y1; y += g->rb) {
             const float *rows[BLOCK_ROWS_MAX], *at[BLOCK_ROWS_MAX];
             for (int t = 0; t < g->rb + g->kh - 1; t++) {
-                const long iy = y - g->pad_y + t;
-                rows[t] = (iy < 0 || iy >= g->h) ? NULL : img + iy * g->sy - g->pad_x * g->sx;
+                const float *row = input_row(g, img, y - g->pad_y + t);
+                rows[t] = row ? row - g->pad_x * g->sx : NULL;
             }
             float *o = orow + (y - y0) * oy;
             const float *rr = rrow ? rrow + (y - y0) * oy : NULL;
@@ -324,20 +327,14 @@ static void rows_out(const conv_t *g, const float *img, float *orow, const float
             for (long r = y; r < y + g->rb; r++) { /* edge pixels, the interior's remainder */
                 float *o_r = orow + (r - y0) * oy;
                 const float *r_r = rrow ? rrow + (r - y0) * oy : NULL;
-                row_range(img, g->sy, g->sx, g->c, g->h, g->wd, g->w, g->kp, g->k, g->bias,
-                          g->relu, o_r, r_r, ox, r, 0, g->x_lo, g->kh, g->kw, 1, 1, g->pad_y,
-                          g->pad_x, 1, 1, g->x_lo, g->x_hi);
-                row_range(img, g->sy, g->sx, g->c, g->h, g->wd, g->w, g->kp, g->k, g->bias,
-                          g->relu, o_r, r_r, ox, r, g->x_lo + full, g->wo, g->kh, g->kw, 1, 1,
-                          g->pad_y, g->pad_x, 1, 1, g->x_lo, g->x_hi);
+                row_range(g, img, o_r, r_r, ox, r, 0, g->x_lo);
+                row_range(g, img, o_r, r_r, ox, r, g->x_lo + full, g->wo);
             }
         }
     }
     for (; y < y1; y++) /* the general path, or the last rows, fewer than a block */
-        row_range(img, g->sy, g->sx, g->c, g->h, g->wd, g->w, g->kp, g->k, g->bias, g->relu,
-                  orow + (y - y0) * oy, rrow ? rrow + (y - y0) * oy : NULL, ox, y, 0, g->wo,
-                  g->kh, g->kw, g->stride_y, g->stride_x, g->pad_y, g->pad_x, g->dil_y,
-                  g->dil_x, g->x_lo, g->x_hi);
+        row_range(g, img, orow + (y - y0) * oy, rrow ? rrow + (y - y0) * oy : NULL, ox, y, 0,
+                  g->wo);
 }
 
 /* x (N, C, H, W) with any strides but s_c = 1, out (N, K, Ho, Wo) likewise, res (NULL: none)
@@ -358,32 +355,80 @@ void narrow_conv(const float *x, long sn, long sy, long sx, long c, long h, long
     }
 }
 
-/* The rows of output a thread makes at a time in narrow_chain (a multiple of 1, 2 and 3). */
-#define CHAIN_ROWS 6
+/* The most convolutions narrow_chain runs in one pass, and the numbers that describe each. */
+#define CHAIN_MAX 4
+#define CHAIN_SPEC 13
+/* The bytes of the intermediate rows a thread keeps for one band (about half of a core's L2). */
+#define CHAIN_BYTES (384 * 1024)
 
-/* Two convolutions in one pass, the second 1 x kw (one kernel row, vertical stride 1, no
- * vertical padding): for each band of CHAIN_ROWS output rows the first convolution writes its
- * rows into a buffer of the thread's, which the second reads while they are in cache. The first
- * has K1 <= kp1 output channels, which the second takes as its input (w2 packed with C = k1);
- * res (NULL: none), with out's shape and strides, is added to the second's output.
- * Returns 1 when a thread could not allocate its buffer (nothing is then written). */
+/* The rows [lo[i], hi[i]) of each convolution's output that output rows [y0, y1) of the last
+ * one need: convolution i + 1 reads its input rows y s - p + t d, t < kh, clipped to the
+ * input. */
+static void band_rows(const conv_t *g, int n_convs, const long *ho, long y0, long y1, long *lo,
+                      long *hi) {
+    lo[n_convs - 1] = y0, hi[n_convs - 1] = y1;
+    for (int i = n_convs - 1; i > 0; i--) {
+        const conv_t *c = &g[i];
+        lo[i - 1] = max_l(0, lo[i] * c->stride_y - c->pad_y);
+        hi[i - 1] = min_l(ho[i - 1], (hi[i] - 1) * c->stride_y - c->pad_y +
+                                         (long)(c->kh - 1) * c->dil_y + 1);
+        if (hi[i - 1] < lo[i - 1]) hi[i - 1] = lo[i - 1];
+    }
+}
+
+/* A chain of n_convs (2..CHAIN_MAX) convolutions in one pass: out = conv_n(...conv_1(x)). For
+ * each band of output rows of the last convolution, each earlier one computes the rows of its
+ * output that the band needs (band_rows; a few rows at the band's edges are computed by both
+ * neighbouring bands) into a buffer of the thread's, which the next reads while they are in
+ * cache: the thin intermediates never go to memory and one parallel loop replaces n. spec holds
+ * CHAIN_SPEC numbers per convolution, in order: kp, k, relu, kh, kw, stride_y, stride_x, pad_y,
+ * pad_x, dil_y, dil_x, output height, output width; w and bias its packed weight and its bias
+ * (NULL: none). Convolution i + 1 reads convolution i's k channels; res (NULL: none), with out's
+ * shape and strides, is added to the last one's output. Returns 1 when a thread could not
+ * allocate its buffers (nothing is then written). */
 int narrow_chain(const float *x, long sn, long sy, long sx, long c, long h, long wd,
-                 const float *w1, long kp1, long k1, const float *bias1, int relu1, long ho,
-                 long wo1, int kh1, int kw1, int stride_y1, int stride_x1, int pad_y1,
-                 int pad_x1, int dil_y1, int dil_x1, const float *w2, long kp2, long k2,
-                 const float *bias2, int relu2, int kw2, int stride_x2, int pad_x2, int dil_x2,
-                 float *out, const float *res, long on, long oy, long ox, long wo, long n,
-                 int threads) {
-    const conv_t g1 = conv_geometry(sy, sx, c, h, wd, w1, kp1, kp1, bias1, relu1, wo1, kh1, kw1,
-                                    stride_y1, stride_x1, pad_y1, pad_x1, dil_y1, dil_x1);
-    const long by = wo1 * kp1; /* the buffer's row stride */
-    const conv_t g2 = conv_geometry(by, kp1, k1, CHAIN_ROWS, wo1, w2, kp2, k2, bias2, relu2, wo,
-                                    1, kw2, 1, stride_x2, 0, pad_x2, 1, dil_x2);
-    const long bands = (ho + CHAIN_ROWS - 1) / CHAIN_ROWS;
+                 int n_convs, const long *spec, const float *const *w,
+                 const float *const *bias, float *out, const float *res, long on, long oy,
+                 long ox, long n, int threads) {
+    if (n_convs < 2 || n_convs > CHAIN_MAX) return 1;
+    conv_t g[CHAIN_MAX];
+    long ho[CHAIN_MAX], wo[CHAIN_MAX], rows_max[CHAIN_MAX], size[CHAIN_MAX];
+    long in_c = c, in_h = h, in_w = wd, in_sy = sy, in_sx = sx;
+    for (int i = 0; i < n_convs; i++) {
+        const long *q = spec + i * CHAIN_SPEC;
+        const int last = i == n_convs - 1;
+        ho[i] = q[11], wo[i] = q[12];
+        /* an intermediate output is written in whole vectors (its extra channels are zeros
+         * and the next convolution reads only the k real ones) */
+        g[i] = conv_geometry(in_sy, in_sx, in_c, in_h, in_w, w[i], q[0], last ? q[1] : q[0],
+                             bias[i], (int)q[2], wo[i], (int)q[3], (int)q[4], (int)q[5],
+                             (int)q[6], (int)q[7], (int)q[8], (int)q[9], (int)q[10]);
+        in_c = q[1], in_h = ho[i], in_w = wo[i], in_sy = wo[i] * q[0], in_sx = q[0];
+    }
+    /* the band: as many output rows as keep the buffers within CHAIN_BYTES, a multiple of the
+     * row blocks' 1, 2 and 3 rows where it can, and enough bands for every thread */
+    long band = 48;
+    for (;; band = band > 6 ? band / 2 / 6 * 6 : band - 1) {
+        long lo[CHAIN_MAX], hi[CHAIN_MAX], bytes = 0;
+        band_rows(g, n_convs, ho, 0, min_l(band, ho[n_convs - 1]), lo, hi);
+        for (int i = 0; i + 1 < n_convs; i++) bytes += (hi[i] - lo[i]) * wo[i] * g[i].kp * 4;
+        const long bands = (ho[n_convs - 1] + band - 1) / band;
+        if (band == 1 || (bytes <= CHAIN_BYTES && n * bands >= 2L * threads)) break;
+    }
+    /* each buffer's rows: the most any band needs (the first band's, or an inner one's) */
+    for (int i = 0; i + 1 < n_convs; i++) rows_max[i] = 0;
+    for (long y0 = 0; y0 < ho[n_convs - 1]; y0 += band) {
+        long lo[CHAIN_MAX], hi[CHAIN_MAX];
+        band_rows(g, n_convs, ho, y0, min_l(y0 + band, ho[n_convs - 1]), lo, hi);
+        for (int i = 0; i + 1 < n_convs; i++) rows_max[i] = max_l(rows_max[i], hi[i] - lo[i]);
+    }
+    long total = 0;
+    for (int i = 0; i + 1 < n_convs; i++) size[i] = rows_max[i] * wo[i] * g[i].kp, total += size[i];
+    const long bands = (ho[n_convs - 1] + band - 1) / band;
     int failed = 0;
 #pragma omp parallel num_threads(threads)
     {
-        float *buf = malloc((size_t)(CHAIN_ROWS * by) * sizeof(float));
+        float *buf = malloc((size_t)max_l(total, 1) * sizeof(float));
         if (!buf) {
 #pragma omp atomic write
             failed = 1;
@@ -393,13 +438,30 @@ int narrow_chain(const float *x, long sn, long sy, long sx, long c, long h, long
 #pragma omp atomic read
         bad = failed;
         if (!bad) {
+            conv_t mine[CHAIN_MAX];
+            float *part[CHAIN_MAX];
+            long off = 0;
+            for (int i = 0; i < n_convs; i++) {
+                mine[i] = g[i];
+                if (i + 1 < n_convs) part[i] = buf + off, off += size[i];
+            }
 #pragma omp for schedule(static)
             for (long q = 0; q < n * bands; q++) {
-                const long b = q / bands, y0 = q % bands * CHAIN_ROWS;
-                const long y1 = min_l(y0 + CHAIN_ROWS, ho);
-                const long o = b * on + y0 * oy;
-                rows_out(&g1, x + b * sn, buf, NULL, by, kp1, y0, y1);
-                rows_out(&g2, buf, out + o, res ? res + o : NULL, oy, ox, 0, y1 - y0);
+                const long b = q / bands, y0 = q % bands * band;
+                const long y1 = min_l(y0 + band, ho[n_convs - 1]);
+                long lo[CHAIN_MAX], hi[CHAIN_MAX];
+                band_rows(g, n_convs, ho, y0, y1, lo, hi);
+                const float *in = x + b * sn;
+                for (int i = 0; i < n_convs; i++) {
+                    if (i > 0) in = part[i - 1], mine[i].y_first = lo[i - 1];
+                    if (i + 1 < n_convs) {
+                        rows_out(&mine[i], in, part[i], NULL, wo[i] * g[i].kp, g[i].kp, lo[i],
+                                 hi[i]);
+                    } else {
+                        const long o = b * on + y0 * oy;
+                        rows_out(&mine[i], in, out + o, res ? res + o : NULL, oy, ox, y0, y1);
+                    }
+                }
             }
         }
         free(buf);
