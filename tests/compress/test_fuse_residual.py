@@ -177,7 +177,7 @@ def _last(kind: str) -> nn.Module:
 @pytest.mark.parametrize("shape", ["same", "broadcast"])
 def test_a_chain_gives_the_residual_to_its_last_layer(kind, below_min_batch, shape):
     """``chain(x, r)`` is ``act(chain(x) + r)`` with the last layer's activation, whatever that
-    layer is, run as a chain (a narrow pair in one pass) or as its composite, and for a residual
+    layer is, run as a chain (its narrow factors in one pass) or as its composite, and for a residual
     of the output's shape or a broadcast one."""
     torch.manual_seed(4)
     first = NarrowConv2d.from_conv(nn.Conv2d(12, 6, (3, 1), padding=(1, 0), bias=False))
@@ -198,7 +198,7 @@ def test_a_chain_gives_the_residual_to_its_last_layer(kind, below_min_batch, sha
 
 @pytest.mark.skipif(not native.available(), reason=native.status())
 def test_a_narrow_pair_takes_the_sum_in_its_pass(monkeypatch):
-    """The narrow pair is given the residual: no separate sum runs."""
+    """The narrow factors in one pass are given the residual: no separate sum runs."""
     torch.manual_seed(5)
     first = NarrowConv2d.from_conv(nn.Conv2d(16, 8, (3, 1), padding=(1, 0), bias=False))
     second = NarrowConv2d.from_conv(nn.Conv2d(8, 16, (1, 3), padding=(0, 1)), activation="relu")

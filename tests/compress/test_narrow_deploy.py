@@ -47,6 +47,24 @@ def test_candidates_are_the_factors_of_decomposed_layers():
     assert "0" not in narrow_candidates(net, ["3"])  # kept layers are not offered
 
 
+def test_a_core_the_plan_runs_by_winograd_keeps_it():
+    """A Tucker-2 core that the plan gives Winograd is not offered the narrow kernel (which is
+    measured against oneDNN only): the deployment runs it by Winograd, its 1x1s narrow."""
+    from leanconv.nn import WinogradConv2d
+
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Conv2d(32, 32, 3, padding=1)).eval()
+    net[0] = decompose_layer(net[0], "tucker2", (16, 16), input_size=(12, 12)).module
+    planned = {"0": "winograd4"}
+    found = narrow_candidates(net, ["0"], planned)
+    assert set(found) == {"0.0", "0.2"}
+    deployed = Deployment().deploy(net, planned | found, chains=["0"])
+    assert type(deployed.model.get_submodule("0.1")) is WinogradConv2d
+    x = torch.randn(2, 32, 12, 12)
+    with torch.no_grad():
+        _close(deployed.model(x), copy.deepcopy(net).double()(x.double()))
+
+
 def test_fitted_settled_saved_and_loaded(tmp_path):
     net = _net()
     x = torch.randn(4, 3, 10, 10)
@@ -91,7 +109,7 @@ def test_fitted_settled_saved_and_loaded(tmp_path):
 def test_measured_deployment_as_the_loop_and_the_pipeline_use_it():
     """``Deployment.measured``: the narrow kernel offered to the factors and settled, the
     streaming kernel to the Linear layers; chains switchable only when asked (the pipeline, not
-    the closed loop: there they always run as chains, their narrow pairs fused as deployed).
+    the closed loop: there they always run as chains, their narrow factors in one pass as deployed).
     The function is the model's either way."""
     net = nn.Sequential(*_net(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(24, 5)).eval()
     x = torch.randn(4, 3, 10, 10)

@@ -22,10 +22,9 @@ of the last factor, and each earlier factor computes the rows of its output that
 (its kernel's reach above and below: a 3x3 core's band needs two more rows of the 1x1 before it,
 computed by both neighbouring bands) into a buffer of the thread's, which the next factor reads
 from cache. The thin intermediates never go to memory and one parallel loop replaces several.
-Two factors, the second one kernel row, against two calls (``benchmarks/bench_narrow_pair.py``,
-2-core AMD EPYC, Zen 4): 1.34x on a 32 -> 8 -> 32 spatial SVD at 32x32 and batch 64, 0.98-1.06x
-on wider ranks there, 1.1-1.33x at batch 1 (docs/benchmarks.md, "Narrow pairs"); whole chains
-in docs/benchmarks.md, "Whole chains in one pass".
+Against the same factors in one call each (``benchmarks/bench_narrow_chain.py``, 2-core AMD
+EPYC, Zen 4): 1.05-1.14x at batch 64, 1.13-1.33x at batch 1, on spatial SVD, core + 1x1 and
+Tucker-2 chains of 8-128 channels (docs/benchmarks.md, "Whole chains in one pass").
 
 The residual ``r`` (a residual block's shortcut, zero when not given) is added as each output
 vector is written, before the activation: a block's ``relu(conv(h) + shortcut)`` then costs one

@@ -90,16 +90,19 @@ def apply_algorithms(
     return replace_modules(model, replacements, inplace=True), applied
 
 
-def narrow_candidates(model: nn.Module, layers) -> dict[str, str]:
+def narrow_candidates(model: nn.Module, layers, planned: dict[str, str] | None = None) -> dict[str, str]:
     """The convolutions inside the decomposed ``layers`` of ``model`` that the narrow direct
     kernel computes (:func:`leanconv.selection.eligibility.narrow`), each mapped to ``"narrow"``;
-    none where the compiled kernels are not available."""
+    none where the compiled kernels are not available. A convolution that a ``planned``
+    algorithm (layer name -> algorithm) runs, such as a Tucker-2 core by Winograd, is not
+    offered: the plan chose it over oneDNN, and the narrow kernel is measured against oneDNN."""
     if not native.available():
         return {}
+    planned = planned or {}
     out = {}
     for name in layers:
         for sub, module in get_layer(model, name).named_modules():
-            if sub and narrow(module):
+            if sub and narrow(module) and not (name in planned and eligible(module)):
                 out[f"{name}.{sub}"] = "narrow"
     return out
 

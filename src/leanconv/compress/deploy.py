@@ -15,7 +15,7 @@ A rewritten model is deployed after exact rewrites that change its speed but not
    (:mod:`leanconv.rewrite.fuse`, ``fuse``);
 4. each decomposed layer's chain made switchable (:class:`leanconv.nn.ChainConv2d`): below a
    batch size measured later (``min_batch``) it runs the one convolution it composes to, from
-   it on the chain, two narrow factors in a row in one pass;
+   it on the chain, its narrow factors in a row in one pass;
 5. weights in ``memory_format`` (NCHW ``"contiguous"`` or ``"channels_last"``), which the
    activations then follow.
 
@@ -101,9 +101,10 @@ class Deployment:
         streaming layers turned back (:func:`settle_narrow`, :func:`settle_gemv`). With
         ``switchable`` the decomposed chains are made switchable by batch size (the final
         deployment); without, they always run as chains (the closed loop, at its one batch
-        size), their narrow pairs in one pass as deployed."""
+        size), their narrow factors in one pass as deployed."""
         decomposed = list(decomposed)
-        offered = algorithms | narrow_candidates(model, decomposed) | gemv_candidates(model)
+        narrow = narrow_candidates(model, decomposed, algorithms)
+        offered = algorithms | narrow | gemv_candidates(model)
         deployed = self.deploy(model, offered, chains=decomposed)
         deployed.min_batch = fit_min_batch(deployed.model, example, batch_sizes, repeats,
                                            chains=switchable)  # fmt: skip

@@ -316,7 +316,7 @@ def _set_min_batch(model: nn.Module, min_batch: dict[str, int], meta_file: Path)
 
 def _chains_as_deployed(model: nn.Module, replaced) -> None:
     """Each decomposed layer's chain as the deployment runs it, a
-    :class:`leanconv.nn.ChainConv2d` (``min_batch`` 1 where none was recorded: its narrow pairs
+    :class:`leanconv.nn.ChainConv2d` (``min_batch`` 1 where none was recorded: its narrow factors
     in one pass), in place."""
     from ..modules import get_layer
     from ..nn import ChainConv2d
