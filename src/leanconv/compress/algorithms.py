@@ -90,7 +90,9 @@ def apply_algorithms(
     return replace_modules(model, replacements, inplace=True), applied
 
 
-def narrow_candidates(model: nn.Module, layers, planned: dict[str, str] | None = None) -> dict[str, str]:
+def narrow_candidates(
+    model: nn.Module, layers, planned: dict[str, str] | None = None
+) -> dict[str, str]:
     """The convolutions inside the decomposed ``layers`` of ``model`` that the narrow direct
     kernel computes (:func:`leanconv.selection.eligibility.narrow`), each mapped to ``"narrow"``;
     none where the compiled kernels are not available. A convolution that a ``planned``
