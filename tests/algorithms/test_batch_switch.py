@@ -22,7 +22,7 @@ def _timings(fast_wins_from: int):
     """A stand-in for bench.timing.compare: the algorithm wins from ``fast_wins_from`` images."""
 
     def compare(fns, **_kwargs):
-        x_batch = fns["fast"].__defaults__[1].shape[0]
+        x_batch = fns["fast"].__defaults__[1][0].shape[0]
         fast, direct = (1.0, 2.0) if x_batch >= fast_wins_from else (2.0, 1.0)
         return {"fast": Timing(fast, fast, fast, 1), "direct": Timing(direct, direct, direct, 1)}
 
@@ -70,7 +70,7 @@ def test_every_deployed_batch_size_is_timed_even_beyond_the_example(monkeypatch)
     timed = []
 
     def compare(fns, **kwargs):
-        timed.append(fns["fast"].__defaults__[1].shape[0])
+        timed.append(fns["fast"].__defaults__[1][0].shape[0])
         return {"fast": Timing(2.0, 2.0, 2.0, 1), "direct": Timing(1.0, 1.0, 1.0, 1)}
 
     monkeypatch.setattr(batch_switch, "compare", compare)
@@ -103,7 +103,7 @@ def _run_timings(run_wins_from: int | None):
     from ``run_wins_from`` images (None: never)."""
 
     def compare(fns, **_kwargs):
-        x = fns["fast"].__defaults__[0].__defaults__[2]
+        x = fns["fast"].__defaults__[0].__defaults__[2][0]
         won = run_wins_from is not None and x.shape[0] >= run_wins_from
         fast, direct = (1.0, 2.0) if won else (2.0, 1.0)
         return {"fast": Timing(fast, fast, fast, 1), "direct": Timing(direct, direct, direct, 1)}
@@ -122,3 +122,35 @@ def test_a_chain_s_narrow_factors_are_fitted_together(monkeypatch, run_wins_from
     layers = [model[0][i] for i in range(3)]
     assert [layer.min_batch for layer in layers] == [expected] * 3
     assert model[0].min_batch == 1  # the chain's own switch is left as it was
+
+
+def test_a_chain_and_a_layer_given_a_residual_are_timed_with_it(monkeypatch):
+    """A residual block's chain and layer are called with the shortcut as a second argument,
+    which the narrow pass and the Winograd layer add as they write: both forms are timed with
+    it, as they run in the model."""
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.chain = _tucker_chain()[0]
+            self.fast = WinogradConv2d.from_conv(nn.Conv2d(16, 16, 3, padding=1))
+
+        def forward(self, x):
+            return self.fast(self.chain(x, x), x)
+
+    seen = []
+
+    def compare(fns, **_kwargs):
+        first = fns["fast"].__defaults__[0]
+        run = not isinstance(first, nn.Module)  # a chain's run: its timing function
+        args = first.__defaults__[2] if run else fns["fast"].__defaults__[1]
+        seen.append(len(args))
+        with torch.no_grad():
+            assert torch.allclose(fns["fast"](), fns["direct"](), atol=1e-4)
+        return {"fast": Timing(1.0, 1.0, 1.0, 1), "direct": Timing(2.0, 2.0, 2.0, 1)}
+
+    monkeypatch.setattr(batch_switch, "compare", compare)
+    block = Block().eval()
+    with torch.no_grad():
+        batch_switch.fit_min_batch(block, torch.randn(4, 16, 6, 6), (1, 4), chains=False)
+    assert seen == [2] * 4  # the Winograd layer, then the chain's run, at sizes 1 and 4

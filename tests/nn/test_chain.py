@@ -90,7 +90,7 @@ def test_fit_min_batch_switches_a_chain_where_its_composite_is_faster(monkeypatc
     def compare(fns, **_kwargs):
         if "on" in fns:  # the whole model with and without the switches: they pay
             return {"on": Timing(1.0, 1.0, 1.0, 1), "off": Timing(2.0, 2.0, 2.0, 1)}
-        b = fns["fast"].__defaults__[1].shape[0]
+        b = fns["fast"].__defaults__[1][0].shape[0]
         timed.append(b)
         fast, direct = (1.0, 2.0) if b >= wins_from else (2.0, 1.0)
         return {"fast": Timing(fast, fast, fast, 1), "direct": Timing(direct, direct, direct, 1)}

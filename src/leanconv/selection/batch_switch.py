@@ -42,7 +42,7 @@ from torch import nn
 from ..algorithms import gemv
 from ..bench.timing import compare
 from ..errors import InvalidSpecError
-from ..modules import capture_inputs, input_at_batch
+from ..modules import capture_calls, capture_inputs, input_at_batch
 from ..nn.chain import ChainConv2d, narrow_runs
 from ..nn.fast import FFTConv2d, NarrowConv2d, WinogradConv2d
 from ..nn.gemv_linear import GemvLinear
@@ -92,7 +92,8 @@ def _threshold(won: dict[int, bool], sizes: list[int]) -> int:
 
 def _fit_runs(model, example, sizes: list[int], repeats: int):
     """Each run of narrow factors in a chain (:func:`narrow_runs`), which runs in one pass when
-    all of them run the kernel, timed that way on the chain's input against the same factors
+    all of them run the kernel, timed that way on the chain's arguments (its input, and its
+    shortcut where it takes one) against the same factors
     by oneDNN one after the other; its factors run the kernel from the size on which the pass
     won at that size and every larger one (their ``min_batch``, together). :func:`_fit` cannot
     time them alone: inside the pass their own ``forward`` never runs."""
@@ -106,18 +107,18 @@ def _fit_runs(model, example, sizes: list[int], repeats: int):
     never = sizes[-1] + 1
     wins: dict[tuple, dict[int, bool]] = {key: {} for key in runs}
     for b in sizes:
-        inputs = capture_inputs(model, list(chains), input_at_batch(example, b), strict=False)
+        calls = capture_calls(model, list(chains), input_at_batch(example, b))
         for (name, i), run in runs.items():
-            if name not in inputs:
+            if name not in calls:
                 continue
 
-            def timed(together: bool, run=run, chain=chains[name], x=inputs[name]):
+            def timed(together: bool, run=run, chain=chains[name], args=calls[name]):
                 for layer in run:
                     layer.min_batch = 1 if together else never
-                return chain(x)
+                return chain(*args)
 
             t = compare({"fast": lambda t=timed: t(True), "direct": lambda t=timed: t(False)},
-                        warmup=1, repeats=repeats, device=inputs[name].device)  # fmt: skip
+                        warmup=1, repeats=repeats, device=calls[name][0].device)  # fmt: skip
             wins[(name, i)][b] = t["fast"].ms <= t["direct"].ms
     for key, run in runs.items():
         start = _threshold(wins[key], sizes)
@@ -151,18 +152,19 @@ def _confirm(model, layers: dict[str, nn.Module], example, sizes: list[int], rep
 
 
 def _fit(model, layers: dict[str, nn.Module], example, sizes: list[int], repeats: int):
-    """``min_batch`` of each of ``layers`` (set in place), each timed alone on its inputs in
-    ``model``."""
+    """``min_batch`` of each of ``layers`` (set in place), each timed alone on its arguments in
+    ``model``: its input, and a residual block's shortcut where it is given one (which the
+    kernels add as they write)."""
     wins: dict[str, dict[int, bool]] = {n: {} for n in layers}
     for layer in layers.values():
         layer.min_batch = 1  # the algorithm itself is timed, at every size
     for b in sizes:
-        inputs = capture_inputs(model, list(layers), input_at_batch(example, b), strict=False)
-        for name, x in inputs.items():
+        calls = capture_calls(model, list(layers), input_at_batch(example, b))
+        for name, args in calls.items():
             layer = layers[name]
-            forms = {"fast": lambda m=layer, x=x: m(x),
-                     "direct": lambda m=layer, x=x: m._packed_direct(x)}  # fmt: skip
-            t = compare(forms, warmup=1, repeats=repeats, device=x.device)
+            forms = {"fast": lambda m=layer, a=args: m(*a),
+                     "direct": lambda m=layer, a=args: m._packed_direct(*a)}  # fmt: skip
+            t = compare(forms, warmup=1, repeats=repeats, device=args[0].device)
             wins[name][b] = t["fast"].ms <= t["direct"].ms
     for name, layer in layers.items():
         layer.min_batch = _threshold(wins[name], sizes)
