@@ -519,15 +519,16 @@ class NarrowConv2d(_FastConv2d):
 
     def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
         padding = self._kernel_padding(x)
-        if padding is None or not _kernel_takes(residual, self._output_shape(x, padding)):
+        if padding is None or not _kernel_takes(residual, self._output_shape(x.shape, padding)):
             return self._packed_direct(x, residual)
         w, b = self.packed()
         args = (self.out_channels, self.stride, padding, self.dilation, self.activation)
         return _narrow.conv2d(x, w, b, *args, residual=residual)
 
-    def _output_shape(self, x: Tensor, padding: tuple[int, int]) -> tuple[int, ...]:
+    def _output_shape(self, shape, padding: tuple[int, int]) -> tuple[int, ...]:
+        """The output's shape for an input of ``shape`` (N, C, H, W) at this ``padding``."""
         args = (self.kernel_size, self.stride, padding, self.dilation)
-        return (x.shape[0], self.out_channels, *symmetric_output_size(x.shape[2:], *args))
+        return (shape[0], self.out_channels, *symmetric_output_size(shape[2:], *args))
 
     def _kernel_args(self, x: Tensor, shape) -> tuple | None:
         """This layer's arguments to :func:`leanconv.algorithms.narrow.conv2d_chain` and its
@@ -538,9 +539,7 @@ class NarrowConv2d(_FastConv2d):
             return None
         w, b = self.packed()
         args = (w, b, self.out_channels, self.stride, padding, self.dilation, self.activation)
-        size = symmetric_output_size(shape[2:], self.kernel_size, self.stride, padding,
-                                     self.dilation)  # fmt: skip
-        return args, (shape[0], self.out_channels, *size)
+        return args, self._output_shape(shape, padding)
 
     @staticmethod
     def forward_chain(
