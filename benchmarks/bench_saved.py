@@ -10,7 +10,10 @@ times them).
     .venv/bin/python benchmarks/bench_saved.py DIR [--rounds 5] [--batch 64]
 
 DIR is a compress output directory (``report.json`` and ``model/``); the original is rebuilt
-from the saved description with fresh weights (latency does not depend on their values).
+from the saved description with fresh weights (latency does not depend on their values): a zoo
+model by name, a user's model by the factory recorded in ``model.json`` (its file found relative
+to the model directory, as ``leanconv.load`` finds it). Running the benchmark on a directory runs
+that factory's code: use it on your own runs.
 """
 
 from __future__ import annotations
@@ -29,6 +32,15 @@ from leanconv.compress.evaluate import batches
 from leanconv.compress.measure import ModelFigures, measure_formats
 from leanconv.data import load_data
 from leanconv.loading import load_model
+
+
+def _factory_path(factory: str, model_dir: Path) -> str:
+    """A recorded ``file.py:fn`` factory with its file resolved against the model directory
+    (where ``leanconv compress`` records it relative to); a module path as it is."""
+    file, _, fn = factory.rpartition(":")
+    if not file.endswith(".py") or Path(file).is_absolute():
+        return factory
+    return f"{(model_dir / file).resolve()}:{fn}"
 
 
 def main() -> None:
@@ -51,9 +63,10 @@ def main() -> None:
     report = json.loads((args.out / "report.json").read_text())
     meta = json.loads((args.out / "model" / "model.json").read_text())
     base = meta["base"]
-    original = load_model(base.get("zoo") or base["factory"], **base.get("kwargs", {})).module
-    original = original.eval()
-    compressed = leanconv.load(args.out / "model")
+    source = base.get("zoo") or _factory_path(base["factory"], args.out / "model")
+    build = lambda: load_model(source, **base.get("kwargs", {})).module  # noqa: E731
+    original = build().eval()
+    compressed = leanconv.load(args.out / "model", factory=build)
     data = load_data(args.data)
     images = next(batches(data.test, args.batch))[0]
     shape = tuple(data.input_shape)

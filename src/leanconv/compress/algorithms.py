@@ -11,7 +11,9 @@ with the planner's limits (:data:`leanconv.selection.eligibility.WINOGRAD_PLANNE
 The deployment adds one more, per convolution: ``"narrow"``, the narrow direct kernel
 (:class:`leanconv.nn.NarrowConv2d`) for a factor of a decomposed layer, kept where it is measured
 faster (:func:`narrow_candidates`, then :func:`leanconv.selection.batch_switch.fit_min_batch`).
-It is not a planner candidate: the planner times factors by oneDNN. And ``"gemv"``, per fully
+It is not a choice of the plan but a form of each rewrite: the planner times a rewrite with its
+factors on oneDNN and on the kernel, and credits the faster (:mod:`.planning.latency`). And
+``"gemv"``, per fully
 connected layer: :class:`leanconv.nn.GemvLinear`, the streaming matrix-vector kernel for at most
 8 rows (batch 1 reads the whole weight for one multiply-add per value), offered to every
 ``nn.Linear`` (:func:`gemv_candidates`) and kept only where it is measured at least as fast as

@@ -19,7 +19,9 @@ A rewritten model is deployed after exact rewrites that change its speed but not
 5. weights in ``memory_format`` (NCHW ``"contiguous"`` or ``"channels_last"``), which the
    activations then follow.
 
-The planner times candidates in this form (:meth:`Deployment.layer`), the closed loop times the
+The planner times candidates in this form (:meth:`Deployment.layer`, and a decomposed layer's
+candidate also with its factors on the narrow kernel, :meth:`Deployment.narrow_layer`, credited
+with the faster of the two), the closed loop times the
 assembled plan in it with the measured choices of step 2 made at the planning batch
 (:meth:`Deployment.measured`, chains that always run as chains), and the pipeline deploys and
 saves it (the same, at every deployed batch size), so that what is predicted is what runs. The
@@ -121,6 +123,24 @@ class Deployment:
         in the layout (its activation is timed with the rest of the model)."""
         module = fuse_activations(module)[0] if self.fuse else copy.deepcopy(module)
         return module.to(memory_format=FORMATS[self.memory_format]).eval()
+
+    def narrow_layer(self, module: nn.Module) -> nn.Module | None:
+        """A decomposed layer's candidate as it runs deployed where the narrow direct kernel
+        wins: every factor the kernel computes on it (:func:`.algorithms.narrow_candidates`),
+        its narrow factors in a row in one pass (:class:`leanconv.nn.ChainConv2d`), weights in
+        the layout; ``None`` when the kernel computes none of its convolutions (or the compiled
+        kernels are not available). The deployment keeps this form or :meth:`layer`'s,
+        whichever it measures faster; the planner times both and credits the faster."""
+        holder = nn.ModuleDict({"layer": module})
+        offered = narrow_candidates(holder, ["layer"])
+        if not offered:
+            return None
+        fast = apply_algorithms(holder, offered)[0]["layer"]  # a copy
+        if self.fuse:
+            fast = fuse_activations(fast, inplace=True)[0]
+        if isinstance(fast, nn.Sequential):
+            fast = ChainConv2d.from_chain(fast) or fast
+        return fast.to(memory_format=FORMATS[self.memory_format]).eval()
 
 
 def switchable_chains(model: nn.Module, names) -> dict[str, ChainConv2d]:

@@ -7,8 +7,9 @@ For every convolution the planner builds candidates in separate steps:
 2. **algorithm variants** (:func:`algorithm_variants`): each of those again with its 3x3
    convolutions computed by Winograd F(2x2), F(4x4) or F(6x6) (:mod:`..algorithms`);
 3. **latency** (:mod:`.latency`): each measured on this machine, on the layer's real input at the
-   planning batch, in its deployment form, cached by shape, and put on one measurement of all
-   the originals together;
+   planning batch, in its deployment form (a rewrite in both of its forms, factors on oneDNN or
+   on the narrow kernel, the faster credited), cached by shape, and put on one measurement of
+   all the originals together;
 4. **sensitivity** (:mod:`.sensitivity`): the KL divergence of the whole model's predictions on a
    calibration set with only that layer rewritten, made monotone in rank;
 

@@ -8,10 +8,20 @@ candidate's method, rank and algorithm, the input shape and layout, the thread c
 torch version, so a layer of the same shape in another model or another run is not timed again.
 :func:`common_window` then puts every layer on one measurement of all the originals together.
 
+A rewrite runs deployed in one of two forms (:data:`FORMS`), and the deployment keeps whichever
+it measures faster (:meth:`..deploy.Deployment.measured`): its factors on oneDNN, or those that
+the narrow direct kernel computes on it, in one pass where they follow each other. So a rewrite
+is timed in both, and credited with the faster. Timed by oneDNN alone, the candidates' ladder was
+not the one deployed: oneDNN runs channel counts that are not multiples of 8 or 16 slowly, and
+the narrow kernel does not mind them (on a 24-channel layer at 40x40, the spatial SVD of rank 24
+ran 1.22x faster than the layer by oneDNN and 1.72x on the kernel, rate 0.82 against 1.14),
+so the plans leaned on the thin, aligned ranks that oneDNN runs well.
+
 Dominated candidates are pruned before they are fully timed: every candidate first runs twice,
 and one whose faster run took more than :data:`PRUNE_SLOWER` times the kept layer's median is
 slower *and* less accurate than keeping the layer, so no plan can prefer it; it keeps that
-measurement and is not timed again. Only the others are timed ``repeats`` times, interleaved with
+measurement and is not timed again; likewise a form of a candidate that ran :data:`PRUNE_SLOWER`
+times slower than its other form. Only the others are timed ``repeats`` times, interleaved with
 the kept layer.
 """
 
@@ -29,12 +39,17 @@ from .plan import KEEP
 
 CACHE_FILE = "latency.json"
 
+#: The deployed forms a rewrite is timed in, the faster credited: its factors on oneDNN, and its
+#: factors on the narrow direct kernel where that computes them (one pass for those in a row).
+#: Part of the table's key: a latency measured in one form only is not reused.
+FORMS = ("packed", "narrow")
+
 #: A candidate whose faster of two first runs takes more than this times the kept layer's is not
 #: timed further (a run on a shared machine can be 10-20 % slow; the faster of two, and the
 #: margin, keep near-ties).
 PRUNE_SLOWER = 1.3
 
-__all__ = ["CACHE_FILE", "common_window", "latencies"]
+__all__ = ["CACHE_FILE", "FORMS", "common_window", "latencies"]
 
 
 def _latency_key(layer: nn.Module, key: tuple, shape, threads: int) -> str:
@@ -42,6 +57,8 @@ def _latency_key(layer: nn.Module, key: tuple, shape, threads: int) -> str:
     variant = (
         (method, rank) if algorithm == "direct" else (method, rank, algorithm, native.status())
     )
+    if key != KEEP:  # the faster of two deployed forms (FORMS)
+        variant = (*variant, FORMS, native.status())
     text = repr((type(layer).__name__, getattr(layer, "weight", torch.empty(0)).shape,
                  getattr(layer, "stride", None), getattr(layer, "padding", None),
                  getattr(layer, "dilation", None), getattr(layer, "groups", None),
@@ -51,34 +68,57 @@ def _latency_key(layer: nn.Module, key: tuple, shape, threads: int) -> str:
 
 def latencies(layer, modules, xb, shape_form, cache, use_cache, repeats, deployment):
     """Each candidate module's latency (ms) in its deployment form on ``xb``: from ``cache``, or
-    measured interleaved with the others (and put in ``cache``); candidates that their first two
-    runs show to be :data:`PRUNE_SLOWER` times slower than the kept layer are not timed further
-    (see the module)."""
+    measured interleaved with the others (and put in ``cache``); a rewrite whose factors the
+    narrow kernel computes is timed in both forms and credited with the faster; candidates that
+    their first two runs show to be :data:`PRUNE_SLOWER` times slower than the kept layer are
+    not timed further (see the module)."""
     threads = torch.get_num_threads()
     timings: dict[tuple, float] = {}
     todo = {}
+    calls = {}  # (key, form) -> call
     for key, mod in modules.items():
         ck = _latency_key(layer, key, shape_form, threads)
         if use_cache and ck in cache:
             timings[key] = cache[ck]
-        else:
-            todo[key] = (ck, deployment.layer(mod))
+            continue
+        todo[key] = ck
+        for form, built in _forms(key, mod, deployment).items():
+            calls[(key, form)] = lambda m=built, xb=xb: m(xb)
     if not todo:
         return timings
-    calls = {key: (lambda m=m, xb=xb: m(xb)) for key, (_, m) in todo.items()}
-    if KEEP in modules and KEEP not in calls:  # the reference runs with the others
-        calls[KEEP] = lambda m=deployment.layer(modules[KEEP]), xb=xb: m(xb)
+    if KEEP in modules and KEEP not in todo:  # the reference runs with the others
+        calls[(KEEP, "packed")] = lambda m=deployment.layer(modules[KEEP]), xb=xb: m(xb)
     first = _compare(calls, warmup=1, repeats=2)
-    keep_ms = first[KEEP].ms if KEEP in first else None
-    slow = {
-        k for k in todo if keep_ms and k != KEEP and first[k].best * 1e3 > PRUNE_SLOWER * keep_ms
-    }
-    rest = {key: fn for key, fn in calls.items() if key not in slow}
+    keep_ms = first[(KEEP, "packed")].ms if KEEP in modules else None
+    best = {key: min(t.best for (k, _), t in first.items() if k == key) for key in todo}
+
+    def timed_further(key, form) -> bool:
+        """Not a candidate whose faster form is slower than keeping the layer, nor a form
+        slower than the candidate's other in its first runs."""
+        if key == KEEP:
+            return True
+        dominated = keep_ms is not None and best[key] * 1e3 > PRUNE_SLOWER * keep_ms
+        return not dominated and first[(key, form)].best <= PRUNE_SLOWER * best[key]
+
+    rest = {kf: fn for kf, fn in calls.items() if timed_further(*kf)}
     measured = _compare(rest, warmup=0, repeats=repeats) if repeats > 1 else {}
-    for key, (ck, _) in todo.items():
-        ms = (measured if key in measured else first)[key].ms
-        timings[key] = cache[ck] = ms
+    for key, ck in todo.items():
+        forms = [t for (k, _), t in measured.items() if k == key]
+        forms = forms or [t for (k, _), t in first.items() if k == key]
+        timings[key] = cache[ck] = min(t.ms for t in forms)
     return timings
+
+
+def _forms(key: tuple, module: nn.Module, deployment) -> dict[str, nn.Module]:
+    """The deployed forms of one candidate (:data:`FORMS`): ``"packed"`` (oneDNN,
+    :meth:`..deploy.Deployment.layer`) and, for a rewrite whose factors the narrow kernel
+    computes, ``"narrow"`` (:meth:`..deploy.Deployment.narrow_layer`)."""
+    forms = {"packed": deployment.layer(module)}
+    if key != KEEP:
+        narrow = deployment.narrow_layer(module)
+        if narrow is not None:
+            forms["narrow"] = narrow
+    return forms
 
 
 def _compare(calls: dict[tuple, object], warmup: int, repeats: int) -> dict:
