@@ -8,8 +8,9 @@ For every convolution the planner builds candidates in separate steps:
    convolutions computed by Winograd F(2x2), F(4x4) or F(6x6) (:mod:`..algorithms`);
 3. **latency** (:mod:`.latency`): each measured on this machine, on the layer's real input at the
    planning batch, in its deployment form (a rewrite in both of its forms, factors on oneDNN or
-   on the narrow kernel, the faster credited), cached by shape, and put on one measurement of
-   all the originals together;
+   on the narrow kernel, the faster credited), cached by shape; once every layer is done, the
+   candidates an allocation can choose timed again in a second window (the mean of the two
+   ratios to the kept layer kept), and all put on one measurement of the originals together;
 4. **sensitivity** (:mod:`.sensitivity`): the KL divergence of the whole model's predictions on a
    calibration set with only that layer rewritten, made monotone in rank;
 
@@ -39,7 +40,7 @@ from ..deploy import Deployment
 from ..replace import decompose_layer
 from ..surgery import conv_layers
 from ..verify import capture_inputs
-from .latency import CACHE_FILE, common_window, latencies
+from .latency import CACHE_FILE, common_window, frontier, latencies, second_window
 from .plan import KEEP, Candidate
 from .sensitivity import measured_candidates, monotone_sensitivity
 
@@ -118,6 +119,7 @@ def build_candidates(
             "class still differ")  # fmt: skip
     cache = cache_store.load(CACHE_FILE) if use_cache else {}
     out: dict[str, list[Candidate]] = {}
+    retained: dict[str, dict] = {}  # each layer's frontier measured now: timed again below
     originals: dict[str, object] = {}  # each layer's original on its input, timed again below
     for i, name in enumerate(layers):
         layer = model.get_submodule(name)
@@ -133,13 +135,16 @@ def build_candidates(
             continue
         modules, errors = rewrites(layer, name, x, methods, ratios, fmt, align)
         modules, errors = algorithm_variants(modules, errors, algorithms, fmt)
+        kept: dict = {}  # the calls of what was measured now, for the second window
         timings = latencies(layer, modules, xb, (*xb.shape, *form), cache, use_cache, repeats,
-                            deployment)  # fmt: skip
+                            deployment, kept)  # fmt: skip
         originals[name] = lambda m=deployment.layer(layer), xb=xb: m(xb)
         measured = measured_candidates(model, name, layer, x, modules, errors, timings,
                                        calibration, reference, logits, local)  # fmt: skip
         cands = monotone_sensitivity(measured)
         out[name] = cands
+        on_frontier = {c.key for c in frontier(cands)} | {KEEP}
+        retained[name] = {key: call for key, call in kept.items() if key in on_frontier}
         if on_layer is not None:
             on_layer(name, cands)
         if log:
@@ -147,6 +152,13 @@ def build_candidates(
             log(f"  planned {i + 1}/{len(layers)} {name}: {len(cands) - 1} candidates, "
                 f"{base.total.macs / 1e6:.1f} MMACs per sample, {keep:.2f} ms at batch "
                 f"{batch}")  # fmt: skip
+    again = sum(len(r) - 1 for r in retained.values() if len(r) > 1)
+    if log and again:
+        log(f"  timing again the {again} candidates that an allocation can choose (each layer's "
+            "frontier of latency and sensitivity), in a second window")  # fmt: skip
+    for name, kept in retained.items():
+        out[name] = second_window(out[name], kept, cache, repeats)
+    retained.clear()
     if use_cache:
         cache_store.save(CACHE_FILE, cache)
     xb_model = input_at_batch(calibration, batch)

@@ -17,6 +17,16 @@ the narrow kernel does not mind them (on a 24-channel layer at 40x40, the spatia
 ran 1.22x faster than the layer by oneDNN and 1.72x on the kernel, rate 0.82 against 1.14),
 so the plans leaned on the thin, aligned ranks that oneDNN runs well.
 
+A layer's candidates are timed together in a few seconds, and on a shared machine a few
+seconds can be unrepresentative: load from elsewhere slows memory-heavy forms (Winograd's
+transforms, thin chains) more than oneDNN's dense layers, so the ratios themselves move. In two
+demo runs of one day, the same 32-channel layer by Winograd F(4x4) measured 1.18x and 1.56x
+faster than by oneDNN, and the plan built on the first ran 0.67 of its MACs reduction, the one
+built on the second 1.04 (docs/benchmarks.md). So once every layer has been timed, each layer's
+:func:`frontier` (the only candidates an allocation can choose) is timed again with the kept
+layer, in a second window minutes after the first, and credited with the mean of its two ratios
+to the kept layer (:func:`second_window`).
+
 Dominated candidates are pruned before they are fully timed: every candidate first runs twice,
 and one whose faster run took more than :data:`PRUNE_SLOWER` times the kept layer's median is
 slower *and* less accurate than keeping the layer, so no plan can prefer it; it keeps that
@@ -49,7 +59,7 @@ FORMS = ("packed", "narrow")
 #: margin, keep near-ties).
 PRUNE_SLOWER = 1.3
 
-__all__ = ["CACHE_FILE", "FORMS", "common_window", "latencies"]
+__all__ = ["CACHE_FILE", "FORMS", "common_window", "frontier", "latencies", "second_window"]
 
 
 def _latency_key(layer: nn.Module, key: tuple, shape, threads: int) -> str:
@@ -66,12 +76,15 @@ def _latency_key(layer: nn.Module, key: tuple, shape, threads: int) -> str:
     return hashlib.sha1(text.encode()).hexdigest()
 
 
-def latencies(layer, modules, xb, shape_form, cache, use_cache, repeats, deployment):
+def latencies(layer, modules, xb, shape_form, cache, use_cache, repeats, deployment,
+              retained: dict | None = None):  # fmt: skip
     """Each candidate module's latency (ms) in its deployment form on ``xb``: from ``cache``, or
     measured interleaved with the others (and put in ``cache``); a rewrite whose factors the
     narrow kernel computes is timed in both forms and credited with the faster; candidates that
     their first two runs show to be :data:`PRUNE_SLOWER` times slower than the kept layer are
-    not timed further (see the module)."""
+    not timed further (see the module). ``retained``: filled with ``key -> (table key, call)``
+    of each candidate measured now, the call running its faster form (for
+    :func:`second_window`)."""
     threads = torch.get_num_threads()
     timings: dict[tuple, float] = {}
     todo = {}
@@ -103,10 +116,52 @@ def latencies(layer, modules, xb, shape_form, cache, use_cache, repeats, deploym
     rest = {kf: fn for kf, fn in calls.items() if timed_further(*kf)}
     measured = _compare(rest, warmup=0, repeats=repeats) if repeats > 1 else {}
     for key, ck in todo.items():
-        forms = [t for (k, _), t in measured.items() if k == key]
-        forms = forms or [t for (k, _), t in first.items() if k == key]
-        timings[key] = cache[ck] = min(t.ms for t in forms)
+        forms = [(t, kf) for kf, t in measured.items() if kf[0] == key]
+        forms = forms or [(t, kf) for kf, t in first.items() if kf[0] == key]
+        fastest, kf = min(forms, key=lambda tf: tf[0].ms)
+        timings[key] = cache[ck] = fastest.ms
+        if retained is not None:
+            retained[key] = (ck, calls[kf])
+    if retained is not None and KEEP in modules and KEEP not in retained:
+        retained[KEEP] = (None, calls[(KEEP, "packed")])
     return timings
+
+
+def frontier(cands: list) -> list:
+    """The candidates no other of the layer beats: none is at least as fast and at least as
+    accurate (lower latency and sensitivity, one of them strictly). Only these can be chosen by
+    an allocation that weighs latency against sensitivity."""
+
+    def beaten(c) -> bool:
+        return any(
+            o.latency_ms <= c.latency_ms
+            and o.sensitivity <= c.sensitivity
+            and (o.latency_ms < c.latency_ms or o.sensitivity < c.sensitivity)
+            for o in cands
+        )
+
+    return [c for c in cands if not beaten(c)]
+
+
+def second_window(cands: list, retained: dict, cache: dict, repeats: int) -> list:
+    """``cands`` (one layer's, the first the kept layer) with each candidate of the
+    :func:`frontier` that was measured in this run (``retained``, from :func:`latencies`) timed
+    again, interleaved with the kept layer, and credited with the mean of its two ratios to the
+    kept layer (see the module docstring); the table keeps the mean."""
+    keep = cands[0]
+    again = {c.key for c in frontier(cands) if c.key != KEEP and c.key in retained}
+    if not again or KEEP not in retained or keep.latency_ms <= 0:
+        return cands
+    calls = {KEEP: retained[KEEP][1], **{key: retained[key][1] for key in again}}
+    second = _compare(calls, warmup=1, repeats=repeats)
+    out = []
+    for c in cands:
+        if c.key in again:
+            ratio = (c.latency_ms / keep.latency_ms + second[c.key].ms / second[KEEP].ms) / 2
+            c = dataclasses.replace(c, latency_ms=keep.latency_ms * ratio)
+            cache[retained[c.key][0]] = c.latency_ms
+        out.append(c)
+    return out
 
 
 def _forms(key: tuple, module: nn.Module, deployment) -> dict[str, nn.Module]:
