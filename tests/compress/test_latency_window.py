@@ -79,3 +79,28 @@ def test_build_candidates_times_the_frontier_twice(monkeypatch):
     for (n, on_frontier, kept), cs in zip(seen, cands.values(), strict=True):
         assert n == len(cs)
         assert kept == on_frontier | {KEEP}  # only the frontier's calls are kept
+
+
+def test_the_fixed_latency_and_the_total_are_the_mean_of_two_windows(monkeypatch):
+    from leanconv.bench.timing import Timing
+    from leanconv.compress.planning import candidates as module
+
+    windows = []
+
+    def fake_compare(calls, warmup=1, repeats=5):
+        windows.append(set(calls))
+        slow = len(windows) == 1  # a burst of load during the first window
+        ms = {"given": 30.0 if slow else 20.0, "model": 40.0, "deployed": 28.0 if slow else 12.0}
+        return {n: Timing(ms.get(n, 2.0) / 1e3, 0.0, 0.0, repeats) for n in calls}
+
+    monkeypatch.setattr(module, "compare", fake_compare)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
+                          nn.Conv2d(8, 8, 3, padding=1), nn.Flatten(),
+                          nn.Linear(8 * 6 * 6, 3)).eval()  # fmt: skip
+    cands, fixed, total = build_candidates(model, torch.randn(8, 3, 6, 6), ratios=(0.3,), batch=4,
+                                           repeats=2, use_cache=False, algorithms=())  # fmt: skip
+    assert len(windows) == 2 and windows[0] == windows[1]
+    assert total == pytest.approx(25.0)  # the mean of 30 and 20
+    assert [cs[0].latency_ms for cs in cands.values()] == pytest.approx([2.0, 2.0])
+    assert fixed == pytest.approx((28.0 + 12.0) / 2 - 2 * 2.0)
