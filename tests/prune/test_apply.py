@@ -90,3 +90,11 @@ def test_a_layer_that_is_no_pair_or_a_bad_count_is_named():
         prune_pairs(model, {"0": 9}, x)
     with pytest.raises(TypeError, match=r"keep\['0'\]=2.5 must be an int"):
         prune_pairs(model, {"0": 2.5}, x)
+
+
+def test_pairs_that_share_a_convolution_are_refused():
+    model = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Conv2d(16, 16, 3), nn.ReLU(),
+                          nn.Conv2d(16, 8, 3))  # fmt: skip
+    x = torch.randn(2, 3, 12, 12)
+    with pytest.raises(ValueError, match="'2' would be pruned twice"):
+        prune_pairs(model, {"0": 8, "2": 8}, x)

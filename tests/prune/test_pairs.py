@@ -4,7 +4,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from leanconv import zoo
-from leanconv.prune import Pair, find_pairs
+from leanconv.prune import Pair, disjoint, find_pairs
 
 
 class Functional(nn.Module):
@@ -51,3 +51,11 @@ def test_a_sequential_model():
     model = nn.Sequential(nn.Conv2d(3, 16, 3), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 8, 3),
                           nn.ReLU(), nn.AdaptiveAvgPool2d(1))  # fmt: skip
     assert find_pairs(model) == [Pair("0", "3", "1", 16)]
+
+
+def test_disjoint_pairs_of_a_chain_take_every_other_one():
+    model = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Conv2d(16, 16, 3), nn.ReLU(),
+                          nn.Conv2d(16, 16, 3), nn.ReLU(), nn.Conv2d(16, 8, 3))  # fmt: skip
+    pairs = find_pairs(model)
+    assert [(p.producer, p.consumer) for p in pairs] == [("0", "2"), ("2", "4"), ("4", "6")]
+    assert [(p.producer, p.consumer) for p in disjoint(pairs)] == [("0", "2"), ("4", "6")]

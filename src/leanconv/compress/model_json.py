@@ -60,6 +60,11 @@ def _linear_args(m: nn.Linear) -> dict:
     return dict(in_features=m.in_features, out_features=m.out_features, bias=m.bias is not None)
 
 
+def _norm_args(m: nn.BatchNorm2d) -> dict:
+    return dict(num_features=m.num_features, eps=m.eps, affine=m.affine,
+                track_running_stats=m.track_running_stats)  # fmt: skip
+
+
 def module_types() -> dict[str, tuple[type, Callable[[nn.Module], dict]]]:
     """The module types a description may name: class and how to describe an instance."""
     from ..nn.factorised import CPConv2d, TTConv2d, TuckerConv2d
@@ -69,6 +74,7 @@ def module_types() -> dict[str, tuple[type, Callable[[nn.Module], dict]]]:
         "Linear": (nn.Linear, _linear_args),
         "ZeroPad2d": (nn.ZeroPad2d, lambda m: dict(padding=list(m.padding))),
         "Identity": (nn.Identity, lambda m: {}),
+        "BatchNorm2d": (nn.BatchNorm2d, _norm_args),
         "Flatten": (nn.Flatten, lambda m: dict(start_dim=m.start_dim, end_dim=m.end_dim)),
         "CPConv2d": (CPConv2d, _factorised_args),
         "TuckerConv2d": (TuckerConv2d, _factorised_args),
@@ -124,6 +130,11 @@ def _ints(v, field: str, n: int, least: int = 0) -> None:
         _int(x, f"{field}[{i}]", least)
 
 
+def _positive(v, field: str) -> None:
+    if type(v) not in (int, float) or not 0 < v < 1:
+        _fail(field, f"must be a number in (0, 1), not {v!r}")
+
+
 def _bool(v, field: str) -> None:
     if type(v) is not bool:
         _fail(field, f"must be true or false, not {v!r}")
@@ -152,6 +163,8 @@ ARGUMENTS: dict[str, dict[str, tuple]] = {
     "Linear": {"in_features": (_int, 1), "out_features": (_int, 1), "bias": (_bool,)},
     "ZeroPad2d": {"padding": (_ints, 4, 0)},
     "Identity": {},
+    "BatchNorm2d": {"num_features": (_int, 1), "eps": (_positive,), "affine": (_bool,),
+                    "track_running_stats": (_bool,)},
     "Flatten": {"start_dim": ("dim",), "end_dim": ("dim",)},
     "CPConv2d": {**_CONV, "rank": (_int, 1)},
     "TuckerConv2d": {**_CONV, "in_rank": (_int, 1), "out_rank": (_int, 1)},

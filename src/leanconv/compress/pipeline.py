@@ -24,7 +24,6 @@ from ..algorithms.gemv import MAX_ROWS
 from ..bench import allocator
 from ..data.batches import first_inputs
 from ..data.bundle import DataBundle
-from ..decompose.rank import canonical_method
 from ..errors import LeanconvError, OutputExistsError
 from ..report.files import write_text_atomic
 from ..rewrite.residual import residual_sums
@@ -49,6 +48,7 @@ from .planning import (
     build_candidates,
     plan_for_accuracy,
     plan_for_speedup,
+    planned_method,
     within_error,
 )
 from .plausibility import check_plausible
@@ -122,7 +122,7 @@ class CompressConfig:
                              "every candidate at this batch)")  # fmt: skip
         if not self.batch_sizes or any(not 1 <= b <= MAX_BATCH for b in self.batch_sizes):
             raise ValueError(f"batch_sizes={self.batch_sizes}: batch sizes from 1 to {MAX_BATCH}")
-        self.methods = tuple(canonical_method(m, "--methods") for m in self.methods)
+        self.methods = tuple(planned_method(m, "--methods") for m in self.methods)
         unknown = [a for a in self.algorithms if a not in ALGORITHMS]
         if unknown:
             raise ValueError(

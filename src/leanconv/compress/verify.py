@@ -6,6 +6,10 @@ keep the layer's own input. The replacement's output on those activations is com
 original layer's: the relative error ``||y_hat - y||_F / ||y||_F`` must be finite and at most
 ``max_error``, otherwise the layer is rolled back (kept as it was) and the report says why. The
 whole model's output error on the calibration inputs is reported at the end.
+
+A layer planned as ``("prune", r)`` is half of a pruned pair (:mod:`leanconv.prune`): the pair is
+pruned when both of its layers are planned so with the same ``r``, and judged by the second
+layer's output error after its refit (both rolled back together when it is too large).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from ..cost import count
 from ..decompose.rank import output_error
 from ..errors import LeanconvError
 from ..modules import capture_inputs, get_layer, replace_modules
+from ..prune import PRUNE, find_pairs, prune_pairs
 from .outputs import relative_error
 from .replace import decompose_layer
 
@@ -57,6 +62,51 @@ class SurgeryReport:
         return {"model_output_error": self.model_output_error, "layers": rows}
 
 
+def _pruned_pairs(work, pruned: dict[str, object], inputs, calibration, max_error, strict,
+                  report: SurgeryReport) -> dict[str, nn.Module]:  # fmt: skip
+    """The planned pairs pruned (see the module docstring): the modules to put in place (the two
+    convolutions and the norm between); each layer's outcome appended to ``report``."""
+    if not pruned:
+        return {}
+    pairs = {p.producer: p for p in find_pairs(work)}
+    keep = {name: r for name, r in pruned.items() if name in pairs
+            and pruned.get(pairs[name].consumer) == r}  # fmt: skip
+    paired = set(keep) | {pairs[n].consumer for n in keep}
+    for name in pruned:
+        if name not in paired:
+            reason = ("not one of a prunable pair of convolutions planned with the same "
+                      "channel count")  # fmt: skip
+            if strict:
+                raise LeanconvError(f"{name}: {reason}")
+            report.layers.append(LayerOutcome(name, PRUNE, pruned[name], "skipped", reason))
+    if not keep:
+        return {}
+    result = prune_pairs(work, {n: int(r) for n, r in keep.items()}, calibration)
+    replacements: dict[str, nn.Module] = {}
+    for outcome in result.outcomes:
+        pair, err = outcome.pair, outcome.output_error
+        ok = math.isfinite(err) and err <= max_error
+        new = {n: result.model.get_submodule(n) for n in (pair.producer, pair.consumer)}
+        kept = torch.tensor(outcome.kept)
+        for name in (pair.producer, pair.consumer):
+            x = inputs[name]
+            before = count(get_layer(work, name), x)
+            after = count(new[name], x[:, kept] if name == pair.consumer else x)
+            layer_err = err if name == pair.consumer else 0.0
+            reason = "" if ok else (f"output error of {pair.consumer} {err:.3g} > {max_error:g}"
+                                    if math.isfinite(err) else "non-finite output")  # fmt: skip
+            report.layers.append(LayerOutcome(
+                name, PRUNE, len(outcome.kept), "replaced" if ok else "rolled back", reason,
+                before.total.params, after.total.params, before.total.macs, after.total.macs,
+                layer_err, layer_err,
+            ))  # fmt: skip
+        if ok:
+            replacements.update(new)
+            if pair.norm is not None:
+                replacements[pair.norm] = result.model.get_submodule(pair.norm)
+    return replacements
+
+
 def decompose_model(
     model: nn.Module,
     plan: dict[str, tuple[str, object]],
@@ -89,8 +139,11 @@ def decompose_model(
     inputs = capture_inputs(work, valid, calibration)
     with torch.no_grad():
         reference = work(calibration)
-    replacements: dict[str, nn.Module] = {}
+    pruned = {n: plan[n][1] for n in valid if plan[n][0] == PRUNE}
+    replacements = _pruned_pairs(work, pruned, inputs, calibration, max_error, strict, report)
     for name in valid:
+        if name in pruned:
+            continue
         method, rank = plan[name]
         layer = get_layer(work, name)
         x = inputs[name]

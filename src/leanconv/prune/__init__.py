@@ -13,13 +13,18 @@ low-rank decomposition's thin factors run at a third to two thirds of it.
 
 from .apply import PairOutcome, PruneResult, prune_pairs
 from .channels import channel_energy, input_gram, refit_weight, select_channels
-from .pairs import Pair, find_pairs
+from .pairs import Pair, disjoint, find_pairs
+
+#: The method name a pruned pair's layers carry in plans, reports and ``--methods``.
+PRUNE = "prune"
 
 __all__ = [
+    "PRUNE",
     "Pair",
     "PairOutcome",
     "PruneResult",
     "channel_energy",
+    "disjoint",
     "find_pairs",
     "input_gram",
     "prune_pairs",

@@ -139,11 +139,16 @@ def prune_pairs(model: nn.Module, keep: dict[str, int], calibration: Tensor,
                 batch: int = 32) -> PruneResult:  # fmt: skip
     """A copy of ``model`` with the pairs named by their producer in ``keep`` pruned to that many
     channels (see the module docstring), and what was done to each. Raises ``ValueError`` naming
-    a layer that is not the producer of a prunable pair (:func:`.pairs.find_pairs` lists them)
-    or a count out of range."""
+    a layer that is not the producer of a prunable pair (:func:`.pairs.find_pairs` lists them),
+    a count out of range, or a layer that two of the pairs share (:func:`.pairs.disjoint`)."""
     pairs = {p.producer: p for p in find_pairs(model)}
     _check(pairs, keep)
     chosen = [pairs[name] for name in keep]
+    shared = [p.producer for p in chosen if p.producer in {q.consumer for q in chosen}]
+    if shared:
+        raise ValueError(f"{shared[0]!r} would be pruned twice, as the second convolution of "
+                         "one pair and the first of another: prune pairs that share no "
+                         "convolution")  # fmt: skip
     consumers = {p.consumer: model.get_submodule(p.consumer) for p in chosen}
     grams = _grams(model, consumers, calibration, batch) if chosen else {}
     replacements: dict[str, nn.Module] = {}

@@ -23,7 +23,7 @@ from torch import fx, nn
 
 from ..rewrite._trace import module_calls, relu_input, trace_forward
 
-__all__ = ["Pair", "find_pairs"]
+__all__ = ["Pair", "disjoint", "find_pairs"]
 
 #: Modules that act on each channel alone (elementwise activations, the identity, pooling), so a
 #: pruned channel is removed from them without changing the others.
@@ -109,3 +109,18 @@ def find_pairs(model: nn.Module) -> list[Pair]:
             continue
         pairs.append(Pair(node.target, consumer_node.target, norm, producer.out_channels))
     return pairs
+
+
+def disjoint(pairs: list[Pair]) -> list[Pair]:
+    """Of ``pairs``, in their order, each that shares no convolution with one taken before it.
+    In a chain of convolutions every inner one is the consumer of one pair and the producer of
+    the next; pruning both would change its inputs and its outputs, and the two prunings could
+    no longer be chosen apart. A residual network's inner pairs are disjoint already."""
+    used: set[str] = set()
+    out = []
+    for pair in pairs:
+        if pair.producer in used or pair.consumer in used:
+            continue
+        used |= {pair.producer, pair.consumer}
+        out.append(pair)
+    return out

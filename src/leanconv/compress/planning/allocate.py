@@ -13,13 +13,16 @@ deployment form, and added as a constant, so the predicted speedup is
 cheapest plan found is returned with ``met = False``. For a speedup target the plan is then the
 one with the most MACs among those within one standard error of the most accurate plan's summed
 sensitivity (:mod:`.capacity`).
+
+The allocation runs on units (:mod:`.units`): a layer, or a prunable pair of layers whose two
+candidates are chosen together; the plan has one candidate per layer.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from . import capacity
+from . import capacity, units
 from .plan import Candidate, Plan
 
 __all__ = ["allocate"]
@@ -140,18 +143,20 @@ def allocate(
     a ``speedup`` target with ``prefer_capacity``, the plan is the one with the most MACs among
     those within one standard error of the most accurate plan's sensitivity
     (:mod:`.capacity`)."""
-    target, value, cost, budget = _budget(candidates, fixed_ms, total_ms, macs_before, speedup,
+    unit_cands = units.group(candidates)
+    target, value, cost, budget = _budget(unit_cands, fixed_ms, total_ms, macs_before, speedup,
                                           macs_ratio, max_sensitivity)  # fmt: skip
-    best, met = _lagrangian(candidates, value, cost, budget)
+    best, met = _lagrangian(unit_cands, value, cost, budget)
     notes: list[str] = []
     if met and speedup is not None and prefer_capacity:
         accurate = best
         best = capacity.prefer_capacity(
-            best, candidates, lambda weighted: _lagrangian(candidates, weighted, cost, budget)[0]
+            best, unit_cands, lambda weighted: _lagrangian(unit_cands, weighted, cost, budget)[0]
         )
         if best is not accurate:
             notes.append(_capacity_note(accurate, best))
     if not met:
         notes.append(f"the target ({target}) cannot be met with these candidates; "
                      "this is the cheapest plan found")  # fmt: skip
-    return Plan(best, candidates, fixed_ms, total_ms, macs_before, target, met, tuple(notes))
+    choices = units.expand(best, candidates)
+    return Plan(choices, candidates, fixed_ms, total_ms, macs_before, target, met, tuple(notes))

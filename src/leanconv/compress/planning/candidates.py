@@ -42,6 +42,7 @@ from ..replace import decompose_layer
 from ..surgery import conv_layers
 from ..verify import capture_inputs
 from .latency import CACHE_FILE, common_window, frontier, latencies, second_window
+from .pair_candidates import PRUNE, pair_candidates
 from .plan import KEEP, Candidate
 from .sensitivity import measured_candidates, monotone_sensitivity
 
@@ -52,16 +53,30 @@ DEFAULT_RATIOS = (0.06, 0.1, 0.15, 0.25, 0.4, 0.6)
 #: channels, then a 1x1) keeps its first factor as wide as the layer's input: it runs near the
 #: dense layer's rate where Tucker-2's thin factors do not, and adding it took the demo from 0.67
 #: to 0.91 of its MACs reduction in speed, with a smaller accuracy drop (docs/benchmarks.md).
-DEFAULT_METHODS = ("tucker2", "spatial_svd", "low_rank")
+DEFAULT_METHODS = ("tucker2", "spatial_svd", "low_rank", PRUNE)
 
 __all__ = [
     "DEFAULT_METHODS",
     "DEFAULT_RATIOS",
+    "PRUNE",
     "algorithm_variants",
     "build_candidates",
+    "planned_method",
     "rewrites",
     "within_error",
 ]
+
+
+def planned_method(name: str, where: str = "methods") -> str:
+    """``name`` as the planner knows it: ``"prune"`` (pruning convolution pairs,
+    :mod:`.pair_candidates`) or a decomposition's registered name (its aliases accepted);
+    raises for anything else, listing the valid names."""
+    if str(name).strip().lower() == PRUNE:
+        return PRUNE
+    try:
+        return canonical_method(name, where)
+    except LeanconvError as exc:
+        raise type(exc)(f"{exc}; or {PRUNE!r} (pruning convolution pairs)") from None
 
 
 def build_candidates(
@@ -103,7 +118,9 @@ def build_candidates(
     form (batch norms folded, ReLUs fused); the total is the model as given, so the predicted
     speedup covers both the rewrites and the deployment form.
     """
-    methods = tuple(canonical_method(m, "methods") for m in methods)  # unknown names raise
+    methods = tuple(planned_method(m) for m in methods)  # unknown names raise
+    prune = PRUNE in methods
+    methods = tuple(m for m in methods if m != PRUNE)
     memory_format = deployment.memory_format
     fmt = FORMATS[memory_format]
     form = (memory_format, "packed" if deployment.fuse else "plain")
@@ -153,6 +170,10 @@ def build_candidates(
             log(f"  planned {i + 1}/{len(layers)} {name}: {len(cands) - 1} candidates, "
                 f"{base.total.macs / 1e6:.1f} MMACs per sample, {keep:.2f} ms at batch "
                 f"{batch}")  # fmt: skip
+    if prune:
+        _add_pair_candidates(out, retained, model, layers, inputs, calibration, reference, logits,
+                             batch, fmt, form, deployment, cache, use_cache, repeats,
+                             algorithms, done, on_layer, log)  # fmt: skip
     xb_model = input_at_batch(calibration, batch)
     deployed = deployment.apply(model)
     whole = {"given": lambda: given(xb_model), "model": lambda: model(xb_model),
@@ -179,6 +200,33 @@ def build_candidates(
     # what no candidate changes, as it will run deployed (batch norms folded, ReLUs fused)
     fixed = max(0.0, ms["deployed"] - conv_total)
     return out, fixed, total
+
+
+def _add_pair_candidates(out, retained, model, layers, inputs, calibration, reference, logits,
+                         batch, fmt, form, deployment, cache, use_cache, repeats, algorithms,
+                         done, on_layer, log) -> None:  # fmt: skip
+    """Each prunable pair's candidates (:mod:`.pair_candidates`) added to its two layers' in
+    ``out``, the frontier's calls to ``retained``; pairs whose layers an interrupted run had
+    finished with theirs are not measured again."""
+    resumed = {n for n, cs in (done or {}).items() if any(c.method == PRUNE for c in cs)}
+    timed: dict[str, dict] = {}
+    new = pair_candidates(model, [n for n in layers if n not in resumed], inputs, calibration,
+                          reference, logits, batch, fmt, form, deployment, cache, use_cache,
+                          repeats, lambda m, e: algorithm_variants(m, e, algorithms, fmt),
+                          timed)  # fmt: skip
+    for name, extra in new.items():
+        cands = out[name] + extra
+        out[name] = cands
+        on_frontier = {c.key for c in frontier(cands)} | {KEEP}
+        calls = {**retained.get(name, {}), **timed.get(name, {})}
+        retained[name] = {key: call for key, call in calls.items() if key in on_frontier}
+        if on_layer is not None:
+            on_layer(name, cands)
+    if log and new:
+        pairs = len(new) // 2
+        log(f"  pruned pairs: {pairs} pair(s) of convolutions, {sum(map(len, new.values()))} "
+            "candidates (each pair at 3/4, 1/2 and 1/4 of its channels, the second layer "
+            "refitted by least squares)")  # fmt: skip
 
 
 def within_error(candidates: dict[str, list[Candidate]], max_error: float) -> dict:

@@ -77,14 +77,16 @@ def _latency_key(layer: nn.Module, key: tuple, shape, threads: int) -> str:
 
 
 def latencies(layer, modules, xb, shape_form, cache, use_cache, repeats, deployment,
-              retained: dict | None = None):  # fmt: skip
+              retained: dict | None = None, inputs: dict | None = None):  # fmt: skip
     """Each candidate module's latency (ms) in its deployment form on ``xb``: from ``cache``, or
     measured interleaved with the others (and put in ``cache``); a rewrite whose factors the
     narrow kernel computes is timed in both forms and credited with the faster; candidates that
     their first two runs show to be :data:`PRUNE_SLOWER` times slower than the kept layer are
     not timed further (see the module). ``retained``: filled with ``key -> (table key, call)``
     of each candidate measured now, the call running its faster form (for
-    :func:`second_window`)."""
+    :func:`second_window`). ``inputs``: a candidate's own input where it is not ``xb`` (the
+    consumer of a pruned pair reads only the channels kept)."""
+    inputs = inputs or {}
     threads = torch.get_num_threads()
     timings: dict[tuple, float] = {}
     todo = {}
@@ -96,7 +98,7 @@ def latencies(layer, modules, xb, shape_form, cache, use_cache, repeats, deploym
             continue
         todo[key] = ck
         for form, built in _forms(key, mod, deployment).items():
-            calls[(key, form)] = lambda m=built, xb=xb: m(xb)
+            calls[(key, form)] = lambda m=built, xb=inputs.get(key, xb): m(xb)
     if not todo:
         return timings
     if KEEP in modules and KEEP not in todo:  # the reference runs with the others

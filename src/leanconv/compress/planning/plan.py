@@ -42,6 +42,9 @@ class Candidate:
     sensitivity_se: float = 0.0  # standard error of the measured KL over the calibration images
     # the per-image KL of the measurement (what capacity.plan_sensitivity sums); not saved
     kl_samples: tuple[float, ...] | None = field(default=None, repr=False)
+    # the other layer of a pruned pair (method "prune", :mod:`leanconv.prune`): the two are
+    # chosen together (:mod:`.units`), each carrying half of the pair's sensitivity
+    partner: str | None = None
 
     @property
     def label(self) -> str:

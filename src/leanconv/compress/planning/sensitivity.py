@@ -31,7 +31,13 @@ from .. import outputs
 from ..surgery import replace_modules
 from .plan import KEEP, Candidate
 
-__all__ = ["LOCAL_ERROR_FLOOR", "kl_per_image", "measured_candidates", "monotone_sensitivity"]
+__all__ = [
+    "LOCAL_ERROR_FLOOR",
+    "kl_per_image",
+    "measured_candidates",
+    "model_divergence",
+    "monotone_sensitivity",
+]
 
 #: Output errors at or below this (relative) are float rounding, not a ratio to scale by.
 LOCAL_ERROR_FLOOR = 1e-6
@@ -86,11 +92,17 @@ def monotone_sensitivity(cands: list[Candidate]) -> list[Candidate]:
     ]  # fmt: skip
 
 
+def model_divergence(model, calibration, reference, logits) -> tuple:
+    """``(mean, standard error, per-image values)`` of ``model``'s divergence from
+    ``reference`` on the calibration images."""
+    with torch.no_grad():
+        return _estimate(outputs.divergence(model(calibration), reference, logits))
+
+
 def _whole_model(model, name, module, calibration, reference, logits) -> tuple:
     """The divergence of the whole model with only layer ``name`` replaced by ``module``."""
     trial = replace_modules(model, {name: module}, inplace=False)
-    with torch.no_grad():
-        return _estimate(outputs.divergence(trial(calibration), reference, logits))
+    return model_divergence(trial, calibration, reference, logits)
 
 
 def _scaled(anchor: tuple, factor: float) -> tuple:

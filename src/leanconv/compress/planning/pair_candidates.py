@@ -1,0 +1,138 @@
+"""The planner's candidates for pruning convolution pairs (:mod:`leanconv.prune`).
+
+A pair pruned to ``r`` of its ``C`` inner channels stays two dense convolutions, which run at
+nearly the rate of the layers they replace, where the thin factors of a decomposition run at a
+third to two thirds of it (docs/benchmarks.md, "Channel pruning of convolution pairs"). For
+every prunable pair whose two layers are planned (those that share no convolution with one
+before them, :func:`leanconv.prune.disjoint`), and each count of :func:`prune_counts`, the
+pair pruned (the consumer refitted by least squares on the calibration images) gives one
+candidate to each of its two layers, method ``"prune"``, rank ``r``, ``partner`` the other layer:
+
+- sensitivity: the whole model's divergence on the calibration images with the pair pruned,
+  made monotone in ``r`` (fewer channels at least as sensitive), carried half by each layer with
+  half of each image's divergence, so that the two sum to the measurement (the allocation
+  chooses them together, :mod:`.units`);
+- latency: each pruned layer in its deployment form on its real input at the planning batch
+  (the producer on the layer's input, the consumer on the channels kept of its input), with
+  each fast algorithm that applies to it, interleaved with the layer kept
+  (:func:`.latency.latencies`, cached by shape like every candidate);
+- MACs and parameters of each pruned layer; output error (and weight error): the consumer's
+  relative output error after the refit, for both (the producer's kept outputs are exact).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ...cost import count
+from ...modules import input_at_batch
+from ...prune import PRUNE, disjoint, find_pairs, prune_pairs
+from .latency import latencies
+from .plan import KEEP, Candidate
+from .sensitivity import model_divergence
+
+__all__ = ["KEEP_SHARES", "PRUNE", "pair_candidates", "prune_counts"]
+
+#: The shares of a pair's channels it is pruned to (each rounded to a multiple of 8).
+KEEP_SHARES = (0.75, 0.5, 0.25)
+
+
+def prune_counts(channels: int, shares=KEEP_SHARES) -> list[int]:
+    """The channel counts a pair of ``channels`` is pruned to: each share of them rounded to a
+    multiple of 8 (the vector width the kernels are blocked for), at least 8, fewer than
+    ``channels``; largest first."""
+    counts = {max(8, 8 * round(channels * s / 8)) for s in shares}
+    return sorted((c for c in counts if c < channels), reverse=True)
+
+
+def _monotone(measured: dict[int, tuple]) -> dict[int, float]:
+    """Each count's sensitivity raised to the largest of any larger count's (fewer channels keep
+    less of the pair); its standard error and per-image values stay its own measurement's, as
+    :func:`.sensitivity.monotone_sensitivity` keeps them."""
+    out, floor = {}, 0.0
+    for r in sorted(measured, reverse=True):
+        floor = out[r] = max(floor, measured[r][0])
+    return out
+
+
+def pair_candidates(
+    model: nn.Module,
+    layers: list[str],
+    inputs: dict[str, torch.Tensor],
+    calibration: torch.Tensor,
+    reference,
+    logits: bool,
+    batch: int,
+    fmt: torch.memory_format,
+    form: tuple,
+    deployment,
+    cache: dict,
+    use_cache: bool,
+    repeats: int,
+    variants,
+    retained: dict[str, dict] | None = None,
+) -> dict[str, list[Candidate]]:
+    """The prune candidates of each layer of a prunable pair of ``model`` among ``layers`` (see
+    the module docstring): layer name -> its new candidates (without "keep"). ``inputs``: each
+    layer's calibration input; ``variants(modules, errors)``: the modules with their fast
+    algorithm variants (:func:`.candidates.algorithm_variants`); ``retained``: filled with each
+    layer's calls of what was timed now, for the second window."""
+    planned = set(layers)
+    out: dict[str, list[Candidate]] = {}
+    pairs = [p for p in find_pairs(model) if p.producer in planned and p.consumer in planned]
+    for pair in disjoint(pairs):
+        counts = prune_counts(pair.channels)
+        if not counts:
+            continue
+        pruned, measured = {}, {}
+        for r in counts:
+            result = prune_pairs(model, {pair.producer: r}, calibration)
+            pruned[r] = result
+            measured[r] = model_divergence(result.model, calibration, reference, logits)
+        raised = _monotone(measured)
+        for name, partner in ((pair.producer, pair.consumer), (pair.consumer, pair.producer)):
+            out[name] = _layer_candidates(model, name, partner, pair, pruned, measured, raised,
+                                          inputs, batch, fmt, form, deployment, cache,
+                                          use_cache, repeats, variants, retained)  # fmt: skip
+    return out
+
+
+def _layer_candidates(model, name, partner, pair, pruned, measured, raised, inputs, batch, fmt,
+                      form, deployment, cache, use_cache, repeats, variants, retained):  # fmt: skip
+    """One layer's prune candidates, one per count and algorithm."""
+    layer = model.get_submodule(name)
+    x = inputs[name]
+    xb = input_at_batch(x, batch).contiguous(memory_format=fmt)
+    consumer = name == pair.consumer
+    modules: dict[tuple, nn.Module] = {}
+    errors: dict[tuple, float] = {}
+    kept_input: dict[int, torch.Tensor] = {}
+    for r, result in pruned.items():
+        layer_r = result.model.get_submodule(name)
+        modules[(PRUNE, r, "direct")] = layer_r.eval().to(memory_format=fmt)
+        errors[(PRUNE, r, "direct")] = result.outcomes[0].output_error
+        if consumer:
+            kept_input[r] = torch.tensor(result.outcomes[0].kept)
+    modules, errors = variants(modules, errors)
+    own_inputs = {}
+    if consumer:
+        own_inputs = {key: xb[:, kept_input[key[1]]].contiguous(memory_format=fmt)
+                      for key in modules}  # fmt: skip
+    timed: dict = {}
+    timings = latencies(layer, {KEEP: layer, **modules}, xb, (*xb.shape, *form), cache,
+                        use_cache, repeats, deployment, timed, own_inputs)  # fmt: skip
+    if retained is not None:
+        retained.setdefault(name, {}).update(timed)
+    cands = []
+    for key in modules:
+        _, r, algorithm = key
+        own, se, samples = measured[r]
+        sample_x = x[:1][:, kept_input[r]] if consumer else x[:1]
+        c = count(modules[(PRUNE, r, "direct")], sample_x)
+        cands.append(Candidate(
+            name, PRUNE, r, c.total.macs, c.total.params, timings[key], raised[r] / 2,
+            errors[key], errors[key], algorithm, measured_sensitivity=own / 2,
+            sensitivity_se=se / 2, kl_samples=tuple(v / 2 for v in samples), partner=partner,
+        ))  # fmt: skip
+    return cands
