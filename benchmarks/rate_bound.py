@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from leanconv.compress.planning import units
 from leanconv.compress.planning.allocate import _lagrangian, allocate
 from leanconv.compress.planning.plan import Candidate
 
@@ -67,9 +68,9 @@ def main() -> None:
             chosen = allocate(candidates, fixed, total, plan["macs_before"], speedup=target,
                               prefer_capacity=prefer)  # fmt: skip
             print(_row(f"{target:g}x, {label}", chosen.choices, plan, candidates))
-        most, _ = _lagrangian(candidates, lambda c: -c.macs, lambda c: c.latency_ms,
-                              total / target - fixed)  # fmt: skip
-        print(_row(f"{target:g}x, most MACs", most, plan, candidates))
+        most, _ = _lagrangian(units.group(candidates), lambda c: -c.macs,
+                              lambda c: c.latency_ms, total / target - fixed)  # fmt: skip
+        print(_row(f"{target:g}x, most MACs", units.expand(most, candidates), plan, candidates))
 
 
 if __name__ == "__main__":

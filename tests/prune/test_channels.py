@@ -114,3 +114,12 @@ def test_selection_is_the_largest_energies_in_order_and_checks_its_count():
 def test_no_calibration_input_is_an_error():
     with pytest.raises(ValueError, match="no calibration inputs"):
         input_gram([], 3)
+
+
+def test_the_gram_taken_a_few_images_at_a_time_is_the_same(monkeypatch):
+    from leanconv.prune import channels
+
+    x = torch.randn(5, 3, 9, 9, generator=torch.Generator().manual_seed(7))
+    whole = input_gram([x], 3, 1, 1)
+    monkeypatch.setattr(channels, "CHUNK_VALUES", 27 * 81 * 2)  # two images at a time
+    torch.testing.assert_close(input_gram([x], 3, 1, 1), whole, rtol=1e-12, atol=1e-10)

@@ -93,7 +93,8 @@ def register(app: typer.Typer) -> None:
         methods: str = typer.Option(
             ",".join(DEFAULT_METHODS),
             "--methods",
-            help=f"decompositions to plan with, or 'none': {', '.join(METHODS)}",
+            help=f"decompositions to plan with ({', '.join(METHODS)}), 'prune' (prune the "
+            "channels between two convolutions), or 'none'",
         ),  # fmt: skip
         epochs: int = typer.Option(5, "--epochs", help="fine-tuning epochs"),
         lr: float = typer.Option(0.01, "--lr", help="fine-tuning learning rate"),

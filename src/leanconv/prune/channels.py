@@ -31,7 +31,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["RIDGE", "channel_energy", "input_gram", "refit_weight", "select_channels"]
+__all__ = [
+    "CHUNK_VALUES",
+    "RIDGE",
+    "channel_energy",
+    "input_gram",
+    "refit_weight",
+    "select_channels",
+]
 
 #: The ridge added to the kept channels' Gram matrix, relative to its mean diagonal.
 RIDGE = 1e-8
@@ -39,8 +46,13 @@ RIDGE = 1e-8
 
 def _unfold(x: Tensor, kernel, stride, padding, dilation) -> Tensor:
     """``x`` (N, C, H, W) as rows of ``C k_h k_w`` values, one per output position (float64)."""
-    cols = F.unfold(x.double(), kernel, dilation=dilation, padding=padding, stride=stride)
-    return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+    cols = F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)
+    return cols.transpose(1, 2).reshape(-1, cols.shape[1]).double()
+
+
+#: The unfolded input is formed a few images at a time, at most this many float64 values at once
+#: (128 MiB): the whole calibration set unfolded would be ``k_h k_w`` times its size.
+CHUNK_VALUES = 1 << 24
 
 
 def input_gram(inputs, kernel, stride=1, padding=0, dilation=1) -> Tensor:
@@ -49,10 +61,13 @@ def input_gram(inputs, kernel, stride=1, padding=0, dilation=1) -> Tensor:
     inputs' device. ``kernel``, ``stride``, ``padding``, ``dilation``: the convolution's
     (zero padding)."""
     gram = None
-    for x in inputs:
-        a = _unfold(x, kernel, stride, padding, dilation)
-        part = a.T @ a
-        gram = part if gram is None else gram + part
+    for batch in inputs:
+        per_image = _unfold(batch[:1], kernel, stride, padding, dilation).numel()
+        step = max(1, CHUNK_VALUES // max(1, per_image))
+        for start in range(0, len(batch), step):
+            a = _unfold(batch[start : start + step], kernel, stride, padding, dilation)
+            part = a.T @ a
+            gram = part if gram is None else gram + part
     if gram is None:
         raise ValueError("input_gram: no calibration inputs were given")
     return gram
