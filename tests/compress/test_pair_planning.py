@@ -110,3 +110,20 @@ def test_a_pruned_model_saves_and_loads_back(tmp_path, fold):
     assert loaded[0].out_channels == 8 and loaded[3].in_channels == 8
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), pruned(x), rtol=1e-5, atol=1e-6)
+
+
+def test_local_sensitivities_scale_one_measured_count_by_output_errors():
+    model, x = make(), _calibration()
+    cands, _, _ = build_candidates(model, x, methods=("prune",), ratios=(0.4,), batch=4,
+                                   repeats=2, algorithms=(), use_cache=False, local=True)  # fmt: skip
+    consumer = {c.rank: c for c in cands["3"] if c.method == "prune"}
+    errors = {r: c.output_error for r, c in consumer.items()}
+    anchor = sorted(errors, key=errors.get)[1]  # the count of median output error
+    with torch.no_grad():
+        reference = F.log_softmax(model(x).double(), 1)
+        kl = kl_per_image(prune_pairs(model, {"0": anchor}, x).model(x), reference)
+    measured = {r: 2 * c.measured_sensitivity for r, c in consumer.items()}
+    assert measured[anchor] == pytest.approx(float(kl.mean()), rel=1e-4)
+    for r in errors:
+        ratio = (errors[r] / errors[anchor]) ** 2
+        assert measured[r] == pytest.approx(measured[anchor] * ratio, rel=1e-6)

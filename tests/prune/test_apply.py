@@ -98,3 +98,17 @@ def test_pairs_that_share_a_convolution_are_refused():
     x = torch.randn(2, 3, 12, 12)
     with pytest.raises(ValueError, match="'2' would be pruned twice"):
         prune_pairs(model, {"0": 8, "2": 8}, x)
+
+
+def test_pruning_from_gathered_grams_is_the_same_and_needs_one_or_the_other():
+    from leanconv.prune import find_pairs, pair_grams
+
+    model = block()
+    x = torch.randn(6, 3, 10, 10, dtype=torch.float64)
+    grams = pair_grams(model, find_pairs(model), x)
+    a = prune_pairs(model, {"0": 4}, grams=grams)
+    b = prune_pairs(model, {"0": 4}, x)
+    assert a.outcomes[0].kept == b.outcomes[0].kept
+    torch.testing.assert_close(a.model(x), b.model(x))
+    with pytest.raises(ValueError, match="calibration images or the pairs' grams"):
+        prune_pairs(model, {"0": 4})

@@ -11,7 +11,7 @@ the original layers (docs/benchmarks.md, "Channel pruning of convolution pairs")
 low-rank decomposition's thin factors run at a third to two thirds of it.
 """
 
-from .apply import PairOutcome, PruneResult, prune_pairs
+from .apply import PairOutcome, PruneResult, pair_grams, prune_pairs
 from .channels import channel_energy, input_gram, refit_weight, select_channels
 from .pairs import Pair, disjoint, find_pairs
 
@@ -27,6 +27,7 @@ __all__ = [
     "disjoint",
     "find_pairs",
     "input_gram",
+    "pair_grams",
     "prune_pairs",
     "refit_weight",
     "select_channels",

@@ -22,7 +22,7 @@ from ..modules import replace_modules
 from .channels import input_gram, refit_weight, select_channels
 from .pairs import Pair, find_pairs
 
-__all__ = ["PairOutcome", "PruneResult", "prune_pairs"]
+__all__ = ["PairOutcome", "PruneResult", "pair_grams", "prune_pairs"]
 
 
 @dataclass(frozen=True)
@@ -55,9 +55,12 @@ def _check(pairs: dict[str, Pair], keep: dict[str, int]) -> None:
                              f"{pairs[name].channels} channels")  # fmt: skip
 
 
-def _grams(model: nn.Module, consumers: dict[str, nn.Conv2d], calibration: Tensor,
-           batch: int) -> dict[str, Tensor]:  # fmt: skip
-    """Each consumer's input Gram matrix on ``calibration`` (one pass of ``model``)."""
+def pair_grams(model: nn.Module, pairs: list[Pair], calibration: Tensor,
+               batch: int = 32) -> dict[str, Tensor]:  # fmt: skip
+    """The Gram matrix of each pair's consumer input on ``calibration``, by consumer name, from
+    one pass of ``model`` (:func:`.channels.input_gram`): what :func:`prune_pairs` chooses and
+    refits from, for any channel count."""
+    consumers = {p.consumer: model.get_submodule(p.consumer) for p in pairs}
     grams: dict[str, Tensor] = {}
 
     def hook(name: str, conv: nn.Conv2d):
@@ -135,12 +138,19 @@ def _relative_error(gram: Tensor, weight: Tensor, refit: Tensor, kept: Tensor) -
     return (max(residual, 0.0) / signal) ** 0.5 if signal > 0 else 0.0
 
 
-def prune_pairs(model: nn.Module, keep: dict[str, int], calibration: Tensor,
-                batch: int = 32) -> PruneResult:  # fmt: skip
+def prune_pairs(
+    model: nn.Module,
+    keep: dict[str, int],
+    calibration: Tensor | None = None,
+    batch: int = 32,
+    grams: dict[str, Tensor] | None = None,
+) -> PruneResult:
     """A copy of ``model`` with the pairs named by their producer in ``keep`` pruned to that many
     channels (see the module docstring), and what was done to each. Raises ``ValueError`` naming
     a layer that is not the producer of a prunable pair (:func:`.pairs.find_pairs` lists them),
-    a count out of range, or a layer that two of the pairs share (:func:`.pairs.disjoint`)."""
+    a count out of range, or a layer that two of the pairs share (:func:`.pairs.disjoint`).
+    ``grams``: the pairs' Gram matrices from :func:`pair_grams` (to prune one pair to several
+    counts from one pass over the calibration images); else they are gathered here."""
     pairs = {p.producer: p for p in find_pairs(model)}
     _check(pairs, keep)
     chosen = [pairs[name] for name in keep]
@@ -150,7 +160,10 @@ def prune_pairs(model: nn.Module, keep: dict[str, int], calibration: Tensor,
                          "one pair and the first of another: prune pairs that share no "
                          "convolution")  # fmt: skip
     consumers = {p.consumer: model.get_submodule(p.consumer) for p in chosen}
-    grams = _grams(model, consumers, calibration, batch) if chosen else {}
+    if grams is None or any(p.consumer not in grams for p in chosen):
+        if calibration is None:
+            raise ValueError("prune_pairs: give the calibration images or the pairs' grams")
+        grams = pair_grams(model, chosen, calibration, batch) if chosen else {}
     replacements: dict[str, nn.Module] = {}
     outcomes = []
     for pair in chosen:

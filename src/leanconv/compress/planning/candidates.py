@@ -173,7 +173,7 @@ def build_candidates(
     if prune:
         _add_pair_candidates(out, retained, model, layers, inputs, calibration, reference, logits,
                              batch, fmt, form, deployment, cache, use_cache, repeats,
-                             algorithms, done, on_layer, log)  # fmt: skip
+                             algorithms, done, on_layer, log, local)  # fmt: skip
     xb_model = input_at_batch(calibration, batch)
     deployed = deployment.apply(model)
     whole = {"given": lambda: given(xb_model), "model": lambda: model(xb_model),
@@ -204,7 +204,7 @@ def build_candidates(
 
 def _add_pair_candidates(out, retained, model, layers, inputs, calibration, reference, logits,
                          batch, fmt, form, deployment, cache, use_cache, repeats, algorithms,
-                         done, on_layer, log) -> None:  # fmt: skip
+                         done, on_layer, log, local) -> None:  # fmt: skip
     """Each prunable pair's candidates (:mod:`.pair_candidates`) added to its two layers' in
     ``out``, the frontier's calls to ``retained``; pairs whose layers an interrupted run had
     finished with theirs are not measured again."""
@@ -213,7 +213,7 @@ def _add_pair_candidates(out, retained, model, layers, inputs, calibration, refe
     new = pair_candidates(model, [n for n in layers if n not in resumed], inputs, calibration,
                           reference, logits, batch, fmt, form, deployment, cache, use_cache,
                           repeats, lambda m, e: algorithm_variants(m, e, algorithms, fmt),
-                          timed)  # fmt: skip
+                          timed, local)  # fmt: skip
     for name, extra in new.items():
         cands = out[name] + extra
         out[name] = cands

@@ -27,10 +27,10 @@ from torch import nn
 
 from ...cost import count
 from ...modules import input_at_batch
-from ...prune import PRUNE, disjoint, find_pairs, prune_pairs
+from ...prune import PRUNE, disjoint, find_pairs, pair_grams, prune_pairs
 from .latency import latencies
 from .plan import KEEP, Candidate
-from .sensitivity import model_divergence
+from .sensitivity import LOCAL_ERROR_FLOOR, model_divergence
 
 __all__ = ["KEEP_SHARES", "PRUNE", "pair_candidates", "prune_counts"]
 
@@ -44,6 +44,31 @@ def prune_counts(channels: int, shares=KEEP_SHARES) -> list[int]:
     ``channels``; largest first."""
     counts = {max(8, 8 * round(channels * s / 8)) for s in shares}
     return sorted((c for c in counts if c < channels), reverse=True)
+
+
+def _divergences(pruned: dict, calibration, reference, logits, local: bool) -> dict[int, tuple]:
+    """Each count's ``(divergence, its standard error, per-image values)``: measured on the whole
+    model, or with ``local`` measured for the count of median output error and scaled to the
+    others by ``(output error / its)^2`` (a count whose error is at most
+    :data:`.sensitivity.LOCAL_ERROR_FLOOR` is measured itself)."""
+
+    def measure(r):
+        return model_divergence(pruned[r].model, calibration, reference, logits)
+
+    errors = {r: result.outcomes[0].output_error for r, result in pruned.items()}
+    scalable = sorted((r for r, e in errors.items() if e > LOCAL_ERROR_FLOOR), key=errors.get)
+    if not local or not scalable:
+        return {r: measure(r) for r in pruned}
+    anchor = scalable[len(scalable) // 2]
+    mean, se, samples = measure(anchor)
+    out = {}
+    for r in pruned:
+        if r == anchor or r not in scalable:
+            out[r] = (mean, se, samples) if r == anchor else measure(r)
+            continue
+        f = (errors[r] / errors[anchor]) ** 2
+        out[r] = (mean * f, se * f, tuple(v * f for v in samples))
+    return out
 
 
 def _monotone(measured: dict[int, tuple]) -> dict[int, float]:
@@ -72,24 +97,26 @@ def pair_candidates(
     repeats: int,
     variants,
     retained: dict[str, dict] | None = None,
+    local: bool = False,
 ) -> dict[str, list[Candidate]]:
     """The prune candidates of each layer of a prunable pair of ``model`` among ``layers`` (see
     the module docstring): layer name -> its new candidates (without "keep"). ``inputs``: each
     layer's calibration input; ``variants(modules, errors)``: the modules with their fast
     algorithm variants (:func:`.candidates.algorithm_variants`); ``retained``: filled with each
-    layer's calls of what was timed now, for the second window."""
+    layer's calls of what was timed now, for the second window. ``local``: the whole model's
+    divergence measured for one count per pair and scaled to the others by their output errors,
+    as :func:`.sensitivity.measured_candidates` does for a method's ranks (for large models).
+    The Gram matrices every pruning is chosen and refitted from are gathered for all pairs in one
+    pass of the model."""
     planned = set(layers)
     out: dict[str, list[Candidate]] = {}
     pairs = [p for p in find_pairs(model) if p.producer in planned and p.consumer in planned]
-    for pair in disjoint(pairs):
-        counts = prune_counts(pair.channels)
-        if not counts:
-            continue
-        pruned, measured = {}, {}
-        for r in counts:
-            result = prune_pairs(model, {pair.producer: r}, calibration)
-            pruned[r] = result
-            measured[r] = model_divergence(result.model, calibration, reference, logits)
+    pairs = [p for p in disjoint(pairs) if prune_counts(p.channels)]
+    grams = pair_grams(model, pairs, calibration) if pairs else {}
+    for pair in pairs:
+        pruned = {r: prune_pairs(model, {pair.producer: r}, grams=grams)
+                  for r in prune_counts(pair.channels)}  # fmt: skip
+        measured = _divergences(pruned, calibration, reference, logits, local)
         raised = _monotone(measured)
         for name, partner in ((pair.producer, pair.consumer), (pair.consumer, pair.producer)):
             out[name] = _layer_candidates(model, name, partner, pair, pruned, measured, raised,
