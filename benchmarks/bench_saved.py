@@ -51,6 +51,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--data", default="digits", help="the data whose test images are timed")
+    p.add_argument("--factory", help="file.py:fn building the original, where none was recorded")
     p.add_argument(
         "--default-allocator",
         action="store_true",
@@ -63,6 +64,12 @@ def main() -> None:
     report = json.loads((args.out / "report.json").read_text())
     meta = json.loads((args.out / "model" / "model.json").read_text())
     base = meta["base"]
+    if args.factory:
+        base = {"factory": args.factory, "kwargs": base.get("kwargs", {})}
+    if not base.get("zoo") and not base.get("factory"):
+        raise SystemExit(f"{args.out}: the run recorded no factory of the original (a model "
+                         "passed to leanconv.compress as an object); give --factory "
+                         "file.py:fn")  # fmt: skip
     source = base.get("zoo") or _factory_path(base["factory"], args.out / "model")
     build = lambda: load_model(source, **base.get("kwargs", {})).module  # noqa: E731
     original = build().eval()

@@ -9,6 +9,7 @@ of the faster format, so a speedup never comes from a layout the original could 
 from __future__ import annotations
 
 import copy
+import statistics
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -102,12 +103,22 @@ def measure_formats(
     batch_sizes=(1, 64),
     repeats: int = 10,
     images: torch.Tensor | None = None,
+    rounds: int = 1,
 ) -> None:
     """Measure every model in both memory formats, interleaved, into ``figures[name]``:
     ``latency_by_format`` and ``latency_ms`` (the faster format per batch); inputs as in
-    :func:`measure_latency`."""
+    :func:`measure_latency`. With ``rounds``, the whole measurement is repeated that many times
+    and each latency is the median of the rounds' medians: one round of a ~30 ms model lasts a
+    few seconds, and a burst of load from elsewhere that long slowed a compressed demo model by
+    40 % in the pipeline's report (2.27x, where five rounds in a fresh process gave 2.75-2.95x;
+    docs/benchmarks.md)."""
+    if rounds < 1:
+        raise ValueError(f"rounds={rounds} must be at least 1")
     variants = {f"{name}/{fmt}": in_format(m, fmt) for name, m in models.items() for fmt in FORMATS}
-    times = measure_latency(variants, sample_shape, batch_sizes, repeats, images=images)
+    each = [measure_latency(variants, sample_shape, batch_sizes, repeats, images=images)
+            for _ in range(rounds)]  # fmt: skip
+    times = {v: {b: statistics.median(r[v][b] for r in each) for b in batch_sizes}
+             for v in variants}  # fmt: skip
     for name in models:
         by = {fmt: times[f"{name}/{fmt}"] for fmt in FORMATS}
         figures[name].latency_by_format = by

@@ -38,6 +38,7 @@ from .planning import (
     DEFAULT_METHODS,
     DEFAULT_RATIOS,
     DEFAULT_TARGET,
+    PRUNE,
     Candidate,
     MacsRatio,
     MaxDrop,
@@ -91,6 +92,9 @@ class CompressConfig:
     # sensitivity, keep the one with the most MACs (compress/planning/capacity.py)
     prefer_capacity: bool = True
     repeats: int = 10
+    # the before/after measurement repeated this many times (each of repeats // 2 calls, at
+    # least 3), the median kept (measure.measure_formats)
+    measure_rounds: int = 3
     finetune: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(epochs=5))
     seed: int = 0
     # what the model is judged by: "accuracy", "top5", or metric(model, data) -> float
@@ -114,7 +118,8 @@ class CompressConfig:
         for name, value, least in (("--batch", self.plan_batch, 1),
                                    ("--calibration", self.calibration, 2),
                                    ("--search-epochs", self.search_epochs, 1),
-                                   ("--repeats", self.repeats, 1)):  # fmt: skip
+                                   ("--repeats", self.repeats, 1),
+                                   ("measure_rounds", self.measure_rounds, 1)):  # fmt: skip
             if value < least:
                 raise ValueError(f"{name} {value}: must be at least {least}")
         if self.plan_batch > MAX_BATCH:
@@ -423,6 +428,11 @@ def _surgery_stage(run: _Run, plan: Plan) -> tuple[nn.Module, SurgeryReport]:
     for o in surgery.layers:
         if o.status != "replaced":
             run.say(f"      {o.name}: {o.status} ({o.reason})")
+    pruned = [o for o in surgery.layers if o.method == PRUNE and o.status == "replaced"]
+    if pruned:
+        run.say(f"      {len(pruned) // 2} pair(s) of convolutions pruned: "
+                + ", ".join(f"{o.name} -> {o.rank} channels" for o in pruned
+                            if o.output_error == 0.0))  # fmt: skip
     run.say(f"      model output error before fine-tuning: {surgery.model_output_error:.3f}")
     return compressed, surgery
 
@@ -482,7 +492,8 @@ def _measure_stage(run: _Run, before, plan, surgery, history, compressed, notes)
     measure_formats(
         {"before": run.original, "after": deployed.model, "baseline": dep.apply(run.original)},
         {"before": before, "after": after, "baseline": baseline}, shape,
-        run.config.batch_sizes, run.config.repeats, run.example,
+        run.config.batch_sizes, max(3, run.config.repeats // 2), run.example,
+        rounds=run.config.measure_rounds,
     )  # fmt: skip
     memory_format = after.best_format()
     run.say(f"      deployed in {memory_format} layout (before: fastest in "
