@@ -35,7 +35,8 @@ def _calibration() -> torch.Tensor:
 
 def test_prune_counts_are_multiples_of_eight_below_the_channels():
     assert prune_counts(32) == [24, 16, 8]
-    assert prune_counts(64) == [48, 32, 16]
+    assert prune_counts(64) == [48, 32, 16, 8]
+    assert prune_counts(256) == [192, 128, 64, 32]
     assert prune_counts(16) == [8]
     assert prune_counts(8) == []
 

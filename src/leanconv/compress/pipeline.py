@@ -429,10 +429,10 @@ def _surgery_stage(run: _Run, plan: Plan) -> tuple[nn.Module, SurgeryReport]:
         if o.status != "replaced":
             run.say(f"      {o.name}: {o.status} ({o.reason})")
     pruned = [o for o in surgery.layers if o.method == PRUNE and o.status == "replaced"]
-    if pruned:
+    if pruned:  # each pair's producer, then its consumer (verify._pruned_pairs)
         run.say(f"      {len(pruned) // 2} pair(s) of convolutions pruned: "
-                + ", ".join(f"{o.name} -> {o.rank} channels" for o in pruned
-                            if o.output_error == 0.0))  # fmt: skip
+                + ", ".join(f"{a.name} -> {b.name} ({a.rank} channels)"
+                            for a, b in zip(pruned[::2], pruned[1::2], strict=True)))  # fmt: skip
     run.say(f"      model output error before fine-tuning: {surgery.model_output_error:.3f}")
     return compressed, surgery
 
