@@ -63,14 +63,16 @@ def _divergences(pruned: dict, calibration, reference, logits, local: bool) -> d
     if not local or not scalable:
         return {r: measure(r) for r in pruned}
     anchor = scalable[len(scalable) // 2]
-    mean, se, samples = measure(anchor)
+    mean, se, samples = measured = measure(anchor)
     out = {}
     for r in pruned:
-        if r == anchor or r not in scalable:
-            out[r] = (mean, se, samples) if r == anchor else measure(r)
-            continue
-        f = (errors[r] / errors[anchor]) ** 2
-        out[r] = (mean * f, se * f, tuple(v * f for v in samples))
+        if r == anchor:
+            out[r] = measured
+        elif r not in scalable:  # (nearly) exact: no ratio to scale by
+            out[r] = measure(r)
+        else:
+            f = (errors[r] / errors[anchor]) ** 2
+            out[r] = (mean * f, se * f, tuple(v * f for v in samples))
     return out
 
 
