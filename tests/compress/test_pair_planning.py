@@ -128,3 +128,30 @@ def test_local_sensitivities_scale_one_measured_count_by_output_errors():
     for r in errors:
         ratio = (errors[r] / errors[anchor]) ** 2
         assert measured[r] == pytest.approx(measured[anchor] * ratio, rel=1e-6)
+
+
+def test_a_consumer_of_the_same_shape_as_its_producer_is_timed_on_its_own_input():
+    from leanconv.compress.deploy import Deployment
+    from leanconv.compress.planning.latency import latencies
+    from leanconv.compress.planning.plan import KEEP
+
+    layer = nn.Conv2d(32, 32, 3, padding=1).eval()  # producer and consumer alike
+    xb = torch.randn(4, 32, 8, 8)
+    key = ("prune", 16, "direct")
+    cache: dict = {}
+    shape = (*xb.shape, "contiguous", "packed")
+    produced = nn.Conv2d(32, 16, 3, padding=1).eval()  # 16 outputs, on the layer's input
+    latencies(layer, {KEEP: layer, key: produced}, xb, shape, cache, True, 2, Deployment())
+    assert len(cache) == 2
+    consumed = nn.Conv2d(16, 32, 3, padding=1).eval()  # 16 inputs, on the kept channels
+    timings = latencies(layer, {KEEP: layer, key: consumed}, xb, shape, cache, True, 2,
+                        Deployment(), inputs={key: xb[:, :16]})  # fmt: skip
+    assert len(cache) == 3 and timings[key] > 0  # timed, not the producer's entry
+
+
+def test_surgery_skips_prune_entries_that_name_no_valid_pair():
+    model, x = make(), _calibration()
+    _, report = decompose_model(model, {"0": ("prune", 64), "3": ("prune", 64)}, x)
+    assert {o.status for o in report.layers} == {"skipped"} and not report.replaced
+    with pytest.raises(LeanconvError, match="prunable pair"):
+        decompose_model(model, {"0": ("prune", 64), "3": ("prune", 64)}, x, strict=True)

@@ -120,3 +120,13 @@ def test_the_pruned_pair_is_taken_when_it_is_the_best_use_of_the_budget():
     plan = allocate(cands, 0.0, 20.0, 200, speedup=2.0)
     assert plan.choices["p"].method == plan.choices["q"].method == "prune"
     assert plan.macs_after == 100
+
+
+def test_for_a_macs_budget_a_pairs_thin_rewrites_stay_choosable():
+    cands = {
+        "a": [_c("a", "keep", 100, 1.0, 0.0), _c("a", "tucker2", 40, 1.2, 0.05),
+              _c("a", "prune", 25, 0.5, 0.5, 8, "b")],
+        "b": [_c("b", "keep", 100, 1.0, 0.0), _c("b", "prune", 25, 0.5, 0.5, 8, "a")],
+    }  # fmt: skip
+    plan = allocate(cands, 0.0, 2.0, 200, macs_ratio=0.7)
+    assert plan.choices["a"].method == "tucker2" and plan.choices["b"].method == "keep"

@@ -59,3 +59,21 @@ def test_disjoint_pairs_of_a_chain_take_every_other_one():
     pairs = find_pairs(model)
     assert [(p.producer, p.consumer) for p in pairs] == [("0", "2"), ("2", "4"), ("4", "6")]
     assert [(p.producer, p.consumer) for p in disjoint(pairs)] == [("0", "2"), ("4", "6")]
+
+
+def test_padding_by_name_or_a_module_under_two_names_is_no_pair():
+    same = nn.Sequential(nn.Conv2d(3, 32, 3, padding="same"), nn.ReLU(),
+                         nn.Conv2d(32, 16, 3, padding="same"))  # fmt: skip
+    assert find_pairs(same) == []
+
+    class Aliased(nn.Module):  # the first convolution also reachable as body.0
+        def __init__(self):
+            super().__init__()
+            self.conv1 = nn.Conv2d(3, 32, 3, padding=1)
+            self.body = nn.Sequential(self.conv1, nn.BatchNorm2d(32), nn.ReLU(),
+                                      nn.Conv2d(32, 16, 3, padding=1))  # fmt: skip
+
+        def forward(self, x):
+            return self.body(x)
+
+    assert find_pairs(Aliased()) == []

@@ -25,7 +25,7 @@ from ..cost import count
 from ..decompose.rank import output_error
 from ..errors import LeanconvError
 from ..modules import capture_inputs, get_layer, replace_modules
-from ..prune import PRUNE, find_pairs, prune_pairs
+from ..prune import PRUNE, disjoint, find_pairs, prune_pairs
 from .outputs import relative_error
 from .replace import decompose_layer
 
@@ -69,13 +69,16 @@ def _pruned_pairs(work, pruned: dict[str, object], inputs, calibration, max_erro
     if not pruned:
         return {}
     pairs = {p.producer: p for p in find_pairs(work)}
-    keep = {name: r for name, r in pruned.items() if name in pairs
-            and pruned.get(pairs[name].consumer) == r}  # fmt: skip
+    planned = [pairs[n] for n, r in pruned.items() if n in pairs
+               and pruned.get(pairs[n].consumer) == r
+               and isinstance(r, int) and 1 <= r <= pairs[n].channels]  # fmt: skip
+    keep = {p.producer: pruned[p.producer] for p in disjoint(planned)}
     paired = set(keep) | {pairs[n].consumer for n in keep}
     for name in pruned:
         if name not in paired:
             reason = ("not one of a prunable pair of convolutions planned with the same "
-                      "channel count")  # fmt: skip
+                      "channel count, within the pair's channels, sharing no layer with "
+                      "another pair")  # fmt: skip
             if strict:
                 raise LeanconvError(f"{name}: {reason}")
             report.layers.append(LayerOutcome(name, PRUNE, pruned[name], "skipped", reason))

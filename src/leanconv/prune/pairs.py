@@ -10,7 +10,8 @@ fewer outputs, the consumer reads fewer inputs, and both stay dense convolutions
 block (``conv1 -> bn -> relu -> conv2``) is one; a convolution whose output is also a residual
 sum's operand, or is concatenated, is not.
 
-Both convolutions must be plain ``nn.Conv2d`` (one group, zero padding), each called once.
+Both convolutions must be plain ``nn.Conv2d`` (one group, zero padding given as numbers), each
+called once, and none of the three modules registered under a second name.
 """
 
 from __future__ import annotations
@@ -45,7 +46,9 @@ class Pair:
 
 
 def _plain_conv(module: nn.Module) -> bool:
-    return type(module) is nn.Conv2d and module.groups == 1 and module.padding_mode == "zeros"
+    """One group, zero padding given as numbers (not ``"same"``/``"valid"``)."""
+    return (type(module) is nn.Conv2d and module.groups == 1 and module.padding_mode == "zeros"
+            and not isinstance(module.padding, str))  # fmt: skip
 
 
 def _passes_through(node: fx.Node, model: nn.Module) -> str | None:
@@ -89,6 +92,15 @@ def find_pairs(model: nn.Module) -> list[Pair]:
     if graph is None:
         return []
     calls = module_calls(graph)
+    # a module registered under two names is replaced under one only: a pruned copy would still
+    # run the other (and its channels would no longer match)
+    names: dict[int, int] = {}
+    for _, module in model.named_modules(remove_duplicate=False):
+        names[id(module)] = names.get(id(module), 0) + 1
+
+    def aliased(name: str | None) -> bool:
+        return name is not None and names.get(id(model.get_submodule(name)), 0) > 1
+
     pairs = []
     for node in graph.nodes:
         if node.op != "call_module" or calls[node.target] != 1:
@@ -106,6 +118,8 @@ def find_pairs(model: nn.Module) -> list[Pair]:
         if norm is not None and (
             calls[norm] != 1 or model.get_submodule(norm).num_features != producer.out_channels
         ):
+            continue
+        if any(aliased(n) for n in (node.target, norm, consumer_node.target)):
             continue
         pairs.append(Pair(node.target, consumer_node.target, norm, producer.out_channels))
     return pairs

@@ -143,7 +143,7 @@ def allocate(
     a ``speedup`` target with ``prefer_capacity``, the plan is the one with the most MACs among
     those within one standard error of the most accurate plan's sensitivity
     (:mod:`.capacity`)."""
-    unit_cands = units.group(candidates)
+    unit_cands = units.group(candidates, macs_budget=macs_ratio is not None)
     target, value, cost, budget = _budget(unit_cands, fixed_ms, total_ms, macs_before, speedup,
                                           macs_ratio, max_sensitivity)  # fmt: skip
     best, met = _lagrangian(unit_cands, value, cost, budget)

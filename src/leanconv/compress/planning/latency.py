@@ -92,7 +92,10 @@ def latencies(layer, modules, xb, shape_form, cache, use_cache, repeats, deploym
     todo = {}
     calls = {}  # (key, form) -> call
     for key, mod in modules.items():
-        ck = _latency_key(layer, key, shape_form, threads)
+        # a candidate on its own input is keyed by that input too (a pruned consumer reads fewer
+        # channels than the layer it replaces, whose shape the key otherwise carries)
+        own = (*shape_form, "input", *inputs[key].shape) if key in inputs else shape_form
+        ck = _latency_key(layer, key, own, threads)
         if use_cache and ck in cache:
             timings[key] = cache[ck]
             continue

@@ -7,10 +7,11 @@ without prune candidates is a unit with its own candidates; a pair whose layers 
 candidates (``partner`` set) is one unit, whose choices (:class:`PairChoice`) are
 
 - the two layers rewritten independently: every combination of their other candidates on the
-  Pareto set of (latency, sensitivity, MACs) of each layer. Every objective the allocation
-  minimises is a sum over layers that grows with latency and sensitivity and falls with the MACs
-  kept (:mod:`.capacity`), so a candidate off that set is never the better choice, and the
-  combinations stay a few hundred;
+  Pareto set of (latency, sensitivity, MACs) of each layer. For a speedup or sensitivity target
+  every objective the allocation minimises is a sum over layers that grows with latency and
+  sensitivity and falls with the MACs kept (:mod:`.capacity`), so a candidate off that set is
+  never the better choice, and the combinations stay a few hundred; for a MACs target the set
+  is that of (sensitivity, MACs), fewer MACs being the budget's;
 - the pair pruned to ``r`` channels: each combination of the producer's and the consumer's prune
   candidates of that ``r`` (their algorithms), on the same Pareto sets.
 
@@ -86,42 +87,51 @@ class PairChoice:
         return tuple(sum(vals) for vals in zip(*(p.kl_samples for p in rewritten), strict=True))
 
 
-def pareto(cands: list) -> list:
-    """The candidates that no other is at least as good as in latency, sensitivity and MACs kept,
-    and better in one (in their order)."""
-
-    def beaten(c) -> bool:
-        return any(
-            o.latency_ms <= c.latency_ms
-            and o.sensitivity <= c.sensitivity
-            and o.macs >= c.macs
-            and (o.latency_ms < c.latency_ms or o.sensitivity < c.sensitivity or o.macs > c.macs)
-            for o in cands
-        )
-
-    return [c for c in cands if not beaten(c)]
+def _speed_keys(c) -> tuple:
+    """What the speedup and sensitivity targets minimise: latency, sensitivity, MACs removed."""
+    return (c.latency_ms, c.sensitivity, -c.macs)
 
 
-def _pair_choices(name: str, producer: list[Candidate], consumer: list[Candidate]) -> list:
+def _macs_keys(c) -> tuple:
+    """What a MACs target minimises: sensitivity, and MACs (its budget)."""
+    return (c.sensitivity, c.macs)
+
+
+def pareto(cands: list, keys=_speed_keys) -> list:
+    """The candidates that no other is at least as good as in every one of ``keys`` (each
+    minimised; by default latency, sensitivity and MACs kept) and better in one (in order)."""
+    scored = [(c, keys(c)) for c in cands]
+
+    def beaten(k) -> bool:
+        return any(all(a <= b for a, b in zip(o, k, strict=True)) and o != k for _, o in scored)
+
+    return [c for c, k in scored if not beaten(k)]
+
+
+def _pair_choices(name: str, producer: list[Candidate], consumer: list[Candidate],
+                  keys) -> list:  # fmt: skip
     """A pair's choices (see the module docstring), the first both layers kept."""
     first = PairChoice(name, (producer[0], consumer[0]))
     out = [first]
-    plain_p = pareto([c for c in producer if c.method != "prune"])
-    plain_c = pareto([c for c in consumer if c.method != "prune"])
+    plain_p = pareto([c for c in producer if c.method != "prune"], keys)
+    plain_c = pareto([c for c in consumer if c.method != "prune"], keys)
     out += [PairChoice(name, (a, b)) for a in plain_p for b in plain_c
             if not (a is producer[0] and b is consumer[0])]  # fmt: skip
     ranks = dict.fromkeys(c.rank for c in producer if c.method == "prune")
     for rank in ranks:
-        pruned_p = pareto([c for c in producer if c.method == "prune" and c.rank == rank])
-        pruned_c = pareto([c for c in consumer if c.method == "prune" and c.rank == rank])
+        pruned_p = pareto([c for c in producer if c.method == "prune" and c.rank == rank], keys)
+        pruned_c = pareto([c for c in consumer if c.method == "prune" and c.rank == rank], keys)
         out += [PairChoice(name, (a, b)) for a in pruned_p for b in pruned_c]
     return out
 
 
-def group(candidates: dict[str, list[Candidate]]) -> dict[str, list]:
+def group(candidates: dict[str, list[Candidate]], macs_budget: bool = False) -> dict[str, list]:
     """The allocation's units: each layer's candidates as they are, and each pair whose layers
     both carry prune candidates as one unit ``"producer+consumer"`` in the producer's place (its
-    prune candidates name the consumer as ``partner``)."""
+    prune candidates name the consumer as ``partner``). ``macs_budget``: the target is a MACs
+    budget, so a pair's combinations are taken on the Pareto sets of sensitivity and MACs (fewer
+    is better there) instead of latency, sensitivity and MACs kept."""
+    keys = _macs_keys if macs_budget else _speed_keys
     out: dict[str, list] = {}
     paired: set[str] = set()
     for name, cands in candidates.items():
@@ -131,7 +141,8 @@ def group(candidates: dict[str, list[Candidate]]) -> dict[str, list]:
         if partner is None or partner not in candidates or partner in out:
             out[name] = [c for c in cands if c.method != "prune"]
             continue
-        out[f"{name}+{partner}"] = _pair_choices(f"{name}+{partner}", cands, candidates[partner])
+        out[f"{name}+{partner}"] = _pair_choices(f"{name}+{partner}", cands, candidates[partner],
+                                                 keys)  # fmt: skip
         paired |= {name, partner}
     return out
 
