@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from leanconv.compress.pipeline import CompressConfig
-from leanconv.compress.planning.sensitivity import _local, measured_candidates
+from leanconv.compress.planning.sensitivity import local_divergences, measured_candidates
 from leanconv.compress.replace import decompose_layer
 
 
@@ -19,7 +19,7 @@ def test_local_measures_one_anchor_per_method_and_scales_the_rest():
         measured.append(key)
         return (0.02, 0.004, (0.01, 0.03))
 
-    out = _local(errors, measure)
+    out = local_divergences(errors, measure)
     assert measured == [("svd", 8, "direct"), ("tucker2", (4, 4), "direct")]  # the medians
     assert out[("svd", 8, "direct")] == (0.02, 0.004, (0.01, 0.03))
     mean, se, samples = out[("svd", 4, "direct")]  # twice the error: four times the divergence
@@ -70,7 +70,7 @@ def test_exact_or_broken_rewrites_are_measured_not_scaled():
         measured.append(key)
         return (0.1 if key[1] == (2, 2) else 0.001, 0.0, (0.0,))
 
-    out = _local(errors, measure)
+    out = local_divergences(errors, measure)
     # the full-rank rewrite (float rounding only) and the NaN one are measured on their own;
     # the two lossy ones share one anchor
     assert ("tucker2", (8, 8), "direct") in measured and ("cp", 4, "direct") in measured

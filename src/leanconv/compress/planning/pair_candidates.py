@@ -30,7 +30,7 @@ from ...modules import input_at_batch
 from ...prune import PRUNE, disjoint, find_pairs, pair_grams, prune_pairs
 from .latency import latencies
 from .plan import KEEP, Candidate
-from .sensitivity import LOCAL_ERROR_FLOOR, model_divergence
+from .sensitivity import local_divergences, model_divergence
 
 __all__ = ["KEEP_SHARES", "PRUNE", "pair_candidates", "prune_counts"]
 
@@ -52,28 +52,15 @@ def prune_counts(channels: int, shares=KEEP_SHARES) -> list[int]:
 def _divergences(pruned: dict, calibration, reference, logits, local: bool) -> dict[int, tuple]:
     """Each count's ``(divergence, its standard error, per-image values)``: measured on the whole
     model, or with ``local`` measured for the count of median output error and scaled to the
-    others by ``(output error / its)^2`` (a count whose error is at most
-    :data:`.sensitivity.LOCAL_ERROR_FLOOR` is measured itself)."""
+    others by their output errors (:func:`.sensitivity.local_divergences`, as for a method's
+    ranks)."""
 
-    def measure(r):
-        return model_divergence(pruned[r].model, calibration, reference, logits)
+    def measure(key):
+        return model_divergence(pruned[key[1]].model, calibration, reference, logits)
 
-    errors = {r: result.outcomes[0].output_error for r, result in pruned.items()}
-    scalable = sorted((r for r, e in errors.items() if e > LOCAL_ERROR_FLOOR), key=errors.get)
-    if not local or not scalable:
-        return {r: measure(r) for r in pruned}
-    anchor = scalable[len(scalable) // 2]
-    mean, se, samples = measured = measure(anchor)
-    out = {}
-    for r in pruned:
-        if r == anchor:
-            out[r] = measured
-        elif r not in scalable:  # (nearly) exact: no ratio to scale by
-            out[r] = measure(r)
-        else:
-            f = (errors[r] / errors[anchor]) ** 2
-            out[r] = (mean * f, se * f, tuple(v * f for v in samples))
-    return out
+    keys = {(PRUNE, r): result.outcomes[0].output_error for r, result in pruned.items()}
+    found = local_divergences(keys, measure) if local else {k: measure(k) for k in keys}
+    return {key[1]: found[key] for key in keys}
 
 
 def _monotone(measured: dict[int, tuple]) -> dict[int, float]:

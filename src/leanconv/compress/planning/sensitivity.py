@@ -34,6 +34,7 @@ from .plan import KEEP, Candidate
 __all__ = [
     "LOCAL_ERROR_FLOOR",
     "kl_per_image",
+    "local_divergences",
     "measured_candidates",
     "model_divergence",
     "monotone_sensitivity",
@@ -110,7 +111,7 @@ def _scaled(anchor: tuple, factor: float) -> tuple:
     return mean * factor, se * factor, tuple(v * factor for v in samples or ())
 
 
-def _local(layer_errors: dict[tuple, float], measure) -> dict[tuple, tuple]:
+def local_divergences(layer_errors: dict[tuple, float], measure) -> dict[tuple, tuple]:
     """Sensitivities of a layer's direct rewrites from their own output errors: per method, the
     whole-model divergence is measured for one anchor (the rewrite of median output error) and
     the others are scaled by ``(error / anchor's error)^2``, the second-order behaviour of a
@@ -146,7 +147,8 @@ def measured_candidates(model, name, layer, x, modules, errors, timings, calibra
     """The :class:`Candidate` of each module of layer ``name``: its sensitivity (the whole
     model's divergence on the calibration inputs with only this layer rewritten; with ``local``,
     measured for one rewrite per method and the others' scaled by their output errors,
-    :func:`_local`), output error (on :func:`error_inputs`), MACs and latency (``timings``)."""
+    :func:`local_divergences`), output error (on :func:`error_inputs`), MACs and latency
+    (``timings``)."""
     xs = error_inputs(x)
     out_err = {k: 0.0 if k == KEEP else output_error(
                    layer, m, xs if k[2] == "direct" else xs[:ROUNDING_IMAGES], name=name)
@@ -157,7 +159,7 @@ def measured_candidates(model, name, layer, x, modules, errors, timings, calibra
         return _whole_model(model, name, modules[key], calibration, reference, logits)
 
     if local:
-        sensitivity = _local({k: out_err[k] for k in direct}, measure)
+        sensitivity = local_divergences({k: out_err[k] for k in direct}, measure)
     else:
         sensitivity = {k: measure(k) for k in direct}
     sensitivity[KEEP] = (0.0, 0.0, None)
