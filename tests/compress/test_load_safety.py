@@ -147,6 +147,10 @@ def test_a_changed_factory_file_is_refused(saved, tmp_path):
             lambda m: m.update(replaced={"0": {"type": "Conv2d", "args": {"padding_mode": "x"}}}),
             "padding_mode must be one of",
         ),
+        (
+            lambda m: m.update(replaced={"0": {"type": "BatchNorm2d", "args": {"momentum": 2}}}),
+            "momentum must be a number in [0, 1] or null",
+        ),
         (lambda m: m.update(replaced={"../x": {"type": "Identity"}}), "not a module path"),
         (lambda m: m.update(replaced={"0": {"type": "Identity", "code": 1}}), "unknown keys"),
         (lambda m: m.update(algorithms={"0": "fastest"}), "unknown algorithm 'fastest'"),

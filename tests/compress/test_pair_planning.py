@@ -8,7 +8,7 @@ from torch import nn
 
 from leanconv.compress import serialize
 from leanconv.compress.planning import build_candidates, planned_method
-from leanconv.compress.planning.pair_candidates import prune_counts
+from leanconv.compress.planning.pair_candidates import prune_counts, vector_floats
 from leanconv.compress.planning.sensitivity import kl_per_image
 from leanconv.compress.verify import decompose_model
 from leanconv.errors import LeanconvError
@@ -41,28 +41,45 @@ def test_prune_counts_are_multiples_of_eight_below_the_channels():
     assert prune_counts(8) == []
 
 
+def test_prune_counts_stop_at_the_floor():
+    # the planner's floor: the machine's vector width (16 floats with AVX-512)
+    assert prune_counts(32, floor=16) == [24, 16]
+    assert prune_counts(64, floor=16) == [48, 32, 16]
+    assert prune_counts(256, floor=16) == [192, 128, 64, 32]
+    assert prune_counts(16, floor=16) == []
+
+
+def test_vector_floats_follows_the_cpu_capability(monkeypatch):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    assert vector_floats("cpu") == 16
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert vector_floats("cpu") == 8
+    assert vector_floats("meta") == 8
+
+
 def test_candidates_of_a_pair_sum_to_the_pruned_models_divergence():
     model, x = make(), _calibration()
     cands, _, _ = build_candidates(model, x, methods=("prune",), ratios=(0.4,), batch=4,
                                    repeats=2, algorithms=(), use_cache=False)  # fmt: skip
     producer = {c.rank: c for c in cands["0"] if c.method == "prune"}
     consumer = {c.rank: c for c in cands["3"] if c.method == "prune"}
-    assert sorted(producer) == sorted(consumer) == [8, 16, 24]
+    counts = prune_counts(32, floor=vector_floats("cpu"))  # [24, 16] with AVX-512, else 8 too
+    assert sorted(producer) == sorted(consumer) == sorted(counts)
     assert all(c.partner == "3" for c in producer.values())
     assert all(c.partner == "0" for c in consumer.values())
     with torch.no_grad():
         reference = F.log_softmax(model(x).double(), 1)
         kl = {r: kl_per_image(prune_pairs(model, {"0": r}, x).model(x), reference)
-              for r in (8, 16, 24)}  # fmt: skip
+              for r in counts}  # fmt: skip
     floor = 0.0
-    for r in (24, 16, 8):  # fewer channels at least as sensitive as more
+    for r in counts:  # largest first: fewer channels at least as sensitive as more
         floor = max(floor, float(kl[r].mean()))
         assert producer[r].sensitivity + consumer[r].sensitivity == pytest.approx(floor, rel=1e-4)
         # MACs per image by brute count: 3 -> r and r -> 16 channels, 3x3, 10x10 outputs
         assert producer[r].macs == 3 * r * 9 * 100 and consumer[r].macs == r * 16 * 9 * 100
         assert producer[r].latency_ms > 0 and consumer[r].latency_ms > 0
     assert floor > 1e-3
-    for r in (24, 16, 8):  # the per-image values are the count's own measurement
+    for r in counts:  # the per-image values are the count's own measurement
         both = [a + b for a, b in zip(producer[r].kl_samples, consumer[r].kl_samples, strict=True)]
         torch.testing.assert_close(torch.tensor(both, dtype=torch.float64), kl[r], rtol=1e-4,
                                    atol=1e-9)  # fmt: skip
@@ -111,6 +128,16 @@ def test_a_pruned_model_saves_and_loads_back(tmp_path, fold):
     assert loaded[0].out_channels == 8 and loaded[3].in_channels == 8
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), pruned(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("momentum", [0.03, None])
+def test_a_pruned_norm_keeps_its_momentum(tmp_path, momentum):
+    model, x = make(), _calibration()
+    model[1].momentum = momentum
+    pruned, report = decompose_model(model, {"0": ("prune", 8), "3": ("prune", 8)}, x)
+    serialize.save(pruned, tmp_path / "m", {}, dict(report.replaced))
+    loaded = serialize.load(tmp_path / "m", factory=make)
+    assert loaded[1].num_features == 8 and loaded[1].momentum == momentum
 
 
 def test_local_sensitivities_scale_one_measured_count_by_output_errors():

@@ -61,7 +61,7 @@ def _linear_args(m: nn.Linear) -> dict:
 
 
 def _norm_args(m: nn.BatchNorm2d) -> dict:
-    return dict(num_features=m.num_features, eps=m.eps, affine=m.affine,
+    return dict(num_features=m.num_features, eps=m.eps, momentum=m.momentum, affine=m.affine,
                 track_running_stats=m.track_running_stats)  # fmt: skip
 
 
@@ -135,6 +135,12 @@ def _positive(v, field: str) -> None:
         _fail(field, f"must be a number in (0, 1), not {v!r}")
 
 
+def _momentum(v, field: str) -> None:
+    """A batch norm's ``momentum``: a number in [0, 1], or null (a cumulative average)."""
+    if v is not None and (type(v) not in (int, float) or not 0 <= v <= 1):
+        _fail(field, f"must be a number in [0, 1] or null, not {v!r}")
+
+
 def _bool(v, field: str) -> None:
     if type(v) is not bool:
         _fail(field, f"must be true or false, not {v!r}")
@@ -163,8 +169,8 @@ ARGUMENTS: dict[str, dict[str, tuple]] = {
     "Linear": {"in_features": (_int, 1), "out_features": (_int, 1), "bias": (_bool,)},
     "ZeroPad2d": {"padding": (_ints, 4, 0)},
     "Identity": {},
-    "BatchNorm2d": {"num_features": (_int, 1), "eps": (_positive,), "affine": (_bool,),
-                    "track_running_stats": (_bool,)},
+    "BatchNorm2d": {"num_features": (_int, 1), "eps": (_positive,), "momentum": (_momentum,),
+                    "affine": (_bool,), "track_running_stats": (_bool,)},
     "Flatten": {"start_dim": ("dim",), "end_dim": ("dim",)},
     "CPConv2d": {**_CONV, "rank": (_int, 1)},
     "TuckerConv2d": {**_CONV, "in_rank": (_int, 1), "out_rank": (_int, 1)},

@@ -454,6 +454,30 @@ def _kept(history) -> dict:
             "start_validation": history.start_validation}  # fmt: skip
 
 
+def switch_lines(deployed, batch_sizes) -> list[str]:
+    """One line per layer of ``deployed`` that switches form by batch size (``min_batch``): from
+    which batch its algorithm or chain runs, or, where it lost at every batch size measured,
+    that it runs its plain form there."""
+    largest, lines = max(batch_sizes), []
+    for name, b in deployed.min_batch.items():
+        fast, plain = ("its chain", "one composed convolution") if name in deployed.chains else (
+            "its algorithm", "direct")  # fmt: skip
+        if b > largest:
+            lines.append(f"{name} runs {plain} at every batch size measured (faster there than "
+                         f"{fast})")  # fmt: skip
+        else:
+            lines.append(f"{name} runs {fast} from batch {b} on ({plain} below: faster there)")
+    return lines
+
+
+def running_algorithms(deployed, batch_sizes) -> dict[str, str]:
+    """The Winograd layers of ``deployed`` (name -> algorithm) that run their algorithm at one
+    of ``batch_sizes`` at least (not those measured slower than direct at all of them)."""
+    largest = max(batch_sizes)
+    return {n: a for n, a in deployed.algorithms.items()
+            if a in ALGORITHMS and deployed.min_batch.get(n, 1) <= largest}  # fmt: skip
+
+
 def _measure_stage(run: _Run, before, plan, surgery, history, compressed, notes):
     """Deploy (fold, algorithms, fuse), then measure before and after in one harness; returns
     the result and the deployment (what is saved)."""
@@ -471,16 +495,14 @@ def _measure_stage(run: _Run, before, plan, surgery, history, compressed, notes)
         run.say(f"      {len(gemv)} fully connected layer(s) run the streaming matrix-vector "
                 f"kernel up to batch {MAX_ROWS} (measured at least as fast as F.linear there): "
                 + ", ".join(gemv))  # fmt: skip
-    for name, b in deployed.min_batch.items():
-        what = ("its chain", "one composed convolution") if name in deployed.chains else (
-            "its algorithm", "direct")  # fmt: skip
-        run.say(f"      {name} runs {what[0]} from batch {b} on ({what[1]} below: faster there)")
+    for line in switch_lines(deployed, run.config.batch_sizes):
+        run.say("      " + line)
     if dep.fuse:
         sums = residual_sums(deployed.fused)
         run.say(f"      {len(deployed.fused) - sums} ReLUs fused into the convolutions before "
                 f"them, {sums} residual sums taken by the layer before them, convolutions "
                 "packed for oneDNN")  # fmt: skip
-    winograd = {n: a for n, a in deployed.algorithms.items() if a in ALGORITHMS}
+    winograd = running_algorithms(deployed, run.config.batch_sizes)
     if winograd:
         run.say(f"      {len(winograd)} layers run by Winograd: "
                 + ", ".join(f"{n} ({a})" for n, a in winograd.items()))  # fmt: skip

@@ -32,20 +32,37 @@ from .latency import latencies
 from .plan import KEEP, Candidate
 from .sensitivity import local_divergences, model_divergence
 
-__all__ = ["KEEP_SHARES", "PRUNE", "pair_candidates", "prune_counts"]
+__all__ = ["KEEP_SHARES", "PRUNE", "pair_candidates", "prune_counts", "vector_floats"]
 
-#: The shares of a pair's channels it is pruned to (each rounded to a multiple of 8). With the
-#: smallest at 1/4, the demo's plans pruned every pair of its three wider stages to 1/4 and took
-#: the rest of their speed from rank-8 chains in its 32-channel stage (0.78 of the MACs
-#: reduction in speed); 1/8 gives them a denser way there.
+#: The shares of a pair's channels it is pruned to (each rounded to a multiple of 8, at least
+#: the machine's vector width, :func:`vector_floats`). With the smallest at 1/4, the demo's plans
+#: pruned every pair of its three wider stages to 1/4 and took the rest of their speed from
+#: rank-8 chains in its 32-channel stage (0.78 of the MACs reduction in speed); 1/8 gives the
+#: wider pairs (128 channels and more) a denser way there.
 KEEP_SHARES = (0.75, 0.5, 0.25, 0.125)
 
 
-def prune_counts(channels: int, shares=KEEP_SHARES) -> list[int]:
+def vector_floats(device: torch.device | str = "cpu") -> int:
+    """The float32 lanes of the vectors that oneDNN blocks channels by on ``device``: 16 with
+    AVX-512, else 8 (AVX2; on a GPU, the multiple that tensor cores are fed in)."""
+    if torch.device(device).type == "cpu" and torch.backends.cpu.get_cpu_capability() == "AVX512":
+        return 16
+    return 8
+
+
+def prune_counts(channels: int, shares=KEEP_SHARES, floor: int = 8) -> list[int]:
     """The channel counts a pair of ``channels`` is pruned to: each share of them rounded to a
-    multiple of 8 (the vector width the kernels are blocked for), at least 8, fewer than
-    ``channels``; largest first."""
-    counts = {max(8, 8 * round(channels * s / 8)) for s in shares}
+    multiple of 8 (the vector width the kernels are blocked for), at least ``floor``, fewer than
+    ``channels``; largest first.
+
+    The planner's ``floor`` is the machine's vector width (:func:`vector_floats`): on the
+    AVX-512 test machine a pair pruned to 8 channels ran at 0.55 of its MACs reduction where
+    pairs at 3/4 and 1/2 of their channels ran at 0.87-0.96 (``benchmarks/bench_pruning.py``),
+    and in five demo plans the 8-channel prune candidates measured a median of 0.32 of their
+    MACs reduction against 0.53 for 16-31 channels (half-empty vectors in every layer of the
+    pair); a plan that took its speed from one such pair came out at 0.80 of its MACs reduction
+    (docs/benchmarks.md)."""
+    counts = {max(floor, 8 * round(channels * s / 8)) for s in shares}
     return sorted((c for c in counts if c < channels), reverse=True)
 
 
@@ -103,11 +120,12 @@ def pair_candidates(
     planned = set(layers)
     out: dict[str, list[Candidate]] = {}
     pairs = [p for p in find_pairs(model) if p.producer in planned and p.consumer in planned]
-    pairs = [p for p in disjoint(pairs) if prune_counts(p.channels)]
+    floor = vector_floats(calibration.device)
+    pairs = [p for p in disjoint(pairs) if prune_counts(p.channels, floor=floor)]
     grams = pair_grams(model, pairs, calibration) if pairs else {}
     for pair in pairs:
         pruned = {r: prune_pairs(model, {pair.producer: r}, grams=grams)
-                  for r in prune_counts(pair.channels)}  # fmt: skip
+                  for r in prune_counts(pair.channels, floor=floor)}  # fmt: skip
         measured = _divergences(pruned, calibration, reference, logits, local)
         raised = _monotone(measured)
         for name, partner in ((pair.producer, pair.consumer), (pair.consumer, pair.producer)):
