@@ -4,7 +4,8 @@ reduction from one run to the next.
 Each run is the whole ``leanconv demo`` (training, planning, fine-tuning, measuring) in a fresh
 process with a fresh measurement cache (``LEANCONV_CACHE_DIR``), so its plan is made from its own
 timings, as a user's first run would be; its saved model is then re-timed against the original
-by ``bench_saved.py`` (interleaved medians, ``--rounds`` rounds). Per run it prints the plan's
+by ``bench_saved.py`` (interleaved medians, ``--rounds`` rounds); its log is kept beside it
+(``runN.log``). Per run it prints the plan's
 predicted speedup, the pipeline's own measurement, the re-timed median, the MACs reduction and
 the re-timed speedup divided by it (the rate); then the median rate over the runs and how many
 runs reached ``--goal``. A plan is made from latencies measured on a shared machine, so two runs
@@ -35,8 +36,10 @@ def one_run(out: Path, speedup: float, rounds: int) -> dict:
     """One demo run into ``out`` and its re-timing: the figures of the table's row."""
     env = dict(os.environ, LEANCONV_CACHE_DIR=tempfile.mkdtemp(prefix="leanconv-cache-"))
     leanconv = Path(sys.executable).with_name("leanconv")
-    subprocess.run([str(leanconv), "demo", "--out", str(out), "--force", "--speedup",
-                    str(speedup)], env=env, check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+    with open(out.with_suffix(".log"), "w") as log:  # the run's own account, beside it
+        subprocess.run([str(leanconv), "demo", "--out", str(out), "--force", "--speedup",
+                        str(speedup)], env=env, check=True, stdout=log,
+                       stderr=subprocess.STDOUT)  # fmt: skip
     timed = subprocess.run([sys.executable, str(HERE / "bench_saved.py"), str(out), "--rounds",
                             str(rounds)], env=env, check=True, capture_output=True,
                            text=True)  # fmt: skip

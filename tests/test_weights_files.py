@@ -1,4 +1,4 @@
-"""Weights files as training scripts save them (``loading.read_state_dict``): the state dict
+"""Weights files as training scripts save them (``weights.read_state_dict``): the state dict
 found under whatever key a checkpoint uses, each step said, and a clear refusal naming the keys
 where it is ambiguous or absent."""
 
@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from leanconv.errors import ModelLoadError
-from leanconv.loading import read_state_dict
+from leanconv.weights import read_state_dict
 
 
 def _state():

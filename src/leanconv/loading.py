@@ -1,14 +1,10 @@
 """Finding a model from what a user typed: a zoo name, ``file.py:factory``, a TorchScript archive,
 a ``torch.export`` file or a model directory that ``leanconv compress`` (``leanconv.save``) wrote.
-Nothing here unpickles untrusted data."""
+Nothing here unpickles untrusted data. Models built from a name are :mod:`.factories`'; weights
+files are read by :mod:`.weights`."""
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import pickle
-import re
-import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +13,8 @@ import torch
 from torch import nn
 
 from .errors import ModelLoadError, UnsafeFileError
+from .factories import build, file_factory, is_file_factory, is_module_factory, module_callable
+from .weights import load_weights
 
 
 @dataclass
@@ -24,80 +22,6 @@ class LoadedModel:
     module: nn.Module
     name: str
     default_input: tuple[int, ...] | None
-
-
-def _factory(path: Path, factory: str):
-    """The callable ``factory`` of the Python file ``path`` (imported, not called)."""
-    if not path.is_file():
-        raise ModelLoadError(f"model file {str(path)!r} does not exist")
-    module_name = f"_leanconv_user_{abs(hash(str(path.resolve())))}"
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    if spec is None or spec.loader is None:
-        raise ModelLoadError(f"{str(path)!r} is not a Python file")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = mod
-    try:
-        spec.loader.exec_module(mod)
-    except Exception as exc:
-        raise ModelLoadError(
-            f"importing {str(path)!r} failed: {type(exc).__name__}: {exc}"
-        ) from exc
-    fn = getattr(mod, factory, None)
-    if fn is None or not callable(fn):
-        raise ModelLoadError(f"{str(path)!r} has no callable {factory!r}")
-    return fn
-
-
-def _from_factory(path: Path, factory: str, kwargs: dict) -> nn.Module:
-    fn = _factory(path, factory)
-    try:
-        model = fn(**kwargs)
-    except Exception as exc:
-        raise ModelLoadError(
-            f"factory {path.name}:{factory} raised {type(exc).__name__}: {exc}"
-        ) from exc
-    if not isinstance(model, nn.Module):
-        raise ModelLoadError(
-            f"factory {path.name}:{factory} returned {type(model).__name__}, not an nn.Module"
-        )
-    return model
-
-
-_MODULE_FACTORY = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w.]*$")
-
-
-def is_module_factory(text: str) -> bool:
-    """``package.module:function`` (an importable module, not a file path)."""
-    return bool(_MODULE_FACTORY.match(text)) and not text.rsplit(":", 1)[0].endswith(".py")
-
-
-def _module_callable(text: str):
-    module_name, _, attr = text.partition(":")
-    try:
-        obj = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ModelLoadError(
-            f"model {text!r}: module {module_name!r} cannot be imported ({exc}); is it installed "
-            "in this environment?"
-        ) from None
-    for part in attr.split("."):
-        obj = getattr(obj, part, None)
-        if obj is None:
-            raise ModelLoadError(f"model {text!r}: {module_name!r} has no {attr!r}")
-    if not callable(obj):
-        raise ModelLoadError(f"model {text!r}: {attr!r} is not callable")
-    return obj
-
-
-def _from_module_factory(text: str, kwargs: dict) -> nn.Module:
-    fn = _module_callable(text)
-    try:
-        model = fn(**kwargs)
-    except Exception as exc:
-        raise ModelLoadError(f"factory {text} raised {type(exc).__name__}: {exc}") from exc
-    if not isinstance(model, nn.Module):
-        raise ModelLoadError(f"factory {text} returned {type(model).__name__}, not an nn.Module")
-    return model
 
 
 def archive_kind(path: Path) -> str:
@@ -191,15 +115,9 @@ def load_model(
     text = spec.strip()
     if not text:
         raise ModelLoadError("no model given")
-    if text in zoo.names():
-        with torch.device(device):
-            model = zoo.create(text, **kwargs)
-        return LoadedModel(model, text, zoo.default_input(text))
-    if ":" in text and text.rsplit(":", 1)[0].endswith(".py"):
-        file, factory = text.rsplit(":", 1)
-        return LoadedModel(_from_factory(Path(file), factory, kwargs), text, None)
-    if is_module_factory(text):
-        return LoadedModel(_from_module_factory(text, kwargs), text, None)
+    built = build(text, device, kwargs)
+    if built is not None:
+        return LoadedModel(built[0], text, built[1])
     path = Path(text)
     if path.is_dir():
         return _from_saved(path, device, algorithms=deployed, trust_code=trust_code)
@@ -239,12 +157,12 @@ def load_trainable(
         kwargs |= {"width": width} if width else {}
         model = load_model(text, **kwargs).module
         base = {"zoo": text, "kwargs": kwargs}
-    elif (":" in text and text.rsplit(":", 1)[0].endswith(".py")) or is_module_factory(text):
-        if ":" in text and text.rsplit(":", 1)[0].endswith(".py"):
+    elif is_file_factory(text) or is_module_factory(text):
+        if is_file_factory(text):
             file, name = text.rsplit(":", 1)
-            fn = _factory(Path(file), name)
+            fn = file_factory(Path(file), name)
         else:
-            fn = _module_callable(text)
+            fn = module_callable(text)
         kwargs = dict(model_args)
         if num_classes and "num_classes" not in kwargs and _accepts(fn):
             kwargs["num_classes"] = num_classes
@@ -286,114 +204,3 @@ def _accepts(factory, arg: str = "num_classes") -> bool:
         return arg in inspect.signature(factory).parameters
     except (TypeError, ValueError):
         return False
-
-
-WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
-#: Keys under which training scripts commonly nest the model's state dict in a checkpoint.
-CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model", "net", "module")
-#: Prefixes that wrappers add to every key: DistributedDataParallel / DataParallel, torch.compile.
-PREFIXES = ("module.", "_orig_mod.")
-
-
-def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """The state dict in a weights file, and one line per transformation applied to find it.
-
-    ``.safetensors`` is read as is; ``.pt/.pth/.bin/.ckpt`` through
-    ``torch.load(weights_only=True)`` (tensors and plain containers only: no code runs), which
-    may hold the state dict itself or a checkpoint nesting it under one of
-    :data:`CHECKPOINT_KEYS`, or under any one key when it holds no other state dict. Key
-    prefixes of :data:`PREFIXES` shared by every key are removed.
-    """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    said: list[str] = []
-    if not path.is_file():
-        raise ModelLoadError(f"weights file {str(path)!r} does not exist")
-    if path.suffix not in WEIGHT_SUFFIXES:
-        raise ModelLoadError(
-            f"--weights {str(path)!r}: give a {', '.join(WEIGHT_SUFFIXES)} file holding a state "
-            "dict"
-        )
-    if path.suffix == ".safetensors":
-        try:
-            state = load_file(str(path))
-        except (SafetensorError, OSError) as exc:
-            raise ModelLoadError(f"weights file {str(path)!r} cannot be read: {exc}") from None
-    else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, AttributeError, TypeError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UnsafeFileError(
-                f"--weights {str(path)!r} cannot be read safely (torch.load with "
-                f"weights_only=True: {first[:200]}); it may hold a whole pickled model: save "
-                "model.state_dict() instead, or give the file as MODEL with --trust-pickle if "
-                "you trust it"
-            ) from None
-        except (OSError, RuntimeError, EOFError) as exc:
-            raise ModelLoadError(f"weights file {str(path)!r} cannot be read: {exc}") from None
-    state = _nested_state(state, path, said)
-    for prefix in PREFIXES:
-        if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix) :]: v for k, v in state.items()}
-            said.append(f"removed the prefix {prefix!r} from every key")
-    return state, said
-
-
-def _is_state(d) -> bool:
-    return (
-        isinstance(d, dict)
-        and bool(d)
-        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in d.items())
-    )
-
-
-def _nested_state(obj, path: Path, said: list[str]) -> dict[str, torch.Tensor]:
-    if _is_state(obj):
-        return dict(obj)
-    if isinstance(obj, dict):
-        for key in CHECKPOINT_KEYS:
-            if _is_state(obj.get(key)):
-                said.append(f"read the state dict under the checkpoint key {key!r}")
-                return dict(obj[key])
-        found = [k for k, v in obj.items() if _is_state(v)]
-        if len(found) == 1:  # a checkpoint's own name for it ("model_state", "weights", ...)
-            said.append(f"read the state dict under the checkpoint key {found[0]!r} (the only "
-                        "state dict in the checkpoint)")  # fmt: skip
-            return dict(obj[found[0]])
-        keys = ", ".join(repr(k) for k in list(obj)[:8])
-        which = (f"several state dicts ({', '.join(repr(k) for k in found)}) and none under "
-                 if found else "a dict without a state dict under ")  # fmt: skip
-        raise ModelLoadError(
-            f"weights file {str(path)!r} holds {which}{', '.join(CHECKPOINT_KEYS)} (its keys: "
-            f"{keys}); save the model's state dict alone, or under one of those keys"
-        )
-    raise ModelLoadError(
-        f"weights file {str(path)!r} holds a {type(obj).__name__}, not a state dict"
-    )
-
-
-def load_weights(model: nn.Module, path: str | Path, log=None) -> None:
-    """Load the state dict of ``path`` (:func:`read_state_dict`) into ``model`` strictly, naming
-    what does not match; each transformation applied is said in one line through ``log``."""
-    state, said = read_state_dict(path)
-    for line in said:
-        if log:
-            log(f"weights {Path(path).name}: {line}")
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()
-        raise ModelLoadError(
-            f"weights {str(path)!r} do not fit the model: {' '.join(first[:3])[:400]}"
-        ) from None
-    check_finite(state, f"weights {str(path)!r}")
-
-
-def check_finite(state: dict[str, torch.Tensor], what: str) -> None:
-    """Raise :class:`ModelLoadError` naming the tensors of ``state`` that hold NaN or infinity."""
-    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
-        raise ModelLoadError(f"{what} hold(s) NaN or infinite values in {bad[:3]}")

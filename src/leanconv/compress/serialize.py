@@ -28,8 +28,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .. import factories
 from ..errors import LeanconvError, OutputExistsError
 from ..report.files import write_bytes_atomic, write_text_atomic
+from ..weights import check_finite
 from .measure import FORMATS
 from .model_json import FORMAT, PROGRAM_FILE, ModelFileError, build, describe, validate
 from .surgery import replace_modules
@@ -157,12 +159,10 @@ def _read_description(meta_file: Path) -> dict:
 
 def _trusted_factory(base: dict, path: Path) -> nn.Module:
     """The base model built by the recorded factory (the caller said ``trust_code=True``)."""
-    from ..loading import load_model
-
     factory, kwargs = base["factory"], base.get("kwargs", {})
     file, _, fn = factory.rpartition(":")
     if not file.endswith(".py"):
-        return load_model(factory, device="meta", **kwargs).module
+        return _built(factory, kwargs, path)
     source = (path / file).resolve()  # relative to the model directory, never the current one
     if not source.is_file():
         raise LeanconvError(f"{str(path / 'model.json')!r}: the factory file {file!r} is not "
@@ -177,13 +177,21 @@ def _trusted_factory(base: dict, path: Path) -> nn.Module:
             f"the factory file {str(source)!r} has changed since the model was saved (its "
             "sha256 differs): not imported; pass factory=... to build the architecture"
         )
-    return load_model(f"{source}:{fn}", device="meta", **kwargs).module
+    return _built(f"{source}:{fn}", kwargs, path)
+
+
+def _built(spec: str, kwargs: dict, path: Path) -> nn.Module:
+    """The model that ``spec`` (a zoo name or a factory) builds with ``kwargs`` (a zoo model on
+    ``meta``); an error naming the model file when it names neither."""
+    built = factories.build(spec, "meta", kwargs)
+    if built is None:
+        raise ModelFileError(f"{str(path / 'model.json')!r}: {spec!r} is neither a zoo name nor "
+                             "a factory")  # fmt: skip
+    return built[0]
 
 
 def _base_model(description: dict, path: Path, factory, trust_code: bool) -> nn.Module | None:
     """The base architecture on ``meta``; ``None`` when only the saved program can serve."""
-    from ..loading import load_model
-
     base = description.get("base") or {}
     if factory is not None:
         model = factory if isinstance(factory, nn.Module) else factory()
@@ -192,7 +200,7 @@ def _base_model(description: dict, path: Path, factory, trust_code: bool) -> nn.
         return copy.deepcopy(model).to("meta")
     if "zoo" in base:
         try:
-            return load_model(base["zoo"], device="meta", **base.get("kwargs", {})).module
+            return _built(base["zoo"], base.get("kwargs", {}), path)
         except (TypeError, ValueError) as exc:
             raise ModelFileError(f"{str(path / 'model.json')!r}: base.kwargs do not build "
                                  f"{base['zoo']!r}: {exc}") from None  # fmt: skip
@@ -260,8 +268,6 @@ def _read_weights(weights: Path, device) -> dict[str, torch.Tensor]:
     """The tensors of ``model.safetensors``, every one finite."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
-
-    from ..loading import check_finite
 
     try:
         state = load_file(str(weights), device=str(device))
