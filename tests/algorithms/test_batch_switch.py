@@ -18,10 +18,18 @@ def _model():
                          nn.Conv2d(8, 4, 1)).eval()  # fmt: skip
 
 
+def _whole(on: float = 1.0, off: float = 2.0) -> dict:
+    """The stand-in timings of a whole-model check (``on``: the layers' choices as fitted)."""
+    return {"on": Timing(on, on, on, 1), "off": Timing(off, off, off, 1)}
+
+
 def _timings(fast_wins_from: int):
-    """A stand-in for bench.timing.compare: the algorithm wins from ``fast_wins_from`` images."""
+    """A stand-in for bench.timing.compare: the algorithm wins from ``fast_wins_from`` images
+    (the whole model agrees)."""
 
     def compare(fns, **_kwargs):
+        if "on" in fns:
+            return _whole()
         x_batch = fns["fast"].__defaults__[1][0].shape[0]
         fast, direct = (1.0, 2.0) if x_batch >= fast_wins_from else (2.0, 1.0)
         return {"fast": Timing(fast, fast, fast, 1), "direct": Timing(direct, direct, direct, 1)}
@@ -70,6 +78,8 @@ def test_every_deployed_batch_size_is_timed_even_beyond_the_example(monkeypatch)
     timed = []
 
     def compare(fns, **kwargs):
+        if "on" in fns:
+            return _whole()
         timed.append(fns["fast"].__defaults__[1][0].shape[0])
         return {"fast": Timing(2.0, 2.0, 2.0, 1), "direct": Timing(1.0, 1.0, 1.0, 1)}
 
@@ -103,6 +113,8 @@ def _run_timings(run_wins_from: int | None):
     from ``run_wins_from`` images (None: never)."""
 
     def compare(fns, **_kwargs):
+        if "on" in fns:
+            return _whole()
         x = fns["fast"].__defaults__[0].__defaults__[2][0]
         won = run_wins_from is not None and x.shape[0] >= run_wins_from
         fast, direct = (1.0, 2.0) if won else (2.0, 1.0)
@@ -141,6 +153,8 @@ def test_a_chain_and_a_layer_given_a_residual_are_timed_with_it(monkeypatch):
     seen = []
 
     def compare(fns, **_kwargs):
+        if "on" in fns:
+            return _whole()
         first = fns["fast"].__defaults__[0]
         run = not isinstance(first, nn.Module)  # a chain's run: its timing function
         args = first.__defaults__[2] if run else fns["fast"].__defaults__[1]
@@ -154,3 +168,34 @@ def test_a_chain_and_a_layer_given_a_residual_are_timed_with_it(monkeypatch):
     with torch.no_grad():
         batch_switch.fit_min_batch(block, torch.randn(4, 16, 6, 6), (1, 4), chains=False)
     assert seen == [2] * 4  # the Winograd layer, then the chain's run, at sizes 1 and 4
+
+
+@pytest.mark.parametrize("loses_in_model_at, expected", [((), 1), ((1,), 4), ((1, 4), 16)])
+def test_a_layer_that_wins_alone_but_not_in_the_model_runs_direct_there(
+    monkeypatch, loses_in_model_at, expected
+):
+    """Timed alone the algorithm wins at every size; where the whole model with it is slower
+    than with the direct convolution, it runs from the next size on. The largest size is not
+    checked again (the plan's own size)."""
+    checked = []
+
+    def compare(fns, **_kwargs):
+        if "on" in fns:
+            layer = model[0]
+            fns["on"]()
+            on = layer.min_batch  # as fitted: the algorithm runs at the size checked
+            fns["off"]()
+            size = layer.min_batch - 1  # off: direct at the size checked
+            checked.append((size, on))
+            return _whole(2.0, 1.0) if size in loses_in_model_at else _whole(1.0, 2.0)
+        return {"fast": Timing(1.0, 1.0, 1.0, 1), "direct": Timing(2.0, 2.0, 2.0, 1)}
+
+    monkeypatch.setattr(batch_switch, "compare", compare)
+    model = _model()
+    with torch.no_grad():
+        switched = batch_switch.fit_min_batch(model, torch.randn(16, 8, 6, 6), (1, 4, 16))
+    assert model[0].min_batch == expected
+    assert switched == ({} if expected == 1 else {"0": expected})
+    # each size below the largest checked with the layer running its algorithm there
+    assert [size for size, _ in checked] == [1, 4]
+    assert all(on <= size for size, on in checked)

@@ -31,6 +31,14 @@ the model 0.97x as fast at batch 1 as the chains everywhere, 1.05x). So the chai
 are then confirmed on the whole model (:func:`_confirm`): at each batch size, the model with
 the switches active there is timed against the model without them, and they are kept only if
 it is faster.
+
+The fast layers' choices are confirmed the same way at the sizes below the largest
+(:func:`_confirm_running`): a Winograd layer timed alone at batch 1 finds its transformed filter
+in cache, and inside the model it does not. On the zoo's CIFAR ResNet-18 (width 0.5) with every
+eligible 3x3 layer by Winograd F(4x4), six layers that won alone at batch 1 left the model 0.83-
+0.92x as fast there as with no algorithm (docs/benchmarks.md, sixteenth session): the layers that
+run their algorithm at a size now keep it only if the whole model is faster so than with all of
+them direct there.
 """
 
 from __future__ import annotations
@@ -79,6 +87,7 @@ def fit_min_batch(
             _confirm(model, layers, example, sizes, repeats)
         else:
             _fit_runs(model, example, sizes, repeats)
+            _confirm_running(model, layers, example, sizes, repeats)
         switched.update({n: m.min_batch for n, m in layers.items() if m.min_batch > 1})
     return switched
 
@@ -149,6 +158,32 @@ def _confirm(model, layers: dict[str, nn.Module], example, sizes: list[int], rep
         keep = t["on"].ms < t["off"].ms
         for m, mb in zip(active, fitted, strict=True):
             m.min_batch = mb if keep else b
+
+
+def _confirm_running(model, layers: dict[str, nn.Module], example, sizes: list[int],
+                     repeats: int):  # fmt: skip
+    """At each batch size below the largest, smallest first, the layers of ``layers`` that run
+    their algorithm there (``min_batch`` at most it) kept running it only if the whole model runs
+    faster so than with all of them direct there; otherwise they run it only from the next size
+    on. At the largest size, the one the plan was made and its assembled model timed for, each
+    layer takes long enough to be timed alone as it runs in the model."""
+    for b, after in zip(sizes, sizes[1:], strict=False):
+        running = [m for m in layers.values() if m.min_batch <= b]
+        if not running:
+            continue
+        fitted = [m.min_batch for m in running]
+        xb = input_at_batch(example, b)
+
+        def run(on: bool, xb=xb, running=running, fitted=fitted, direct=b + 1):
+            for m, mb in zip(running, fitted, strict=True):
+                m.min_batch = mb if on else direct
+            return model(xb)
+
+        t = compare({"on": lambda: run(True), "off": lambda: run(False)}, warmup=1,
+                    repeats=max(repeats, 11), device=xb.device)  # fmt: skip
+        keep = t["on"].ms <= t["off"].ms
+        for m, mb in zip(running, fitted, strict=True):
+            m.min_batch = mb if keep else after
 
 
 def _fit(model, layers: dict[str, nn.Module], example, sizes: list[int], repeats: int):
