@@ -346,6 +346,16 @@ def test_cli_refuses_bad_settings(tmp_path, project):
     r = cli(*compress_args(project, out, *good, "--speedup", "0"))
     assert r.exit_code == 2 and "--speedup 0: must be a positive factor" in r.output
     assert "[1/6]" not in r.output
+    r = cli(*compress_args(project, out, *good, "--classes", "circle,square,cow"))
+    assert r.exit_code == 2, r.output
+    assert (
+        "has classes ['triangle'] that --classes does not have and has no folder for " in r.output
+    )
+    assert "['cow'], which --classes names" in r.output
+    assert "[1/6]" not in r.output
+    r = cli("compress", project.spec, "--data", "digits", "--out", out, "--weights",
+            project.weights["net.pth"], "--classes", "a,b")  # fmt: skip
+    assert r.exit_code == 2 and "--classes: preprocessing applies to --data folder:PATH" in r.output
     whole = tmp_path / "whole.pth"
     torch.save(project.model(), whole)  # the whole pickled module, not its state dict
     r = cli(*compress_args(project, out, "--weights", whole, "--normalize", "imagenet",

@@ -60,6 +60,31 @@ def test_image_folder_with_train_and_val(tmp_path, held):
     assert bundle.preprocessing["classes"] == ["a", "b", "c"]
 
 
+def test_image_folder_numbers_classes_in_the_order_given(tmp_path):
+    """A model trained with its own label order (a hand-written Dataset): --classes gives it,
+    in both splits; by default the sorted order, as torchvision's ImageFolder."""
+    colours = {"disc": (255, 0, 0), "box": (0, 255, 0), "kite": (0, 0, 255)}
+    for split in ("train", "test"):
+        for cls, colour in colours.items():
+            for i in range(2):
+                _png(tmp_path / split / cls / f"{i}.png", colour)
+    default = image_folder(tmp_path, workers=0)
+    assert default.preprocessing["classes"] == ["box", "disc", "kite"]
+    bundle = image_folder(tmp_path, workers=0, classes=["disc", "box", "kite"])
+    assert bundle.preprocessing["classes"] == ["disc", "box", "kite"]
+    for loader in (bundle.train, bundle.test):
+        x, y = (torch.cat(t) for t in zip(*loader, strict=True))
+        for label, colour in enumerate(colours.values()):  # label i: the i-th class given
+            channel = colour.index(255)
+            assert (x[y == label][:, channel] == 1).all()
+    with pytest.raises(DataError, match=r"has no folder for \['cow'\], which --classes names"):
+        image_folder(tmp_path, workers=0, classes=["disc", "box", "kite", "cow"])
+    with pytest.raises(DataError, match=r"has classes \['kite'\] that --classes does not have"):
+        image_folder(tmp_path, workers=0, classes=["disc", "box"])
+    with pytest.raises(DataError, match=r"--classes names \['box'\] more than once"):
+        image_folder(tmp_path, workers=0, classes=["box", "disc", "box", "kite"])
+
+
 def test_image_folder_train_without_a_held_out_split_says_so(tmp_path):
     for split in ("train", "holdout"):
         _png(tmp_path / split / "a" / "0.png", (1, 2, 3))

@@ -69,6 +69,12 @@ def register(app: typer.Typer) -> None:
         normalize: str = typer.Option(
             None, "--normalize", help="imagenet, dataset or none (default: none, pixels 0..1)"
         ),
+        classes: str = typer.Option(
+            None,
+            "--classes",
+            help="the class folders in the order of the model's outputs "
+            "(A,B,C; default: sorted, as torchvision's ImageFolder)",
+        ),  # fmt: skip
         mean: str = typer.Option(None, "--mean", help="R,G,B mean subtracted from pixels 0..1"),
         std: str = typer.Option(None, "--std", help="R,G,B standard deviation divided by"),
         min_metric: float = typer.Option(
@@ -171,7 +177,8 @@ def register(app: typer.Typer) -> None:
             seed=seed,
             min_metric=min_metric,
         )
-        given = _preprocessing(data, input_size, resize, crop, normalize, mean, std, workers)
+        given = _preprocessing(data, input_size, resize, crop, normalize, mean, std, workers,
+                               classes)  # fmt: skip
         args = key_values(model_arg, "--model-arg")
         _check_weights(model, weights, trust_pickle, train_first, train_epochs, train_lr)
         if out.exists() and not force:
@@ -195,12 +202,14 @@ def register(app: typer.Typer) -> None:
             console.print(f"[yellow]note:[/] {note}", soft_wrap=True)
 
 
-def _preprocessing(data: str, input_size, resize, crop, normalize, mean, std, workers) -> dict:
+def _preprocessing(data: str, input_size, resize, crop, normalize, mean, std, workers,
+                   classes=None) -> dict:  # fmt: skip
     """The image-folder settings given on the command line (refused for other data)."""
     prep = {
         "input_size": _numbers(input_size, "--input-size", (1, 2), int),
         "resize": resize, "crop": crop, "normalize": normalize,
         "mean": _numbers(mean, "--mean", (3,)), "std": _numbers(std, "--std", (3,)),
+        "classes": [c.strip() for c in classes.split(",")] if classes is not None else None,
     }  # fmt: skip
     if prep["input_size"] and len(prep["input_size"]) == 1:
         prep["input_size"] = prep["input_size"] * 2

@@ -60,14 +60,14 @@ def check_plausible(before: ModelFigures, metric: Metric, data: DataBundle, exam
     if prep.get("classes"):
         names = prep["classes"]
         lines.append(
-            "  class order: class i is the i-th folder in sorted order ("
+            "  class order: class i is the i-th folder ("
             + ", ".join(f"{i}={n}" for i, n in enumerate(names[:6]))
             + (", ..." if len(names) > 6 else "")
-            + ")"
+            + "); was it trained with another order? (--classes A,B,C gives it)"
         )
     lines.append("  weights: are they the trained ones (--weights)?")
     lines.append(
-        "Give --input-size, --resize/--crop, --normalize or --mean/--std as in training; "
-        "--min-metric sets the score to reach (0 skips this check)."
+        "Give --input-size, --resize/--crop, --normalize or --mean/--std, --classes as in "
+        "training; --min-metric sets the score to reach (0 skips this check)."
     )
     raise ImplausibleModelError("\n".join(lines))

@@ -1,6 +1,9 @@
 """Image folders: ``root/<class>/<image>``, or ``root/train/<class>/...`` beside a held-out split
 ``root/test/...`` (or ``val/``, ``valid/``, ``validation/``: torchvision's ImageNet layout).
 
+Label ``i`` is the ``i``-th class folder in sorted order (as torchvision's ``ImageFolder``
+numbers them) unless ``classes`` gives the order the model was trained with.
+
 Images are read lazily, one at a time, by a ``DataLoader`` with worker processes: memory does not
 grow with the number of images. Each image is converted to RGB, then prepared as the user says and
 as torchvision's standard evaluation transforms do, and as nothing else:
@@ -123,17 +126,25 @@ def _splits(root: Path) -> tuple[Path, Path] | None:
     return None
 
 
-def _scan(root: Path, classes: list[str] | None) -> tuple[list[Path], list[int], list[str]]:
+def _scan(root: Path, classes: list[str] | None, given: bool = False
+          ) -> tuple[list[Path], list[int], list[str]]:  # fmt: skip
+    """The images under ``root``'s class folders and their labels: label ``i`` for the folder
+    ``classes[i]`` (by default the folders in sorted order). ``given``: ``classes`` came from
+    the user (``--classes``), so the errors name that option."""
     found = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
     names = classes or [p.name for p in found]
     if not names:
         raise DataError(f"image folder {str(root)!r} has no class sub-folders")
     if classes is not None:
         extra = sorted({p.name for p in found} - set(classes))
-        if extra:
-            raise DataError(
-                f"{str(root)!r} has classes {extra} that the training folder does not have"
-            )
+        missing = [c for c in classes if not (root / c).is_dir()]
+        source = "--classes" if given else "the training folder"
+        wrong = [f"has classes {extra} that {source} does not have"] if extra else []
+        if missing and given:
+            wrong.append(f"has no folder for {missing}, which --classes names")
+        if wrong:
+            raise DataError(f"{str(root)!r} {' and '.join(wrong)} (its class folders: "
+                            f"{[p.name for p in found]})")  # fmt: skip
     files, labels = [], []
     for label, name in enumerate(names):
         folder = root / name
@@ -229,9 +240,12 @@ def image_folder(
     seed: int = 0,
     batch_size: int = 64,
     workers: int | None = None,
+    classes: list[str] | None = None,
 ) -> DataBundle:
     """The images under ``root`` as a bundle of two ``DataLoader``s (see the module docstring).
-    ``size`` is ``input_size=(size, size)``."""
+    ``size`` is ``input_size=(size, size)``. ``classes``: the class folders' names in the order
+    of the model's outputs (the labels it was trained with); by default their sorted order, as
+    torchvision's ``ImageFolder`` numbers them."""
     root = Path(root)
     if not root.exists():
         raise DataError(f"image folder {str(root)!r} does not exist")
@@ -254,12 +268,18 @@ def image_folder(
         raise DataError(f"--std {','.join(map(str, std))}: every value must be positive")
     if mean is not None and normalize != "none":
         raise DataError("give --normalize or --mean/--std, not both")
+    if classes is not None:
+        classes = [str(c) for c in classes]
+        twice = sorted({c for c in classes if classes.count(c) > 1})
+        if twice or not classes:
+            raise DataError(f"--classes names {twice} more than once" if twice else
+                            "--classes is empty")  # fmt: skip
     splits = _splits(root)
     if splits is not None:
-        tr_files, tr_labels, names = _scan(splits[0], None)
-        te_files, te_labels, _ = _scan(splits[1], names)
+        tr_files, tr_labels, names = _scan(splits[0], classes, given=classes is not None)
+        te_files, te_labels, _ = _scan(splits[1], names, given=classes is not None)
     else:
-        files, labels, names = _scan(root, None)
+        files, labels, names = _scan(root, classes, given=classes is not None)
         tr_files, tr_labels, te_files, te_labels = _split(files, labels, test_fraction, seed)
     prep = Preprocess(resize, crop, tuple(input_size) if input_size else None)
     if prep.input_size is None:

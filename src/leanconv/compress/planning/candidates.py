@@ -42,7 +42,7 @@ from ..replace import decompose_layer
 from ..surgery import conv_layers
 from ..verify import capture_inputs
 from .latency import CACHE_FILE, common_window, frontier, latencies, second_window
-from .pair_candidates import KEEP_SHARES, PRUNE, pair_candidates
+from .pair_candidates import KEEP_SHARES, PRUNE, pair_candidates, vector_floats
 from .plan import KEEP, Candidate
 from .sensitivity import measured_candidates, monotone_sensitivity
 
@@ -226,8 +226,9 @@ def _add_pair_candidates(out, retained, model, layers, inputs, calibration, refe
         pairs = len(new) // 2
         shares = ", ".join(f"{s:g}" for s in KEEP_SHARES)
         log(f"  pruned pairs: {pairs} pair(s) of convolutions, {sum(map(len, new.values()))} "
-            f"candidates (each pair at {shares} of its channels, the second layer refitted by "
-            "least squares)")  # fmt: skip
+            f"candidates (each pair at {shares} of its channels, in multiples of 8 and at least "
+            f"{vector_floats(calibration.device)}, the second layer refitted by least "
+            "squares)")  # fmt: skip
 
 
 def within_error(candidates: dict[str, list[Candidate]], max_error: float) -> dict:
