@@ -15,7 +15,7 @@ import leanconv
 from leanconv.algorithms import native
 from leanconv.compress import serialize
 from leanconv.compress.algorithms import narrow_candidates
-from leanconv.compress.deploy import Deployment, settle_narrow
+from leanconv.compress.deploy import Deployment, settle_lost
 from leanconv.compress.replace import decompose_layer
 from leanconv.nn import ChainConv2d, NarrowConv2d, PackedConv2d
 from leanconv.selection.batch_switch import fit_min_batch
@@ -81,7 +81,7 @@ def test_fitted_settled_saved_and_loaded(tmp_path):
     # force one layer to have lost everywhere: it must become a packed layer again
     deployed.model.get_submodule("6.1").min_batch = 5
     deployed.min_batch["6.1"] = 5
-    kept = settle_narrow(deployed, [1, 4])
+    kept = settle_lost(deployed, [1, 4])
     assert "6.1" not in kept and "6.1" not in deployed.algorithms
     assert "6.1" not in deployed.min_batch
     assert type(deployed.model.get_submodule("6.1")) is PackedConv2d
@@ -132,3 +132,26 @@ def test_measured_deployment_as_the_loop_and_the_pipeline_use_it():
         assert set(deployed.algorithms.values()) <= {"narrow", "gemv"}
         with torch.no_grad():
             _close(deployed.model(x), ref)
+
+
+def test_a_winograd_layer_that_lost_at_every_size_runs_onednn_at_every_size():
+    """A planned Winograd layer whose algorithm lost at every measured batch size becomes a
+    packed layer: no batch size, measured or not, runs the algorithm; one that won somewhere
+    keeps it."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+                        nn.Conv2d(16, 16, 3, padding=1)).eval()  # fmt: skip
+    x = torch.randn(4, 16, 10, 10)
+    with torch.no_grad():
+        ref = copy.deepcopy(net).double()(x.double())
+    deployed = Deployment().deploy(net, {"0": "winograd4", "2": "winograd4"})
+    deployed.min_batch = {"0": 5, "2": 4}  # lost everywhere at (1, 4); won from 4 on
+    deployed.model.get_submodule("0").min_batch = 5
+    deployed.model.get_submodule("2").min_batch = 4
+    kept = settle_lost(deployed, [1, 4])
+    assert kept == ["2"] and deployed.algorithms == {"2": "winograd4"}
+    assert deployed.min_batch == {"2": 4}
+    assert type(deployed.model.get_submodule("0")) is PackedConv2d
+    with torch.no_grad():
+        _close(deployed.model(x), ref)
+        _close(deployed.model(torch.cat([x] * 4)), torch.cat([ref] * 4))  # 16 images

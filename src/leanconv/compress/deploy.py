@@ -6,11 +6,11 @@ A rewritten model is deployed after exact rewrites that change its speed but not
 1. batch norms folded into the convolutions before them (:mod:`leanconv.rewrite.fold`, ``fold_bn``);
 2. the planned fast algorithms switched on (:mod:`.algorithms`), and, in the final deployment, the
    narrow direct kernel on the decomposed layers' factors (:func:`.algorithms.narrow_candidates`),
-   kept by :func:`settle_narrow` only where :func:`leanconv.selection.batch_switch.fit_min_batch`
-   measured it faster at some batch size; the streaming matrix-vector kernel on every ``nn.Linear``
-   (:func:`.algorithms.gemv_candidates`), kept by :func:`settle_gemv` only where
-   :func:`leanconv.selection.batch_switch.gemv_wins` measured it at least as fast as
-   ``F.linear`` at every batch size it runs at;
+   kept by :func:`settle_lost` only where :func:`leanconv.selection.batch_switch.fit_min_batch`
+   measured it faster at some batch size (as the planned Winograd layers are); the streaming
+   matrix-vector kernel on every ``nn.Linear`` (:func:`.algorithms.gemv_candidates`), kept by
+   :func:`settle_gemv` only where :func:`leanconv.selection.batch_switch.gemv_wins` measured it
+   at least as fast as ``F.linear`` at every batch size it runs at;
 3. ReLUs fused into the convolutions before them, plain convolutions packed for oneDNN
    (:mod:`leanconv.rewrite.fuse`, ``fuse``);
 4. each decomposed layer's chain made switchable (:class:`leanconv.nn.ChainConv2d`): below a
@@ -41,10 +41,10 @@ from ..modules import get_layer, replace_modules
 from ..nn import ChainConv2d
 from ..rewrite import fold_batchnorm, fuse_activations
 from ..selection.batch_switch import fit_min_batch, gemv_wins
-from .algorithms import apply_algorithms, gemv_candidates, narrow_candidates
+from .algorithms import ALGORITHMS, apply_algorithms, gemv_candidates, narrow_candidates
 from .measure import FORMATS
 
-__all__ = ["Deployed", "Deployment", "settle_gemv", "settle_narrow", "switchable_chains"]
+__all__ = ["Deployed", "Deployment", "settle_gemv", "settle_lost", "switchable_chains"]
 
 
 @dataclass
@@ -99,8 +99,9 @@ class Deployment:
         """``model`` deployed with the planned ``algorithms`` and each measured choice made on
         ``example`` at ``batch_sizes``: the narrow kernel offered to every factor of the
         ``decomposed`` layers and the streaming kernel to every ``nn.Linear``, then each fast
-        layer's and chain's ``min_batch`` fitted (``fit_min_batch``) and the losing narrow and
-        streaming layers turned back (:func:`settle_narrow`, :func:`settle_gemv`). With
+        layer's and chain's ``min_batch`` fitted (``fit_min_batch``) and the narrow, Winograd and
+        streaming layers that lost everywhere turned back (:func:`settle_lost`,
+        :func:`settle_gemv`). With
         ``switchable`` the decomposed chains are made switchable by batch size (the final
         deployment); without, they always run as chains (the closed loop, at its one batch
         size), their narrow factors in one pass as deployed."""
@@ -110,7 +111,7 @@ class Deployment:
         deployed = self.deploy(model, offered, chains=decomposed)
         deployed.min_batch = fit_min_batch(deployed.model, example, batch_sizes, repeats,
                                            chains=switchable)  # fmt: skip
-        settle_narrow(deployed, batch_sizes)
+        settle_lost(deployed, batch_sizes)
         settle_gemv(deployed, gemv_wins(deployed.model, example, batch_sizes, repeats))
         return deployed
 
@@ -156,15 +157,16 @@ def switchable_chains(model: nn.Module, names) -> dict[str, ChainConv2d]:
     return out
 
 
-def settle_narrow(deployed: Deployed, batch_sizes) -> list[str]:
-    """After :func:`leanconv.selection.batch_switch.fit_min_batch`: each narrow layer of
-    ``deployed`` that was slower than oneDNN at every batch size turned back into a packed layer
-    (in place, and out of ``deployed.algorithms`` and ``deployed.min_batch``); returns the narrow
-    layers kept."""
+def settle_lost(deployed: Deployed, batch_sizes, kinds=("narrow", *ALGORITHMS)) -> list[str]:
+    """After :func:`leanconv.selection.batch_switch.fit_min_batch`: each layer of ``deployed``
+    that runs one of the algorithms ``kinds`` (the narrow kernel, Winograd) and was slower than
+    the direct convolution at every batch size turned back into a packed layer (in place, and out
+    of ``deployed.algorithms`` and ``deployed.min_batch``), so that it runs oneDNN at every size,
+    measured or not; returns the layers of those kinds kept."""
     largest = max((int(b) for b in batch_sizes), default=1)
     back, kept = {}, []
     for name, algorithm in list(deployed.algorithms.items()):
-        if algorithm != "narrow":
+        if algorithm not in kinds:
             continue
         layer = get_layer(deployed.model, name)
         if layer.min_batch > largest:

@@ -12,7 +12,7 @@ either way (up to float32 rounding), so the switch by input shape changes speed 
 
 A narrow layer (:class:`leanconv.nn.NarrowConv2d`, the narrow direct kernel) is fitted the same
 way against oneDNN: the deployment gives it to every factor of a decomposed layer and keeps it
-where it won at some batch size (:func:`leanconv.compress.deploy.settle_narrow`).
+where it won at some batch size (:func:`leanconv.compress.deploy.settle_lost`).
 
 A fully connected layer by the streaming matrix-vector kernel (:class:`leanconv.nn.GemvLinear`)
 runs it only up to :data:`leanconv.algorithms.gemv.MAX_ROWS` rows, where ``F.linear`` reads the
