@@ -40,30 +40,33 @@ def file_factory(path: Path, factory: str):
     return fn
 
 
-def _from_factory(path: Path, factory: str, kwargs: dict) -> nn.Module:
-    fn = file_factory(path, factory)
+def _called(fn, label: str, kwargs: dict) -> nn.Module:
+    """``fn(**kwargs)``, the factory named ``label``: an error saying what it raised or that it
+    returned something other than an ``nn.Module``."""
     try:
         model = fn(**kwargs)
     except Exception as exc:
-        raise ModelLoadError(
-            f"factory {path.name}:{factory} raised {type(exc).__name__}: {exc}"
-        ) from exc
+        raise ModelLoadError(f"factory {label} raised {type(exc).__name__}: {exc}") from exc
     if not isinstance(model, nn.Module):
-        raise ModelLoadError(
-            f"factory {path.name}:{factory} returned {type(model).__name__}, not an nn.Module"
-        )
+        raise ModelLoadError(f"factory {label} returned {type(model).__name__}, not an nn.Module")
     return model
 
 
 _MODULE_FACTORY = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w.]*$")
 
 
+def is_file_factory(text: str) -> bool:
+    """``path/to/file.py:function``."""
+    return ":" in text and text.rsplit(":", 1)[0].endswith(".py")
+
+
 def is_module_factory(text: str) -> bool:
     """``package.module:function`` (an importable module, not a file path)."""
-    return bool(_MODULE_FACTORY.match(text)) and not text.rsplit(":", 1)[0].endswith(".py")
+    return bool(_MODULE_FACTORY.match(text)) and not is_file_factory(text)
 
 
 def module_callable(text: str):
+    """The callable ``function`` of ``package.module:function`` (imported, not called)."""
     module_name, _, attr = text.partition(":")
     try:
         obj = importlib.import_module(module_name)
@@ -81,22 +84,6 @@ def module_callable(text: str):
     return obj
 
 
-def _from_module_factory(text: str, kwargs: dict) -> nn.Module:
-    fn = module_callable(text)
-    try:
-        model = fn(**kwargs)
-    except Exception as exc:
-        raise ModelLoadError(f"factory {text} raised {type(exc).__name__}: {exc}") from exc
-    if not isinstance(model, nn.Module):
-        raise ModelLoadError(f"factory {text} returned {type(model).__name__}, not an nn.Module")
-    return model
-
-
-def is_file_factory(text: str) -> bool:
-    """``path/to/file.py:function``."""
-    return ":" in text and text.rsplit(":", 1)[0].endswith(".py")
-
-
 def build(text: str, device: str = "cpu", kwargs: dict | None = None):
     """``(model, its default input shape or None)`` for a zoo name (built on ``device``;
     ``"meta"`` builds it without memory) or a factory (``file.py:fn``, ``package.module:fn``,
@@ -110,7 +97,8 @@ def build(text: str, device: str = "cpu", kwargs: dict | None = None):
         return model, zoo.default_input(text)
     if is_file_factory(text):
         file, factory = text.rsplit(":", 1)
-        return _from_factory(Path(file), factory, kwargs), None
+        return _called(file_factory(Path(file), factory), f"{Path(file).name}:{factory}",
+                       kwargs), None  # fmt: skip
     if is_module_factory(text):
-        return _from_module_factory(text, kwargs), None
+        return _called(module_callable(text), text, kwargs), None
     return None

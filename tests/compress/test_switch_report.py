@@ -3,7 +3,7 @@
 from torch import nn
 
 from leanconv.compress.deploy import Deployed
-from leanconv.compress.pipeline import running_algorithms, switch_lines
+from leanconv.compress.pipeline import switch_lines
 
 
 def _deployed():
@@ -27,10 +27,3 @@ def test_a_layer_that_lost_at_every_batch_size_is_said_to_run_direct():
     assert switch_lines(_deployed(), (1, 128))[0] == (
         "a runs its algorithm from batch 65 on (direct below: faster there)"
     )
-
-
-def test_only_layers_that_run_their_algorithm_somewhere_are_counted_as_winograd():
-    assert running_algorithms(_deployed(), (1, 64)) == {"b": "winograd4", "c": "winograd2"}
-    assert running_algorithms(_deployed(), (1, 128)) == {
-        "a": "winograd4", "b": "winograd4", "c": "winograd2",
-    }  # fmt: skip

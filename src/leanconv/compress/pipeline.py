@@ -470,14 +470,6 @@ def switch_lines(deployed, batch_sizes) -> list[str]:
     return lines
 
 
-def running_algorithms(deployed, batch_sizes) -> dict[str, str]:
-    """The Winograd layers of ``deployed`` (name -> algorithm) that run their algorithm at one
-    of ``batch_sizes`` at least (not those measured slower than direct at all of them)."""
-    largest = max(batch_sizes)
-    return {n: a for n, a in deployed.algorithms.items()
-            if a in ALGORITHMS and deployed.min_batch.get(n, 1) <= largest}  # fmt: skip
-
-
 def _measure_stage(run: _Run, before, plan, surgery, history, compressed, notes):
     """Deploy (fold, algorithms, fuse), then measure before and after in one harness; returns
     the result and the deployment (what is saved)."""
@@ -502,7 +494,7 @@ def _measure_stage(run: _Run, before, plan, surgery, history, compressed, notes)
         run.say(f"      {len(deployed.fused) - sums} ReLUs fused into the convolutions before "
                 f"them, {sums} residual sums taken by the layer before them, convolutions "
                 "packed for oneDNN")  # fmt: skip
-    winograd = running_algorithms(deployed, run.config.batch_sizes)
+    winograd = {n: a for n, a in deployed.algorithms.items() if a in ALGORITHMS}
     if winograd:
         run.say(f"      {len(winograd)} layers run by Winograd: "
                 + ", ".join(f"{n} ({a})" for n, a in winograd.items()))  # fmt: skip

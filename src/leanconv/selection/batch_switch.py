@@ -137,6 +137,23 @@ def _fit_runs(model, example, sizes: list[int], repeats: int):
         chain.min_batch = outer[name]
 
 
+def _whole_model(model, xb: torch.Tensor, layers: list, off: int, repeats: int):
+    """The whole model's median milliseconds on ``xb`` with ``layers``' ``min_batch`` as fitted
+    (``on``) and with each set to ``off``, interleaved; the fitted values are left in place."""
+    fitted = [m.min_batch for m in layers]
+
+    def run(on: bool):
+        for m, mb in zip(layers, fitted, strict=True):
+            m.min_batch = mb if on else off
+        return model(xb)
+
+    t = compare({"on": lambda: run(True), "off": lambda: run(False)}, warmup=1,
+                repeats=max(repeats, 11), device=xb.device)  # fmt: skip
+    for m, mb in zip(layers, fitted, strict=True):
+        m.min_batch = mb
+    return t["on"].ms, t["off"].ms
+
+
 def _confirm(model, layers: dict[str, nn.Module], example, sizes: list[int], repeats: int):
     """At each batch size, smallest first, the switches of ``layers`` that are active there
     (``min_batch`` above it) kept only if the whole model runs faster with them than without;
@@ -145,19 +162,10 @@ def _confirm(model, layers: dict[str, nn.Module], example, sizes: list[int], rep
         active = [m for m in layers.values() if m.min_batch > b]
         if not active:
             continue
-        fitted = [m.min_batch for m in active]
-        xb = input_at_batch(example, b)
-
-        def run(on: bool, xb=xb, active=active, fitted=fitted):
-            for m, mb in zip(active, fitted, strict=True):
-                m.min_batch = mb if on else 1
-            return model(xb)
-
-        t = compare({"on": lambda: run(True), "off": lambda: run(False)}, warmup=1,
-                    repeats=max(repeats, 11), device=xb.device)  # fmt: skip
-        keep = t["on"].ms < t["off"].ms
-        for m, mb in zip(active, fitted, strict=True):
-            m.min_batch = mb if keep else b
+        on, off = _whole_model(model, input_at_batch(example, b), active, 1, repeats)
+        if not on < off:
+            for m in active:
+                m.min_batch = b
 
 
 def _confirm_running(model, layers: dict[str, nn.Module], example, sizes: list[int],
@@ -171,19 +179,10 @@ def _confirm_running(model, layers: dict[str, nn.Module], example, sizes: list[i
         running = [m for m in layers.values() if m.min_batch <= b]
         if not running:
             continue
-        fitted = [m.min_batch for m in running]
-        xb = input_at_batch(example, b)
-
-        def run(on: bool, xb=xb, running=running, fitted=fitted, direct=b + 1):
-            for m, mb in zip(running, fitted, strict=True):
-                m.min_batch = mb if on else direct
-            return model(xb)
-
-        t = compare({"on": lambda: run(True), "off": lambda: run(False)}, warmup=1,
-                    repeats=max(repeats, 11), device=xb.device)  # fmt: skip
-        keep = t["on"].ms <= t["off"].ms
-        for m, mb in zip(running, fitted, strict=True):
-            m.min_batch = mb if keep else after
+        on, off = _whole_model(model, input_at_batch(example, b), running, b + 1, repeats)
+        if on > off:
+            for m in running:
+                m.min_batch = after
 
 
 def _fit(model, layers: dict[str, nn.Module], example, sizes: list[int], repeats: int):
