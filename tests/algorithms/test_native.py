@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from leanconv.algorithms import native, one_pass, tile_gemm, winograd
+from leanconv.algorithms.toomcook import winograd_transform
 from leanconv.errors import InvalidSpecError
 
 pytestmark = pytest.mark.skipif(not native.available(), reason=native.status())
@@ -253,6 +254,57 @@ def test_one_pass_kernel_matches_conv2d(p):
     if not x.is_contiguous():  # with one channel (or pixel) it is channels-first too
         assert calls == [1] and y.is_contiguous(memory_format=torch.channels_last)
     assert (y.double() - ref).abs().max() <= 1e-4 * ref.abs().max()  # all zero after ReLU too
+
+
+@pytest.mark.parametrize("m", [2, 4, 6])
+def test_default_rules_run_written_out(m):
+    """F(2, 3), F(4, 3) and F(6, 3) with the default points take the kernel's written-out
+    transforms (a typo in its copy of the matrices would silently send them to the general
+    path); other points and other kernel sizes do not."""
+    at, _, bt = winograd._matrices(m, 3, torch.float32, "cpu")
+    assert native.fused_written_out((m, m), (bt, bt, at, at))
+    other = winograd_transform(m, 3, points=[0, 1, -1, 2, -2, 3, -3][: m + 1])
+    o_at, _, o_bt = other.to_tensor(torch.float32, torch.device("cpu"))
+    assert not native.fused_written_out((m, m), (o_bt, o_bt, o_at, o_at))
+    at5, _, bt5 = winograd._matrices(m, 5, torch.float32, "cpu")
+    assert not native.fused_written_out((m, m), (bt5, bt5, at5, at5))
+    other_m = 4 if m == 2 else 2  # a different rule across the rows: the general path
+    at2, _, bt2 = winograd._matrices(other_m, 3, torch.float32, "cpu")
+    assert not native.fused_written_out((m, other_m), (bt, bt2, at, at2))
+
+
+# every path through the written-out transforms: partial vectors of input (3, 19, 40) and output
+# (1, 33, 70) channels, tiles cut by the image's edge and by padding, bias, residual, ReLU
+WRITTEN_CASES = [
+    (m, c, k, size, pad, extras)
+    for m in (2, 4, 6)
+    for (c, k, size, pad) in [(16, 16, (8, 8), (1, 1, 1, 1)), (3, 33, (7, 13), (0, 2, 1, 0)),
+                              (19, 1, (11, 6), (2, 2, 2, 2)), (40, 70, (13, 9), (1, 0, 0, 1))]
+    for extras in ["", "bias+relu", "bias+residual+relu"]
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("m", "c", "k", "size", "pad", "extras"), WRITTEN_CASES)
+def test_written_out_rules_match_conv2d(m, c, k, size, pad, extras):
+    gen = torch.Generator().manual_seed(m * 1000 + c + k)
+    x = torch.randn(2, c, *size, generator=gen).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(k, c, 3, 3, generator=gen)
+    b = torch.randn(k, generator=gen) if "bias" in extras else None
+    ref = F.conv2d(F.pad(x.double(), pad), w.double(), None if b is None else b.double())
+    residual = _residual(ref, "channels_last", gen) if "residual" in extras else None
+    if residual is not None:
+        ref = ref + residual.double()
+    relu = "relu" in extras
+    if relu:
+        ref = ref.relu()
+    with pytest.MonkeyPatch.context() as patch:
+        calls = _counting(patch, "fused")
+        filt = winograd.transform_filter(w, (m, m))
+        y = winograd.conv2d_transformed(
+            x, filt, b, pad, activation="relu" if relu else None, residual=residual
+        )
+    assert calls == [1]
+    assert _relative_error(y, ref) < (1e-5 if m < 6 else 1e-4)
 
 
 def test_one_pass_kernel_only_where_it_applies(monkeypatch):

@@ -42,6 +42,7 @@ __all__ = [
     "available",
     "build_id",
     "fused",
+    "fused_written_out",
     "gemv",
     "input_transform",
     "library",
@@ -129,9 +130,11 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.winograd_fused.restype = integer
     lib.winograd_fused.argtypes = [ptr] + [long] * 8 + [ptr] + [long] * 3 + [ptr, ptr]
     lib.winograd_fused.argtypes += [long] * 9
-    lib.winograd_fused.argtypes += [integer] * 4 + [ptr] * 5 + [integer, integer]
+    lib.winograd_fused.argtypes += [integer] * 4 + [ptr] * 5 + [integer] * 3
     lib.winograd_fused_vector.restype = integer
     lib.winograd_fused_vector.argtypes = []
+    lib.winograd_fused_written_out.restype = integer
+    lib.winograd_fused_written_out.argtypes = [integer] * 4 + [ptr] * 4
     lib.narrow_conv.restype = None
     lib.narrow_conv.argtypes = [ptr] + [long] * 6 + [ptr, long, long, ptr, integer, ptr, ptr]
     lib.narrow_conv.argtypes += [long] * 6 + [integer] * 9
@@ -261,6 +264,16 @@ def vector_width() -> int:
     return library().winograd_fused_vector()
 
 
+def fused_written_out(tile: tuple[int, int], matrices: tuple[torch.Tensor, ...]) -> bool:
+    """Whether :func:`fused` runs ``matrices`` ``(B_h^T, B_w^T, A_h^T, A_w^T)`` (contiguous
+    float32) of an ``m x m`` ``tile`` by one of the kernel's written-out rules (F(2, 3), F(4, 3)
+    and F(6, 3) with the default points: the transforms with constant coefficients, in registers)
+    rather than by its general sparse-row path."""
+    bt_h, bt_w = matrices[:2]
+    return bool(library().winograd_fused_written_out(
+        tile[0], tile[1], bt_h.shape[0], bt_w.shape[0], *map(_ptr, matrices)))  # fmt: skip
+
+
 def fused(
     x: torch.Tensor,
     u: torch.Tensor,
@@ -272,13 +285,16 @@ def fused(
     bias: torch.Tensor | None = None,
     relu: bool = False,
     residual: torch.Tensor | None = None,
+    general: bool = False,
 ) -> bool:
     """Stride-1 Winograd of channels-last ``x`` (N, C, H, W with ``stride(1) == 1``) padded by
     ``pad = (top, left)`` into channels-last ``out`` (N, K, H_o, W_o) in one pass
     (``kernels/winograd_fused.c``), plus ``bias``, plus ``residual`` (``out``'s shape and
     strides), and ReLU. ``u`` is the transformed filter packed
     as a contiguous ``[T, Cp, Kp]`` (channels zero-padded to multiples of :func:`vector_width`),
-    ``matrices`` ``(B_h^T, B_w^T, A_h^T, A_w^T)``; ``tiles_per_block`` a multiple of 6. Returns
+    ``matrices`` ``(B_h^T, B_w^T, A_h^T, A_w^T)``; ``tiles_per_block`` a multiple of 6. The
+    transforms run written out where :func:`fused_written_out` says so, unless ``general`` (the
+    sparse-row path for any matrices: what ``benchmarks/bench_written_out.py`` compares). Returns
     whether every transformed input value is finite."""
     lib = library()
     n, c, height, width = x.shape
@@ -305,7 +321,7 @@ def fused(
         _ptr(out), None if residual is None else _ptr(residual),
         on, oh, ow, out_h, out_w, n, nh, nw, tiles_per_block,
         mh, mw, ah, aw, *map(_ptr, matrices),
-        None if bias is None else _ptr(bias), int(relu), torch.get_num_threads(),
+        None if bias is None else _ptr(bias), int(relu), int(general), torch.get_num_threads(),
     )  # fmt: skip
     if bad & 2:
         raise MemoryError("native Winograd kernel: a thread could not allocate its tile buffers")
