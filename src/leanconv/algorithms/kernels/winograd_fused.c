@@ -165,6 +165,36 @@ static void input_tile(const float *restrict xn, long s_h, long s_w, long channe
     }
 }
 
+/* bias[k0 : k0 + kb] as a vector (zero beyond kb, or without a bias) */
+static inline vf load_channels(const float *restrict bias, long k0, long kb) {
+    vf bv = {0};
+    if (bias) {
+        if (kb == VW)
+            bv = vload(bias + k0);
+        else
+            for (long k = 0; k < kb; k++) bv[k] = bias[k0 + k];
+    }
+    return bv;
+}
+
+/* on[at : at + kb] = act(y + rn[at : at + kb]) (the residual when rn is given; ReLU when relu:
+ * zero where y < 0, NaN stays NaN): the epilogue of an output vector */
+static inline void store_output(vf y, float *restrict on, const float *restrict rn, long at,
+                                long kb, int relu) {
+    if (rn) {
+        if (kb == VW)
+            y += vload(rn + at);
+        else
+            for (long k = 0; k < kb; k++) y[k] += rn[at + k];
+    }
+    if (relu) y = (vf)((vi)y & ~(vi)(y < 0.0f));
+    float *o = on + at;
+    if (kb == VW)
+        vstore(o, y);
+    else
+        for (long k = 0; k < kb; k++) o[k] = y[k];
+}
+
 /* out[row0 + i][col0 + l][k] for one tile from M[t][p][k] (rows t_stride apart), + bias,
  * + the residual rn (same offsets as on; NULL: none), ReLU. */
 static void output_tile(const float *restrict m, long t_stride, long out_channels, long kp,
@@ -178,35 +208,15 @@ static void output_tile(const float *restrict m, long t_stride, long out_channel
     (void)out_h;
     for (long k0 = 0; k0 < kp && k0 < out_channels; k0 += VW) {
         const long kb = min_l(VW, out_channels - k0);
-        vf bv = {0};
-        if (bias) {
-            if (kb == VW)
-                bv = vload(bias + k0);
-            else
-                for (long k = 0; k < kb; k++) bv[k] = bias[k0 + k];
-        }
+        const vf bv = load_channels(bias, k0, kb);
         for (int a = 0; a < ah; a++)
             for (int b = 0; b < aw; b++) mm[a * MAXA + b] = vload(m + (a * aw + b) * t_stride + k0);
         for (int i = 0; i < hi; i++)
             for (int b = 0; b < aw; b++) tmp[i * MAXA + b] = combine(&ath[i], mm + b, MAXA);
         for (int i = 0; i < hi; i++)
-            for (int l = 0; l < wi; l++) {
-                vf y = bv + combine(&atw[l], tmp + i * MAXA, 1);
-                const long at = (row0 + i) * o_h + (col0 + l) * o_w + k0;
-                if (rn) {
-                    if (kb == VW)
-                        y += vload(rn + at);
-                    else
-                        for (long k = 0; k < kb; k++) y[k] += rn[at + k];
-                }
-                if (relu) /* zero where y < 0; NaN stays NaN */
-                    y = (vf)((vi)y & ~(vi)(y < 0.0f));
-                float *o = on + at;
-                if (kb == VW)
-                    vstore(o, y);
-                else
-                    for (long k = 0; k < kb; k++) o[k] = y[k];
-            }
+            for (int l = 0; l < wi; l++)
+                store_output(bv + combine(&atw[l], tmp + i * MAXA, 1), on, rn,
+                             (row0 + i) * o_h + (col0 + l) * o_w + k0, kb, relu);
     }
 }
 
@@ -337,33 +347,15 @@ output_tile_written(const float *restrict m, long t_stride, long out_channels, l
     const int wi = (int)min_l(M, out_w - col0);
     for (long k0 = 0; k0 < kp && k0 < out_channels; k0 += VW) {
         const long kb = min_l(VW, out_channels - k0);
-        vf bv = {0}, mm[A * A], t[M * A], y[M];
-        if (bias) {
-            if (kb == VW)
-                bv = vload(bias + k0);
-            else
-                for (long k = 0; k < kb; k++) bv[k] = bias[k0 + k];
-        }
+        const vf bv = load_channels(bias, k0, kb);
+        vf mm[A * A], t[M * A], y[M];
         for (int a = 0; a < A * A; a++) mm[a] = vload(m + a * t_stride + k0);
         for (int b = 0; b < A; b++) at(mm + b, A, t + b, A);
         for (int i = 0; i < hi; i++) {
             at(t + i * A, 1, y, 1);
-            for (int l = 0; l < wi; l++) {
-                vf z = y[l] + bv;
-                const long at_ = (row0 + i) * o_h + (col0 + l) * o_w + k0;
-                if (rn) {
-                    if (kb == VW)
-                        z += vload(rn + at_);
-                    else
-                        for (long k = 0; k < kb; k++) z[k] += rn[at_ + k];
-                }
-                if (relu) z = (vf)((vi)z & ~(vi)(z < 0.0f));
-                float *o = on + at_;
-                if (kb == VW)
-                    vstore(o, z);
-                else
-                    for (long k = 0; k < kb; k++) o[k] = z[k];
-            }
+            for (int l = 0; l < wi; l++)
+                store_output(y[l] + bv, on, rn, (row0 + i) * o_h + (col0 + l) * o_w + k0, kb,
+                             relu);
         }
     }
 }
