@@ -12,7 +12,7 @@ import json
 import os
 from pathlib import Path
 
-from .report.files import write_text_atomic
+from .atomic import write_text_atomic
 
 
 def cache_dir() -> Path:

@@ -7,10 +7,10 @@ from pathlib import Path
 import torch
 import typer
 
+from ..atomic import write_text_atomic
 from ..cost import Convention, count
 from ..errors import ForwardError, InputShapeError
 from ..loading import load_model
-from ..report.files import write_text_atomic
 from .arguments import Model, TrustCode, input_spec, key_values, needs_input
 from .common import command, console
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..report.files import write_text_atomic
+from ..atomic import write_text_atomic
 from ..report.markdown import compress_report
 from ..report.plots import candidates_plot, layer_latency_plot, rank_plot
 

@@ -21,11 +21,11 @@ import torch
 from torch import nn
 
 from ..algorithms.gemv import MAX_ROWS
+from ..atomic import write_text_atomic
 from ..bench import allocator
 from ..data.batches import first_inputs
 from ..data.bundle import DataBundle
 from ..errors import LeanconvError, OutputExistsError
-from ..report.files import write_text_atomic
 from ..rewrite.residual import residual_sums
 from . import run_record, serialize
 from .algorithms import ALGORITHMS

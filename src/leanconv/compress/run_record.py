@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..atomic import write_text_atomic
 from ..errors import LeanconvError
-from ..report.files import write_text_atomic
 
 RUN_FILE, CANDIDATES_FILE, SURGERY_FILE = "run.json", "candidates.json", "surgery.json"
 

@@ -29,8 +29,8 @@ import torch
 from torch import nn
 
 from .. import factories
+from ..atomic import write_bytes_atomic, write_text_atomic
 from ..errors import LeanconvError, OutputExistsError
-from ..report.files import write_bytes_atomic, write_text_atomic
 from ..weights import check_finite
 from .measure import FORMATS
 from .model_json import FORMAT, PROGRAM_FILE, ModelFileError, build, describe, validate

@@ -6,7 +6,7 @@ import io
 from contextlib import contextmanager
 from pathlib import Path
 
-from .files import write_bytes_atomic
+from ..atomic import write_bytes_atomic
 
 
 def _figure():

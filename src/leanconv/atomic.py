@@ -9,7 +9,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from ..errors import OutputExistsError
+from .errors import OutputExistsError
 
 
 def write_bytes_atomic(path: str | Path, data: bytes, force: bool = False) -> Path:
