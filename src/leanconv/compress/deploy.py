@@ -157,16 +157,20 @@ def switchable_chains(model: nn.Module, names) -> dict[str, ChainConv2d]:
     return out
 
 
-def settle_lost(deployed: Deployed, batch_sizes, kinds=("narrow", *ALGORITHMS)) -> list[str]:
+#: What :func:`settle_lost` turns back where it lost: the narrow kernel and Winograd.
+SETTLED = ("narrow", *ALGORITHMS)
+
+
+def settle_lost(deployed: Deployed, batch_sizes) -> list[str]:
     """After :func:`leanconv.selection.batch_switch.fit_min_batch`: each layer of ``deployed``
-    that runs one of the algorithms ``kinds`` (the narrow kernel, Winograd) and was slower than
-    the direct convolution at every batch size turned back into a packed layer (in place, and out
-    of ``deployed.algorithms`` and ``deployed.min_batch``), so that it runs oneDNN at every size,
-    measured or not; returns the layers of those kinds kept."""
+    that runs one of the algorithms :data:`SETTLED` (the narrow kernel, Winograd) and was slower
+    than the direct convolution at every batch size turned back into a packed layer (in place,
+    and out of ``deployed.algorithms`` and ``deployed.min_batch``), so that it runs oneDNN at
+    every size, measured or not; returns the layers of those kinds kept."""
     largest = max((int(b) for b in batch_sizes), default=1)
     back, kept = {}, []
     for name, algorithm in list(deployed.algorithms.items()):
-        if algorithm not in kinds:
+        if algorithm not in SETTLED:
             continue
         layer = get_layer(deployed.model, name)
         if layer.min_batch > largest:

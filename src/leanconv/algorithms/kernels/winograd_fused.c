@@ -130,6 +130,25 @@ static inline vf combine(const sparse_row *row, const vf *src, int step) {
     return acc;
 }
 
+/* src[k0 : k0 + kb] as a vector (zero beyond kb, or where src is NULL: no bias) */
+static inline vf load_channels(const float *restrict src, long k0, long kb) {
+    vf v = {0};
+    if (src) {
+        if (kb == VW)
+            v = vload(src + k0);
+        else
+            for (long k = 0; k < kb; k++) v[k] = src[k0 + k];
+    }
+    return v;
+}
+
+/* the channels c0 .. c0 + cb of input pixel (h, w), zero in the padding */
+static inline vf load_pixel(const float *restrict xn, long s_h, long s_w, long height, long width,
+                            long h, long w, long c0, long cb) {
+    const int inside = h >= 0 && h < height && w >= 0 && w < width;
+    return load_channels(inside ? xn + h * s_h + w * s_w : NULL, c0, cb);
+}
+
 /* V[t][p][0:cp] for one tile whose top-left input value is x[row0][col0] (may lie in padding);
  * probe[j] += V * 0 (NaN where V is not finite), aw independent chains. */
 static void input_tile(const float *restrict xn, long s_h, long s_w, long channels, long height,
@@ -139,21 +158,10 @@ static void input_tile(const float *restrict xn, long s_h, long s_w, long channe
     vf d[MAXA * MAXA], tmp[MAXA * MAXA];
     for (long c0 = 0; c0 < cp; c0 += VW) {
         const long cb = min_l(VW, channels - c0);
-        for (int a = 0; a < ah; a++) {
-            const long h = row0 + a;
-            for (int b = 0; b < aw; b++) {
-                const long w = col0 + b;
-                vf t = {0};
-                if (h >= 0 && h < height && w >= 0 && w < width) {
-                    const float *s = xn + h * s_h + w * s_w + c0;
-                    if (cb == VW)
-                        t = vload(s);
-                    else
-                        for (long c = 0; c < cb; c++) t[c] = s[c];
-                }
-                d[a * MAXA + b] = t;
-            }
-        }
+        for (int a = 0; a < ah; a++)
+            for (int b = 0; b < aw; b++)
+                d[a * MAXA + b] = load_pixel(xn, s_h, s_w, height, width, row0 + a, col0 + b, c0,
+                                             cb);
         for (int i = 0; i < ah; i++)
             for (int b = 0; b < aw; b++) tmp[i * MAXA + b] = combine(&bth[i], d + b, MAXA);
         for (int i = 0; i < ah; i++)
@@ -163,18 +171,6 @@ static void input_tile(const float *restrict xn, long s_h, long s_w, long channe
                 probe[j] += acc * 0.0f;
             }
     }
-}
-
-/* bias[k0 : k0 + kb] as a vector (zero beyond kb, or without a bias) */
-static inline vf load_channels(const float *restrict bias, long k0, long kb) {
-    vf bv = {0};
-    if (bias) {
-        if (kb == VW)
-            bv = vload(bias + k0);
-        else
-            for (long k = 0; k < kb; k++) bv[k] = bias[k0 + k];
-    }
-    return bv;
 }
 
 /* on[at : at + kb] = act(y + rn[at : at + kb]) (the residual when rn is given; ReLU when relu:
@@ -317,15 +313,9 @@ input_tile_written(const float *restrict xn, long s_h, long s_w, long channels, 
                 for (int b = 0; b < A; b++) d[a * A + b] = vload(s + a * s_h + b * s_w);
         } else {
             for (int a = 0; a < A; a++)
-                for (int b = 0; b < A; b++) {
-                    const long h = row0 + a, w = col0 + b;
-                    vf x = {0};
-                    if (h >= 0 && h < height && w >= 0 && w < width) {
-                        const float *s = xn + h * s_h + w * s_w + c0;
-                        for (long c = 0; c < cb; c++) x[c] = s[c];
-                    }
-                    d[a * A + b] = x;
-                }
+                for (int b = 0; b < A; b++)
+                    d[a * A + b] = load_pixel(xn, s_h, s_w, height, width, row0 + a, col0 + b,
+                                              c0, cb);
         }
         for (int b = 0; b < A; b++) bt(d + b, A, t + b, A);
         for (int i = 0; i < A; i++) {
