@@ -44,6 +44,8 @@ def main() -> None:
                   f"{report.memory_format}"
                   f"{' (reverted to native)' if report.reverted else ''}; "
                   f"{len(won)} layers replaced: {', '.join(won) or 'none'}")  # fmt: skip
+            for note in report.notes:
+                print(f"  {note}")
 
 
 if __name__ == "__main__":
