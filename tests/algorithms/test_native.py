@@ -357,6 +357,66 @@ def test_tiles_per_block(tiles, per_tile, threads):
         assert blocks % threads == 0 or blocks > 4 * threads
 
 
+# output channels cut into slices: slices of one vector and of several, more slices than
+# vectors (empty ones), a partial last vector (33, 70), a partial register block (130 = 2 x 64 +
+# 2); blocks of one tile row and of every tile; threads fewer and more than the units of work
+SPLIT_CASES = [
+    (m, k, slices, block, threads, general)
+    for m, general in ((2, False), (4, False), (6, False), (4, True), (3, True))
+    for k, slices, block, threads in [(33, 2, 6, 2), (70, 3, 48, 2), (130, 2, 12, 3),
+                                      (16, 5, 6, 2), (64, 4, 24, 1), (130, 7, 48, 4)]
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("m", "k", "slices", "block", "threads", "general"), SPLIT_CASES)
+def test_output_channels_split_across_threads_match_conv2d(
+    monkeypatch, m, k, slices, block, threads, general
+):
+    gen = torch.Generator().manual_seed(m * 100 + k + slices)
+    x = torch.randn(2, 19, 14, 11, generator=gen).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(k, 19, 3, 3, generator=gen)
+    b = torch.randn(k, generator=gen)
+    pad = (1, 1, 1, 1)
+    ref = F.conv2d(F.pad(x.double(), pad), w.double(), b.double())
+    residual = _residual(ref, "channels_last", gen)
+    ref = (ref + residual.double()).relu()
+    fused = native.fused
+    calls = []
+
+    def forced(*args, **kwargs):
+        calls.append(kwargs | {"slices": slices})
+        return fused(*args, **(kwargs | {"slices": slices, "general": general}))
+
+    monkeypatch.setattr(native, "fused", forced)
+    monkeypatch.setattr(one_pass, "work_split", lambda *_: (block, slices))
+    filt = winograd.transform_filter(w, (m, m))
+    torch.set_num_threads(threads)
+    try:
+        y = winograd.conv2d_transformed(x, filt, b, pad, activation="relu", residual=residual)
+    finally:
+        torch.set_num_threads(2)
+    assert len(calls) == 1
+    assert _relative_error(y, ref) < (1e-5 if m < 6 else 1e-4)
+
+
+@pytest.mark.parametrize(
+    ("tiles", "per_tile", "threads"), [(16, 36 * 1024 * 4, 2), (9, 64 * 512 * 4, 2), (4, 1, 2),
+                                       (49, 36 * 256 * 4, 2), (196, 36 * 128 * 4, 2),
+                                       (128, 36 * 512 * 4, 2), (16, 1 << 16, 1), (50, 1, 4)]
+)  # fmt: skip
+def test_work_split(tiles, per_tile, threads):
+    block, slices = one_pass.work_split(tiles, per_tile, threads)
+    assert block % 6 == 0 and block >= 6
+    blocks = -(-tiles // block)
+    if slices == 1:  # blocks alone: as tiles_per_block gives them
+        assert block == one_pass.tiles_per_block(tiles, per_tile, threads)
+        assert threads == 1 or blocks >= one_pass.SPLIT_BELOW * threads
+    else:  # few tiles: one slice of each block per thread, blocks as large as allowed
+        assert slices == threads
+        assert block <= max(6, -(-one_pass.FEW_TILES_BLOCK // 6) * 6)
+        assert blocks == -(-tiles // one_pass.FEW_TILES_BLOCK)
+
+
 def test_one_pass_kernel_refuses_wrong_buffers():
     x = torch.randn(1, 4, 6, 6).contiguous(memory_format=torch.channels_last)
     out = torch.empty(1, 4, 6, 6).contiguous(memory_format=torch.channels_last)

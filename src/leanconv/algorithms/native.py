@@ -130,7 +130,7 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.winograd_fused.restype = integer
     lib.winograd_fused.argtypes = [ptr] + [long] * 8 + [ptr] + [long] * 3 + [ptr, ptr]
     lib.winograd_fused.argtypes += [long] * 9
-    lib.winograd_fused.argtypes += [integer] * 4 + [ptr] * 5 + [integer] * 3
+    lib.winograd_fused.argtypes += [integer] * 4 + [ptr] * 5 + [integer] * 4
     lib.winograd_fused_vector.restype = integer
     lib.winograd_fused_vector.argtypes = []
     lib.winograd_fused_written_out.restype = integer
@@ -286,6 +286,7 @@ def fused(
     relu: bool = False,
     residual: torch.Tensor | None = None,
     general: bool = False,
+    slices: int = 1,
 ) -> bool:
     """Stride-1 Winograd of channels-last ``x`` (N, C, H, W with ``stride(1) == 1``) padded by
     ``pad = (top, left)`` into channels-last ``out`` (N, K, H_o, W_o) in one pass
@@ -294,8 +295,11 @@ def fused(
     as a contiguous ``[T, Cp, Kp]`` (channels zero-padded to multiples of :func:`vector_width`),
     ``matrices`` ``(B_h^T, B_w^T, A_h^T, A_w^T)``; ``tiles_per_block`` a multiple of 6. The
     transforms run written out where :func:`fused_written_out` says so, unless ``general`` (the
-    sparse-row path for any matrices: what ``benchmarks/bench_written_out.py`` compares). Returns
-    whether every transformed input value is finite."""
+    sparse-row path for any matrices: what ``benchmarks/bench_written_out.py`` compares).
+    ``slices``: the threads' units of work are a block of tiles times one of this many slices of
+    the output channels (each slice reads its columns of ``u`` only: with few tiles, the threads
+    share the filter instead of each reading all of it). Returns whether every transformed input
+    value is finite."""
     lib = library()
     n, c, height, width = x.shape
     _, k, out_h, out_w = out.shape
@@ -308,6 +312,7 @@ def fused(
     vw = vector_width()
     _check(u.shape[1] >= c and u.shape[2] >= k and u.shape[1] % vw == 0, "a wrong packing")
     _check(u.shape[2] % vw == 0 and tiles_per_block % 6 == 0, "a wrong packing")
+    _check(slices >= 1, "a wrong split")
     _check(max(ah, aw) <= 16 and at_h.shape == (mh, ah) and at_w.shape == (mw, aw), "bad tiles")
     if bias is not None:
         _check_operands(out, (bias,), k, "bias")
@@ -321,7 +326,8 @@ def fused(
         _ptr(out), None if residual is None else _ptr(residual),
         on, oh, ow, out_h, out_w, n, nh, nw, tiles_per_block,
         mh, mw, ah, aw, *map(_ptr, matrices),
-        None if bias is None else _ptr(bias), int(relu), int(general), torch.get_num_threads(),
+        None if bias is None else _ptr(bias), int(relu), int(general), slices,
+        torch.get_num_threads(),
     )  # fmt: skip
     if bad & 2:
         raise MemoryError("native Winograd kernel: a thread could not allocate its tile buffers")

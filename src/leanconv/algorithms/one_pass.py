@@ -10,7 +10,9 @@ stays the path for wide layers, whose filter would stream through the cache once
 (docs/algorithms.md, "The one-pass kernel"; figures in docs/benchmarks.md).
 
 This module holds the rules (:func:`applies`, :func:`worth_turning`), the block size
-(:func:`tiles_per_block`) and the call (:func:`run`); :mod:`.winograd` decides per call.
+(:func:`tiles_per_block`), the threads' units of work (:func:`work_split`: blocks of tiles,
+and with few tiles slices of the output channels too) and the call (:func:`run`);
+:mod:`.winograd` decides per call.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ __all__ = [
     "applies",
     "run",
     "tiles_per_block",
+    "work_split",
     "worth_turning",
 ]
 
@@ -42,6 +45,10 @@ TURN_MAX_FILTER_BYTES = 4 << 20
 
 #: Bytes of transformed input and products a block of tiles holds (per thread, in its L2 cache).
 BLOCK_BYTES = 384 << 10
+
+#: Fewer blocks than this per thread: the blocks' output channels are split across the threads
+#: (:func:`work_split`), blocks of at most ``FEW_TILES_BLOCK`` tiles.
+SPLIT_BELOW, FEW_TILES_BLOCK = 2, 48
 
 
 def _filter_bytes(u: torch.Tensor) -> int:
@@ -85,6 +92,25 @@ def tiles_per_block(tiles: int, bytes_per_tile: int, threads: int) -> int:
     return max(6, -(-per_block // 6) * 6)
 
 
+def work_split(tiles: int, bytes_per_tile: int, threads: int) -> tuple[int, int]:
+    """Tiles per block and slices of the output channels per block: the threads' units of work.
+
+    Every block reads the whole transformed filter once (a slice, its columns), so with many
+    tiles the blocks are :func:`tiles_per_block` and the filter is read once per block. With
+    fewer than ``SPLIT_BELOW`` blocks per thread (batch 1 on maps of 14x14 and less), the
+    blocks cannot share the threads evenly (16 tiles in 6-tile blocks: 12 on one thread, 4 on
+    the other) and each block re-reads the filter for a handful of tiles; there, the tiles go
+    into as few blocks as :data:`FEW_TILES_BLOCK` allows and each block's output channels are
+    cut into ``threads`` slices: every thread reads its part of the filter only, and all of
+    them get the same work."""
+    block = tiles_per_block(tiles, bytes_per_tile, threads)
+    if threads < 2 or -(-tiles // block) >= SPLIT_BELOW * threads:
+        return block, 1
+    blocks = -(-tiles // FEW_TILES_BLOCK)
+    per_block = -(-tiles // blocks)
+    return -(-per_block // 6) * 6, threads
+
+
 def run(
     x: torch.Tensor,
     packed: torch.Tensor,
@@ -103,6 +129,8 @@ def run(
     finite."""
     t, cp, kp = packed.shape
     tiles = x.shape[0] * -(-out.shape[2] // tile[0]) * -(-out.shape[3] // tile[1])
-    block = tiles_per_block(tiles, t * (cp + kp) * 4, torch.get_num_threads())
+    block, slices = work_split(tiles, t * (cp + kp) * 4, torch.get_num_threads())
     matrices = tuple(m.contiguous() for m in matrices)
-    return native.fused(x, packed, out, pad, tile, block, matrices, bias, relu, residual)
+    return native.fused(
+        x, packed, out, pad, tile, block, matrices, bias, relu, residual, slices=slices
+    )

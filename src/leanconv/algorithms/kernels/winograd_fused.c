@@ -8,6 +8,9 @@
  *      GEMMs, register-blocked: RB tiles x NV vectors of output channels per inner loop),
  *   3. out[tile p] = A_h^T M[., p, .] A_w + bias (+ res[tile p], a residual block's shortcut with
  *      out's strides, when given), then max(0, .) when relu is set.
+ * With few tiles (batch 1 on small maps) a unit of work is a block and one of `slices` ranges of
+ * the output channels: steps 2 and 3 for those channels only (a thread whose units share a
+ * block transforms its input once), so the threads share U instead of each reading all of it.
  * Each input value is read once and each output value written once; the three-stage path of
  * winograd_transforms.c instead writes V and M to memory between stages. U (T x Cp x Kp, zero
  * padded to whole vectors) is shared by every block, so this pays where U fits in cache (few
@@ -77,15 +80,17 @@ static inline __attribute__((always_inline)) void gemm_rows(const float *restric
         for (int j = 0; j < nv; j++) vstore(m + r * kp + j * VW, acc[r][j]);
 }
 
-/* The block's GEMMs: M[t] (tb x kp) = V[t] (tb x cp) U[t] (cp x kp), tb a multiple of RB,
- * V[t] and M[t] vs and ms floats apart. */
+/* The block's GEMMs for output channels k_lo .. k_hi (multiples of VW): M[t] (tb x kp) =
+ * V[t] (tb x cp) U[t] (cp x kp) in those columns, tb a multiple of RB, V[t] and M[t] vs and ms
+ * floats apart. */
 static void block_gemm(const float *restrict v, const float *restrict u, float *restrict m,
-                       long tb, long cp, long kp, long vs, long ms, int t_count) {
+                       long tb, long cp, long kp, long k_lo, long k_hi, long vs, long ms,
+                       int t_count) {
     for (int t = 0; t < t_count; t++) {
         const float *vt = v + t * vs, *ut = u + t * cp * kp;
         float *mt = m + t * ms;
-        for (long k0 = 0; k0 < kp; k0 += NV * VW) {
-            const int nv = (int)min_l(NV, (kp - k0) / VW);
+        for (long k0 = k_lo; k0 < k_hi; k0 += NV * VW) {
+            const int nv = (int)min_l(NV, (k_hi - k0) / VW);
             for (long p0 = 0; p0 < tb; p0 += RB) {
                 const float *vr = vt + p0 * cp;
                 float *mr = mt + p0 * kp + k0;
@@ -436,11 +441,14 @@ int winograd_fused(const float *restrict x, long s_n, long s_h, long s_w, long c
                    long images, long nh, long nw, long tb, int mh, int mw, int ah, int aw,
                    const float *restrict bth, const float *restrict btw,
                    const float *restrict ath, const float *restrict atw,
-                   const float *restrict bias, int relu, int general, int threads) {
+                   const float *restrict bias, int relu, int general, int slices,
+                   int threads) {
     const int t_count = ah * aw;
     const long tiles = images * nh * nw;
     const long blocks = (tiles + tb - 1) / tb;
     const long vs = tb * cp + ROW_PAD, ms = tb * kp + ROW_PAD;
+    /* output channels per slice: whole vectors, the slices covering kp */
+    const long k_step = ((kp / VW + slices - 1) / slices) * VW;
     sparse_row sbth[MAXA], sbtw[MAXA], sath[MAXA], satw[MAXA];
     sparse_rows(bth, ah, ah, sbth);
     sparse_rows(btw, aw, aw, sbtw);
@@ -455,14 +463,18 @@ int winograd_fused(const float *restrict x, long s_n, long s_h, long s_w, long c
         float *m = calloc((size_t)t_count * ms, sizeof(float));
         vf probe[MAXA];
         for (int j = 0; j < MAXA; j++) probe[j] = (vf){0};
+        long held = -1; /* the block whose transformed input v holds */
 #pragma omp for schedule(static)
-        for (long blk = 0; blk < blocks; blk++) {
+        for (long unit = 0; unit < blocks * slices; unit++) {
             if (!v || !m) { /* out of memory: the caller raises */
                 bad |= 2;
                 continue;
             }
+            const long blk = unit / slices, k_lo = (unit % slices) * k_step;
+            const long k_hi = min_l(kp, k_lo + k_step);
+            if (k_lo >= k_hi) continue;
             const long p0 = blk * tb, count = min_l(tb, tiles - p0);
-            for (long q = 0; q < count; q++) {
+            for (long q = 0; q < count && blk != held; q++) {
                 const long p = p0 + q, img = p / (nh * nw), th = (p / nw) % nh, tw = p % nw;
                 if (rule)
                     rule->input(x + img * s_n, s_h, s_w, channels, height, width,
@@ -472,18 +484,23 @@ int winograd_fused(const float *restrict x, long s_n, long s_h, long s_w, long c
                                th * mh - pad_top, tw * mw - pad_left, cp, ah, aw, sbth, sbtw,
                                v + q * cp, vs, probe);
             }
-            block_gemm(v, u, m, tb, cp, kp, vs, ms, t_count);
-            for (long q = 0; q < count; q++) {
+            held = blk;
+            block_gemm(v, u, m, tb, cp, kp, k_lo, k_hi, vs, ms, t_count);
+            /* the output transforms see the slice's channels as channels 0 .. k_hi - k_lo */
+            const long k_out = out_channels - k_lo;
+            const float *bias_s = bias ? bias + k_lo : NULL;
+            for (long q = 0; q < count && k_out > 0; q++) {
                 const long p = p0 + q, img = p / (nh * nw), th = (p / nw) % nh, tw = p % nw;
                 const int hi = (int)min_l(mh, out_h - th * mh);
+                float *on = out + img * o_n + k_lo;
+                const float *rn = res ? res + img * o_n + k_lo : NULL;
                 if (rule)
-                    rule->output(m + q * kp, ms, out_channels, kp, out + img * o_n,
-                                 res ? res + img * o_n : NULL, o_h, o_w, out_w, th * mh,
-                                 tw * mw, hi, bias, relu);
+                    rule->output(m + q * kp + k_lo, ms, k_out, k_hi - k_lo, on, rn, o_h, o_w,
+                                 out_w, th * mh, tw * mw, hi, bias_s, relu);
                 else
-                    output_tile(m + q * kp, ms, out_channels, kp, out + img * o_n,
-                                res ? res + img * o_n : NULL, o_h, o_w, out_h, out_w, th * mh,
-                                tw * mw, mw, ah, aw, hi, sath, satw, bias, relu);
+                    output_tile(m + q * kp + k_lo, ms, k_out, k_hi - k_lo, on, rn, o_h, o_w,
+                                out_h, out_w, th * mh, tw * mw, mw, ah, aw, hi, sath, satw,
+                                bias_s, relu);
             }
         }
         for (int j = 0; j < aw; j++)
