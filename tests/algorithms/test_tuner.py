@@ -146,3 +146,29 @@ def test_a_reverted_model_is_reported_as_returned(tmp_path, monkeypatch):
     assert report.reverted and fast is not model
     assert any(isinstance(m, nn.BatchNorm2d) for m in fast.modules())  # the original returned
     assert (report.memory_format, report.folded, report.fused) == ("contiguous", [], [])
+
+
+def test_close_contenders_are_timed_again_and_averaged(monkeypatch):
+    from leanconv.bench.timing import Timing
+    from leanconv.selection import tuner
+
+    seen = []
+
+    def second_round(fns, **kwargs):
+        seen.append(set(fns))
+        ms = {"native": 12.0, "winograd2": 7.0, "winograd4": 5.0}
+        return {a: Timing(ms[a] / 1e3, 0, 0, 1) for a in fns}
+
+    monkeypatch.setattr(tuner, "compare", second_round)
+    fns = dict.fromkeys(["native", "winograd2", "winograd4", "winograd6"], lambda: None)
+    first = {"native": 10.0, "winograd2": 5.0, "winograd4": 6.0, "winograd6": 9.0}
+    again = tuner._runoff(first, fns, {})
+    # F(2x2) and F(4x4) within 25 %: both and the native layer measured again; F(6x6) is not
+    assert seen == [{"native", "winograd2", "winograd4"}]
+    assert again == pytest.approx(
+        {"native": 11.0, "winograd2": 6.0, "winograd4": 5.5, "winograd6": 9.0}
+    )
+    # one clear winner: nothing re-timed
+    assert tuner._runoff({"native": 10.0, "winograd2": 5.0, "winograd4": 7.0}, fns, {}) == {
+        "native": 10.0, "winograd2": 5.0, "winograd4": 7.0}  # fmt: skip
+    assert len(seen) == 1
