@@ -245,8 +245,8 @@ def test_a_winograd_layer_takes_the_sum_in_its_output_transform(monkeypatch, lay
     seen = []
     for name in ("fused", "output_transform"):
         real = getattr(native, name)
-        monkeypatch.setattr(native, name, lambda *a, real=real: seen.append(a[-1] is not None)
-                            or real(*a))  # fmt: skip
+        monkeypatch.setattr(native, name, lambda *a, real=real, **k: seen.append(a[-1] is not None)
+                            or real(*a, **k))  # fmt: skip
     x = torch.randn(2, 16, 12, 12).contiguous(memory_format=layout)
     r = torch.randn(2, 16, 12, 12)
     with torch.inference_mode():
