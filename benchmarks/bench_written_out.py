@@ -75,8 +75,9 @@ def main() -> None:
             w, b = torch.randn(k, c, 3, 3), torch.randn(k)
             fns = {"native": lambda x=x, w=w, b=b: F.conv2d(x, w, b, padding=1).relu_()}
             for tile in args.tiles:
-                filt = winograd.transform_filter(w, tile)
                 for general in (True, False):
+                    # a filter per variant: the second call never finds the first's in cache
+                    filt = winograd.transform_filter(w, tile)
                     fns[(tile, general)] = functools.partial(_winograd, x, filt, b, general)
             t = compare(fns, warmup=2, repeats=args.repeats)
             cells = []
