@@ -72,18 +72,20 @@ def main() -> None:
             torch.manual_seed(0)
             x = torch.randn(batch, c, size, size).contiguous(memory_format=torch.channels_last)
             w, b = torch.randn(k, c, 3, 3), torch.randn(k)
-            filters = {tile: winograd.transform_filter(w, tile) for tile in (4, 6)}
+
+            def filt(tile, w=w):  # a filter per variant: none finds the one before's in cache
+                return winograd.transform_filter(w, tile)
 
             xf = x.contiguous()
             fns = {
                 "native": lambda x=x, w=w, b=b: F.conv2d(x, w, b, padding=1),
                 "nchw native": lambda x=xf, w=w, b=b: F.conv2d(x, w, b, padding=1),
-                "nchw one-pass F4": lambda f=filters[4], x=xf, b=b: _run(x, f, b, True),
-                "nchw 3-stage F4": lambda f=filters[4], x=xf, b=b: _run(x, f, b, False),
+                "nchw one-pass F4": lambda f=filt(4), x=xf, b=b: _run(x, f, b, True),
+                "nchw 3-stage F4": lambda f=filt(4), x=xf, b=b: _run(x, f, b, False),
             }
             for tile in (4, 6):
                 for label, single in (("one-pass", True), ("3-stage", False)):
-                    fns[f"{label} F{tile}"] = lambda f=filters[tile], o=single, x=x, b=b: _run(
+                    fns[f"{label} F{tile}"] = lambda f=filt(tile), o=single, x=x, b=b: _run(
                         x, f, b, o
                     )
             t = compare(fns, warmup=2, repeats=args.repeats)
