@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from leanconv.algorithms import native, one_pass, tile_gemm, winograd
 from leanconv.algorithms.toomcook import winograd_transform
+from leanconv.bench import timing
 from leanconv.errors import InvalidSpecError
 
 pytestmark = pytest.mark.skipif(not native.available(), reason=native.status())
@@ -383,19 +384,16 @@ def test_output_channels_split_across_threads_match_conv2d(
     fused = native.fused
     calls = []
 
-    def forced(*args, **kwargs):
-        calls.append(kwargs | {"slices": slices})
-        return fused(*args, **(kwargs | {"slices": slices, "general": general}))
+    def general_or_not(*args, **kwargs):  # records the split the kernel is given
+        calls.append(kwargs["slices"])
+        return fused(*args, **kwargs, general=general)
 
-    monkeypatch.setattr(native, "fused", forced)
+    monkeypatch.setattr(native, "fused", general_or_not)
     monkeypatch.setattr(one_pass, "work_split", lambda *_: (block, slices))
     filt = winograd.transform_filter(w, (m, m))
-    torch.set_num_threads(threads)
-    try:
+    with timing.threads(threads):
         y = winograd.conv2d_transformed(x, filt, b, pad, activation="relu", residual=residual)
-    finally:
-        torch.set_num_threads(2)
-    assert len(calls) == 1
+    assert calls == [slices]
     assert _relative_error(y, ref) < (1e-5 if m < 6 else 1e-4)
 
 

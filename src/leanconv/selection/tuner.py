@@ -7,8 +7,8 @@ F(4x4), F(6x6) for small kernels, FFT for large ones), (3) checks each
 against the layer's own output (max error relative to the largest output magnitude, must stay
 within ``tolerance``), (4) times the survivors against the native layer with interleaved runs
 and medians (the forms within 25 % of the fastest a second time), and (5) replaces the layer
-with the fastest one only if it beats the native layer
-by ``margin``. Each ``nn.Linear`` is tuned the same way against its one fast form, the streaming
+with the fastest one only if it beats the native layer by ``margin``. Each ``nn.Linear`` is
+tuned the same way against its one fast form, the streaming
 matrix-vector kernel (:mod:`leanconv.algorithms.gemv`: at batch 1 a fully connected layer is
 bound by reading its weight, which the library's product does with one core). A final
 end-to-end measurement guards the promise that the result is never slower than the original:
