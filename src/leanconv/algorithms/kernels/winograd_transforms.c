@@ -120,6 +120,20 @@ int winograd_input(const float *restrict x, long s_n, long s_c, long s_h, long s
     return bad;
 }
 
+/* o[e * o_step] = s[e * s_step] + b[e * b_step] (+ r[e * o_step]), then max(0, .) when relu is
+ * set (NaN stays NaN), for e < count: one run of the output layer's epilogue. */
+static inline __attribute__((always_inline)) void store_run(
+    const float *restrict s, long s_step, const float *restrict b, long b_step,
+    const float *restrict r, float *restrict o, long o_step, long count, int relu) {
+    for (long e = 0; e < count; e++) {
+        float y = s[e * s_step] + b[e * b_step];
+        if (r) y += r[e * o_step];
+        o[e * o_step] = relu && y < 0.0f ? 0.0f : y;
+    }
+}
+
+static const float zeros[CB];
+
 void winograd_output(const float *restrict m, long channels, float *restrict out,
                      const float *restrict res, long s_n, long s_k, long s_h, long s_w,
                      long height, long width, long n0, long th0,
@@ -157,28 +171,23 @@ void winograd_output(const float *restrict m, long channels, float *restrict out
                                 aw, tmp[i][0], CB);
                 }
             }
-            /* out[n][k0 + k][row0 + i][col] = band[i][col][k] */
-            const long at = (n0 + img) * s_n + row0 * s_h + k0 * s_k;
-            float *on = out + at;
-            for (long k = 0; k < kb; k++) {
-                const float b = bias ? bias[k0 + k] : 0.0f;
-                for (int i = 0; i < hi; i++) {
-                    float *o = on + k * s_k + i * s_h;
-                    const float *s = band + (long)i * band_w * CB + k;
-                    if (res) {
-                        const float *r = res + at + k * s_k + i * s_h;
-                        for (long col = 0; col < width; col++) {
-                            const float y = s[col * CB] + b + r[col * s_w];
-                            o[col * s_w] = relu && y < 0.0f ? 0.0f : y;
-                        }
-                    } else if (relu)
-                        for (long col = 0; col < width; col++) {
-                            const float y = s[col * CB] + b;
-                            o[col * s_w] = y < 0.0f ? 0.0f : y; /* NaN stays NaN */
-                        }
-                    else
-                        for (long col = 0; col < width; col++) o[col * s_w] = s[col * CB] + b;
-                }
+            /* out[n][k0 + k][row0 + i][col] = band[i][col][k], in the order of out's memory */
+            const float *bk = bias ? bias + k0 : zeros;
+            for (int i = 0; i < hi; i++) {
+                const long at = (n0 + img) * s_n + (row0 + i) * s_h + k0 * s_k;
+                const float *s = band + (long)i * band_w * CB;
+                if (s_k == 1) /* channels innermost (channels-last) */
+                    for (long col = 0; col < width; col++) {
+                        const long o = at + col * s_w;
+                        store_run(s + col * CB, 1, bk, 1, res ? res + o : NULL, out + o, 1, kb,
+                                  relu);
+                    }
+                else
+                    for (long k = 0; k < kb; k++) {
+                        const long o = at + k * s_k;
+                        store_run(s + k, CB, bk + k, 0, res ? res + o : NULL, out + o, s_w, width,
+                                  relu);
+                    }
             }
         }
         free(band);
