@@ -1,10 +1,12 @@
 """Winograd F(m x m, 3x3) against ``torch.nn.functional.conv2d`` (oneDNN) on real layers.
 
     python benchmarks/bench_winograd.py [--threads 2] [--reps 9] [--batch 1 8] [--tiles 2 4 6]
+                                        [--channels-last]
 
 Layers: the 3x3 stride-1 convolutions of ResNet-18 and VGG-16 with at least 128 channels,
-float32, NCHW. The filter is transformed once (as ``nn.WinogradConv2d`` caches it); every call
-checks the input for NaN/inf as the module does. Prints the median of per-repetition ratios
+float32, NCHW (``--channels-last``: input and output channels-last, as ``accelerate`` deploys).
+The filter is transformed once (as ``nn.WinogradConv2d`` caches it); every call checks the input
+for NaN/inf as the module does. Prints the median of per-repetition ratios
 ``t(F.conv2d) / t(winograd)`` (> 1: Winograd faster), then, for the best tile, where the time goes:
 input transform (gather + B^T d B), element-wise GEMMs, output transform (A^T M A + layout).
 With a C compiler the transforms are the compiled kernels of ``leanconv.algorithms.native`` and
@@ -39,14 +41,18 @@ LAYERS = [  # name, channels, size
 ]
 
 
-def stages(x: torch.Tensor, filt: winograd.WinogradFilter, reps: int) -> dict[str, float]:
-    """Median ms per call of the three stages (timed inside the real code path)."""
+def stages(
+    x: torch.Tensor, filt: winograd.WinogradFilter, reps: int, layout: torch.memory_format
+) -> dict[str, float]:
+    """Median ms per call of the three stages (timed inside the real code path), the output in
+    ``layout``."""
     u = filt.phases[(0, 0)]
+    out = x.new_empty((x.shape[0], u.shape[-1], *x.shape[2:])).contiguous(memory_format=layout)
     runs = []
     for _ in range(reps):
         timings: dict[str, float] = {}
         gemm = functools.partial(filt.gemm, (0, 0))
-        winograd._winograd_valid(x, u, filt.tile, (3, 3), 1, (1, 1, 1, 1), None, timings, gemm)
+        winograd._winograd_valid(x, u, filt.tile, (3, 3), 1, (1, 1, 1, 1), out, timings, gemm)
         runs.append(timings)
     out = {k: statistics.median(r[k] for r in runs) * 1e3 for k in runs[0]}
     n, c, h, w = x.shape
@@ -63,11 +69,13 @@ def main() -> None:
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--tiles", type=int, nargs="+", default=[2, 4, 6])
     ap.add_argument("--layers", nargs="*", default=None, help="names to run (default: all)")
+    ap.add_argument("--channels-last", action="store_true", help="channels-last input and output")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     retain_freed_memory()  # no page faults per forward pass (bench/allocator.py)
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, {args.threads} threads, float32; {load()}")
+    layout = torch.channels_last if args.channels_last else torch.contiguous_format
+    print(f"torch {torch.__version__}, {args.threads} threads, float32, {layout}; {load()}")
     print(f"transforms: {native.status()}")
     head = " ".join(f"{'F' + str(t):>6}" for t in args.tiles)
     print(
@@ -78,7 +86,7 @@ def main() -> None:
         if args.layers and name not in args.layers:
             continue
         for n in args.batch:
-            x = torch.randn(n, c, size, size)
+            x = torch.randn(n, c, size, size).contiguous(memory_format=layout)
             w = torch.randn(c, c, 3, 3) / (3 * c**0.5)
             filts = {t: winograd.transform_filter(w, t) for t in args.tiles}
             fns = {"direct": lambda x=x, w=w: F.conv2d(x, w, padding=1)}
@@ -87,7 +95,7 @@ def main() -> None:
             times = interleaved(fns, args.reps)
             ratios = {t: median_ratio(times["direct"], times[t]) for t in args.tiles}
             best = max(ratios, key=ratios.get)
-            st = stages(x, filts[best], args.reps)
+            st = stages(x, filts[best], args.reps, layout)
             direct = ms(times["direct"])
             gflops = 2 * n * c * c * 9 * size * size / (direct * 1e-3) / 1e9
             cells = " ".join(f"{ratios[t]:>5.2f}x" for t in args.tiles)
