@@ -365,6 +365,77 @@ def test_cli_refuses_bad_settings(tmp_path, project):
     assert not out.exists() and not (tmp_path / "out.partial").exists()
 
 
+GRAY_MODEL = """
+from torch import nn
+
+
+def build(num_classes=2):
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.SiLU(),
+        nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.SiLU(),
+        nn.Conv2d(32, 32, 3, padding=1), nn.SiLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, num_classes),
+    )
+"""
+
+
+def test_cli_grayscale_model(tmp_path):
+    # a one-channel model trained on gray PNGs read the user's way (PIL "L", (x - 0.5) / 0.25)
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[0:24, 0:24]
+    files = []
+    for split, n in (("train", 24), ("test", 10)):
+        for label, name in enumerate(("across", "down")):
+            (tmp_path / "data" / split / name).mkdir(parents=True)
+            for i in range(n):
+                wave = np.sin((yy if label else xx) * rng.uniform(0.5, 1.0) + rng.uniform(0, 6))
+                pixels = np.clip(128 + 90 * wave + rng.normal(0, 20, wave.shape), 0, 255)
+                path = tmp_path / "data" / split / name / f"{i}.png"
+                Image.fromarray(pixels.astype(np.uint8)).convert("RGB").save(path)  # saved RGB
+                files.append((split, path, label))
+    (tmp_path / "gray.py").write_text(GRAY_MODEL)
+    module = import_file(tmp_path / "gray.py", "user_gray_net_for_leanconv_tests")
+
+    def read(split):
+        chosen = [(p, label) for s, p, label in files if s == split]
+        x = torch.stack([torch.from_numpy(np.array(Image.open(p).convert("L"))).float()[None]
+                         for p, _ in chosen]) / 255  # fmt: skip
+        return (x - 0.5) / 0.25, torch.tensor([label for _, label in chosen])
+
+    torch.manual_seed(0)
+    net = module.build()
+    x, y = read("train")
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    for _ in range(30):
+        loss = F.cross_entropy(net(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    test_x, test_y = read("test")
+    accuracy = 100.0 * correct(net, test_x, test_y) / len(test_y)
+    assert accuracy > 80, "the user's own training did not learn the stripes"
+    torch.save(net.state_dict(), tmp_path / "gray.pth")
+
+    out = tmp_path / "out"
+    args = ["compress", f"{tmp_path / 'gray.py'}:build", "--data", f"folder:{tmp_path / 'data'}",
+            "--out", out, "--weights", tmp_path / "gray.pth", *FAST]  # fmt: skip
+    r = cli(*args, "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25")  # the RGB default
+    assert r.exit_code == 2 and "to have 1 channels, but got 3" in r.output, r.output
+    assert "read the images as grayscale (--grayscale)" in r.output
+    r = cli(*args, "--grayscale", "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25")
+    assert r.exit_code == 2 and "--mean '0.5,0.5,0.5': give 1 number(s)" in r.output, r.output
+    r = cli(*args, "--grayscale", "--mean", "0.5", "--std", "0.25")
+    assert r.exit_code == 0, r.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["before"]["accuracy"] == pytest.approx(accuracy, abs=1e-9)
+    assert report["data"]["input"]["shape"] == [1, 24, 24]
+    assert report["data"]["input"]["grayscale"] is True
+    back = leanconv.load(out / "model", trust_code=True)
+    assert 100.0 * correct(back, test_x, test_y) / len(test_y) == pytest.approx(
+        report["after"]["accuracy"], abs=1e-9
+    )
+
+
 # ------------------------------------------------------------------------ Python, own loaders
 class PngFolder(Dataset):
     """The user's own dataset: reads one PNG per sample, ImageNet-normalised."""

@@ -213,6 +213,45 @@ def test_image_folder_prepares_images_only_as_asked(tmp_path):
     assert given.preprocessing["normalize"] == "mean/std"
 
 
+def test_image_folder_reads_grayscale(tmp_path):
+    # reference: ITU-R 601 luma of the stored RGB pixels (what Pillow's "L" mode and
+    # torchvision's Grayscale compute, up to Pillow's integer rounding), and an 8-bit gray PNG
+    raw = {}
+    for i in range(4):
+        path = tmp_path / "train" / f"c{i % 2}" / f"{i}.png"
+        raw[path] = _noise_png(path, 20, 16, i)
+    gray = np.random.default_rng(9).integers(0, 256, (16, 20), dtype=np.uint8)
+    (tmp_path / "test" / "c0").mkdir(parents=True)
+    Image.fromarray(gray, mode="L").save(tmp_path / "test" / "c0" / "g.png")
+    raw[tmp_path / "test" / "c1" / "rgb.png"] = _noise_png(tmp_path / "test" / "c1" / "rgb.png",
+                                                           20, 16, 7)  # fmt: skip
+
+    def luma(pixels):
+        if pixels.ndim == 2:
+            return torch.from_numpy(pixels).double()[None] / 255
+        rgb = torch.from_numpy(pixels).double().permute(2, 0, 1)
+        return (0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2])[None] / 255
+
+    raw[tmp_path / "test" / "c0" / "g.png"] = gray
+    bundle = image_folder(tmp_path, grayscale=True, mean=(0.5,), std=(0.25,), workers=0)
+    assert bundle.input_shape == (1, 16, 20) and bundle.preprocessing["grayscale"] is True
+    for loader in (bundle.train, bundle.test):
+        x = torch.stack([image for image, _ in loader.dataset])  # in file order (no shuffling)
+        assert x.shape[1:] == (1, 16, 20)
+        want = torch.stack([(luma(raw[p]) - 0.5) / 0.25 for p in loader.dataset.files])
+        torch.testing.assert_close(x.double(), want, rtol=0, atol=1.01 / 255 / 0.25)
+
+    stats = image_folder(tmp_path, grayscale=True, normalize="dataset", workers=0)
+    assert len(stats.preprocessing["mean"]) == 1 and len(stats.preprocessing["std"]) == 1
+    assert image_folder(tmp_path, workers=0).input_shape == (3, 16, 20)  # RGB unless asked
+    for kwargs, words in (
+        ({"mean": (0.5,) * 3, "std": (1.0,) * 3}, "one value"),
+        ({"normalize": "imagenet"}, "imagenet is for RGB images"),
+    ):
+        with pytest.raises(DataError, match=words):
+            image_folder(tmp_path, grayscale=True, workers=0, **kwargs)
+
+
 def test_image_folder_refuses_mixed_sizes_and_bad_settings(tmp_path):
     _noise_png(tmp_path / "a" / "1.png", 40, 30, 0)
     _noise_png(tmp_path / "a" / "2.png", 40, 30, 1)

@@ -75,8 +75,13 @@ def register(app: typer.Typer) -> None:
             help="the class folders in the order of the model's outputs "
             "(A,B,C; default: sorted, as torchvision's ImageFolder)",
         ),  # fmt: skip
-        mean: str = typer.Option(None, "--mean", help="R,G,B mean subtracted from pixels 0..1"),
+        mean: str = typer.Option(
+            None, "--mean", help="R,G,B mean subtracted from pixels 0..1 (one with --grayscale)"
+        ),
         std: str = typer.Option(None, "--std", help="R,G,B standard deviation divided by"),
+        grayscale: bool = typer.Option(
+            False, "--grayscale", help="read the images as one channel (for a 1-channel model)"
+        ),
         min_metric: float = typer.Option(
             None,
             "--min-metric",
@@ -178,7 +183,7 @@ def register(app: typer.Typer) -> None:
             min_metric=min_metric,
         )
         given = _preprocessing(data, input_size, resize, crop, normalize, mean, std, workers,
-                               classes)  # fmt: skip
+                               classes, grayscale)  # fmt: skip
         args = key_values(model_arg, "--model-arg")
         _check_weights(model, weights, trust_pickle, train_first, train_epochs, train_lr)
         if out.exists() and not force:
@@ -203,13 +208,15 @@ def register(app: typer.Typer) -> None:
 
 
 def _preprocessing(data: str, input_size, resize, crop, normalize, mean, std, workers,
-                   classes=None) -> dict:  # fmt: skip
+                   classes=None, grayscale=False) -> dict:  # fmt: skip
     """The image-folder settings given on the command line (refused for other data)."""
+    channels = (1,) if grayscale else (3,)
     prep = {
         "input_size": _numbers(input_size, "--input-size", (1, 2), int),
         "resize": resize, "crop": crop, "normalize": normalize,
-        "mean": _numbers(mean, "--mean", (3,)), "std": _numbers(std, "--std", (3,)),
+        "mean": _numbers(mean, "--mean", channels), "std": _numbers(std, "--std", channels),
         "classes": [c.strip() for c in classes.split(",")] if classes is not None else None,
+        "grayscale": True if grayscale else None,
     }  # fmt: skip
     if prep["input_size"] and len(prep["input_size"]) == 1:
         prep["input_size"] = prep["input_size"] * 2

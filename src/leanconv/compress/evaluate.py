@@ -115,6 +115,16 @@ def resolve_metric(metric) -> Metric:
     raise LeanconvError(f"metric must be 'accuracy', 'top5' or a callable, not {metric!r}")
 
 
+def _channels_hint(said: str, x: torch.Tensor) -> str:
+    """What to do when the model takes one channel and was given three, or the reverse (torch's
+    convolution says ``expected input[...] to have 1 channels, but got 3 channels``)."""
+    if x.dim() == 4 and x.shape[1] == 3 and "to have 1 channels" in said:
+        return ". The model takes one channel: read the images as grayscale (--grayscale)"
+    if x.dim() == 4 and x.shape[1] == 1 and "to have 3 channels" in said:
+        return ". The model takes three channels (RGB): drop --grayscale"
+    return ""
+
+
 def check_outputs(model: nn.Module, data, metric: Metric, num_classes: int | None) -> None:
     """Raise before any work when the model's output does not suit the metric: class logits
     ``(N, K)`` for accuracy, with ``K`` the data's number of classes when it is known."""
@@ -125,9 +135,10 @@ def check_outputs(model: nn.Module, data, metric: Metric, num_classes: int | Non
         with torch.no_grad():
             out = model(to_model(x, model))
     except Exception as exc:
+        said = str(exc).splitlines()[0] if str(exc) else ""
         raise LeanconvError(
             f"the model fails on the data's first batch {tuple(x.shape)} ({x.dtype}): "
-            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            f"{type(exc).__name__}: {said}{_channels_hint(said, x)}"
         ) from None
     finally:
         model.train(was)

@@ -5,8 +5,9 @@ Label ``i`` is the ``i``-th class folder in sorted order (as torchvision's ``Ima
 numbers them) unless ``classes`` gives the order the model was trained with.
 
 Images are read lazily, one at a time, by a ``DataLoader`` with worker processes: memory does not
-grow with the number of images. Each image is converted to RGB, then prepared as the user says and
-as torchvision's standard evaluation transforms do, and as nothing else:
+grow with the number of images. Each image is converted to RGB (``grayscale=True``: to one channel,
+Pillow's ``L`` mode, ``0.299 R + 0.587 G + 0.114 B`` as torchvision's ``Grayscale``), then prepared
+as the user says and as torchvision's standard evaluation transforms do, and as nothing else:
 
 - ``resize=N``: the shorter side resized to ``N`` (aspect ratio kept, bilinear with antialiasing,
   Pillow's ``resize``), then ``crop=N``: the centre ``N x N`` crop (the ImageNet evaluation recipe
@@ -42,10 +43,13 @@ NORMALIZE = ("none", "imagenet", "dataset")
 
 
 class Preprocess:
-    """One image file -> a normalised ``3 x H x W`` float32 tensor (see the module docstring)."""
+    """One image file -> a normalised ``C x H x W`` float32 tensor, ``C`` 3 (RGB) or 1
+    (``grayscale``; see the module docstring)."""
 
-    def __init__(self, resize=None, crop=None, input_size=None, mean=None, std=None):
+    def __init__(self, resize=None, crop=None, input_size=None, mean=None, std=None,
+                 grayscale=False):  # fmt: skip
         self.resize, self.crop, self.input_size = resize, crop, input_size
+        self.grayscale = grayscale
         self.mean = None if mean is None else torch.tensor(mean, dtype=torch.float32)[:, None, None]
         self.std = None if std is None else torch.tensor(std, dtype=torch.float32)[:, None, None]
 
@@ -54,7 +58,7 @@ class Preprocess:
 
         try:
             with Image.open(path) as img:
-                img = img.convert("RGB")
+                img = img.convert("L" if self.grayscale else "RGB")
                 if self.resize:
                     w, h = img.size
                     s = self.resize / min(w, h)
@@ -70,7 +74,11 @@ class Preprocess:
                 data = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
         except (UnidentifiedImageError, OSError) as exc:
             raise DataError(f"cannot read image {str(path)!r}: {exc}") from None
-        return data.view(h, w, 3).permute(2, 0, 1).float() / 255.0
+        return data.view(h, w, self.channels).permute(2, 0, 1).float() / 255.0
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.grayscale else 3
 
     def __call__(self, path: Path) -> torch.Tensor:
         x = self.image(path)
@@ -85,7 +93,7 @@ class Preprocess:
         return {
             "resize": self.resize, "crop": self.crop,
             "input_size": list(self.input_size) if self.input_size else None,
-            "mean": values(self.mean), "std": values(self.std),
+            "mean": values(self.mean), "std": values(self.std), "grayscale": self.grayscale,
         }  # fmt: skip
 
 
@@ -241,11 +249,13 @@ def image_folder(
     batch_size: int = 64,
     workers: int | None = None,
     classes: list[str] | None = None,
+    grayscale: bool = False,
 ) -> DataBundle:
     """The images under ``root`` as a bundle of two ``DataLoader``s (see the module docstring).
     ``size`` is ``input_size=(size, size)``. ``classes``: the class folders' names in the order
     of the model's outputs (the labels it was trained with); by default their sorted order, as
-    torchvision's ``ImageFolder`` numbers them."""
+    torchvision's ``ImageFolder`` numbers them. ``grayscale``: one input channel (``mean`` and
+    ``std`` then one value each)."""
     root = Path(root)
     if not root.exists():
         raise DataError(f"image folder {str(root)!r} does not exist")
@@ -261,9 +271,14 @@ def image_folder(
         raise DataError(f"--normalize {normalize!r} is not one of {', '.join(NORMALIZE)}")
     if (mean is None) != (std is None):
         raise DataError("give --mean and --std together")
+    channels = 1 if grayscale else 3
+    wanted = "one value (--grayscale)" if grayscale else "three values (R,G,B)"
     for name, v in (("mean", mean), ("std", std)):
-        if v is not None and len(v) != 3:
-            raise DataError(f"--{name} needs three values (R,G,B), got {len(v)}")
+        if v is not None and len(v) != channels:
+            raise DataError(f"--{name} needs {wanted}, got {len(v)}")
+    if grayscale and normalize == "imagenet":
+        raise DataError("--normalize imagenet is for RGB images: with --grayscale give --mean "
+                        "and --std (one value each) or --normalize dataset")  # fmt: skip
     if std is not None and min(std) <= 0:
         raise DataError(f"--std {','.join(map(str, std))}: every value must be positive")
     if mean is not None and normalize != "none":
@@ -281,7 +296,8 @@ def image_folder(
     else:
         files, labels, names = _scan(root, classes, given=classes is not None)
         tr_files, tr_labels, te_files, te_labels = _split(files, labels, test_fraction, seed)
-    prep = Preprocess(resize, crop, tuple(input_size) if input_size else None)
+    prep = Preprocess(resize, crop, tuple(input_size) if input_size else None,
+                      grayscale=grayscale)  # fmt: skip
     if prep.input_size is None:
         prep.input_size = _common_size(tr_files + te_files, prep)
     workers = default_workers() if workers is None else workers
@@ -289,11 +305,12 @@ def image_folder(
         mean, std = IMAGENET_MEAN, IMAGENET_STD
     elif normalize == "dataset":
         mean, std = _dataset_statistics(tr_files, prep, workers)
-    prep = Preprocess(resize, crop, prep.input_size, mean, std)
+    prep = Preprocess(resize, crop, prep.input_size, mean, std, grayscale)
     train = DataLoader(ImageFiles(tr_files, tr_labels, prep), batch_size=batch_size, shuffle=True,
                        num_workers=workers)  # fmt: skip
     test = DataLoader(ImageFiles(te_files, te_labels, prep), batch_size=batch_size,
                       num_workers=workers)  # fmt: skip
     record = {"data": f"folder:{root}", "normalize": normalize if mean is None or normalize !=
               "none" else "mean/std", "classes": names, **prep.describe()}  # fmt: skip
-    return DataBundle(f"folder:{root}", train, test, len(names), (3, *prep.input_size), record)
+    return DataBundle(f"folder:{root}", train, test, len(names), (channels, *prep.input_size),
+                      record)  # fmt: skip
