@@ -22,15 +22,18 @@ from leanconv.bench.timing import compare
 
 
 def interleaved(
-    fns: dict[str, Callable[[], object]], reps: int = 9, warmup: int = 2
+    fns: dict[str, Callable[[], object]], reps: int = 9, warmup: int = 2, alternate: bool = False
 ) -> dict[str, list[float]]:
-    """Seconds per call of each candidate, ``reps`` interleaved repetitions after ``warmup``."""
+    """Seconds per call of each candidate, ``reps`` interleaved repetitions after ``warmup``;
+    with ``alternate``, every other repetition runs the candidates in reverse order (so that none
+    always runs right after another: a model that leaves the caches to the next one)."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(reps):
-        for name, fn in fns.items():
+    for rep in range(reps):
+        order = list(fns.items())
+        for name, fn in reversed(order) if alternate and rep % 2 else order:
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)

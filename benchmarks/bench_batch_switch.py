@@ -11,7 +11,8 @@ The model: the demo's CIFAR-style ResNet-18 (width 0.5, 32x32) or VGG-16, in the
   composed convolution below its ``min_batch`` (:class:`leanconv.nn.ChainConv2d`).
 
 Ratios against the same model with no algorithm and no decomposition (deployed the same way),
-interleaved with it, each form in a comparison of its own.
+each form in a comparison of its own: the two models called in turn, their order swapped every
+other time, and the median of the per-pair ratios reported with its quartiles.
 
     .venv/bin/python benchmarks/bench_batch_switch.py --model resnet18_cifar
     .venv/bin/python benchmarks/bench_batch_switch.py --plan tucker2 --budget 0.1
@@ -21,12 +22,14 @@ from __future__ import annotations
 
 import argparse
 import copy
+import statistics
+import sys
+from pathlib import Path
 
 import torch
 
 from leanconv import zoo
 from leanconv.bench.allocator import retain_freed_memory
-from leanconv.bench.timing import compare
 from leanconv.compress.algorithms import eligible
 from leanconv.compress.deploy import Deployment
 from leanconv.compress.replace import decompose_layer
@@ -34,6 +37,9 @@ from leanconv.decompose.rank import budget_rank
 from leanconv.modules import capture_inputs, replace_modules
 from leanconv.selection.batch_switch import fit_min_batch
 from leanconv.spec import ConvSpec
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _interleave import interleaved, ms  # noqa: E402
 
 
 def main() -> None:
@@ -68,18 +74,21 @@ def main() -> None:
         # each form against the original in a comparison of its own: interleaved with a third
         # model, a form would always run right after it (the Winograd-everywhere model at batch
         # 1 leaves the caches full of its transforms: the next model in the round ran 5-12 %
-        # slower there)
-        ratios, base = {}, []
+        # slower there); and the two in alternating order, for the same reason
+        cells, base = {}, []
         for name, m in (("planned", fixed), ("switched", switched)):
             forms = {"plain": plain, name: m}
-            repeats = args.repeats * (5 if b <= 8 else 1)  # a few ms a call: more of them
-            t = compare({n: (lambda m=m, xb=x[:b]: m(xb)) for n, m in forms.items()}, warmup=2,
-                        repeats=repeats)  # fmt: skip
-            ratios[name] = t["plain"].ms / t[name].ms
-            base.append(t["plain"].ms)
+            repeats = args.repeats * (20 if b <= 8 else 3)  # pairs: more for calls of a few ms
+            with torch.no_grad():
+                t = interleaved({n: (lambda m=m, xb=x[:b]: m(xb)) for n, m in forms.items()},
+                                repeats, alternate=True)  # fmt: skip
+            ratios = [p / f for p, f in zip(t["plain"], t[name], strict=True)]
+            low, _, high = statistics.quantiles(ratios, n=4)
+            cells[name] = f"{statistics.median(ratios):.2f}x ({low:.2f}-{high:.2f})"
+            base.append(ms(t["plain"]))
         print(f"batch {b}: original {min(base):.2f} ms; {label} everywhere "
-              f"{ratios['planned']:.2f}x; with the batch switch "
-              f"{ratios['switched']:.2f}x")  # fmt: skip
+              f"{cells['planned']}; with the batch switch {cells['switched']} "
+              f"(median of per-pair ratios, quartiles)")  # fmt: skip
 
 
 def _decomposed(model, method: str, budget: float, x) -> dict:
