@@ -8,7 +8,7 @@ import warnings
 import typer
 
 from ..bench.allocator import retain_freed_memory
-from . import bench, compress, cost, demo, profile, whatif, winograd
+from . import accelerate, bench, compress, cost, demo, profile, whatif, winograd
 
 app = typer.Typer(
     name="leanconv",
@@ -18,7 +18,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for _command in (cost, whatif, winograd, profile, bench, compress, demo):
+for _command in (cost, whatif, winograd, profile, accelerate, bench, compress, demo):
     _command.register(app)
 
 
