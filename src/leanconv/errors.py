@@ -7,6 +7,13 @@ any :class:`LeanconvError` into a one-line message and exit code 2.
 from __future__ import annotations
 
 
+def first_line(exc: BaseException) -> str:
+    """``"RuntimeError: <the first line of its message>"``: an exception from the user's code (a
+    model's forward pass) as one line of a leanconv error."""
+    said = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {said}"
+
+
 class LeanconvError(Exception):
     """Base class of every error leanconv raises on purpose."""
 

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from ..bench.timing import threads as fixed_threads
-from ..errors import InputShapeError, LeanconvError
+from ..errors import ForwardError, InputShapeError, LeanconvError, first_line
 from ..loading import load_model, load_trainable
 from ..selection.tuner import TuneReport, accelerate
 from .arguments import Model, TrustCode, input_shape
@@ -57,10 +57,8 @@ def _check_runs(net: torch.nn.Module, x: torch.Tensor) -> None:
         with torch.no_grad():
             net.eval()(x)
     except Exception as exc:
-        said = str(exc).splitlines()[0] if str(exc) else ""
-        raise InputShapeError(
-            f"the model fails on an input of shape {tuple(x.shape)} (--input): "
-            f"{type(exc).__name__}: {said}"
+        raise ForwardError(
+            f"the model fails on an input of shape {tuple(x.shape)} (--input): {first_line(exc)}"
         ) from None
 
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..data.batches import iterate
-from ..errors import LeanconvError
+from ..errors import LeanconvError, first_line
 from .outputs import logits_of
 
 
@@ -135,10 +135,10 @@ def check_outputs(model: nn.Module, data, metric: Metric, num_classes: int | Non
         with torch.no_grad():
             out = model(to_model(x, model))
     except Exception as exc:
-        said = str(exc).splitlines()[0] if str(exc) else ""
+        said = first_line(exc)
         raise LeanconvError(
             f"the model fails on the data's first batch {tuple(x.shape)} ({x.dtype}): "
-            f"{type(exc).__name__}: {said}{_channels_hint(said, x)}"
+            f"{said}{_channels_hint(said, x)}"
         ) from None
     finally:
         model.train(was)
