@@ -11,8 +11,9 @@ from rich.table import Table
 
 from ..bench.timing import threads as fixed_threads
 from ..errors import ForwardError, InputShapeError, LeanconvError, first_line
-from ..loading import load_model, load_trainable
+from ..loading import load_model
 from ..selection.tuner import TuneReport, accelerate
+from ..weights import load_weights
 from .arguments import Model, TrustCode, input_shape
 from .common import command, console, err_console
 
@@ -103,7 +104,7 @@ def register(app: typer.Typer) -> None:
         net = loaded.module
         if weights is not None:
             say = err_console.print if json_out else console.print  # stdout: the JSON alone
-            net, _ = load_trainable(model, None, weights, log=say)
+            load_weights(net, weights, log=say)
         shape = input_shape(input, loaded, model)
         torch.manual_seed(seed)
         x = torch.randn(shape)

@@ -117,11 +117,15 @@ def resolve_metric(metric) -> Metric:
 
 def _channels_hint(said: str, x: torch.Tensor) -> str:
     """What to do when the model takes one channel and was given three, or the reverse (torch's
-    convolution says ``expected input[...] to have 1 channels, but got 3 channels``)."""
+    convolution says ``expected input[...] to have 1 channels, but got 3 channels``); the same
+    check serves the command line and the Python API, so the hint names both."""
     if x.dim() == 4 and x.shape[1] == 3 and "to have 1 channels" in said:
-        return ". The model takes one channel: read the images as grayscale (--grayscale)"
+        return (
+            ". The model takes one channel: read the images as grayscale (--grayscale), or in "
+            "Python with image_folder(..., grayscale=True)"
+        )
     if x.dim() == 4 and x.shape[1] == 1 and "to have 3 channels" in said:
-        return ". The model takes three channels (RGB): drop --grayscale"
+        return ". The model takes three channels: read the images in colour (without --grayscale)"
     return ""
 
 
