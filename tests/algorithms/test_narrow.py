@@ -87,13 +87,14 @@ def test_matches_conv2d_in_float64(g):
 
 @pytest.mark.parametrize("kernel", [(3, 1), (1, 3), (3, 3)])
 @pytest.mark.parametrize("padding", [(0, 0), (1, 1), (1, 0), (0, 1)])
-@pytest.mark.parametrize("cout", [1, 5, 8])
+@pytest.mark.parametrize("cout", [1, 5, 8, 12, 16])
 @pytest.mark.parametrize("with_residual", [False, True])
 def test_row_blocks_of_the_thinnest_factors(kernel, padding, cout, with_residual):
-    """Stride 1 and at most 8 output channels take the row-blocked path (several output rows
-    share each input value); sizes with a remainder of rows and pixels, smaller than one block,
-    taps over every edge, and an input whose pixels are further apart than its channels; with
-    and without a residual added before the ReLU."""
+    """Stride 1 and one vector of output channels (at most 8; 9-16 where the kernel's vectors
+    hold 16) take the row-blocked path (several output rows share each input value); sizes with
+    a remainder of rows and pixels, smaller than one block, taps over every edge, and an input
+    whose pixels are further apart than its channels; with and without a residual added before
+    the ReLU. The channel-reducing path, which would take cout 1 here, is off."""
     torch.manual_seed(2)
     for size in [(1, 1), (2, 3), (5, 7), (13, 32), (32, 13)]:
         if any(s + 2 * p < k for s, p, k in zip(size, padding, kernel, strict=True)):
@@ -105,9 +106,58 @@ def test_row_blocks_of_the_thinnest_factors(kernel, padding, cout, with_residual
             residual = _residual_like(ref, "channels_last" if with_residual else None)
             ref = (ref if residual is None else ref + residual.double()).relu()
             packed = narrow.pack(w)
-            y = narrow.conv2d(x, packed, narrow.pack_bias(b, packed.shape[-1]), cout, (1, 1),
-                              padding, (1, 1), activation="relu", residual=residual)  # fmt: skip
+            with native.narrow_reduce_from(0):
+                y = narrow.conv2d(x, packed, narrow.pack_bias(b, packed.shape[-1]), cout,
+                                  (1, 1), padding, (1, 1), activation="relu",
+                                  residual=residual)  # fmt: skip
             assert _relative_error(y, ref) < 1e-5, (size, x.stride())
+
+
+@pytest.mark.parametrize("cin", [16, 32, 48, 64])
+@pytest.mark.parametrize("cout", [1, 2, 3, 4])
+def test_channel_reducing_path(cin, cout):
+    """At most 4 output channels from a whole number of vectors of input channels take the path
+    vectorised over the input channels (``kernels/narrow_reduce.h``): against float64
+    ``F.conv2d``, and against the output-channel path (``narrow_reduce_from(0)``), which sums in
+    another order, so that the switch is seen to change the path; kernels, strides, dilations
+    and paddings whose taps reach past every edge, rows whose pixels leave a remainder of the
+    pixel block, an input whose pixels are further apart than its channels, and a residual added
+    before the ReLU."""
+    torch.manual_seed(3)
+    cases = [((1, 1), (1, 1), (0, 0), (1, 1)), ((3, 1), (1, 1), (1, 0), (1, 1)),
+             ((1, 3), (1, 2), (0, 2), (1, 2)), ((3, 3), (2, 1), (1, 1), (1, 1)),
+             ((3, 3), (1, 1), (0, 3), (2, 1))]  # fmt: skip
+    wide = torch.randn(2, cin + 8, 9, 23).contiguous(memory_format=torch.channels_last)
+    for x in (wide[:, :cin].contiguous(memory_format=torch.channels_last), wide[:, 5 : 5 + cin]):
+        for kernel, stride, padding, dilation in cases:
+            w, b = torch.randn(cout, cin, *kernel), torch.randn(cout)
+            ref = F.conv2d(x.double(), w.double(), b.double(), stride, padding, dilation)
+            residual = torch.randn(ref.shape).contiguous(memory_format=torch.channels_last)
+            ref = (ref + residual.double()).relu()
+            packed = narrow.pack(w)
+
+            def run(packed=packed, b=b, stride=stride, padding=padding, dilation=dilation,
+                    residual=residual, x=x):  # fmt: skip
+                bias = narrow.pack_bias(b, packed.shape[-1])
+                return narrow.conv2d(x, packed, bias, cout, stride, padding, dilation,
+                                     activation="relu", residual=residual)  # fmt: skip
+
+            reduced = run()
+            with native.narrow_reduce_from(0):
+                general = run()
+            assert _relative_error(reduced, ref) < 1e-5, (kernel, stride, x.stride())
+            assert _relative_error(general, ref) < 1e-5, (kernel, stride, x.stride())
+            assert not torch.equal(reduced, general)
+
+
+def test_vector_width_follows_the_channels():
+    """Up to 8 output channels fill vectors of 8; more fill the machine's widest vectors (16
+    floats with AVX-512, else 8): the packing pads to a whole number of them."""
+    assert native.narrow_vector(1) == native.narrow_vector(8) == 8
+    wide = native.narrow_vector(9)
+    assert wide in (8, 16) and native.narrow_vector(64) == wide
+    assert narrow.pack(torch.randn(9, 2, 1, 1)).shape[-1] == wide
+    assert narrow.pack(torch.randn(24, 2, 1, 1)).shape[-1] == -(-24 // wide) * wide
 
 
 def test_input_whose_channels_are_a_slice():
@@ -126,7 +176,7 @@ def test_input_whose_channels_are_a_slice():
 def test_pack_layout_and_bias_padding():
     w = torch.arange(2 * 3 * 2 * 1, dtype=torch.float32).reshape(2, 3, 2, 1)
     p = narrow.pack(w)
-    assert p.shape == (2, 1, 3, native.NARROW_VECTOR)
+    assert p.shape == (2, 1, 3, native.narrow_vector(2)) == (2, 1, 3, 8)
     assert torch.equal(p[1, 0, 2, :2], w[:, 2, 1, 0]) and not p[..., 2:].any()
     b = narrow.pack_bias(torch.tensor([1.0, 2.0]), 8)
     assert b.tolist() == [1.0, 2.0] + [0.0] * 6

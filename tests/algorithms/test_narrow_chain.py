@@ -56,7 +56,8 @@ def chains(draw):
     cin = channels
     for _ in range(draw(st.integers(2, narrow.CHAIN_MAX))):
         # one vector of channels (the row blocks), a partial one, several
-        k = draw(st.sampled_from([1, 5, 8, 11, 16, 24, 40]))
+        # (1 and 3 after 16 or 32 channels: the channel-reducing path)
+        k = draw(st.sampled_from([1, 3, 5, 8, 11, 16, 24, 40]))
         kernel = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
         convs.append({
             "w": (k, channels, *kernel),
@@ -105,16 +106,18 @@ def test_chain_matches_the_convolutions_one_by_one_in_float64(g):
     [((1, 1), (0, 0)), ((3, 1), (1, 0)), ((1, 3), (0, 1)), ((1, 1), (0, 0))],  # CP-like
 ])  # fmt: skip
 @pytest.mark.parametrize("height", [1, 5, 6, 7, 13, 32, 100])
-def test_the_factorisations_that_deploy_it(factors, height):
+@pytest.mark.parametrize("rank", [4, 8])
+def test_the_factorisations_that_deploy_it(factors, height, rank):
     """The chains the decompositions build, at heights below, at and across several bands, on
-    an input whose pixels are further apart than its channels (a channel slice)."""
+    an input whose pixels are further apart than its channels (a channel slice); at rank 4 the
+    first factor takes the channel-reducing path."""
     torch.manual_seed(1)
     wide = torch.randn(3, 40, height, 19).contiguous(memory_format=torch.channels_last)
     x = wide[:, 4:36]
     convs, channels = [], 32
     for i, (kernel, padding) in enumerate(factors):
         last = i == len(factors) - 1
-        k = 32 if last else 8
+        k = 32 if last else rank
         convs.append((torch.randn(k, channels, *kernel), torch.randn(k) if last else None,
                       (1, 1), padding, (1, 1), last))  # fmt: skip
         channels = k

@@ -17,6 +17,7 @@ share PyTorch's thread pool instead of starting a second one.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -36,6 +37,10 @@ SOURCES = tuple(
     Path(__file__).with_name("kernels") / name
     for name in ("winograd_transforms.c", "winograd_fused.c", "narrow_direct.c", "gemv.c")
 )
+#: Files the sources include: part of the build's hash, not compiled on their own.
+HEADERS = tuple(
+    Path(__file__).with_name("kernels") / name for name in ("narrow_width.h", "narrow_reduce.h")
+)
 FLAGS = ("-O3", "-march=native", "-ffp-contract=fast", "-fopenmp", "-shared", "-fPIC", "-std=c99")
 
 __all__ = [
@@ -48,6 +53,8 @@ __all__ = [
     "library",
     "narrow",
     "narrow_chain",
+    "narrow_reduce_from",
+    "narrow_vector",
     "output_transform",
     "status",
     "vector_width",
@@ -84,7 +91,7 @@ def library() -> ctypes.CDLL | None:
     if compiler is None:
         _reason = "no C compiler found (set CC)"
         return None
-    source = b"".join(path.read_bytes() for path in SOURCES)
+    source = b"".join(path.read_bytes() for path in SOURCES + HEADERS)
     key = hashlib.sha256(
         source + " ".join(FLAGS).encode() + _cpu_signature().encode() + compiler.encode()
     ).hexdigest()[:16]
@@ -138,6 +145,10 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.narrow_conv.restype = None
     lib.narrow_conv.argtypes = [ptr] + [long] * 6 + [ptr, long, long, ptr, integer, ptr, ptr]
     lib.narrow_conv.argtypes += [long] * 6 + [integer] * 9
+    lib.narrow_reduce_from.restype = long
+    lib.narrow_vector.restype = integer
+    lib.narrow_vector.argtypes = [long]
+    lib.narrow_reduce_from.argtypes = [long]
     lib.narrow_chain.restype = integer
     lib.narrow_chain.argtypes = [ptr] + [long] * 6 + [integer, ptr, ptr, ptr, ptr, ptr]
     lib.narrow_chain.argtypes += [long] * 4 + [integer]
@@ -334,8 +345,16 @@ def fused(
     return not bad
 
 
-#: Output channels per vector of the narrow kernel, and the most kernel rows it takes.
-NARROW_VECTOR, NARROW_MAX_ROWS = 8, 64
+#: The most kernel rows the narrow kernel takes.
+NARROW_MAX_ROWS = 64
+
+
+def narrow_vector(channels: int) -> int:
+    """Output channels per vector of the narrow kernel for a layer of ``channels`` output
+    channels: 16 where the machine has 16-float vectors and the layer more than 8 channels, else
+    8. Its weights and bias are packed to a multiple of it."""
+    lib = library()
+    return 8 if lib is None else int(lib.narrow_vector(channels))
 
 
 def narrow(
@@ -351,7 +370,7 @@ def narrow(
 ) -> None:
     """The direct convolution of ``x`` (N, C, H, W with channels innermost, ``stride(1) == 1``)
     into ``out`` (N, K, H_o, W_o, channels innermost) by ``kernels/narrow_direct.c``: ``w`` packed
-    as a contiguous ``[kh, kw, C, Kp]`` (Kp: K rounded up to :data:`NARROW_VECTOR`, zeros), the
+    as a contiguous ``[kh, kw, C, Kp]`` (Kp: K rounded up to :func:`narrow_vector`, zeros), the
     symmetric ``padding``, ``bias`` Kp values, ``residual`` (shape and strides of ``out``) added,
     then ReLU when asked."""
     lib = library()
@@ -362,7 +381,8 @@ def narrow(
     _check(out.dtype == torch.float32 and out.shape[0] == n and wc == c, "a wrong output")
     _check((x.stride(1) == 1 or c == 1) and (out.stride(1) == 1 or k == 1),
            "channels that are not innermost")  # fmt: skip
-    _check(kp % NARROW_VECTOR == 0 and k <= kp < k + NARROW_VECTOR, "a wrong packing")
+    vector = narrow_vector(k)
+    _check(kp % vector == 0 and k <= kp < k + vector, "a wrong packing")
     _check(1 <= kh <= NARROW_MAX_ROWS, "too many kernel rows")
     expect = symmetric_output_size((height, width), (kh, kw), stride, padding, dilation)
     _check(expect == (out_h, out_w), "an output of the wrong size")
@@ -378,6 +398,20 @@ def narrow(
         on, oh, ow, out_h, out_w, n, kh, kw, *stride, *padding, *dilation,
         torch.get_num_threads(),
     )  # fmt: skip
+
+
+@contextlib.contextmanager
+def narrow_reduce_from(channels: int):
+    """Within the block, the narrow kernel's channel-reducing path (at most 8 output channels,
+    vectorised over the input channels) takes layers from ``channels`` input channels on (0:
+    none): for tests and benchmarks that compare it with the output-channel path. The kernel's
+    own threshold is restored on exit."""
+    lib = library()
+    old = lib.narrow_reduce_from(channels)
+    try:
+        yield
+    finally:
+        lib.narrow_reduce_from(old)
 
 
 #: The most convolutions :func:`narrow_chain` runs in one pass (``CHAIN_MAX`` in the kernel).
@@ -401,7 +435,8 @@ def narrow_chain(
     for w, b, k, stride, padding, dilation, relu in convs:
         kh, kw, wc, kp = w.shape
         _check_operands(x, (w,), w.numel(), "filter")
-        _check(kp % NARROW_VECTOR == 0 and k <= kp < k + NARROW_VECTOR, "a wrong packing")
+        vector = narrow_vector(k)
+        _check(kp % vector == 0 and k <= kp < k + vector, "a wrong packing")
         _check(wc == channels and 1 <= kh <= NARROW_MAX_ROWS, "a wrong filter")
         if b is not None:
             _check_operands(x, (b,), kp, "bias")
