@@ -150,6 +150,30 @@ def test_channel_reducing_path(cin, cout):
             assert not torch.equal(reduced, general)
 
 
+@pytest.mark.parametrize("cout", [9, 16, 24, 33])
+def test_both_vector_widths(cout):
+    """Layers of more than 8 output channels computed with vectors of 8 (``narrow_widest(8)``)
+    and with the machine's widest (16 with AVX-512): both against float64 ``F.conv2d``, the
+    general and the row-blocked paths (3x3, stride 1; 3x3, stride 2), with a residual."""
+    torch.manual_seed(4)
+    x = torch.randn(2, 12, 11, 17).contiguous(memory_format=torch.channels_last)
+    w, b = torch.randn(cout, 12, 3, 3), torch.randn(cout)
+    for stride in [(1, 1), (2, 1)]:
+        ref = F.conv2d(x.double(), w.double(), b.double(), stride, 1)
+        residual = torch.randn(ref.shape).contiguous(memory_format=torch.channels_last)
+        ref = (ref + residual.double()).relu()
+        for width in [8, 16]:
+            with native.narrow_widest(width):
+                packed = narrow.pack(w)
+                assert packed.shape[-1] % native.narrow_vector(cout) == 0
+                y = narrow.conv2d(x, packed, narrow.pack_bias(b, packed.shape[-1]), cout,
+                                  stride, (1, 1), (1, 1), activation="relu",
+                                  residual=residual)  # fmt: skip
+            assert _relative_error(y, ref) < 1e-5, (width, stride)
+    with native.narrow_widest(8):
+        assert native.narrow_vector(cout) == 8
+
+
 def test_vector_width_follows_the_channels():
     """Up to 8 output channels fill vectors of 8; more fill the machine's widest vectors (16
     floats with AVX-512, else 8): the packing pads to a whole number of them."""

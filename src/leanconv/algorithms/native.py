@@ -55,6 +55,7 @@ __all__ = [
     "narrow_chain",
     "narrow_reduce_from",
     "narrow_vector",
+    "narrow_widest",
     "output_transform",
     "status",
     "vector_width",
@@ -148,6 +149,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.narrow_reduce_from.restype = long
     lib.narrow_vector.restype = integer
     lib.narrow_vector.argtypes = [long]
+    lib.narrow_widest.restype = integer
+    lib.narrow_widest.argtypes = [integer]
     lib.narrow_reduce_from.argtypes = [long]
     lib.narrow_chain.restype = integer
     lib.narrow_chain.argtypes = [ptr] + [long] * 6 + [integer, ptr, ptr, ptr, ptr, ptr]
@@ -412,6 +415,19 @@ def narrow_reduce_from(channels: int):
         yield
     finally:
         lib.narrow_reduce_from(old)
+
+
+@contextlib.contextmanager
+def narrow_widest(width: int):
+    """Within the block, the narrow kernel's vectors are at most ``width`` floats (8, or the
+    machine's widest, 16 with AVX-512): for tests and benchmarks that compare the widths. Weights
+    must be packed (:func:`leanconv.algorithms.narrow.pack`) and run under the same width."""
+    lib = library()
+    old = lib.narrow_widest(width)
+    try:
+        yield
+    finally:
+        lib.narrow_widest(old)
 
 
 #: The most convolutions :func:`narrow_chain` runs in one pass (``CHAIN_MAX`` in the kernel).

@@ -108,9 +108,20 @@ static int row_block(int kh, int kw, int *r, int *p) {
 #define WIDE 8
 #endif
 
+/* The widest vectors the kernel uses (WIDE, or 8 after narrow_widest(8)). */
+static int widest = WIDE;
+
+/* The widest vectors from now on: 8, or WIDE (any other value); returns the previous width. For
+ * tests and benchmarks that compare the widths. */
+int narrow_widest(int width) {
+    const int old = widest;
+    widest = width == 8 ? 8 : WIDE;
+    return old;
+}
+
 /* The vector width for a layer with k output channels: 16 floats where the machine has them and
  * k > 8, else 8 (its weights are packed to a multiple of it). */
-int narrow_vector(long k) { return k > 8 ? WIDE : 8; }
+int narrow_vector(long k) { return k > 8 ? widest : 8; }
 
 /* The geometry of a convolution with k_real output channels, of which it writes k (the real
  * ones, or all kp of an intermediate). With the reduce path (kr > 0) the caller makes g.wt
