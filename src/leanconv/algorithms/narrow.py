@@ -1,4 +1,5 @@
-"""Direct convolution for narrow layers: output channels in vectors of 8 (a compiled kernel).
+"""Direct convolution for narrow layers: output channels in vectors of 8 or 16, or input
+channels for the thinnest (a compiled kernel).
 
     y[n, k, y, x] = act(b[k] + r[n, k, y, x]
                         + sum_{c, i, j} x[n, c, y s_h - p_h + i d_h, x s_w - p_w + j d_w]
@@ -6,15 +7,19 @@
 
 computed by ``kernels/narrow_direct.c`` (:func:`leanconv.algorithms.native.narrow`), the
 register-blocked direct convolution of Georganas et al. 2018 ("Anatomy of high-performance deep
-learning convolutions on SIMD architectures") with the output-channel block narrowed to 8 floats.
+learning convolutions on SIMD architectures") with the output-channel block fitted to the layer.
 
 Why: oneDNN blocks output channels by the machine's widest vector, 16 floats with AVX-512, so a
 layer with 8 output channels (or 24, 40) computes a half-empty last vector. The thin factors of a
 decomposed layer have exactly such widths (ranks 4-24): on the 2-core AVX-512 test machine a
 32 -> 8 3x1 factor at batch 64, 32x32, ran at 27-50 GMAC/s by ``F.conv2d`` against 87-111 for the
-dense 32 -> 32 3x3 layer it came from. The kernel's vectors hold 8 channels whatever the machine
-(on AMD Zen 4, which executes 512-bit vectors as two 256-bit halves, that costs nothing) and it
-reads zero padding as skipped taps instead of copying it.
+dense 32 -> 32 3x3 layer it came from. The kernel's vectors hold 8 channels for layers of at most
+8 output channels and 16 for wider ones where the machine has 16-float vectors
+(:func:`native.narrow_vector`); layers of at most 4 output channels from a whole number of
+vectors of input channels (a rank-4 factor's 32 -> 4) are vectorised over the input channels
+instead, each pixel's partial sums added across the vector's lanes at the end (on a 2-core Zen 5,
+batch 64: 1.4-3.2x over the output-channel form, ``benchmarks/bench_narrow_paths.py``). It reads
+zero padding as skipped taps instead of copying it.
 
 Factors in a row (2 to 4: a spatial SVD's pair, a Tucker-2 or ``low_rank`` chain's 1x1, core and
 1x1, a CP chain) run in one pass by :func:`conv2d_chain`: each thread takes a band of output rows

@@ -1,7 +1,7 @@
-/* The channel-reducing path of the narrow direct convolution (included by narrow_direct.c after
- * conv_t). */
-
-/* Channel-reducing layers: at most 4 output channels from C input channels, C a whole number of
+/* The channel-reducing path of the narrow direct convolution (included once by narrow_direct.c,
+ * after conv_t and the helpers it uses).
+ *
+ * Channel-reducing layers: at most 4 output channels from C input channels, C a whole number of
  * RW-float vectors and at least reduce_from (the first factor of a low-rank spatial SVD or
  * Tucker-2 chain: 32 -> 4 3x1). Vectorised over output channels, each FMA of such a layer fills
  * K of its 8 lanes and needs one broadcast input value: 4 of 16 lanes used on a 16-float
@@ -45,29 +45,43 @@ static inline vr fold(vr a, vr b, const int s) {
 #if RW == 16
     switch (s) {
     case 16:
-        return __builtin_shuffle(a, b, (vri){0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23}) +
-               __builtin_shuffle(a, b, (vri){8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31});
+        return __builtin_shuffle(a, b,
+                                 (vri){0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23}) +
+               __builtin_shuffle(a, b,
+                                 (vri){8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31});
     case 8:
-        return __builtin_shuffle(a, b, (vri){0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27}) +
-               __builtin_shuffle(a, b, (vri){4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31});
+        return __builtin_shuffle(a, b,
+                                 (vri){0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27}) +
+               __builtin_shuffle(a, b,
+                                 (vri){4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31});
     case 4:
-        return __builtin_shuffle(a, b, (vri){0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29}) +
-               __builtin_shuffle(a, b, (vri){2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31});
+        return __builtin_shuffle(a, b,
+                                 (vri){0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29}) +
+               __builtin_shuffle(a, b,
+                                 (vri){2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31});
     default:
-        return __builtin_shuffle(a, b, (vri){0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30}) +
-               __builtin_shuffle(a, b, (vri){1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31});
+        return __builtin_shuffle(a, b,
+                                 (vri){0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30}) +
+               __builtin_shuffle(a, b,
+                                 (vri){1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31});
     }
 #else
     switch (s) {
     case 8:
-        return __builtin_shuffle(a, b, (vri){0, 1, 2, 3, 8, 9, 10, 11}) +
-               __builtin_shuffle(a, b, (vri){4, 5, 6, 7, 12, 13, 14, 15});
+        return __builtin_shuffle(a, b,
+                                 (vri){0, 1, 2, 3, 8, 9, 10, 11}) +
+               __builtin_shuffle(a, b,
+                                 (vri){4, 5, 6, 7, 12, 13, 14, 15});
     case 4:
-        return __builtin_shuffle(a, b, (vri){0, 1, 4, 5, 8, 9, 12, 13}) +
-               __builtin_shuffle(a, b, (vri){2, 3, 6, 7, 10, 11, 14, 15});
+        return __builtin_shuffle(a, b,
+                                 (vri){0, 1, 4, 5, 8, 9, 12, 13}) +
+               __builtin_shuffle(a, b,
+                                 (vri){2, 3, 6, 7, 10, 11, 14, 15});
     default:
-        return __builtin_shuffle(a, b, (vri){0, 2, 4, 6, 8, 10, 12, 14}) +
-               __builtin_shuffle(a, b, (vri){1, 3, 5, 7, 9, 11, 13, 15});
+        return __builtin_shuffle(a, b,
+                                 (vri){0, 2, 4, 6, 8, 10, 12, 14}) +
+               __builtin_shuffle(a, b,
+                                 (vri){1, 3, 5, 7, 9, 11, 13, 15});
     }
 #endif
 }
