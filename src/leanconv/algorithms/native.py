@@ -404,30 +404,29 @@ def narrow(
 
 
 @contextlib.contextmanager
-def narrow_reduce_from(channels: int):
-    """Within the block, the narrow kernel's channel-reducing path (at most 8 output channels,
-    vectorised over the input channels) takes layers from ``channels`` input channels on (0:
-    none): for tests and benchmarks that compare it with the output-channel path. The kernel's
-    own threshold is restored on exit."""
-    lib = library()
-    old = lib.narrow_reduce_from(channels)
+def _kernel_setting(name: str, value: int):
+    """Within the block, the kernel setting whose setter is ``name`` (it returns the previous
+    value) holds ``value``; the previous one is restored on exit."""
+    setter = getattr(library(), name)
+    old = setter(value)
     try:
         yield
     finally:
-        lib.narrow_reduce_from(old)
+        setter(old)
 
 
-@contextlib.contextmanager
+def narrow_reduce_from(channels: int):
+    """Within the block, the narrow kernel's channel-reducing path (at most 4 output channels,
+    vectorised over the input channels) takes layers from ``channels`` input channels on (0:
+    none): for tests and benchmarks that compare it with the output-channel path."""
+    return _kernel_setting("narrow_reduce_from", channels)
+
+
 def narrow_widest(width: int):
     """Within the block, the narrow kernel's vectors are at most ``width`` floats (8, or the
     machine's widest, 16 with AVX-512): for tests and benchmarks that compare the widths. Weights
     must be packed (:func:`leanconv.algorithms.narrow.pack`) and run under the same width."""
-    lib = library()
-    old = lib.narrow_widest(width)
-    try:
-        yield
-    finally:
-        lib.narrow_widest(old)
+    return _kernel_setting("narrow_widest", width)
 
 
 #: The most convolutions :func:`narrow_chain` runs in one pass (``CHAIN_MAX`` in the kernel).
