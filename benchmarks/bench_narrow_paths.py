@@ -23,6 +23,7 @@ import statistics
 
 import torch
 from _interleave import kernel_args
+from bench_narrow_chain import SVD, TUCKER, _convs
 from torch import nn
 
 from leanconv.algorithms import native
@@ -41,8 +42,8 @@ WIDE = [
     (16, 128, (3, 3), 8),
 ]  # fmt: skip
 # (kind, in, rank, out, spatial size)
-CHAINS = [("svd", 32, 4, 32, 32), ("svd", 32, 2, 32, 32), ("tucker2", 32, 4, 32, 32),
-          ("svd", 64, 4, 64, 16)]  # fmt: skip
+CHAINS = [(SVD, 32, 4, 32, 32), (SVD, 32, 2, 32, 32), (TUCKER, 32, 4, 32, 32),
+          (SVD, 64, 4, 64, 16)]  # fmt: skip
 
 
 def _before():
@@ -51,14 +52,6 @@ def _before():
     stack.enter_context(native.narrow_reduce_from(0))
     stack.enter_context(native.narrow_widest(8))
     return stack
-
-
-def _chain_convs(kind, cin, rank, cout) -> list[nn.Conv2d]:
-    if kind == "svd":
-        return [nn.Conv2d(cin, rank, (3, 1), 1, (1, 0), bias=False),
-                nn.Conv2d(rank, cout, (1, 3), 1, (0, 1))]  # fmt: skip
-    return [nn.Conv2d(cin, rank, 1, bias=False), nn.Conv2d(rank, rank, 3, 1, 1, bias=False),
-            nn.Conv2d(rank, cout, 1)]  # fmt: skip
 
 
 def _row(label, batch, forms, runs, repeats):
@@ -105,7 +98,7 @@ def main() -> None:
                      args.repeats)  # fmt: skip
     for kind, cin, rank, cout, size in CHAINS:
         torch.manual_seed(0)
-        convs = _chain_convs(kind, cin, rank, cout)
+        convs = _convs(kind, cin, rank, cout, 1)
         last = len(convs) - 1
         factors = [NarrowConv2d.from_conv(c, "relu" if i == last else None) for i, c in
                    enumerate(convs)]  # fmt: skip

@@ -68,8 +68,7 @@ def pack(weight: Tensor) -> Tensor:
     """``weight`` (K, C, kh, kw) as the kernel reads it: ``[kh, kw, C, Kp]``, Kp = K rounded up to
     a whole vector, the extra channels zero."""
     k, c, kh, kw = weight.shape
-    vector = native.narrow_vector(k)
-    kp = -(-k // vector) * vector
+    kp = native.narrow_padded(k)
     packed = weight.new_zeros((kh, kw, c, kp))
     packed[..., :k] = weight.detach().permute(2, 3, 1, 0)
     return packed

@@ -53,6 +53,7 @@ __all__ = [
     "library",
     "narrow",
     "narrow_chain",
+    "narrow_padded",
     "narrow_reduce_from",
     "narrow_vector",
     "narrow_widest",
@@ -146,11 +147,11 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.narrow_conv.restype = None
     lib.narrow_conv.argtypes = [ptr] + [long] * 6 + [ptr, long, long, ptr, integer, ptr, ptr]
     lib.narrow_conv.argtypes += [long] * 6 + [integer] * 9
-    lib.narrow_reduce_from.restype = long
     lib.narrow_vector.restype = integer
     lib.narrow_vector.argtypes = [long]
     lib.narrow_widest.restype = integer
     lib.narrow_widest.argtypes = [integer]
+    lib.narrow_reduce_from.restype = long
     lib.narrow_reduce_from.argtypes = [long]
     lib.narrow_chain.restype = integer
     lib.narrow_chain.argtypes = [ptr] + [long] * 6 + [integer, ptr, ptr, ptr, ptr, ptr]
@@ -360,6 +361,13 @@ def narrow_vector(channels: int) -> int:
     return 8 if lib is None else int(lib.narrow_vector(channels))
 
 
+def narrow_padded(channels: int) -> int:
+    """``channels`` output channels rounded up to whole vectors of :func:`narrow_vector`: the
+    packed weight's last dimension, Kp."""
+    vector = narrow_vector(channels)
+    return -(-channels // vector) * vector
+
+
 def narrow(
     x: torch.Tensor,
     w: torch.Tensor,
@@ -384,8 +392,7 @@ def narrow(
     _check(out.dtype == torch.float32 and out.shape[0] == n and wc == c, "a wrong output")
     _check((x.stride(1) == 1 or c == 1) and (out.stride(1) == 1 or k == 1),
            "channels that are not innermost")  # fmt: skip
-    vector = narrow_vector(k)
-    _check(kp % vector == 0 and k <= kp < k + vector, "a wrong packing")
+    _check(kp == narrow_padded(k), "a wrong packing")
     _check(1 <= kh <= NARROW_MAX_ROWS, "too many kernel rows")
     expect = symmetric_output_size((height, width), (kh, kw), stride, padding, dilation)
     _check(expect == (out_h, out_w), "an output of the wrong size")
@@ -450,8 +457,7 @@ def narrow_chain(
     for w, b, k, stride, padding, dilation, relu in convs:
         kh, kw, wc, kp = w.shape
         _check_operands(x, (w,), w.numel(), "filter")
-        vector = narrow_vector(k)
-        _check(kp % vector == 0 and k <= kp < k + vector, "a wrong packing")
+        _check(kp == narrow_padded(k), "a wrong packing")
         _check(wc == channels and 1 <= kh <= NARROW_MAX_ROWS, "a wrong filter")
         if b is not None:
             _check_operands(x, (b,), kp, "bias")

@@ -141,13 +141,12 @@ static conv_t conv_geometry(long sy, long sx, long c, long h, long wd, const flo
     return g;
 }
 
-/* Makes g's reduce-path weights, or leaves the path when memory is short (1: made, to free). */
-static int with_reduce_weights(conv_t *g, long k_real) {
-    if (!g->kr) return 0;
-    float *wt = reduce_weights(g->w, g->kh, g->kw, g->c, g->kp, k_real, g->kr);
-    g->wt = wt;
-    if (!wt) g->kr = 0;
-    return wt != NULL;
+/* Makes g's reduce-path weights (g->wt, for the caller to free), or leaves the path when memory
+ * is short. */
+static void with_reduce_weights(conv_t *g, long k_real) {
+    if (!g->kr) return;
+    g->wt = reduce_weights(g->w, g->kh, g->kw, g->c, g->kp, k_real, g->kr);
+    if (!g->wt) g->kr = 0;
 }
 
 /* Output rows [y0, y1) of one image: img its input from row g->y_first, orow output row y0,
